@@ -1,0 +1,225 @@
+"""`python -m launcher.bootstrap script.py args...`: one worker process.
+
+Attaches to the supervisor, runs the user's script with the environment of
+each generation, and when a generation is aborted unwinds the script and runs
+it again in place (same PID, imports kept) with the next generation's env.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import queue
+import runpy
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Optional
+
+import grpc
+
+from launcher.heartbeat import StepCounter, install_optimizer_hook
+from launcher.processes import ENV_PARENT_PID, ENV_RANK, ENV_SUPERVISOR
+from launcher.unwind import (
+    GenerationAborted,
+    MainThreadInterrupter,
+    abort_communicators,
+    destroy_process_groups,
+    sever_generation_connections,
+)
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+PR_SET_PDEATHSIG = 1
+RPC_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Target:
+    module: bool
+    name: str
+    args: list[str]
+
+
+def parse_target(argv: list[str]) -> Target:
+    if argv and argv[0] == "-m":
+        return Target(True, argv[1], argv[2:])
+    return Target(False, argv[0], argv[1:])
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """A worker must not outlive its launcher, even one killed with SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
+def failure_detail(exc: BaseException) -> pb.FailureDetail:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    name = type(exc).__name__
+    message = str(exc)
+    return pb.FailureDetail(
+        exception_type=name,
+        message=message,
+        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
+        signature=f"{name}: {message[:200]} @ {where}",
+    )
+
+
+def write_error_file(detail: pb.FailureDetail) -> None:
+    """torchelastic's error file format, unless the script's @record wrote one."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    body = {
+        "message": {
+            "message": f"{detail.exception_type}: {detail.message}",
+            "extraInfo": {"py_callstack": detail.traceback, "timestamp": str(int(time.time()))},
+        }
+    }
+    with open(path, "w") as handle:
+        json.dump(body, handle)
+
+
+class Worker:
+    def __init__(self, address: str, rank: int, target: Target) -> None:
+        self.pid = os.getpid()
+        self.rank = rank
+        self.target = target
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.WorkerServiceStub(self.channel)
+        self.commands: queue.Queue[Optional[pb.WorkerCommand]] = queue.Queue()
+        self.interrupter = MainThreadInterrupter()
+        self.generation = -1
+        self.aborted_generation = -1
+        self.unwound = False  # the supervisor knows this generation is over for us
+        self.steps = StepCounter(self._send_heartbeat)
+
+    def _send_heartbeat(self, generation: int, step: int, step_time: float) -> None:
+        self.stub.Heartbeat(
+            pb.HeartbeatRequest(
+                pid=self.pid, rank=self.rank, generation=generation, step=step, step_time_s=step_time
+            ),
+            timeout=5,
+        )
+
+    def _control(self, stream: grpc.Future) -> None:  # type: ignore[type-arg]
+        try:
+            for command in stream:
+                if command.HasField("abort"):
+                    self._on_abort(command.abort.generation)
+                else:
+                    self.commands.put(command)
+        except grpc.RpcError:
+            pass
+        self.commands.put(None)  # supervisor gone
+
+    def _on_abort(self, generation: int) -> None:
+        self.aborted_generation = max(self.aborted_generation, generation)
+        if generation == self.generation:
+            abort_communicators()
+            if self.interrupter.interrupt():
+                sever_generation_connections()
+                return
+        # Not running that generation's script (finished, or between steps of
+        # our own): the main loop confirms with an "unwound" report.
+        self.commands.put(pb.WorkerCommand(abort=pb.AbortGeneration(generation=generation)))
+
+    def run(self) -> int:
+        spare = self.rank < 0
+        attach = pb.AttachWorkerRequest(pid=self.pid, rank=self.rank, spare=spare)
+        stream = self.stub.AttachWorker(attach)
+        threading.Thread(target=self._control, args=(stream,), name="control", daemon=True).start()
+        install_optimizer_hook(self.steps)
+        while True:
+            command = self.commands.get()
+            if command is None:
+                print("train-launch: lost the supervisor; exiting", file=sys.stderr)
+                return 1
+            if command.HasField("exit"):
+                return command.exit.exit_code
+            if command.HasField("abort"):
+                if command.abort.generation == self.generation and not self.unwound:
+                    self._report(pb.OutcomeKind.OUTCOME_UNWOUND)
+                continue
+            verdict = self._run_generation(command.start)
+            if verdict == pb.Verdict.VERDICT_EXIT_FAILED:
+                return 1
+
+    def _report(self, kind: int, failure: Optional[pb.FailureDetail] = None) -> int:
+        outcome = pb.WorkerOutcome(
+            pid=self.pid, rank=self.rank, generation=self.generation, kind=kind, failure=failure
+        )
+        verdict: int = self.stub.ReportOutcome(outcome, timeout=RPC_TIMEOUT_S).verdict
+        self.unwound = kind == pb.OutcomeKind.OUTCOME_UNWOUND or (
+            kind == pb.OutcomeKind.OUTCOME_RAISED and verdict == pb.Verdict.VERDICT_WAIT
+        )
+        return verdict
+
+    def _run_generation(self, start: pb.StartGeneration) -> int:
+        self.rank = start.rank
+        self.generation = start.generation
+        self.unwound = False
+        os.environ.update(start.env)
+        self.steps.reset(start.generation)
+        error: Optional[BaseException] = None
+        self.interrupter.script_started()
+        try:
+            self._run_script()
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                error = exc
+        except BaseException as exc:
+            error = exc
+        finally:
+            self.interrupter.script_ended()
+        aborted = self.aborted_generation >= self.generation
+        if error is None and not aborted:
+            return self._report(pb.OutcomeKind.OUTCOME_FINISHED)
+        detail = None if error is None else failure_detail(error)
+        interrupted = isinstance(error, GenerationAborted)
+        error = None  # drop the frames that hold the dead generation's tensors
+        destroy_process_groups()
+        if aborted or interrupted:
+            return self._report(pb.OutcomeKind.OUTCOME_UNWOUND)
+        verdict = self._report(pb.OutcomeKind.OUTCOME_RAISED, detail)
+        if verdict == pb.Verdict.VERDICT_EXIT_FAILED and detail is not None:
+            sys.stderr.write(detail.traceback)
+            write_error_file(detail)
+        return verdict
+
+    def _run_script(self) -> None:
+        sys.argv = [self.target.name, *self.target.args]
+        if self.target.module:
+            runpy.run_module(self.target.name, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(self.target.name, run_name="__main__")
+
+
+def main() -> None:
+    address = os.environ.pop(ENV_SUPERVISOR)
+    rank = int(os.environ.pop(ENV_RANK))
+    die_with_parent(int(os.environ.pop(ENV_PARENT_PID)))
+    target = parse_target(sys.argv[1:])
+    if not target.module:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target.name)))
+    if rank < 0:  # a warm spare pays the torch import now, not when it takes a rank
+        try:
+            import torch.distributed  # noqa: F401
+        except ImportError:
+            pass
+    code = Worker(address, rank, target).run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown: the script's threads may still be live
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""train-launch: parse torchrun's command line, run the supervisor, execute its commands."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Optional
+
+import grpc
+
+from launcher.args import LaunchConfig, UsageError, parse_args
+from launcher.processes import WorkerProcesses
+from train_supervisor import exit_codes
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+log = logging.getLogger("train_launch")
+
+
+@dataclass
+class RunResult:
+    """How the job ended for this pod (torchelastic's name)."""
+
+    exit_code: int
+    report: str = ""
+
+
+def worker_spec(config: LaunchConfig, error_dir: str) -> pb.WorkerSpec:
+    return pb.WorkerSpec(
+        run_id=config.run_id,
+        role=config.role,
+        nnodes=config.nnodes,
+        node_rank=config.node_rank,
+        nproc_per_node=config.nproc_per_node,
+        max_restarts=config.max_restarts,
+        master_addr=config.master_addr,
+        bootstrapped=not config.no_python,
+        warm_spares=config.warm_spares,
+        error_file_dir=error_dir,
+        base_env=config.base_env,
+    )
+
+
+class Launcher:
+    """Executes the supervisor's commands on this pod's processes."""
+
+    def __init__(self, config: LaunchConfig, address: str, error_dir: str) -> None:
+        self.config = config
+        self.error_dir = error_dir
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.LauncherServiceStub(self.channel)
+        self.procs = WorkerProcesses(config, address, self._report_exit)
+        self.done = threading.Event()
+        self.result: Optional[RunResult] = None
+        self.stopping = False
+
+    def _report_exit(self, pid: int, exit_code: int, signum: int, tail: str) -> None:
+        if self.stopping:
+            return
+        exit_report = pb.ProcessExit(pid=pid, exit_code=exit_code, signal=signum, output_tail=tail)
+        try:
+            self.stub.ReportProcessExit(exit_report, timeout=30)
+        except grpc.RpcError as err:
+            log.error("could not report exit of pid %d: %s", pid, err)
+
+    def _execute(self, command: pb.LauncherCommand) -> None:
+        kind = command.WhichOneof("command")
+        if kind == "spawn":
+            spawn = command.spawn
+            pid = self.procs.spawn(spawn.rank, spawn.local_rank, dict(spawn.env))
+            if not spawn.spare and not self.config.no_python:
+                return
+            started = pb.ProcessStarted(pid=pid, rank=spawn.rank, spare=spawn.spare)
+            self.stub.ReportProcessStarted(started, timeout=30)
+        elif kind == "kill":
+            log.warning("killing pid %d: %s", command.kill.pid, command.kill.reason)
+            self.procs.kill(command.kill.pid, command.kill.signal)
+        elif kind == "assigned":
+            self.procs.assign(command.assigned.pid, command.assigned.rank, command.assigned.local_rank)
+        elif kind == "shutdown":
+            self.result = RunResult(command.shutdown.exit_code, command.shutdown.report)
+            self.done.set()
+
+    def _follow(self) -> None:
+        request = pb.AttachLauncherRequest(
+            spec=worker_spec(self.config, self.error_dir), launcher_pid=os.getpid()
+        )
+        try:
+            for command in self.stub.AttachLauncher(request):
+                self._execute(command)
+                if self.done.is_set():
+                    return
+        except grpc.RpcError as err:
+            if not self.done.is_set():
+                self.result = RunResult(exit_codes.GAVE_UP, f"lost the supervisor: {err}")
+        self.done.set()
+
+    def run(self) -> RunResult:
+        threading.Thread(target=self._follow, name="launcher-commands", daemon=True).start()
+        self.done.wait()
+        result = self.result or RunResult(exit_codes.GAVE_UP, "no result")
+        self.stopping = True
+        # Workers were told to exit; give them a moment, then make sure.
+        if not self.procs.wait_all(self.config.term_timeout):
+            self.procs.terminate_all(grace=5.0)
+        return result
+
+    def terminate(self, signum: int) -> None:
+        """SIGTERM/SIGINT: forward to the workers with a grace period, then stop."""
+        self.stopping = True
+        self.result = RunResult(
+            exit_codes.TERMINATED, f"stopped by {signal.Signals(signum).name}"
+        )
+        self.procs.terminate_all(self.config.term_timeout)
+        self.done.set()
+
+
+def _serve_standalone(config: LaunchConfig) -> RunResult:
+    import tempfile
+
+    from supervisor.server import EmbeddedSupervisor
+    from supervisor.service import SupervisorSettings
+
+    settings = SupervisorSettings(
+        crash_loop_threshold=config.crash_loop_threshold,
+        unwind_timeout_s=config.unwind_timeout,
+        failure_settle_s=config.failure_settle,
+        tick_s=config.monitor_interval,
+    )
+    embedded = EmbeddedSupervisor(settings, f"127.0.0.1:{config.supervisor_port}")
+    try:
+        address = embedded.start()
+    except OSError as err:
+        return RunResult(exit_codes.USAGE_ERROR, f"--supervisor-port: {err}")
+    error_dir = config.log_dir or tempfile.mkdtemp(prefix=f"train-launch-{config.run_id}-")
+    launcher = Launcher(config, address, error_dir)
+    log.info("supervisor on %s; %d workers, %d warm spares", address,
+             config.nproc_per_node, config.warm_spares)
+
+    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+        embedded.stop_job(f"signal {signum}")
+        threading.Thread(target=launcher.terminate, args=(signum,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return launcher.run()
+    finally:
+        embedded.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[train-launch] %(levelname)s %(message)s")
+    try:
+        config = parse_args(
+            sys.argv[1:] if argv is None else argv, os.environ, os.cpu_count() or 1, _gpu_count()
+        )
+    except UsageError as err:
+        print(f"train-launch: error: {err}", file=sys.stderr)
+        sys.exit(exit_codes.USAGE_ERROR)
+    result = _serve_standalone(config)
+    if result.exit_code != exit_codes.SUCCEEDED and result.report:
+        print(f"train-launch: {result.report}", file=sys.stderr)
+    logging.shutdown()
+    sys.exit(result.exit_code)
+
+
+def _gpu_count() -> int:
+    """CUDA devices, read only when --nproc-per-node asks for gpu/auto."""
+    wanted = {"gpu", "auto"}
+    argv = sys.argv[1:]
+    asked = any(a in wanted for a in argv) or os.environ.get("PET_NPROC_PER_NODE") in wanted
+    if not asked:
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    count: int = torch.cuda.device_count()
+    return count
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Worker processes of one pod: spawn, watch (exit reported at once), route output, kill."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Optional
+
+from launcher.args import LaunchConfig
+
+# Variables the bootstrap reads and removes before the user's script runs.
+ENV_SUPERVISOR = "TRAIN_LAUNCH_SUPERVISOR"
+ENV_RANK = "TRAIN_LAUNCH_RANK"
+ENV_PARENT_PID = "TRAIN_LAUNCH_PARENT_PID"
+TAIL_BYTES = 16 * 1024
+PUMP_DRAIN_S = 0.2
+
+ExitCallback = Callable[[int, int, int, str], None]  # pid, exit code, signal, output tail
+
+
+@dataclass
+class WorkerProcess:
+    popen: subprocess.Popen[bytes]
+    rank: int  # -1 while a spare
+    local_rank: int
+    tail: collections.deque[bytes] = field(default_factory=lambda: collections.deque(maxlen=64))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pumps: list[threading.Thread] = field(default_factory=list)
+
+    def output_tail(self) -> str:
+        with self.lock:
+            data = b"".join(self.tail)[-TAIL_BYTES:]
+        return data.decode("utf-8", "replace")
+
+
+def worker_command(config: LaunchConfig) -> list[str]:
+    if config.no_python:
+        return [config.script, *config.script_args]
+    target = ["-m", config.script] if config.module else [config.script]
+    return [sys.executable, "-u", "-m", "launcher.bootstrap", *target, *config.script_args]
+
+
+class WorkerProcesses:
+    """All processes of this pod. Thread-safe; exits are reported from waiter threads."""
+
+    def __init__(self, config: LaunchConfig, supervisor_address: str, on_exit: ExitCallback) -> None:
+        self.config = config
+        self.supervisor_address = supervisor_address
+        self.on_exit = on_exit
+        self.procs: dict[int, WorkerProcess] = {}
+        self.lock = threading.Lock()
+        self.all_exited = threading.Condition(self.lock)
+
+    def spawn(self, rank: int, local_rank: int, env_overrides: dict[str, str]) -> int:
+        env = dict(os.environ)
+        env.update(self.config.base_env)
+        env.update(env_overrides)
+        env[ENV_SUPERVISOR] = self.supervisor_address
+        env[ENV_RANK] = str(rank)
+        env[ENV_PARENT_PID] = str(os.getpid())
+        popen = subprocess.Popen(
+            worker_command(self.config),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        proc = WorkerProcess(popen=popen, rank=rank, local_rank=local_rank)
+        with self.lock:
+            self.procs[popen.pid] = proc
+        assert popen.stdout is not None and popen.stderr is not None
+        for stream, std_index in ((popen.stdout, 1), (popen.stderr, 2)):
+            pump = threading.Thread(
+                target=self._pump, args=(proc, stream, std_index), daemon=True,
+                name=f"pump-{popen.pid}-{std_index}",
+            )
+            proc.pumps.append(pump)
+            pump.start()
+        threading.Thread(target=self._wait, args=(proc,), daemon=True, name=f"wait-{popen.pid}").start()
+        return popen.pid
+
+    def assign(self, pid: int, rank: int, local_rank: int) -> None:
+        with self.lock:
+            proc = self.procs.get(pid)
+            if proc is not None:
+                proc.rank, proc.local_rank = rank, local_rank
+
+    def kill(self, pid: int, signum: int) -> None:
+        with self.lock:
+            proc = self.procs.get(pid)
+        if proc is not None and proc.popen.returncode is None:
+            try:
+                proc.popen.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def pids(self) -> list[int]:
+        with self.lock:
+            return list(self.procs)
+
+    def wait_all(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while self.procs:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.all_exited.wait(left)
+        return True
+
+    def terminate_all(self, grace: float) -> None:
+        """SIGTERM everything, SIGKILL what is left after `grace` seconds."""
+        for pid in self.pids():
+            self.kill(pid, signal.SIGTERM)
+        if not self.wait_all(grace):
+            for pid in self.pids():
+                self.kill(pid, signal.SIGKILL)
+            self.wait_all(10.0)
+
+    # ----------------------------------------------------------- internals
+    def _wait(self, proc: WorkerProcess) -> None:
+        code = proc.popen.wait()
+        for pump in proc.pumps:  # the last lines are the evidence; a child holding the pipe must not delay us
+            pump.join(timeout=PUMP_DRAIN_S)
+        signum, exit_code = (-code, 0) if code < 0 else (0, code)
+        try:
+            self.on_exit(proc.popen.pid, exit_code, signum, proc.output_tail())
+        finally:
+            with self.lock:
+                self.procs.pop(proc.popen.pid, None)
+                self.all_exited.notify_all()
+
+    def _sinks(self, proc: WorkerProcess, std_index: int) -> tuple[Optional[IO[bytes]], Optional[IO[bytes]]]:
+        """(console, file) for this stream, torchrun's --redirects/--tee semantics."""
+        console: Optional[IO[bytes]] = sys.stdout.buffer if std_index == 1 else sys.stderr.buffer
+        local = proc.local_rank
+        redirected = self.config.redirects.get(local, 0) & std_index
+        teed = self.config.tee.get(local, 0) & std_index
+        filtered = (
+            self.config.local_ranks_filter is not None
+            and local not in self.config.local_ranks_filter
+        )
+        if redirected or filtered:
+            console = None
+        log_file: Optional[IO[bytes]] = None
+        if self.config.log_dir and (redirected or teed):
+            name = "stdout.log" if std_index == 1 else "stderr.log"
+            directory = os.path.join(self.config.log_dir, self.config.run_id, f"pid_{proc.popen.pid}")
+            os.makedirs(directory, exist_ok=True)
+            log_file = open(os.path.join(directory, name), "ab")  # noqa: SIM115 -- closed by _pump
+        return console, log_file
+
+    def _pump(self, proc: WorkerProcess, stream: IO[bytes], std_index: int) -> None:
+        console, log_file = self._sinks(proc, std_index)
+        prefix = b""
+        if self.config.tee.get(proc.local_rank, 0) & std_index:
+            prefix = f"[{self.config.role}{proc.local_rank}]:".encode()
+        try:
+            for line in iter(stream.readline, b""):
+                with proc.lock:
+                    proc.tail.append(line)
+                if log_file is not None:
+                    log_file.write(line)
+                    log_file.flush()
+                if console is not None:
+                    console.write(prefix + line)
+                    console.flush()
+        finally:
+            if log_file is not None:
+                log_file.close()

@@ -1,0 +1,133 @@
+"""Getting a surviving worker out of its generation: interrupt, abort, clean up."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import socket
+import sys
+import threading
+from typing import Optional
+
+import psutil
+
+
+class GenerationAborted(BaseException):
+    """Raised in the main thread when the supervisor aborts the current generation.
+
+    A BaseException so that a script's `except Exception` does not swallow it.
+    """
+
+
+class MainThreadInterrupter:
+    """Injects GenerationAborted into the main thread while the script runs, never after."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = False
+        self._thread_id = threading.main_thread().ident or 0
+
+    def script_started(self) -> None:
+        with self._lock:
+            self._running = True
+
+    def script_ended(self) -> None:
+        with self._lock:
+            self._running = False
+            # Clear an exception set just before the script returned.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)
+
+    def interrupt(self) -> bool:
+        with self._lock:
+            if not self._running:
+                return False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._thread_id), ctypes.py_object(GenerationAborted)
+            )
+            return True
+
+
+def abort_communicators() -> None:
+    """Unblock collectives stuck on a dead peer (NCCL needs an explicit abort).
+
+    gloo raises by itself when a peer's socket closes, so it is left alone here:
+    destroying it from another thread while the main thread is inside it is unsafe.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "nccl":
+            abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+            if abort is not None:
+                abort()
+    except Exception:  # best effort: the unwind grace period is the backstop
+        pass
+
+
+def destroy_process_groups() -> Optional[str]:
+    """Tear down torch.distributed after an unwind so the script can init again."""
+    dist = sys.modules.get("torch.distributed")
+    error: Optional[str] = None
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+    # The dead generation's model, DDP reducer and communicator sockets are only
+    # freed once unreachable: peers blocked on us see our sockets close.
+    gc.collect()
+    return error
+
+
+def _connections_to_sever(store_port: int) -> list[int]:
+    """fds of this process's TCP connections to its sibling workers and to the store.
+
+    Those are the generation's gloo pairs and TCPStore clients. Connections to
+    anything else (the supervisor, the user's own services) are left alone.
+    """
+    me = psutil.Process()
+    parent = me.ppid()
+    owners = {
+        (c.laddr.ip, c.laddr.port): c.pid
+        for c in psutil.net_connections(kind="tcp")
+        if c.laddr and c.pid
+    }
+    fds = []
+    for conn in me.net_connections(kind="tcp"):
+        if not conn.raddr or conn.fd < 0:
+            continue
+        owner = owners.get((conn.raddr.ip, conn.raddr.port))
+        to_store = conn.raddr.port == store_port
+        sibling = False
+        if owner and owner != me.pid:
+            with contextlib.suppress(psutil.Error):
+                sibling = psutil.Process(owner).ppid() == parent
+        if to_store or sibling:
+            fds.append(conn.fd)
+    return fds
+
+
+def sever_generation_connections() -> int:
+    """Shut down the dead generation's sockets so blocked collectives fail at once.
+
+    gloo has no working abort for a pending collective: a peer that died or
+    stopped participating leaves it blocked until its timeout (30 min). A
+    shutdown() makes the blocked recv return, and the collective raises.
+    """
+    try:
+        store_port = int(os.environ.get("MASTER_PORT", "0"))
+        fds = _connections_to_sever(store_port)
+    except (psutil.Error, ValueError):
+        return 0
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()  # closes our dup only; the owner's fd is now a dead socket
+    return len(fds)

@@ -1,0 +1,399 @@
+"""The job's state machine for one pod: ranks, generations, failures.
+
+Every input is an event (a process attached, exited, reported); every output is
+a list of effects (commands for a worker or for the launcher). No I/O, no
+clock: callers pass `now` (monotonic seconds) so the rules are testable alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from supervisor import restart_policy
+from supervisor.worker_env import GenerationLayout, torchrun_env
+from train_supervisor import exit_codes
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+WS = pb.WorkerState
+
+
+@dataclass(frozen=True)
+class ToWorker:
+    pid: int
+    command: pb.WorkerCommand
+
+
+@dataclass(frozen=True)
+class ToLauncher:
+    command: pb.LauncherCommand
+
+
+Effect = Union[ToWorker, ToLauncher]
+
+
+@dataclass
+class RankSlot:
+    rank: int
+    local_rank: int
+    pid: int = 0  # 0: no process holds the rank
+    spawning: bool = False
+    state: int = WS.WORKER_STATE_UNKNOWN
+    generation: int = -1  # generation the holding process last started
+    step: int = 0
+    step_time_s: float = 0.0
+    last_heartbeat: Optional[float] = None
+    process_starts: int = 0
+    evidence: Optional[pb.FailureDetail] = None
+    unwind_deadline: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    unwind_timeout_s: float = 10.0  # survivor must be back in place by then
+    max_spare_failures: int = 3  # stop replenishing spares that keep dying
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@dataclass
+class JobState:
+    spec: pb.WorkerSpec
+    policy: restart_policy.RestartPolicy
+    allocate_port: Callable[[], int]
+    timings: Timings = field(default_factory=Timings)
+    generation: int = 0
+    started: bool = False
+    restart_count: int = 0
+    state: int = pb.JobState.JOB_STATE_STARTING
+    ranks: dict[int, RankSlot] = field(default_factory=dict)
+    idle_spares: list[int] = field(default_factory=list)
+    spares_spawning: int = 0
+    spare_failures: int = 0
+    killed_by_us: set[int] = field(default_factory=set)
+    history: list[restart_policy.Failure] = field(default_factory=list)
+    failures: list[pb.FailureRecord] = field(default_factory=list)
+    events: collections.deque[pb.JobEvent] = field(
+        default_factory=lambda: collections.deque(maxlen=200)
+    )
+    master_port: int = 0
+
+    def __post_init__(self) -> None:
+        base = self.spec.node_rank * self.spec.nproc_per_node
+        for local_rank in range(self.spec.nproc_per_node):
+            self.ranks[base + local_rank] = RankSlot(rank=base + local_rank, local_rank=local_rank)
+        self.master_port = self.allocate_port()
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def world_size(self) -> int:
+        return self.spec.nnodes * self.spec.nproc_per_node
+
+    @property
+    def over(self) -> bool:
+        return self.state in (
+            pb.JobState.JOB_STATE_SUCCEEDED,
+            pb.JobState.JOB_STATE_FAILED,
+            pb.JobState.JOB_STATE_STOPPED,
+        )
+
+    def record(self, kind: str, message: str) -> None:
+        self.events.append(pb.JobEvent(time_unix=time.time(), kind=kind, message=message))
+
+    def slot_of(self, pid: int) -> Optional[RankSlot]:
+        for slot in self.ranks.values():
+            if slot.pid == pid and pid:
+                return slot
+        return None
+
+    def _env(self, slot: RankSlot) -> dict[str, str]:
+        layout = GenerationLayout(
+            generation=self.generation,
+            world_size=self.world_size,
+            group_world_size=self.spec.nnodes,
+            master_addr=self.spec.master_addr,
+            master_port=self.master_port,
+        )
+        return torchrun_env(
+            layout=layout,
+            rank=slot.rank,
+            local_rank=slot.local_rank,
+            local_world_size=self.spec.nproc_per_node,
+            group_rank=self.spec.node_rank,
+            role=self.spec.role,
+            run_id=self.spec.run_id,
+            max_restarts=self.spec.max_restarts,
+            error_file_dir=self.spec.error_file_dir,
+            base_env=self.spec.base_env,
+        )
+
+    def _spawn_rank(self, slot: RankSlot, env: Optional[dict[str, str]] = None) -> Effect:
+        slot.spawning = True
+        return ToLauncher(
+            pb.LauncherCommand(
+                spawn=pb.SpawnWorker(rank=slot.rank, local_rank=slot.local_rank, env=env or {})
+            )
+        )
+
+    def _spawn_spare(self) -> Effect:
+        self.spares_spawning += 1
+        return ToLauncher(pb.LauncherCommand(spawn=pb.SpawnWorker(rank=-1, spare=True)))
+
+    # ------------------------------------------------------------------ events
+    def attach_launcher(self) -> list[Effect]:
+        effects: list[Effect] = []
+        if self.spec.bootstrapped:
+            effects += [self._spawn_rank(slot) for slot in self.ranks.values()]
+            effects += [self._spawn_spare() for _ in range(self.spec.warm_spares)]
+        self.record("launcher_attached", f"{len(self.ranks)} ranks, {self.spec.warm_spares} spares")
+        return effects + self._maybe_start()
+
+    def worker_attached(self, pid: int, rank: int, spare: bool) -> list[Effect]:
+        if self.over:
+            return [ToWorker(pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+        if spare:
+            self.spares_spawning = max(0, self.spares_spawning - 1)
+            self.idle_spares.append(pid)
+            return self._fill_vacancies() + self._maybe_start()
+        slot = self.ranks[rank]
+        self._take_rank(slot, pid)
+        return self._maybe_start()
+
+    def process_started(self, pid: int, rank: int) -> list[Effect]:
+        """A --no-python worker was spawned: it runs as soon as it exists."""
+        slot = self.ranks[rank]
+        self._take_rank(slot, pid)
+        slot.state = WS.WORKER_STATE_HEALTHY
+        slot.generation = self.generation
+        return []
+
+    def _take_rank(self, slot: RankSlot, pid: int) -> None:
+        slot.pid, slot.spawning = pid, False
+        slot.state = WS.WORKER_STATE_INIT
+        slot.step, slot.step_time_s, slot.last_heartbeat = 0, 0.0, None
+        slot.evidence, slot.unwind_deadline = None, None
+        slot.process_starts += 1
+
+    def heartbeat(self, pid: int, generation: int, step: int, step_time_s: float, now: float) -> None:
+        slot = self.slot_of(pid)
+        if slot is None or generation != slot.generation:
+            return
+        slot.step, slot.step_time_s, slot.last_heartbeat = step, step_time_s, now
+
+    def outcome(
+        self, pid: int, generation: int, kind: int, detail: Optional[pb.FailureDetail], now: float
+    ) -> tuple[Optional[int], list[Effect]]:
+        """A worker's script ended. Returns (verdict or None if not yet known, effects)."""
+        slot = self.slot_of(pid)
+        if slot is None or self.over or generation != slot.generation:
+            return pb.Verdict.VERDICT_WAIT, []  # stale: that generation is already settled
+        aborted = generation < self.generation or not self.started
+        if kind == pb.OutcomeKind.OUTCOME_UNWOUND or aborted:
+            slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
+            return pb.Verdict.VERDICT_WAIT, self._maybe_start()
+        if kind == pb.OutcomeKind.OUTCOME_FINISHED:
+            slot.state = WS.WORKER_STATE_SUCCEEDED
+            return pb.Verdict.VERDICT_WAIT, self._maybe_finish()
+        # Raised in a live generation: the first error of a failure or the
+        # echo of a peer's death that has not been reported yet. settle() decides.
+        slot.evidence = detail
+        return None, []
+
+    def settle(self, pid: int) -> tuple[int, list[Effect]]:
+        """The settle window after a RAISED outcome is over: decide."""
+        slot = self.slot_of(pid)
+        if slot is None or self.over:
+            return pb.Verdict.VERDICT_EXIT_FAILED, []
+        if slot.generation < self.generation or not self.started:
+            slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
+            return pb.Verdict.VERDICT_WAIT, self._maybe_start()
+        return pb.Verdict.VERDICT_EXIT_FAILED, []
+
+    def process_exited(
+        self, pid: int, exit_code: int, signum: int, output_tail: str, now: float
+    ) -> list[Effect]:
+        if pid in self.idle_spares:
+            self.idle_spares.remove(pid)
+            return self._spare_lost(pid, exit_code, signum)
+        slot = self.slot_of(pid)
+        if slot is None:
+            if self.spares_spawning and not self.over:  # a spare died before attaching
+                self.spares_spawning -= 1
+                return self._spare_lost(pid, exit_code, signum)
+            return []
+        if self.over:
+            slot.pid, slot.state = 0, WS.WORKER_STATE_STOPPED
+            return []
+        if not self.spec.bootstrapped and exit_code == 0 and signum == 0:
+            slot.state = WS.WORKER_STATE_SUCCEEDED
+            slot.pid = 0
+            return self._maybe_finish()
+        collateral = slot.state == WS.WORKER_STATE_UNWINDING or pid in self.killed_by_us
+        self.killed_by_us.discard(pid)
+        failed_step = slot.step
+        evidence = slot.evidence
+        slot.pid, slot.state, slot.unwind_deadline = 0, WS.WORKER_STATE_FAILED, None
+        if collateral:
+            self.record("respawn", f"rank {slot.rank} pid {pid} replaced after an abort")
+            return self._fill_vacancies() + self._maybe_start()
+        return self._on_failure(slot, pid, exit_code, signum, evidence, failed_step, now)
+
+    def tick(self, now: float) -> list[Effect]:
+        """Enforce the unwind grace period."""
+        effects: list[Effect] = []
+        for slot in self.ranks.values():
+            late = slot.unwind_deadline is not None and now >= slot.unwind_deadline
+            if slot.state == WS.WORKER_STATE_UNWINDING and slot.pid and late:
+                slot.unwind_deadline = None
+                self.killed_by_us.add(slot.pid)
+                reason = f"rank {slot.rank} did not unwind within {self.timings.unwind_timeout_s}s"
+                self.record("unwind_timeout", f"{reason}; killing pid {slot.pid}")
+                kill = pb.KillProcess(pid=slot.pid, signal=signal.SIGKILL, reason=reason)
+                effects.append(ToLauncher(pb.LauncherCommand(kill=kill)))
+        return effects
+
+    def stop(self, report: str) -> list[Effect]:
+        """The launcher is shutting down (SIGTERM): no more restarts."""
+        self.state = pb.JobState.JOB_STATE_STOPPED
+        self.record("stopped", report)
+        return []
+
+    # --------------------------------------------------------------- decisions
+    def _on_failure(
+        self,
+        slot: RankSlot,
+        pid: int,
+        exit_code: int,
+        signum: int,
+        evidence: Optional[pb.FailureDetail],
+        step: int,
+        now: float,
+    ) -> list[Effect]:
+        detail = evidence or pb.FailureDetail()
+        if not detail.signature:
+            detail.signature = signal_name(signum) if signum else f"exit code {exit_code}"
+        failure = restart_policy.Failure(self.generation, slot.rank, detail.signature, step)
+        self.history.append(failure)
+        decision = restart_policy.decide(self.policy, self.history, self.restart_count)
+        what = f"signal {signal_name(signum)}" if signum else f"exit code {exit_code}"
+        self.failures.append(
+            pb.FailureRecord(
+                generation=self.generation, rank=slot.rank, pid=pid, exit_code=exit_code,
+                signal=signum, detail=detail, step=step, action=decision.action.value,
+                time_unix=time.time(),
+            )
+        )
+        self.record("failure", f"rank {slot.rank} pid {pid} {what} at step {step}: {decision.reason}")
+        if decision.action is not restart_policy.Action.RESTART:
+            return self._give_up(decision.reason, slot.rank, detail, step)
+        return self._open_next_generation(now) + self._fill_vacancies() + self._maybe_start()
+
+    def _open_next_generation(self, now: float) -> list[Effect]:
+        old = self.generation
+        self.restart_count += 1
+        self.generation += 1
+        self.started = False
+        self.state = pb.JobState.JOB_STATE_RESTARTING
+        self.master_port = self.allocate_port()
+        effects: list[Effect] = []
+        deadline = now + self.timings.unwind_timeout_s
+        for slot in self.ranks.values():
+            live = (WS.WORKER_STATE_HEALTHY, WS.WORKER_STATE_SUCCEEDED)
+            if not slot.pid or slot.state not in live:
+                continue
+            slot.state, slot.unwind_deadline = WS.WORKER_STATE_UNWINDING, deadline
+            if self.spec.bootstrapped:
+                abort = pb.AbortGeneration(generation=old, reason="a rank failed")
+                effects.append(ToWorker(slot.pid, pb.WorkerCommand(abort=abort)))
+            else:
+                self.killed_by_us.add(slot.pid)
+                kill = pb.KillProcess(pid=slot.pid, signal=signal.SIGTERM, reason="restart all")
+                effects.append(ToLauncher(pb.LauncherCommand(kill=kill)))
+        self.record("generation_opened", f"generation {self.generation} (restart {self.restart_count})")
+        return effects
+
+    def _fill_vacancies(self) -> list[Effect]:
+        if not self.spec.bootstrapped or self.over:
+            return []
+        effects: list[Effect] = []
+        for slot in self.ranks.values():
+            if slot.pid or slot.spawning:
+                continue
+            if self.idle_spares:
+                pid = self.idle_spares.pop(0)
+                self._take_rank(slot, pid)
+                self.record("spare_promoted", f"spare pid {pid} takes rank {slot.rank}")
+                assigned = pb.RankAssigned(pid=pid, rank=slot.rank, local_rank=slot.local_rank)
+                effects.append(ToLauncher(pb.LauncherCommand(assigned=assigned)))
+                if self.spare_failures < self.timings.max_spare_failures:
+                    effects.append(self._spawn_spare())
+            else:
+                effects.append(self._spawn_rank(slot))
+        return effects
+
+    def _spare_lost(self, pid: int, exit_code: int, signum: int) -> list[Effect]:
+        self.spare_failures += 1
+        self.record("spare_lost", f"spare pid {pid} exited ({exit_code}, signal {signum})")
+        if self.over or self.spare_failures >= self.timings.max_spare_failures:
+            return []
+        return [self._spawn_spare()]
+
+    def _maybe_start(self) -> list[Effect]:
+        if self.started or self.over:
+            return []
+        slots = self.ranks.values()
+        if self.spec.bootstrapped:
+            if not all(s.pid and s.state == WS.WORKER_STATE_INIT for s in slots):
+                return []
+        elif any(s.pid or s.spawning for s in slots):
+            return []
+        self.started = True
+        self.state = pb.JobState.JOB_STATE_RUNNING
+        self.record("generation_started", f"generation {self.generation}, port {self.master_port}")
+        effects: list[Effect] = []
+        for slot in slots:
+            env = self._env(slot)
+            slot.generation = self.generation
+            if not self.spec.bootstrapped:
+                effects.append(self._spawn_rank(slot, env))
+                continue
+            slot.state = WS.WORKER_STATE_HEALTHY
+            start = pb.StartGeneration(
+                generation=self.generation, rank=slot.rank, local_rank=slot.local_rank, env=env
+            )
+            effects.append(ToWorker(slot.pid, pb.WorkerCommand(start=start)))
+        return effects
+
+    def _maybe_finish(self) -> list[Effect]:
+        if not all(s.state == WS.WORKER_STATE_SUCCEEDED for s in self.ranks.values()):
+            return []
+        self.state = pb.JobState.JOB_STATE_SUCCEEDED
+        self.record("succeeded", f"all {len(self.ranks)} ranks finished generation {self.generation}")
+        return self._end(exit_codes.SUCCEEDED, "all ranks finished")
+
+    def _give_up(self, reason: str, rank: int, detail: pb.FailureDetail, step: int) -> list[Effect]:
+        self.state = pb.JobState.JOB_STATE_FAILED
+        report = (
+            f"job given up: {reason}\n  rank: {rank}\n  step: {step}\n"
+            f"  error: {detail.exception_type or detail.signature}: {detail.message}\n"
+            f"{detail.traceback}"
+        )
+        self.record("gave_up", reason)
+        return self._end(exit_codes.GAVE_UP, report)
+
+    def _end(self, exit_code: int, report: str) -> list[Effect]:
+        bye = pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0))
+        pids = [s.pid for s in self.ranks.values() if s.pid] + self.idle_spares
+        effects: list[Effect] = [ToWorker(pid, bye) for pid in pids]
+        shutdown = pb.Shutdown(exit_code=exit_code, report=report)
+        effects.append(ToLauncher(pb.LauncherCommand(shutdown=shutdown)))
+        return effects

@@ -1,0 +1,106 @@
+"""The supervisor's gRPC server: our services, grpc.health.v1 and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Optional
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from supervisor.service import (
+    LauncherServicer,
+    StatusServicer,
+    Supervisor,
+    SupervisorSettings,
+    WorkerServicer,
+)
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+log = logging.getLogger("train_supervisor")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVICE_NAMES = tuple(
+    pb.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("LauncherService", "WorkerService", "StatusService")
+)
+
+
+async def start_server(sup: Supervisor, address: str) -> tuple[grpc.aio.Server, int]:
+    """Bind and start; returns the server and the bound port."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_LauncherServiceServicer_to_server(LauncherServicer(sup), server)
+    pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(sup), server)
+    pb_grpc.add_StatusServiceServicer_to_server(StatusServicer(sup), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot bind {address} (port in use?)")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port
+
+
+class EmbeddedSupervisor:
+    """A supervisor on its own thread and event loop, inside train-launch --standalone."""
+
+    def __init__(self, settings: SupervisorSettings, address: str = "127.0.0.1:0") -> None:
+        self.settings = settings
+        self.address = address
+        self.port = 0
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.sup: Optional[Supervisor] = None
+        self._ready = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._stop: Optional[asyncio.Event] = None
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def start(self) -> str:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced to start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.sup = Supervisor(self.settings)
+        self._stop = asyncio.Event()
+        server, self.port = await start_server(self.sup, self.address)
+        self._ready.set()
+        await self._stop.wait()
+        await server.stop(grace=0.5)
+
+    def stop_job(self, report: str) -> None:
+        """Tell the state machine no more restarts will happen (SIGTERM)."""
+        if self.loop is not None and self.sup is not None:
+            sup = self.sup
+            self.loop.call_soon_threadsafe(sup.stop, report)
+
+    def close(self) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=5)

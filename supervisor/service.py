@@ -1,0 +1,221 @@
+"""gRPC adapter around JobState: one asyncio loop owns the state, servicers feed it events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Optional
+
+import grpc
+
+from supervisor import restart_policy
+from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
+from supervisor.ports import free_port
+from supervisor.status_view import job_status
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+log = logging.getLogger("train_supervisor")
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    crash_loop_threshold: int = 3
+    unwind_timeout_s: float = 10.0
+    # How long a rank's exception waits for news of a peer's death before it
+    # is judged to be the failure itself.
+    failure_settle_s: float = 1.0
+    tick_s: float = 0.1
+
+
+class Supervisor:
+    """Holds one pod's JobState. Every method runs on the event loop thread."""
+
+    def __init__(self, settings: SupervisorSettings, leader: str = "local") -> None:
+        self.settings = settings
+        self.leader = leader
+        self.job: Optional[JobState] = None
+        self.launcher_queue: asyncio.Queue[Optional[pb.LauncherCommand]] = asyncio.Queue()
+        self.worker_queues: dict[int, asyncio.Queue[Optional[pb.WorkerCommand]]] = {}
+        self.changed = asyncio.Condition()
+        self.finished = asyncio.Event()
+        self._ticker: Optional[asyncio.Task[None]] = None
+
+    # ------------------------------------------------------------- plumbing
+    def apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, ToWorker):
+                queue = self.worker_queues.get(effect.pid)
+                if queue is not None:
+                    queue.put_nowait(effect.command)
+            elif isinstance(effect, ToLauncher):
+                self.launcher_queue.put_nowait(effect.command)
+                if effect.command.HasField("shutdown"):
+                    self.finished.set()
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            if self.job is not None:
+                self.apply(self.job.tick(time.monotonic()))
+
+    async def require_job(self, context: grpc.aio.ServicerContext) -> JobState:
+        if self.job is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no launcher attached yet")
+            raise AssertionError("unreachable: abort raises")
+        return self.job
+
+    # ------------------------------------------------------------- launcher
+    async def attach_launcher(
+        self, request: pb.AttachLauncherRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.LauncherCommand]:
+        if self.job is not None:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a launcher is already attached")
+        policy = restart_policy.RestartPolicy(
+            max_restarts=request.spec.max_restarts,
+            crash_loop_threshold=self.settings.crash_loop_threshold,
+        )
+        timings = Timings(unwind_timeout_s=self.settings.unwind_timeout_s)
+        self.job = JobState(spec=request.spec, policy=policy, allocate_port=free_port, timings=timings)
+        log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        self.apply(self.job.attach_launcher())
+        while True:
+            command = await self.launcher_queue.get()
+            if command is None:
+                return
+            yield command
+
+    async def report_process_started(
+        self, request: pb.ProcessStarted, context: grpc.aio.ServicerContext
+    ) -> pb.Ack:
+        job = await self.require_job(context)
+        if not request.spare:
+            self.apply(job.process_started(request.pid, request.rank))
+        return pb.Ack()
+
+    async def report_process_exit(
+        self, request: pb.ProcessExit, context: grpc.aio.ServicerContext
+    ) -> pb.Ack:
+        job = await self.require_job(context)
+        queue = self.worker_queues.pop(request.pid, None)
+        if queue is not None:
+            queue.put_nowait(None)
+        self.apply(
+            job.process_exited(
+                request.pid, request.exit_code, request.signal, request.output_tail, time.monotonic()
+            )
+        )
+        return pb.Ack()
+
+    def stop(self, report: str) -> None:
+        if self.job is not None:
+            self.apply(self.job.stop(report))
+
+    # --------------------------------------------------------------- worker
+    async def attach_worker(
+        self, request: pb.AttachWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WorkerCommand]:
+        job = await self.require_job(context)
+        queue: asyncio.Queue[Optional[pb.WorkerCommand]] = asyncio.Queue()
+        self.worker_queues[request.pid] = queue
+        self.apply(job.worker_attached(request.pid, request.rank, request.spare))
+        try:
+            while True:
+                command = await queue.get()
+                if command is None:
+                    return
+                yield command
+        finally:
+            if self.worker_queues.get(request.pid) is queue:
+                del self.worker_queues[request.pid]
+
+    async def heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Ack:
+        job = await self.require_job(context)
+        job.heartbeat(
+            request.pid, request.generation, request.step, request.step_time_s, time.monotonic()
+        )
+        return pb.Ack()
+
+    async def report_outcome(
+        self, request: pb.WorkerOutcome, context: grpc.aio.ServicerContext
+    ) -> pb.OutcomeVerdict:
+        job = await self.require_job(context)
+        failure = request.failure if request.HasField("failure") else None
+        verdict, effects = job.outcome(
+            request.pid, request.generation, request.kind, failure, time.monotonic()
+        )
+        self.apply(effects)
+        if verdict is None:
+            await self._wait_for_abort(job, request.generation)
+            verdict, effects = job.settle(request.pid)
+            self.apply(effects)
+        return pb.OutcomeVerdict(verdict=verdict)
+
+    async def _wait_for_abort(self, job: JobState, generation: int) -> None:
+        def aborted() -> bool:
+            return job.generation > generation or job.over
+
+        async with self.changed:
+            try:
+                await asyncio.wait_for(
+                    self.changed.wait_for(aborted), timeout=self.settings.failure_settle_s
+                )
+            except asyncio.TimeoutError:
+                pass
+
+    # --------------------------------------------------------------- status
+    async def get_status(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JobStatus:
+        if self.job is None:
+            return pb.JobStatus(state=pb.JobState.JOB_STATE_STARTING, leader=self.leader)
+        return job_status(self.job, time.monotonic(), self.leader)
+
+
+class LauncherServicer(pb_grpc.LauncherServiceServicer):
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    async def AttachLauncher(self, request, context):  # type: ignore[no-untyped-def]
+        async for command in self.sup.attach_launcher(request, context):
+            yield command
+
+    async def ReportProcessStarted(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.sup.report_process_started(request, context)
+
+    async def ReportProcessExit(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.sup.report_process_exit(request, context)
+
+
+class WorkerServicer(pb_grpc.WorkerServiceServicer):
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    async def AttachWorker(self, request, context):  # type: ignore[no-untyped-def]
+        async for command in self.sup.attach_worker(request, context):
+            yield command
+
+    async def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.sup.heartbeat(request, context)
+
+    async def ReportOutcome(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.sup.report_outcome(request, context)
+
+
+class StatusServicer(pb_grpc.StatusServiceServicer):
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    async def GetStatus(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.sup.get_status(request, context)

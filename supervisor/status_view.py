@@ -1,0 +1,38 @@
+"""JobState -> the JobStatus message served by the status API (pure)."""
+
+from __future__ import annotations
+
+from supervisor.job import JobState
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+
+def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
+    status = pb.JobStatus(
+        run_id=job.spec.run_id,
+        generation=job.generation,
+        world_size=job.world_size,
+        state=job.state,
+        restart_count=job.restart_count,
+        max_restarts=job.spec.max_restarts,
+        spare_pids=list(job.idle_spares),
+        leader=leader,
+        recent_events=list(job.events)[-20:],
+    )
+    for slot in sorted(job.ranks.values(), key=lambda s: s.rank):
+        age = -1.0 if slot.last_heartbeat is None else max(0.0, now - slot.last_heartbeat)
+        status.ranks.append(
+            pb.RankStatus(
+                rank=slot.rank,
+                local_rank=slot.local_rank,
+                node_rank=job.spec.node_rank,
+                pid=slot.pid,
+                state=slot.state,
+                step=slot.step,
+                step_time_s=slot.step_time_s,
+                heartbeat_age_s=age,
+                process_starts=slot.process_starts,
+            )
+        )
+    if job.failures:
+        status.last_failure.CopyFrom(job.failures[-1])
+    return status

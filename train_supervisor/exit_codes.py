@@ -1,0 +1,11 @@
+"""Exit codes of train-launch: part of the contract (Job podFailurePolicy keys on them)."""
+
+SUCCEEDED = 0
+#: Bad command line or configuration; nothing was started.
+USAGE_ERROR = 2
+#: The job was given up: restart budget spent or a crash loop detected.
+GAVE_UP = 3
+#: This pod must be replaced (hardware fault); the job itself can go on.
+REPLACE_POD = 4
+#: Stopped by SIGTERM (pod deletion, preemption): 128 + SIGTERM.
+TERMINATED = 143

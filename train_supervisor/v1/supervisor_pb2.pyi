@@ -1,0 +1,370 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKER_STATE_UNKNOWN: _ClassVar[WorkerState]
+    WORKER_STATE_INIT: _ClassVar[WorkerState]
+    WORKER_STATE_HEALTHY: _ClassVar[WorkerState]
+    WORKER_STATE_UNWINDING: _ClassVar[WorkerState]
+    WORKER_STATE_SUCCEEDED: _ClassVar[WorkerState]
+    WORKER_STATE_FAILED: _ClassVar[WorkerState]
+    WORKER_STATE_STOPPED: _ClassVar[WorkerState]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNKNOWN: _ClassVar[JobState]
+    JOB_STATE_STARTING: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_RESTARTING: _ClassVar[JobState]
+    JOB_STATE_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_STOPPED: _ClassVar[JobState]
+
+class OutcomeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[OutcomeKind]
+    OUTCOME_FINISHED: _ClassVar[OutcomeKind]
+    OUTCOME_RAISED: _ClassVar[OutcomeKind]
+    OUTCOME_UNWOUND: _ClassVar[OutcomeKind]
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_WAIT: _ClassVar[Verdict]
+    VERDICT_EXIT_FAILED: _ClassVar[Verdict]
+WORKER_STATE_UNKNOWN: WorkerState
+WORKER_STATE_INIT: WorkerState
+WORKER_STATE_HEALTHY: WorkerState
+WORKER_STATE_UNWINDING: WorkerState
+WORKER_STATE_SUCCEEDED: WorkerState
+WORKER_STATE_FAILED: WorkerState
+WORKER_STATE_STOPPED: WorkerState
+JOB_STATE_UNKNOWN: JobState
+JOB_STATE_STARTING: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_RESTARTING: JobState
+JOB_STATE_SUCCEEDED: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_STOPPED: JobState
+OUTCOME_UNSPECIFIED: OutcomeKind
+OUTCOME_FINISHED: OutcomeKind
+OUTCOME_RAISED: OutcomeKind
+OUTCOME_UNWOUND: OutcomeKind
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_WAIT: Verdict
+VERDICT_EXIT_FAILED: Verdict
+
+class WorkerSpec(_message.Message):
+    __slots__ = ("run_id", "role", "nnodes", "node_rank", "nproc_per_node", "max_restarts", "master_addr", "bootstrapped", "warm_spares", "error_file_dir", "base_env")
+    class BaseEnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NNODES_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    NPROC_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAPPED_FIELD_NUMBER: _ClassVar[int]
+    WARM_SPARES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FILE_DIR_FIELD_NUMBER: _ClassVar[int]
+    BASE_ENV_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    role: str
+    nnodes: int
+    node_rank: int
+    nproc_per_node: int
+    max_restarts: int
+    master_addr: str
+    bootstrapped: bool
+    warm_spares: int
+    error_file_dir: str
+    base_env: _containers.ScalarMap[str, str]
+    def __init__(self, run_id: _Optional[str] = ..., role: _Optional[str] = ..., nnodes: _Optional[int] = ..., node_rank: _Optional[int] = ..., nproc_per_node: _Optional[int] = ..., max_restarts: _Optional[int] = ..., master_addr: _Optional[str] = ..., bootstrapped: bool = ..., warm_spares: _Optional[int] = ..., error_file_dir: _Optional[str] = ..., base_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FailureDetail(_message.Message):
+    __slots__ = ("exception_type", "message", "traceback", "signature")
+    EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    exception_type: str
+    message: str
+    traceback: str
+    signature: str
+    def __init__(self, exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AttachLauncherRequest(_message.Message):
+    __slots__ = ("spec", "launcher_pid")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHER_PID_FIELD_NUMBER: _ClassVar[int]
+    spec: WorkerSpec
+    launcher_pid: int
+    def __init__(self, spec: _Optional[_Union[WorkerSpec, _Mapping]] = ..., launcher_pid: _Optional[int] = ...) -> None: ...
+
+class SpawnWorker(_message.Message):
+    __slots__ = ("rank", "local_rank", "spare", "env")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    SPARE_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    local_rank: int
+    spare: bool
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., spare: bool = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class KillProcess(_message.Message):
+    __slots__ = ("pid", "signal", "reason")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    signal: int
+    reason: str
+    def __init__(self, pid: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RankAssigned(_message.Message):
+    __slots__ = ("pid", "rank", "local_rank")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    local_rank: int
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., local_rank: _Optional[int] = ...) -> None: ...
+
+class Shutdown(_message.Message):
+    __slots__ = ("exit_code", "report")
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    exit_code: int
+    report: str
+    def __init__(self, exit_code: _Optional[int] = ..., report: _Optional[str] = ...) -> None: ...
+
+class LauncherCommand(_message.Message):
+    __slots__ = ("spawn", "kill", "assigned", "shutdown")
+    SPAWN_FIELD_NUMBER: _ClassVar[int]
+    KILL_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    spawn: SpawnWorker
+    kill: KillProcess
+    assigned: RankAssigned
+    shutdown: Shutdown
+    def __init__(self, spawn: _Optional[_Union[SpawnWorker, _Mapping]] = ..., kill: _Optional[_Union[KillProcess, _Mapping]] = ..., assigned: _Optional[_Union[RankAssigned, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ...) -> None: ...
+
+class ProcessStarted(_message.Message):
+    __slots__ = ("pid", "rank", "spare")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SPARE_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    spare: bool
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., spare: bool = ...) -> None: ...
+
+class ProcessExit(_message.Message):
+    __slots__ = ("pid", "exit_code", "signal", "output_tail")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TAIL_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    exit_code: int
+    signal: int
+    output_tail: str
+    def __init__(self, pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., output_tail: _Optional[str] = ...) -> None: ...
+
+class AttachWorkerRequest(_message.Message):
+    __slots__ = ("pid", "rank", "spare")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SPARE_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    spare: bool
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., spare: bool = ...) -> None: ...
+
+class StartGeneration(_message.Message):
+    __slots__ = ("generation", "rank", "local_rank", "env")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    rank: int
+    local_rank: int
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class AbortGeneration(_message.Message):
+    __slots__ = ("generation", "reason")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    reason: str
+    def __init__(self, generation: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ExitWorker(_message.Message):
+    __slots__ = ("exit_code",)
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    exit_code: int
+    def __init__(self, exit_code: _Optional[int] = ...) -> None: ...
+
+class WorkerCommand(_message.Message):
+    __slots__ = ("start", "abort", "exit")
+    START_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    EXIT_FIELD_NUMBER: _ClassVar[int]
+    start: StartGeneration
+    abort: AbortGeneration
+    exit: ExitWorker
+    def __init__(self, start: _Optional[_Union[StartGeneration, _Mapping]] = ..., abort: _Optional[_Union[AbortGeneration, _Mapping]] = ..., exit: _Optional[_Union[ExitWorker, _Mapping]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("pid", "rank", "generation", "step", "step_time_s")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    generation: int
+    step: int
+    step_time_s: float
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ...) -> None: ...
+
+class WorkerOutcome(_message.Message):
+    __slots__ = ("pid", "rank", "generation", "kind", "failure")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    generation: int
+    kind: OutcomeKind
+    failure: FailureDetail
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[OutcomeKind, str]] = ..., failure: _Optional[_Union[FailureDetail, _Mapping]] = ...) -> None: ...
+
+class OutcomeVerdict(_message.Message):
+    __slots__ = ("verdict",)
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    verdict: Verdict
+    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ...) -> None: ...
+
+class RankStatus(_message.Message):
+    __slots__ = ("rank", "local_rank", "node_rank", "pid", "state", "step", "step_time_s", "heartbeat_age_s", "process_starts")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_STARTS_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    local_rank: int
+    node_rank: int
+    pid: int
+    state: WorkerState
+    step: int
+    step_time_s: float
+    heartbeat_age_s: float
+    process_starts: int
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ..., heartbeat_age_s: _Optional[float] = ..., process_starts: _Optional[int] = ...) -> None: ...
+
+class FailureRecord(_message.Message):
+    __slots__ = ("generation", "rank", "pid", "exit_code", "signal", "detail", "step", "action", "time_unix")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    rank: int
+    pid: int
+    exit_code: int
+    signal: int
+    detail: FailureDetail
+    step: int
+    action: str
+    time_unix: float
+    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., detail: _Optional[_Union[FailureDetail, _Mapping]] = ..., step: _Optional[int] = ..., action: _Optional[str] = ..., time_unix: _Optional[float] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("time_unix", "kind", "message")
+    TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    time_unix: float
+    kind: str
+    message: str
+    def __init__(self, time_unix: _Optional[float] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    SPARE_PIDS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    generation: int
+    world_size: int
+    state: JobState
+    restart_count: int
+    max_restarts: int
+    ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
+    last_failure: FailureRecord
+    spare_pids: _containers.RepeatedScalarFieldContainer[int]
+    leader: str
+    recent_events: _containers.RepeatedCompositeFieldContainer[JobEvent]
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ...) -> None: ...
