@@ -155,7 +155,8 @@ class Worker:
 
     def _report(self, kind: int, failure: Optional[pb.FailureDetail] = None) -> int:
         outcome = pb.WorkerOutcome(
-            pid=self.pid, rank=self.rank, generation=self.generation, kind=kind, failure=failure
+            pid=self.pid, rank=self.rank, generation=self.generation, kind=kind, failure=failure,
+            step=self.steps.step(),
         )
         verdict: int = self.stub.ReportOutcome(outcome, timeout=RPC_TIMEOUT_S).verdict
         self.unwound = kind == pb.OutcomeKind.OUTCOME_UNWOUND or (

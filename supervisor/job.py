@@ -190,12 +190,22 @@ class JobState:
         slot.step, slot.step_time_s, slot.last_heartbeat = step, step_time_s, now
 
     def outcome(
-        self, pid: int, generation: int, kind: int, detail: Optional[pb.FailureDetail], now: float
+        self,
+        pid: int,
+        generation: int,
+        kind: int,
+        detail: Optional[pb.FailureDetail],
+        now: float,
+        step: int = 0,
     ) -> tuple[Optional[int], list[Effect]]:
-        """A worker's script ended. Returns (verdict or None if not yet known, effects)."""
+        """A worker's script ended. Returns (verdict or None if not yet known, effects).
+
+        `step` is exact where heartbeats are coalesced: the failure report names it.
+        """
         slot = self.slot_of(pid)
         if slot is None or self.over or generation != slot.generation:
             return pb.Verdict.VERDICT_WAIT, []  # stale: that generation is already settled
+        slot.step = max(slot.step, step)
         aborted = generation < self.generation or not self.started
         if kind == pb.OutcomeKind.OUTCOME_UNWOUND or aborted:
             slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None

@@ -153,7 +153,7 @@ class Supervisor:
         job = await self.require_job(context)
         failure = request.failure if request.HasField("failure") else None
         verdict, effects = job.outcome(
-            request.pid, request.generation, request.kind, failure, time.monotonic()
+            request.pid, request.generation, request.kind, failure, time.monotonic(), request.step
         )
         self.apply(effects)
         if verdict is None:

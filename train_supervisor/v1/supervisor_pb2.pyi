@@ -266,18 +266,20 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ...) -> None: ...
 
 class WorkerOutcome(_message.Message):
-    __slots__ = ("pid", "rank", "generation", "kind", "failure")
+    __slots__ = ("pid", "rank", "generation", "kind", "failure", "step")
     PID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     pid: int
     rank: int
     generation: int
     kind: OutcomeKind
     failure: FailureDetail
-    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[OutcomeKind, str]] = ..., failure: _Optional[_Union[FailureDetail, _Mapping]] = ...) -> None: ...
+    step: int
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[OutcomeKind, str]] = ..., failure: _Optional[_Union[FailureDetail, _Mapping]] = ..., step: _Optional[int] = ...) -> None: ...
 
 class OutcomeVerdict(_message.Message):
     __slots__ = ("verdict",)

@@ -1,0 +1,127 @@
+"""A plain torchrun-style DDP training script, used by the tests and benchmarks.
+
+It knows nothing about train-launch: it reads torchrun's environment,
+checkpoints to disk every --ckpt-every steps and resumes from the newest
+checkpoint, like most training scripts do. It appends what happened to
+EVENTS_DIR/rank_<RANK>.jsonl so that tests can tell which process ran which
+rank in which generation and when every step completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--ckpt-dir", default="")
+    p.add_argument("--ckpt-every", type=int, default=10)
+    p.add_argument("--step-sleep", type=float, default=0.0)
+    p.add_argument("--events", default="")
+    p.add_argument("--raise-at-step", type=int, default=-1)
+    p.add_argument("--raise-rank", type=int, default=1)
+    p.add_argument("--hang-rank", type=int, default=-1, help="this rank sleeps, uninterruptibly")
+    p.add_argument("--hang-at-step", type=int, default=-1)
+    p.add_argument("--dump-env", default="", help="write each rank's environment here and exit")
+    return p.parse_args()
+
+
+class EventLog:
+    def __init__(self, directory: str, rank: int) -> None:
+        self.path = os.path.join(directory, f"rank_{rank}.jsonl") if directory else ""
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self.rank = rank
+        self.generation = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+    def write(self, event: str, **fields: Any) -> None:
+        if not self.path:
+            return
+        record = {"event": event, "rank": self.rank, "pid": os.getpid(),
+                  "gen": self.generation, "t": time.time(), **fields}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def newest_checkpoint(ckpt_dir: str) -> str:
+    paths = glob.glob(os.path.join(ckpt_dir, "step_*.pt"))
+    return max(paths, key=lambda p: int(p.rsplit("_", 1)[1][:-3])) if paths else ""
+
+
+def save_checkpoint(ckpt_dir: str, step: int, model: nn.Module, optim: torch.optim.Optimizer) -> None:
+    tmp = os.path.join(ckpt_dir, f".step_{step}.tmp")
+    torch.save({"step": step, "model": model.state_dict(), "optim": optim.state_dict()}, tmp)
+    os.replace(tmp, os.path.join(ckpt_dir, f"step_{step}.pt"))
+    for old in sorted(glob.glob(os.path.join(ckpt_dir, "step_*.pt")),
+                      key=lambda p: int(p.rsplit("_", 1)[1][:-3]))[:-2]:
+        os.remove(old)
+
+
+def main() -> None:
+    args = parse()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if args.dump_env:
+        os.makedirs(args.dump_env, exist_ok=True)
+        with open(os.path.join(args.dump_env, f"rank_{rank}.json"), "w") as handle:
+            json.dump(dict(os.environ), handle)
+        return
+    log = EventLog(args.events, rank)
+    log.write("start")
+    if args.ckpt_dir:
+        os.makedirs(args.ckpt_dir, exist_ok=True)
+    dist.init_process_group("gloo")
+    log.write("pg_ready")
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(args.layers):
+        layers += [nn.Linear(args.hidden, args.hidden), nn.Tanh()]
+    model = DistributedDataParallel(nn.Sequential(*layers))
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    step = 0
+    path = newest_checkpoint(args.ckpt_dir) if args.ckpt_dir else ""
+    if path:
+        state = torch.load(path, map_location="cpu")
+        model.module.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        step = state["step"]
+    log.write("resumed", from_step=step)
+    while step < args.steps:
+        if rank == args.raise_rank and step == args.raise_at_step:
+            raise ValueError(f"bad batch at step {step}")
+        if rank == args.hang_rank and step == args.hang_at_step:
+            log.write("hanging", step=step)
+            time.sleep(3600)  # a C-level sleep: the unwind cannot interrupt it
+        gen = torch.Generator().manual_seed(step * world + rank)
+        batch = torch.randn(args.batch, args.hidden, generator=gen)
+        loss = model(batch).pow(2).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        step += 1
+        log.write("step", step=step, loss=float(loss))
+        if args.ckpt_dir and rank == 0 and step % args.ckpt_every == 0:
+            save_checkpoint(args.ckpt_dir, step, model.module, optim)
+            log.write("checkpoint", step=step)
+        if args.step_sleep:
+            time.sleep(args.step_sleep)
+    dist.barrier()
+    log.write("done", step=step)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
