@@ -19,12 +19,31 @@ class UsageError(Exception):
 
 # torchrun flags we know but do not implement yet: refused by name, never ignored.
 UNSUPPORTED_TORCHRUN_FLAGS = (
-    "--rdzv-backend", "--rdzv_backend", "--rdzv-endpoint", "--rdzv_endpoint",
-    "--rdzv-conf", "--rdzv_conf", "--start-method", "--start_method", "--logs-specs",
-    "--logs_specs", "--local-addr", "--local_addr", "--event-log-handler",
-    "--event_log_handler", "--run-path", "--run_path", "--max-nodes", "--numa-binding",
-    "--numa_binding", "--signals-to-handle", "--signals_to_handle", "--duplicate-stdout-filters",
-    "--duplicate-stderr-filters", "--virtual-local-rank", "--virtual_local_rank",
+    "--rdzv-backend",
+    "--rdzv_backend",
+    "--rdzv-endpoint",
+    "--rdzv_endpoint",
+    "--rdzv-conf",
+    "--rdzv_conf",
+    "--start-method",
+    "--start_method",
+    "--logs-specs",
+    "--logs_specs",
+    "--local-addr",
+    "--local_addr",
+    "--event-log-handler",
+    "--event_log_handler",
+    "--run-path",
+    "--run_path",
+    "--max-nodes",
+    "--numa-binding",
+    "--numa_binding",
+    "--signals-to-handle",
+    "--signals_to_handle",
+    "--duplicate-stdout-filters",
+    "--duplicate-stderr-filters",
+    "--virtual-local-rank",
+    "--virtual_local_rank",
 )
 
 
@@ -69,47 +88,96 @@ def _env_default(env: Mapping[str, str], dest: str, default: Optional[str]) -> O
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = _Parser(prog="train-launch", description="torchrun drop-in: restart only the failed rank.")
 
-    def opt(flags: Sequence[str], dest: str, default: Optional[str], help: str, **kw: object) -> None:
+    def opt(
+        flags: Sequence[str], dest: str, default: Optional[str], help: str, **kw: object
+    ) -> None:
         p.add_argument(*flags, dest=dest, default=_env_default(env, dest, default), help=help, **kw)  # type: ignore[arg-type]
 
     def flag(flags: Sequence[str], dest: str, help: str) -> None:
-        p.add_argument(*flags, dest=dest, action="store_true", help=help,
-                       default=_env_default(env, dest, None) not in (None, "", "0", "false", "False"))
+        p.add_argument(
+            *flags,
+            dest=dest,
+            action="store_true",
+            help=help,
+            default=_env_default(env, dest, None) not in (None, "", "0", "false", "False"),
+        )
 
     opt(["--nnodes"], "nnodes", "1", "number of nodes (fixed; MIN:MAX is refused)")
-    opt(["--nproc-per-node", "--nproc_per_node"], "nproc_per_node", "1",
-        "workers per node: an integer, cpu, gpu or auto")
+    opt(
+        ["--nproc-per-node", "--nproc_per_node"],
+        "nproc_per_node",
+        "1",
+        "workers per node: an integer, cpu, gpu or auto",
+    )
     opt(["--node-rank", "--node_rank"], "node_rank", "0", "rank of this node")
     opt(["--master-addr", "--master_addr"], "master_addr", "127.0.0.1", "address of rank 0's host")
-    opt(["--master-port", "--master_port"], "master_port", "29500",
-        "accepted for compatibility; each generation gets a fresh port")
+    opt(
+        ["--master-port", "--master_port"],
+        "master_port",
+        "29500",
+        "accepted for compatibility; each generation gets a fresh port",
+    )
     opt(["--max-restarts", "--max_restarts"], "max_restarts", "0", "job-wide restart budget")
-    opt(["--monitor-interval", "--monitor_interval"], "monitor_interval", "0.1",
-        "seconds between supervisor deadline checks")
+    opt(
+        ["--monitor-interval", "--monitor_interval"],
+        "monitor_interval",
+        "0.1",
+        "seconds between supervisor deadline checks",
+    )
     flag(["--standalone"], "standalone", "single node with an embedded supervisor")
     opt(["--rdzv-id", "--rdzv_id", "--run-id", "--run_id"], "rdzv_id", None, "job id")
     opt(["--role"], "role", "default", "worker role name")
     opt(["--log-dir", "--log_dir"], "log_dir", None, "directory for worker logs")
     opt(["-r", "--redirects"], "redirects", "0", "redirect worker std streams to files")
     opt(["-t", "--tee"], "tee", "0", "tee worker std streams to files and the console")
-    opt(["--local-ranks-filter", "--local_ranks_filter"], "local_ranks_filter", "",
-        "only show these local ranks' output on the console")
+    opt(
+        ["--local-ranks-filter", "--local_ranks_filter"],
+        "local_ranks_filter",
+        "",
+        "only show these local ranks' output on the console",
+    )
     flag(["-m", "--module"], "module", "run the target as a module (python -m)")
     flag(["--no-python", "--no_python"], "no_python", "run the target as an executable")
-    opt(["--warm-spares", "--warm_spares"], "warm_spares", "1",
-        "idle interpreters with torch imported, ready to take a failed rank")
-    opt(["--unwind-timeout"], "unwind_timeout", "10",
-        "seconds a surviving rank has to unwind before it is killed and respawned")
-    opt(["--failure-settle"], "failure_settle", "1.0",
-        "seconds a rank's exception waits for news of a peer's death")
-    opt(["--crash-loop-threshold"], "crash_loop_threshold", "3",
-        "same-error failures without progress that stop the job")
+    opt(
+        ["--warm-spares", "--warm_spares"],
+        "warm_spares",
+        "1",
+        "idle interpreters with torch imported, ready to take a failed rank",
+    )
+    opt(
+        ["--unwind-timeout"],
+        "unwind_timeout",
+        "10",
+        "seconds a surviving rank has to unwind before it is killed and respawned",
+    )
+    opt(
+        ["--failure-settle"],
+        "failure_settle",
+        "1.0",
+        "seconds a rank's exception waits for news of a peer's death",
+    )
+    opt(
+        ["--crash-loop-threshold"],
+        "crash_loop_threshold",
+        "3",
+        "same-error failures without progress that stop the job",
+    )
     opt(["--term-timeout"], "term_timeout", "30", "grace seconds for workers after SIGTERM")
-    opt(["--supervisor-port"], "supervisor_port", "29400",
-        "loopback port of the embedded supervisor's gRPC API (0: any free port)")
+    opt(
+        ["--supervisor-port"],
+        "supervisor_port",
+        "29400",
+        "loopback port of the embedded supervisor's gRPC API (0: any free port)",
+    )
     for unsupported in UNSUPPORTED_TORCHRUN_FLAGS:
-        p.add_argument(unsupported, dest=f"unsupported_{unsupported}", nargs="?", const="",
-                       default=None, help=argparse.SUPPRESS)
+        p.add_argument(
+            unsupported,
+            dest=f"unsupported_{unsupported}",
+            nargs="?",
+            const="",
+            default=None,
+            help=argparse.SUPPRESS,
+        )
     p.add_argument("training_script", help="script, module or executable to run")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER)
     return p
@@ -192,6 +260,12 @@ def parse_args(
     for unsupported in UNSUPPORTED_TORCHRUN_FLAGS:
         if getattr(ns, f"unsupported_{unsupported}") is not None:
             raise UsageError(f"{unsupported} is a torchrun flag train-launch does not support yet")
+        pet_name = "PET_" + unsupported.lstrip("-").replace("-", "_").upper()
+        if env.get(pet_name):
+            raise UsageError(
+                f"{pet_name} is set, but {unsupported} is a torchrun flag train-launch "
+                "does not support yet"
+            )
     if ":" in ns.nnodes:
         raise UsageError(f"--nnodes {ns.nnodes}: elastic MIN:MAX node counts are not supported")
     nnodes = _int("--nnodes", ns.nnodes, 1)

@@ -7,6 +7,7 @@ it again in place (same PID, imports kept) with the next generation's env.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -105,12 +107,16 @@ class Worker:
     def _send_heartbeat(self, generation: int, step: int, step_time: float) -> None:
         self.stub.Heartbeat(
             pb.HeartbeatRequest(
-                pid=self.pid, rank=self.rank, generation=generation, step=step, step_time_s=step_time
+                pid=self.pid,
+                rank=self.rank,
+                generation=generation,
+                step=step,
+                step_time_s=step_time,
             ),
             timeout=5,
         )
 
-    def _control(self, stream: grpc.Future) -> None:  # type: ignore[type-arg]
+    def _control(self, stream: Iterable[pb.WorkerCommand]) -> None:
         try:
             for command in stream:
                 if command.HasField("abort"):
@@ -153,18 +159,24 @@ class Worker:
             if verdict == pb.Verdict.VERDICT_EXIT_FAILED:
                 return 1
 
-    def _report(self, kind: int, failure: Optional[pb.FailureDetail] = None) -> int:
+    def _report(
+        self, kind: pb.OutcomeKind, failure: Optional[pb.FailureDetail] = None
+    ) -> pb.Verdict:
         outcome = pb.WorkerOutcome(
-            pid=self.pid, rank=self.rank, generation=self.generation, kind=kind, failure=failure,
+            pid=self.pid,
+            rank=self.rank,
+            generation=self.generation,
+            kind=kind,
+            failure=failure,
             step=self.steps.step(),
         )
-        verdict: int = self.stub.ReportOutcome(outcome, timeout=RPC_TIMEOUT_S).verdict
+        verdict: pb.Verdict = self.stub.ReportOutcome(outcome, timeout=RPC_TIMEOUT_S).verdict
         self.unwound = kind == pb.OutcomeKind.OUTCOME_UNWOUND or (
             kind == pb.OutcomeKind.OUTCOME_RAISED and verdict == pb.Verdict.VERDICT_WAIT
         )
         return verdict
 
-    def _run_generation(self, start: pb.StartGeneration) -> int:
+    def _run_generation(self, start: pb.StartGeneration) -> pb.Verdict:
         self.rank = start.rank
         self.generation = start.generation
         self.unwound = False
@@ -212,10 +224,8 @@ def main() -> None:
     if not target.module:
         sys.path.insert(0, os.path.dirname(os.path.abspath(target.name)))
     if rank < 0:  # a warm spare pays the torch import now, not when it takes a rank
-        try:
+        with contextlib.suppress(ImportError):
             import torch.distributed  # noqa: F401
-        except ImportError:
-            pass
     code = Worker(address, rank, target).run()
     sys.stdout.flush()
     sys.stderr.flush()

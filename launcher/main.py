@@ -55,10 +55,17 @@ class Launcher:
         self.error_dir = error_dir
         self.channel = grpc.insecure_channel(address)
         self.stub = pb_grpc.LauncherServiceStub(self.channel)
-        self.procs = WorkerProcesses(config, address, self._report_exit)
+        self.procs = WorkerProcesses(config, address, self._report_started, self._report_exit)
         self.done = threading.Event()
         self.result: Optional[RunResult] = None
         self.stopping = False
+
+    def _report_started(self, pid: int, rank: int, spare: bool) -> None:
+        started = pb.ProcessStarted(pid=pid, rank=rank, spare=spare)
+        try:
+            self.stub.ReportProcessStarted(started, timeout=30)
+        except grpc.RpcError as err:
+            log.error("could not report start of pid %d: %s", pid, err)
 
     def _report_exit(self, pid: int, exit_code: int, signum: int, tail: str) -> None:
         if self.stopping:
@@ -73,16 +80,14 @@ class Launcher:
         kind = command.WhichOneof("command")
         if kind == "spawn":
             spawn = command.spawn
-            pid = self.procs.spawn(spawn.rank, spawn.local_rank, dict(spawn.env))
-            if not spawn.spare and not self.config.no_python:
-                return
-            started = pb.ProcessStarted(pid=pid, rank=spawn.rank, spare=spawn.spare)
-            self.stub.ReportProcessStarted(started, timeout=30)
+            self.procs.spawn(spawn.rank, spawn.local_rank, dict(spawn.env), spawn.spare)
         elif kind == "kill":
             log.warning("killing pid %d: %s", command.kill.pid, command.kill.reason)
             self.procs.kill(command.kill.pid, command.kill.signal)
         elif kind == "assigned":
-            self.procs.assign(command.assigned.pid, command.assigned.rank, command.assigned.local_rank)
+            self.procs.assign(
+                command.assigned.pid, command.assigned.rank, command.assigned.local_rank
+            )
         elif kind == "shutdown":
             self.result = RunResult(command.shutdown.exit_code, command.shutdown.report)
             self.done.set()
@@ -114,9 +119,7 @@ class Launcher:
     def terminate(self, signum: int) -> None:
         """SIGTERM/SIGINT: forward to the workers with a grace period, then stop."""
         self.stopping = True
-        self.result = RunResult(
-            exit_codes.TERMINATED, f"stopped by {signal.Signals(signum).name}"
-        )
+        self.result = RunResult(exit_codes.TERMINATED, f"stopped by {signal.Signals(signum).name}")
         self.procs.terminate_all(self.config.term_timeout)
         self.done.set()
 
@@ -124,6 +127,15 @@ class Launcher:
 def _serve_standalone(config: LaunchConfig) -> RunResult:
     import tempfile
 
+    import supervisor
+
+    if not getattr(supervisor, "IS_TRAIN_SUPERVISOR", False):
+        where = getattr(supervisor, "__file__", None) or "?"
+        return RunResult(
+            exit_codes.USAGE_ERROR,
+            f"error: the 'supervisor' package imported from {where} is not train-supervisor's "
+            "(supervisord uses the same name); see 'supervisord' in the README",
+        )
     from supervisor.server import EmbeddedSupervisor
     from supervisor.service import SupervisorSettings
 
@@ -140,8 +152,12 @@ def _serve_standalone(config: LaunchConfig) -> RunResult:
         return RunResult(exit_codes.USAGE_ERROR, f"--supervisor-port: {err}")
     error_dir = config.log_dir or tempfile.mkdtemp(prefix=f"train-launch-{config.run_id}-")
     launcher = Launcher(config, address, error_dir)
-    log.info("supervisor on %s; %d workers, %d warm spares", address,
-             config.nproc_per_node, config.warm_spares)
+    log.info(
+        "supervisor on %s; %d workers, %d warm spares",
+        address,
+        config.nproc_per_node,
+        config.warm_spares,
+    )
 
     def on_signal(signum: int, frame: Optional[FrameType]) -> None:
         embedded.stop_job(f"signal {signum}")

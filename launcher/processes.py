@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ TAIL_BYTES = 16 * 1024
 PUMP_DRAIN_S = 0.2
 
 ExitCallback = Callable[[int, int, int, str], None]  # pid, exit code, signal, output tail
+StartedCallback = Callable[[int, int, bool], None]  # pid, rank, spare
 
 
 @dataclass
@@ -50,15 +52,22 @@ def worker_command(config: LaunchConfig) -> list[str]:
 class WorkerProcesses:
     """All processes of this pod. Thread-safe; exits are reported from waiter threads."""
 
-    def __init__(self, config: LaunchConfig, supervisor_address: str, on_exit: ExitCallback) -> None:
+    def __init__(
+        self,
+        config: LaunchConfig,
+        supervisor_address: str,
+        on_started: StartedCallback,
+        on_exit: ExitCallback,
+    ) -> None:
         self.config = config
         self.supervisor_address = supervisor_address
+        self.on_started = on_started
         self.on_exit = on_exit
         self.procs: dict[int, WorkerProcess] = {}
         self.lock = threading.Lock()
         self.all_exited = threading.Condition(self.lock)
 
-    def spawn(self, rank: int, local_rank: int, env_overrides: dict[str, str]) -> int:
+    def spawn(self, rank: int, local_rank: int, env_overrides: dict[str, str], spare: bool) -> int:
         env = dict(os.environ)
         env.update(self.config.base_env)
         env.update(env_overrides)
@@ -78,12 +87,20 @@ class WorkerProcesses:
         assert popen.stdout is not None and popen.stderr is not None
         for stream, std_index in ((popen.stdout, 1), (popen.stderr, 2)):
             pump = threading.Thread(
-                target=self._pump, args=(proc, stream, std_index), daemon=True,
+                target=self._pump,
+                args=(proc, stream, std_index),
+                daemon=True,
                 name=f"pump-{popen.pid}-{std_index}",
             )
             proc.pumps.append(pump)
             pump.start()
-        threading.Thread(target=self._wait, args=(proc,), daemon=True, name=f"wait-{popen.pid}").start()
+        # Reported before anyone can report its exit: the supervisor must know
+        # the pid first, or a worker dying at once would go unnoticed.
+        self.on_started(popen.pid, rank, spare)
+        waiter = threading.Thread(
+            target=self._wait, args=(proc,), daemon=True, name=f"wait-{popen.pid}"
+        )
+        waiter.start()
         return popen.pid
 
     def assign(self, pid: int, rank: int, local_rank: int) -> None:
@@ -96,10 +113,8 @@ class WorkerProcesses:
         with self.lock:
             proc = self.procs.get(pid)
         if proc is not None and proc.popen.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 proc.popen.send_signal(signum)
-            except ProcessLookupError:
-                pass
 
     def pids(self) -> list[int]:
         with self.lock:
@@ -127,7 +142,9 @@ class WorkerProcesses:
     # ----------------------------------------------------------- internals
     def _wait(self, proc: WorkerProcess) -> None:
         code = proc.popen.wait()
-        for pump in proc.pumps:  # the last lines are the evidence; a child holding the pipe must not delay us
+        for pump in (
+            proc.pumps
+        ):  # the last lines are the evidence; a child holding the pipe must not delay us
             pump.join(timeout=PUMP_DRAIN_S)
         signum, exit_code = (-code, 0) if code < 0 else (0, code)
         try:
@@ -137,7 +154,9 @@ class WorkerProcesses:
                 self.procs.pop(proc.popen.pid, None)
                 self.all_exited.notify_all()
 
-    def _sinks(self, proc: WorkerProcess, std_index: int) -> tuple[Optional[IO[bytes]], Optional[IO[bytes]]]:
+    def _sinks(
+        self, proc: WorkerProcess, std_index: int
+    ) -> tuple[Optional[IO[bytes]], Optional[IO[bytes]]]:
         """(console, file) for this stream, torchrun's --redirects/--tee semantics."""
         console: Optional[IO[bytes]] = sys.stdout.buffer if std_index == 1 else sys.stderr.buffer
         local = proc.local_rank
@@ -152,7 +171,9 @@ class WorkerProcesses:
         log_file: Optional[IO[bytes]] = None
         if self.config.log_dir and (redirected or teed):
             name = "stdout.log" if std_index == 1 else "stderr.log"
-            directory = os.path.join(self.config.log_dir, self.config.run_id, f"pid_{proc.popen.pid}")
+            directory = os.path.join(
+                self.config.log_dir, self.config.run_id, f"pid_{proc.popen.pid}"
+            )
             os.makedirs(directory, exist_ok=True)
             log_file = open(os.path.join(directory, name), "ab")  # noqa: SIM115 -- closed by _pump
         return console, log_file

@@ -1,1 +1,4 @@
-"""train-supervisor: the per-pod brain that decides what happens when a rank fails."""
+"""train-supervisor: the in-pod supervisor (the sidecar, and the embedded one of --standalone)."""
+
+# supervisord is also imported as `supervisor`; train-launch checks for this marker.
+IS_TRAIN_SUPERVISOR = True

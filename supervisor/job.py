@@ -12,57 +12,17 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional
 
 from supervisor import restart_policy
-from supervisor.worker_env import GenerationLayout, torchrun_env
+from supervisor.job_types import Effect, RankSlot, Timings, ToLauncher, ToWorker, signal_name
+from supervisor.spares import SparePool
+from supervisor.worker_env import spec_env
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
-
-
-@dataclass(frozen=True)
-class ToWorker:
-    pid: int
-    command: pb.WorkerCommand
-
-
-@dataclass(frozen=True)
-class ToLauncher:
-    command: pb.LauncherCommand
-
-
-Effect = Union[ToWorker, ToLauncher]
-
-
-@dataclass
-class RankSlot:
-    rank: int
-    local_rank: int
-    pid: int = 0  # 0: no process holds the rank
-    spawning: bool = False
-    state: int = WS.WORKER_STATE_UNKNOWN
-    generation: int = -1  # generation the holding process last started
-    step: int = 0
-    step_time_s: float = 0.0
-    last_heartbeat: Optional[float] = None
-    process_starts: int = 0
-    evidence: Optional[pb.FailureDetail] = None
-    unwind_deadline: Optional[float] = None
-
-
-@dataclass(frozen=True)
-class Timings:
-    unwind_timeout_s: float = 10.0  # survivor must be back in place by then
-    max_spare_failures: int = 3  # stop replenishing spares that keep dying
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
+__all__ = ["Effect", "JobState", "RankSlot", "Timings", "ToLauncher", "ToWorker"]
 
 
 @dataclass
@@ -74,11 +34,9 @@ class JobState:
     generation: int = 0
     started: bool = False
     restart_count: int = 0
-    state: int = pb.JobState.JOB_STATE_STARTING
+    state: pb.JobState = pb.JobState.JOB_STATE_STARTING
     ranks: dict[int, RankSlot] = field(default_factory=dict)
-    idle_spares: list[int] = field(default_factory=list)
-    spares_spawning: int = 0
-    spare_failures: int = 0
+    spares: SparePool = field(default_factory=lambda: SparePool(target=0))
     killed_by_us: set[int] = field(default_factory=set)
     history: list[restart_policy.Failure] = field(default_factory=list)
     failures: list[pb.FailureRecord] = field(default_factory=list)
@@ -86,12 +44,15 @@ class JobState:
         default_factory=lambda: collections.deque(maxlen=200)
     )
     master_port: int = 0
+    generation_seen_at: Optional[float] = None  # first tick of the running generation
+    events_recorded: int = 0
 
     def __post_init__(self) -> None:
         base = self.spec.node_rank * self.spec.nproc_per_node
         for local_rank in range(self.spec.nproc_per_node):
             self.ranks[base + local_rank] = RankSlot(rank=base + local_rank, local_rank=local_rank)
         self.master_port = self.allocate_port()
+        self.spares = SparePool(self.spec.warm_spares, self.timings.max_spare_failures)
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -108,6 +69,12 @@ class JobState:
 
     def record(self, kind: str, message: str) -> None:
         self.events.append(pb.JobEvent(time_unix=time.time(), kind=kind, message=message))
+        self.events_recorded += 1
+
+    def events_since(self, count: int) -> list[pb.JobEvent]:
+        """Events recorded after the first `count` (as many as are still kept)."""
+        new = min(self.events_recorded - count, len(self.events))
+        return list(self.events)[len(self.events) - new :] if new > 0 else []
 
     def slot_of(self, pid: int) -> Optional[RankSlot]:
         for slot in self.ranks.values():
@@ -116,25 +83,7 @@ class JobState:
         return None
 
     def _env(self, slot: RankSlot) -> dict[str, str]:
-        layout = GenerationLayout(
-            generation=self.generation,
-            world_size=self.world_size,
-            group_world_size=self.spec.nnodes,
-            master_addr=self.spec.master_addr,
-            master_port=self.master_port,
-        )
-        return torchrun_env(
-            layout=layout,
-            rank=slot.rank,
-            local_rank=slot.local_rank,
-            local_world_size=self.spec.nproc_per_node,
-            group_rank=self.spec.node_rank,
-            role=self.spec.role,
-            run_id=self.spec.run_id,
-            max_restarts=self.spec.max_restarts,
-            error_file_dir=self.spec.error_file_dir,
-            base_env=self.spec.base_env,
-        )
+        return spec_env(self.spec, slot.rank, slot.local_rank, self.generation, self.master_port)
 
     def _spawn_rank(self, slot: RankSlot, env: Optional[dict[str, str]] = None) -> Effect:
         slot.spawning = True
@@ -144,16 +93,29 @@ class JobState:
             )
         )
 
-    def _spawn_spare(self) -> Effect:
-        self.spares_spawning += 1
-        return ToLauncher(pb.LauncherCommand(spawn=pb.SpawnWorker(rank=-1, spare=True)))
+    def _replenish_spares(self) -> list[Effect]:
+        if self.over or not self.spec.bootstrapped:
+            return []
+        effects: list[Effect] = []
+        for _ in range(self.spares.deficit()):
+            self.spares.spawned()
+            effects.append(
+                ToLauncher(pb.LauncherCommand(spawn=pb.SpawnWorker(rank=-1, spare=True)))
+            )
+        return effects
+
+    def _stepping(self) -> bool:
+        """The current generation is past its first step on every rank: recovery is over."""
+        return self.started and all(
+            s.step > 0 and s.generation == self.generation for s in self.ranks.values()
+        )
 
     # ------------------------------------------------------------------ events
     def attach_launcher(self) -> list[Effect]:
         effects: list[Effect] = []
         if self.spec.bootstrapped:
             effects += [self._spawn_rank(slot) for slot in self.ranks.values()]
-            effects += [self._spawn_spare() for _ in range(self.spec.warm_spares)]
+            effects += self._replenish_spares()
         self.record("launcher_attached", f"{len(self.ranks)} ranks, {self.spec.warm_spares} spares")
         return effects + self._maybe_start()
 
@@ -161,16 +123,24 @@ class JobState:
         if self.over:
             return [ToWorker(pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
         if spare:
-            self.spares_spawning = max(0, self.spares_spawning - 1)
-            self.idle_spares.append(pid)
+            self.spares.attached(pid)
             return self._fill_vacancies() + self._maybe_start()
         slot = self.ranks[rank]
         self._take_rank(slot, pid)
         return self._maybe_start()
 
     def process_started(self, pid: int, rank: int) -> list[Effect]:
-        """A --no-python worker was spawned: it runs as soon as it exists."""
+        """The launcher spawned a process for `rank`.
+
+        A bootstrapped worker holds the rank from its AttachWorker on; knowing
+        the pid now makes a death before that attach a failure of the rank,
+        not an unknown exit. A --no-python worker runs as soon as it exists.
+        """
         slot = self.ranks[rank]
+        if self.spec.bootstrapped:
+            if slot.spawning:
+                slot.pid = pid
+            return []
         self._take_rank(slot, pid)
         slot.state = WS.WORKER_STATE_HEALTHY
         slot.generation = self.generation
@@ -183,21 +153,25 @@ class JobState:
         slot.evidence, slot.unwind_deadline = None, None
         slot.process_starts += 1
 
-    def heartbeat(self, pid: int, generation: int, step: int, step_time_s: float, now: float) -> None:
+    def heartbeat(
+        self, pid: int, generation: int, step: int, step_time_s: float, now: float
+    ) -> list[Effect]:
         slot = self.slot_of(pid)
         if slot is None or generation != slot.generation:
-            return
+            return []
         slot.step, slot.step_time_s, slot.last_heartbeat = step, step_time_s, now
+        # Spares used up by a recovery are replaced once every rank steps again.
+        return self._replenish_spares() if self._stepping() else []
 
     def outcome(
         self,
         pid: int,
         generation: int,
-        kind: int,
+        kind: pb.OutcomeKind,
         detail: Optional[pb.FailureDetail],
         now: float,
         step: int = 0,
-    ) -> tuple[Optional[int], list[Effect]]:
+    ) -> tuple[Optional[pb.Verdict], list[Effect]]:
         """A worker's script ended. Returns (verdict or None if not yet known, effects).
 
         `step` is exact where heartbeats are coalesced: the failure report names it.
@@ -218,7 +192,7 @@ class JobState:
         slot.evidence = detail
         return None, []
 
-    def settle(self, pid: int) -> tuple[int, list[Effect]]:
+    def settle(self, pid: int) -> tuple[pb.Verdict, list[Effect]]:
         """The settle window after a RAISED outcome is over: decide."""
         slot = self.slot_of(pid)
         if slot is None or self.over:
@@ -231,24 +205,22 @@ class JobState:
     def process_exited(
         self, pid: int, exit_code: int, signum: int, output_tail: str, now: float
     ) -> list[Effect]:
-        if pid in self.idle_spares:
-            self.idle_spares.remove(pid)
-            return self._spare_lost(pid, exit_code, signum)
         slot = self.slot_of(pid)
+        if self.spares.exited(pid, holds_rank=slot is not None):
+            self.record("spare_lost", f"spare pid {pid} exited ({exit_code}, signal {signum})")
+            return self._replenish_spares()
         if slot is None:
-            if self.spares_spawning and not self.over:  # a spare died before attaching
-                self.spares_spawning -= 1
-                return self._spare_lost(pid, exit_code, signum)
             return []
+        slot.spawning = False
         if self.over:
             slot.pid, slot.state = 0, WS.WORKER_STATE_STOPPED
             return []
-        if not self.spec.bootstrapped and exit_code == 0 and signum == 0:
+        collateral = slot.state == WS.WORKER_STATE_UNWINDING or pid in self.killed_by_us
+        self.killed_by_us.discard(pid)
+        if not collateral and not self.spec.bootstrapped and exit_code == 0 and signum == 0:
             slot.state = WS.WORKER_STATE_SUCCEEDED
             slot.pid = 0
             return self._maybe_finish()
-        collateral = slot.state == WS.WORKER_STATE_UNWINDING or pid in self.killed_by_us
-        self.killed_by_us.discard(pid)
         failed_step = slot.step
         evidence = slot.evidence
         slot.pid, slot.state, slot.unwind_deadline = 0, WS.WORKER_STATE_FAILED, None
@@ -258,8 +230,13 @@ class JobState:
         return self._on_failure(slot, pid, exit_code, signum, evidence, failed_step, now)
 
     def tick(self, now: float) -> list[Effect]:
-        """Enforce the unwind grace period."""
+        """Enforce the unwind grace period; replenish spares if no heartbeat ever does."""
         effects: list[Effect] = []
+        if self.started:
+            if self.generation_seen_at is None:
+                self.generation_seen_at = now
+            elif now - self.generation_seen_at >= self.timings.spare_replenish_fallback_s:
+                effects += self._replenish_spares()
         for slot in self.ranks.values():
             late = slot.unwind_deadline is not None and now >= slot.unwind_deadline
             if slot.state == WS.WORKER_STATE_UNWINDING and slot.pid and late:
@@ -297,12 +274,20 @@ class JobState:
         what = f"signal {signal_name(signum)}" if signum else f"exit code {exit_code}"
         self.failures.append(
             pb.FailureRecord(
-                generation=self.generation, rank=slot.rank, pid=pid, exit_code=exit_code,
-                signal=signum, detail=detail, step=step, action=decision.action.value,
+                generation=self.generation,
+                rank=slot.rank,
+                pid=pid,
+                exit_code=exit_code,
+                signal=signum,
+                detail=detail,
+                step=step,
+                action=decision.action.value,
                 time_unix=time.time(),
             )
         )
-        self.record("failure", f"rank {slot.rank} pid {pid} {what} at step {step}: {decision.reason}")
+        self.record(
+            "failure", f"rank {slot.rank} pid {pid} {what} after step {step}: {decision.reason}"
+        )
         if decision.action is not restart_policy.Action.RESTART:
             return self._give_up(decision.reason, slot.rank, detail, step)
         return self._open_next_generation(now) + self._fill_vacancies() + self._maybe_start()
@@ -328,7 +313,9 @@ class JobState:
                 self.killed_by_us.add(slot.pid)
                 kill = pb.KillProcess(pid=slot.pid, signal=signal.SIGTERM, reason="restart all")
                 effects.append(ToLauncher(pb.LauncherCommand(kill=kill)))
-        self.record("generation_opened", f"generation {self.generation} (restart {self.restart_count})")
+        self.record(
+            "generation_opened", f"generation {self.generation} (restart {self.restart_count})"
+        )
         return effects
 
     def _fill_vacancies(self) -> list[Effect]:
@@ -338,24 +325,15 @@ class JobState:
         for slot in self.ranks.values():
             if slot.pid or slot.spawning:
                 continue
-            if self.idle_spares:
-                pid = self.idle_spares.pop(0)
+            pid = self.spares.take()
+            if pid is not None:
                 self._take_rank(slot, pid)
                 self.record("spare_promoted", f"spare pid {pid} takes rank {slot.rank}")
                 assigned = pb.RankAssigned(pid=pid, rank=slot.rank, local_rank=slot.local_rank)
                 effects.append(ToLauncher(pb.LauncherCommand(assigned=assigned)))
-                if self.spare_failures < self.timings.max_spare_failures:
-                    effects.append(self._spawn_spare())
             else:
                 effects.append(self._spawn_rank(slot))
         return effects
-
-    def _spare_lost(self, pid: int, exit_code: int, signum: int) -> list[Effect]:
-        self.spare_failures += 1
-        self.record("spare_lost", f"spare pid {pid} exited ({exit_code}, signal {signum})")
-        if self.over or self.spare_failures >= self.timings.max_spare_failures:
-            return []
-        return [self._spawn_spare()]
 
     def _maybe_start(self) -> list[Effect]:
         if self.started or self.over:
@@ -367,12 +345,15 @@ class JobState:
         elif any(s.pid or s.spawning for s in slots):
             return []
         self.started = True
+        self.generation_seen_at = None
         self.state = pb.JobState.JOB_STATE_RUNNING
         self.record("generation_started", f"generation {self.generation}, port {self.master_port}")
         effects: list[Effect] = []
         for slot in slots:
             env = self._env(slot)
             slot.generation = self.generation
+            # Steps count per generation, for survivors too.
+            slot.step, slot.step_time_s, slot.last_heartbeat = 0, 0.0, None
             if not self.spec.bootstrapped:
                 effects.append(self._spawn_rank(slot, env))
                 continue
@@ -387,7 +368,9 @@ class JobState:
         if not all(s.state == WS.WORKER_STATE_SUCCEEDED for s in self.ranks.values()):
             return []
         self.state = pb.JobState.JOB_STATE_SUCCEEDED
-        self.record("succeeded", f"all {len(self.ranks)} ranks finished generation {self.generation}")
+        self.record(
+            "succeeded", f"all {len(self.ranks)} ranks finished generation {self.generation}"
+        )
         return self._end(exit_codes.SUCCEEDED, "all ranks finished")
 
     def _give_up(self, reason: str, rank: int, detail: pb.FailureDetail, step: int) -> list[Effect]:
@@ -402,7 +385,7 @@ class JobState:
 
     def _end(self, exit_code: int, report: str) -> list[Effect]:
         bye = pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0))
-        pids = [s.pid for s in self.ranks.values() if s.pid] + self.idle_spares
+        pids = [s.pid for s in self.ranks.values() if s.pid] + self.spares.idle
         effects: list[Effect] = [ToWorker(pid, bye) for pid in pids]
         shutdown = pb.Shutdown(exit_code=exit_code, report=report)
         effects.append(ToLauncher(pb.LauncherCommand(shutdown=shutdown)))

@@ -41,7 +41,8 @@ async def start_server(sup: Supervisor, address: str) -> tuple[grpc.aio.Server, 
     pb_grpc.add_LauncherServiceServicer_to_server(LauncherServicer(sup), server)
     pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(sup), server)
     pb_grpc.add_StatusServiceServicer_to_server(StatusServicer(sup), server)
-    health_servicer = health.aio.HealthServicer()
+    # grpc_health-stubs lacks the `aio` submodule that grpc_health.v1.health exports.
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)

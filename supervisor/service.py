@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import grpc
 
@@ -19,6 +20,7 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("train_supervisor")
+NOTABLE_EVENTS = frozenset({"failure", "unwind_timeout", "gave_up", "spare_lost"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Supervisor:
         self.worker_queues: dict[int, asyncio.Queue[Optional[pb.WorkerCommand]]] = {}
         self.changed = asyncio.Condition()
         self.finished = asyncio.Event()
+        self.events_logged = 0
         self._ticker: Optional[asyncio.Task[None]] = None
 
     # ------------------------------------------------------------- plumbing
@@ -56,6 +59,15 @@ class Supervisor:
                 if effect.command.HasField("shutdown"):
                     self.finished.set()
         asyncio.get_running_loop().create_task(self._notify())
+        self._log_new_events()
+
+    def _log_new_events(self) -> None:
+        if self.job is None:
+            return
+        for event in self.job.events_since(self.events_logged):
+            level = logging.WARNING if event.kind in NOTABLE_EVENTS else logging.INFO
+            log.log(level, "%s: %s", event.kind, event.message)
+        self.events_logged = self.job.events_recorded
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -67,7 +79,7 @@ class Supervisor:
             if self.job is not None:
                 self.apply(self.job.tick(time.monotonic()))
 
-    async def require_job(self, context: grpc.aio.ServicerContext) -> JobState:
+    async def require_job(self, context: grpc.aio.ServicerContext[Any, Any]) -> JobState:
         if self.job is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no launcher attached yet")
             raise AssertionError("unreachable: abort raises")
@@ -75,7 +87,9 @@ class Supervisor:
 
     # ------------------------------------------------------------- launcher
     async def attach_launcher(
-        self, request: pb.AttachLauncherRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.AttachLauncherRequest,
+        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
     ) -> AsyncIterator[pb.LauncherCommand]:
         if self.job is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a launcher is already attached")
@@ -84,7 +98,9 @@ class Supervisor:
             crash_loop_threshold=self.settings.crash_loop_threshold,
         )
         timings = Timings(unwind_timeout_s=self.settings.unwind_timeout_s)
-        self.job = JobState(spec=request.spec, policy=policy, allocate_port=free_port, timings=timings)
+        self.job = JobState(
+            spec=request.spec, policy=policy, allocate_port=free_port, timings=timings
+        )
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         self.apply(self.job.attach_launcher())
@@ -95,7 +111,9 @@ class Supervisor:
             yield command
 
     async def report_process_started(
-        self, request: pb.ProcessStarted, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ProcessStarted,
+        context: grpc.aio.ServicerContext[pb.ProcessStarted, pb.Ack],
     ) -> pb.Ack:
         job = await self.require_job(context)
         if not request.spare:
@@ -103,7 +121,7 @@ class Supervisor:
         return pb.Ack()
 
     async def report_process_exit(
-        self, request: pb.ProcessExit, context: grpc.aio.ServicerContext
+        self, request: pb.ProcessExit, context: grpc.aio.ServicerContext[pb.ProcessExit, pb.Ack]
     ) -> pb.Ack:
         job = await self.require_job(context)
         queue = self.worker_queues.pop(request.pid, None)
@@ -111,7 +129,11 @@ class Supervisor:
             queue.put_nowait(None)
         self.apply(
             job.process_exited(
-                request.pid, request.exit_code, request.signal, request.output_tail, time.monotonic()
+                request.pid,
+                request.exit_code,
+                request.signal,
+                request.output_tail,
+                time.monotonic(),
             )
         )
         return pb.Ack()
@@ -122,7 +144,9 @@ class Supervisor:
 
     # --------------------------------------------------------------- worker
     async def attach_worker(
-        self, request: pb.AttachWorkerRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.AttachWorkerRequest,
+        context: grpc.aio.ServicerContext[pb.AttachWorkerRequest, pb.WorkerCommand],
     ) -> AsyncIterator[pb.WorkerCommand]:
         job = await self.require_job(context)
         queue: asyncio.Queue[Optional[pb.WorkerCommand]] = asyncio.Queue()
@@ -139,16 +163,26 @@ class Supervisor:
                 del self.worker_queues[request.pid]
 
     async def heartbeat(
-        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.HeartbeatRequest,
+        context: grpc.aio.ServicerContext[pb.HeartbeatRequest, pb.Ack],
     ) -> pb.Ack:
         job = await self.require_job(context)
-        job.heartbeat(
-            request.pid, request.generation, request.step, request.step_time_s, time.monotonic()
+        self.apply(
+            job.heartbeat(
+                request.pid,
+                request.generation,
+                request.step,
+                request.step_time_s,
+                time.monotonic(),
+            )
         )
         return pb.Ack()
 
     async def report_outcome(
-        self, request: pb.WorkerOutcome, context: grpc.aio.ServicerContext
+        self,
+        request: pb.WorkerOutcome,
+        context: grpc.aio.ServicerContext[pb.WorkerOutcome, pb.OutcomeVerdict],
     ) -> pb.OutcomeVerdict:
         job = await self.require_job(context)
         failure = request.failure if request.HasField("failure") else None
@@ -167,16 +201,16 @@ class Supervisor:
             return job.generation > generation or job.over
 
         async with self.changed:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(
                     self.changed.wait_for(aborted), timeout=self.settings.failure_settle_s
                 )
-            except asyncio.TimeoutError:
-                pass
 
     # --------------------------------------------------------------- status
     async def get_status(
-        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetStatusRequest,
+        context: grpc.aio.ServicerContext[pb.GetStatusRequest, pb.JobStatus],
     ) -> pb.JobStatus:
         if self.job is None:
             return pb.JobStatus(state=pb.JobState.JOB_STATE_STARTING, leader=self.leader)

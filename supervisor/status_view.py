@@ -14,7 +14,7 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
         state=job.state,
         restart_count=job.restart_count,
         max_restarts=job.spec.max_restarts,
-        spare_pids=list(job.idle_spares),
+        spare_pids=list(job.spares.idle),
         leader=leader,
         recent_events=list(job.events)[-20:],
     )

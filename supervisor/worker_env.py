@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from train_supervisor.v1 import supervisor_pb2 as pb
+
 
 @dataclass(frozen=True)
 class GenerationLayout:
@@ -63,3 +65,28 @@ def torchrun_env(
         }
     )
     return env
+
+
+def spec_env(
+    spec: pb.WorkerSpec, rank: int, local_rank: int, generation: int, master_port: int
+) -> dict[str, str]:
+    """torchrun_env for one rank of the job a WorkerSpec describes."""
+    layout = GenerationLayout(
+        generation=generation,
+        world_size=spec.nnodes * spec.nproc_per_node,
+        group_world_size=spec.nnodes,
+        master_addr=spec.master_addr,
+        master_port=master_port,
+    )
+    return torchrun_env(
+        layout=layout,
+        rank=rank,
+        local_rank=local_rank,
+        local_world_size=spec.nproc_per_node,
+        group_rank=spec.node_rank,
+        role=spec.role,
+        run_id=spec.run_id,
+        max_restarts=spec.max_restarts,
+        error_file_dir=spec.error_file_dir,
+        base_env=spec.base_env,
+    )

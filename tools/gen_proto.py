@@ -24,8 +24,18 @@ def ensure_tools() -> None:
     if (TOOLS_DIR / "grpc_tools").is_dir():
         return
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-         str(TOOLS_DIR), GRPC_TOOLS_PIN, *PINNED_DEPS],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(TOOLS_DIR),
+            GRPC_TOOLS_PIN,
+            *PINNED_DEPS,
+        ],
         check=True,
     )
 
@@ -33,10 +43,16 @@ def ensure_tools() -> None:
 def generate(out_dir: pathlib.Path) -> None:
     ensure_tools()
     subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from grpc_tools import protoc; sys.exit(protoc.main(sys.argv))",
-         f"-I{PROTO_ROOT}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-         f"--grpc_python_out={out_dir}", str(PROTO_ROOT / PROTO_FILE)],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from grpc_tools import protoc; sys.exit(protoc.main(sys.argv))",
+            f"-I{PROTO_ROOT}",
+            f"--python_out={out_dir}",
+            f"--pyi_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            str(PROTO_ROOT / PROTO_FILE),
+        ],
         check=True,
         env={"PYTHONPATH": str(TOOLS_DIR), "PATH": "/usr/bin:/bin"},
     )

@@ -43,16 +43,25 @@ class RunningJob:
 
     def __init__(self, argv: list[str], env: Optional[dict[str, str]] = None) -> None:
         self.proc = subprocess.Popen(
-            argv, cwd=REPO, env=env or job_env(), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            argv,
+            cwd=REPO,
+            env=env or job_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=5000)
         self.stdout_lines: collections.deque[str] = collections.deque(maxlen=5000)
         self.address: Optional[str] = None
         self.address_seen = threading.Event()
         self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr_lines), daemon=True),
-            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout_lines), daemon=True),
+            threading.Thread(
+                target=self._read, args=(self.proc.stderr, self.stderr_lines), daemon=True
+            ),
+            threading.Thread(
+                target=self._read, args=(self.proc.stdout, self.stdout_lines), daemon=True
+            ),
         ]
         for reader in self._readers:
             reader.start()
@@ -73,7 +82,9 @@ class RunningJob:
             if predicate():
                 return True
             if self.proc.poll() is not None:
-                raise AssertionError(f"job exited {self.proc.returncode} before {what}:\n{self.stderr}")
+                raise AssertionError(
+                    f"job exited {self.proc.returncode} before {what}:\n{self.stderr}"
+                )
             return False
 
         wait_until(done_or_dead, timeout, what)
@@ -88,7 +99,9 @@ class RunningJob:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill_tree()
-            raise AssertionError(f"job did not end within {timeout}s; stderr:\n{self.stderr}") from None
+            raise AssertionError(
+                f"job did not end within {timeout}s; stderr:\n{self.stderr}"
+            ) from None
         for reader in self._readers:
             reader.join(10)
         return code
@@ -109,13 +122,25 @@ class RunningJob:
         self.proc.kill()
 
 
-def train_launch(args: list[str], script_args: list[str], env: Optional[dict[str, str]] = None) -> RunningJob:
-    argv = [sys.executable, "-m", "launcher.main", "--supervisor-port", "0", *args,
-            str(TOY_DDP), *script_args]
+def train_launch(
+    args: list[str], script_args: list[str], env: Optional[dict[str, str]] = None
+) -> RunningJob:
+    argv = [
+        sys.executable,
+        "-m",
+        "launcher.main",
+        "--supervisor-port",
+        "0",
+        *args,
+        str(TOY_DDP),
+        *script_args,
+    ]
     return RunningJob(argv, env)
 
 
-def torchrun(args: list[str], script_args: list[str], env: Optional[dict[str, str]] = None) -> RunningJob:
+def torchrun(
+    args: list[str], script_args: list[str], env: Optional[dict[str, str]] = None
+) -> RunningJob:
     argv = [sys.executable, "-m", "torch.distributed.run", *args, str(TOY_DDP), *script_args]
     return RunningJob(argv, env)
 

@@ -8,17 +8,21 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
-from jobs import REPO, TOY_DDP, job_env, max_step, pids_by_rank, read_events, torchrun, train_launch
+from jobs import REPO, job_env, max_step, pids_by_rank, read_events, torchrun, train_launch
 
 from train_supervisor import exit_codes
 
 # Differ by design: ports and run ids are fresh per run; the error file lives
 # in our own per-generation directory; workers host their own store.
 EXPECTED_DIFFERENCES = {
-    "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_ERROR_FILE", "TORCHELASTIC_USE_AGENT_STORE",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_ERROR_FILE",
+    "TORCHELASTIC_USE_AGENT_STORE",
 }
 
 
@@ -28,13 +32,19 @@ def dumped_envs(directory: Path) -> dict[int, dict[str, str]]:
 
 @pytest.mark.slow
 def test_worker_environment_matches_torchrun(tmp_path: Path) -> None:
-    reference = torchrun(["--standalone", "--nproc-per-node", "2"],
-                         ["--dump-env", str(tmp_path / "torchrun")])
+    reference = torchrun(
+        ["--standalone", "--nproc-per-node", "2"], ["--dump-env", str(tmp_path / "torchrun")]
+    )
     assert reference.wait(120) == 0, reference.stderr
-    ours = train_launch(["--standalone", "--nproc-per-node", "2", "--warm-spares", "0"],
-                        ["--dump-env", str(tmp_path / "ours")])
+    ours = train_launch(
+        ["--standalone", "--nproc-per-node", "2", "--warm-spares", "0"],
+        ["--dump-env", str(tmp_path / "ours")],
+    )
     assert ours.wait(120) == 0, ours.stderr
-    theirs_by_rank, ours_by_rank = dumped_envs(tmp_path / "torchrun"), dumped_envs(tmp_path / "ours")
+    theirs_by_rank, ours_by_rank = (
+        dumped_envs(tmp_path / "torchrun"),
+        dumped_envs(tmp_path / "ours"),
+    )
     for rank in (0, 1):
         theirs, mine = theirs_by_rank[rank], ours_by_rank[rank]
         different = {k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k)}
@@ -65,8 +75,14 @@ def test_bad_input_gets_one_clear_error_and_starts_nothing(case: str, tmp_path: 
     shell.chmod(0o755)
     flags, expected = BAD_INPUTS[case]
     argv = [a.format(script=script, missing=tmp_path / "nope.py", shell=shell) for a in flags]
-    done = subprocess.run([sys.executable, "-m", "launcher.main", "--standalone", *argv],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "launcher.main", "--standalone", *argv],
+        cwd=REPO,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == exit_codes.USAGE_ERROR
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train-launch: error:"), done.stderr
@@ -77,11 +93,15 @@ def test_bad_input_gets_one_clear_error_and_starts_nothing(case: str, tmp_path: 
 @pytest.mark.slow
 def test_sigterm_stops_every_worker_and_exits_with_the_documented_code(tmp_path: Path) -> None:
     events = tmp_path / "events"
-    job = train_launch(["--standalone", "--nproc-per-node", "4", "--warm-spares", "1",
-                        "--term-timeout", "5"],
-                       ["--steps", "100000", "--step-sleep", "0.02", "--events", str(events)])
-    job.wait_for(lambda: all(max_step(read_events(events), r) > 0 for r in range(4)), 120,
-                 "every rank to step")
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "4", "--warm-spares", "1", "--term-timeout", "5"],
+        ["--steps", "100000", "--step-sleep", "0.02", "--events", str(events)],
+    )
+    job.wait_for(
+        lambda: all(max_step(read_events(events), r) > 0 for r in range(4)),
+        120,
+        "every rank to step",
+    )
     workers = job.children()
     assert len(workers) == 5, "4 ranks and 1 spare"
     os.kill(job.proc.pid, signal.SIGTERM)
@@ -93,35 +113,73 @@ def test_sigterm_stops_every_worker_and_exits_with_the_documented_code(tmp_path:
 @pytest.mark.slow
 def test_status_shows_every_rank_with_steps_advancing(tmp_path: Path) -> None:
     events = tmp_path / "events"
-    job = train_launch(["--standalone", "--nproc-per-node", "4", "--warm-spares", "0"],
-                       ["--steps", "100000", "--step-sleep", "0.02", "--events", str(events)])
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "4", "--warm-spares", "0"],
+        ["--steps", "100000", "--step-sleep", "0.02", "--events", str(events)],
+    )
     address = job.supervisor_address()
-    job.wait_for(lambda: all(max_step(read_events(events), r) > 0 for r in range(4)), 120,
-                 "every rank to step")
+    job.wait_for(
+        lambda: all(max_step(read_events(events), r) > 0 for r in range(4)),
+        120,
+        "every rank to step",
+    )
 
-    def status() -> dict[str, object]:
+    def status() -> dict[str, Any]:
         done = subprocess.run(
             [sys.executable, "-m", "supervisor.cli", "status", "--address", address, "--json"],
-            cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=30, check=True,
+            cwd=REPO,
+            env=job_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         )
-        parsed: dict[str, object] = json.loads(done.stdout)
+        parsed: dict[str, Any] = json.loads(done.stdout)
         return parsed
 
-    def steps(snapshot: dict[str, object]) -> dict[int, int]:
+    def steps(snapshot: dict[str, Any]) -> dict[int, int]:
         ranks = snapshot["ranks"]
         assert isinstance(ranks, list)
         return {r.get("rank", 0): int(r.get("step", 0)) for r in ranks}
 
     first = status()
     pids = pids_by_rank(read_events(events), 0)
-    assert {r.get("rank", 0): r["pid"] for r in first["ranks"]} == pids  # type: ignore[union-attr]
-    job.wait_for(lambda: all(s > steps(first)[r] for r, s in steps(status()).items()), 60,
-                 "every rank's step to advance in status")
+    assert {r.get("rank", 0): r["pid"] for r in first["ranks"]} == pids
+    job.wait_for(
+        lambda: all(s > steps(first)[r] for r, s in steps(status()).items()),
+        60,
+        "every rank's step to advance in status",
+    )
     table = subprocess.run(
         [sys.executable, "-m", "supervisor.cli", "status", "--address", address],
-        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=30, check=True,
+        cwd=REPO,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     for pid in pids.values():
         assert f" {pid} " in table
     assert "state running" in table
     job.kill_tree()
+
+
+def test_a_foreign_supervisor_package_is_named_in_one_line(tmp_path: Path) -> None:
+    """supervisord's import name is also `supervisor`: say so instead of a traceback."""
+    foreign = tmp_path / "site" / "supervisor"
+    foreign.mkdir(parents=True)
+    (foreign / "__init__.py").write_text("# supervisord\n")
+    script = tmp_path / "train.py"
+    script.write_text("pass\n")
+    env = job_env(PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(REPO)]))
+    done = subprocess.run(
+        [sys.executable, "-m", "launcher.main", "--standalone", str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == exit_codes.USAGE_ERROR
+    assert f"imported from {foreign / '__init__.py'} is not train-supervisor's" in done.stderr

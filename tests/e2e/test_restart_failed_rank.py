@@ -19,21 +19,42 @@ CKPT_EVERY = 5
 
 def script_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "--steps", str(STEPS), "--ckpt-every", str(CKPT_EVERY), "--step-sleep", "0.05",
-        "--events", str(tmp_path / "events"), "--ckpt-dir", str(tmp_path / "ckpt"), *extra,
+        "--steps",
+        str(STEPS),
+        "--ckpt-every",
+        str(CKPT_EVERY),
+        "--step-sleep",
+        "0.05",
+        "--events",
+        str(tmp_path / "events"),
+        "--ckpt-dir",
+        str(tmp_path / "ckpt"),
+        *extra,
     ]
 
 
 def launch_args(spares: int) -> list[str]:
-    return ["--standalone", "--nproc-per-node", "4", "--max-restarts", "3",
-            "--warm-spares", str(spares)]
+    return [
+        "--standalone",
+        "--nproc-per-node",
+        "4",
+        "--max-restarts",
+        "3",
+        "--warm-spares",
+        str(spares),
+    ]
 
 
-def kill_rank_after_checkpoint(job: RunningJob, tmp_path: Path, rank: int) -> tuple[dict[int, int], int]:
+def kill_rank_after_checkpoint(
+    job: RunningJob, tmp_path: Path, rank: int
+) -> tuple[dict[int, int], int]:
     """SIGKILL `rank` once a checkpoint exists; returns (gen-0 pids, newest checkpoint step)."""
     events_dir = tmp_path / "events"
-    job.wait_for(lambda: max_step(read_events(events_dir), rank) >= CKPT_EVERY + 2, 120,
-                 f"rank {rank} to pass step {CKPT_EVERY + 2}")
+    job.wait_for(
+        lambda: max_step(read_events(events_dir), rank) >= CKPT_EVERY + 2,
+        120,
+        f"rank {rank} to pass step {CKPT_EVERY + 2}",
+    )
     events = read_events(events_dir)
     before = pids_by_rank(events, generation=0)
     checkpoints = [e["step"] for e in events if e["event"] == "checkpoint"]
@@ -41,8 +62,9 @@ def kill_rank_after_checkpoint(job: RunningJob, tmp_path: Path, rank: int) -> tu
     return before, max(checkpoints)
 
 
-def assert_resumed_in_place(tmp_path: Path, before: dict[int, int], victim: int,
-                            checkpoint: int) -> dict[int, int]:
+def assert_resumed_in_place(
+    tmp_path: Path, before: dict[int, int], victim: int, checkpoint: int
+) -> dict[int, int]:
     events = read_events(tmp_path / "events")
     after = pids_by_rank(events, generation=1)
     assert sorted(after) == [0, 1, 2, 3]
@@ -51,7 +73,9 @@ def assert_resumed_in_place(tmp_path: Path, before: dict[int, int], victim: int,
             assert after[rank] != before[rank], "the killed rank needs a new process"
         else:
             assert after[rank] == before[rank], f"survivor rank {rank} must keep its PID"
-    resumed = {e["rank"]: e["from_step"] for e in events if e["event"] == "resumed" and e["gen"] == 1}
+    resumed = {
+        e["rank"]: e["from_step"] for e in events if e["event"] == "resumed" and e["gen"] == 1
+    }
     # The script's own resume logic: every rank reloaded the newest checkpoint
     # (at least the one that existed at the kill) and finished the run.
     assert len(set(resumed.values())) == 1 and min(resumed.values()) >= checkpoint, resumed
@@ -71,8 +95,11 @@ def test_sigkill_gives_a_new_process_only_to_the_failed_rank(tmp_path: Path) -> 
 
 def test_warm_spare_takes_the_failed_rank(tmp_path: Path) -> None:
     job = train_launch(launch_args(spares=1), script_args(tmp_path))
-    job.wait_for(lambda: len(pids_by_rank(read_events(tmp_path / "events"), 0)) == 4, 120,
-                 "all ranks to start")
+    job.wait_for(
+        lambda: len(pids_by_rank(read_events(tmp_path / "events"), 0)) == 4,
+        120,
+        "all ranks to start",
+    )
     ranks = set(pids_by_rank(read_events(tmp_path / "events"), 0).values())
     # The launcher's only other child is the idle spare, waiting with torch imported.
     spares = {p.pid for p in job.children() if p.pid not in ranks and p.ppid() == job.proc.pid}
@@ -90,12 +117,14 @@ def test_a_rank_that_cannot_unwind_is_killed_and_respawned(tmp_path: Path) -> No
         script_args(tmp_path, "--hang-rank", "3", "--hang-at-step", "8"),
     )
     events_dir = tmp_path / "events"
-    job.wait_for(lambda: any(e["event"] == "hanging" for e in read_events(events_dir)), 120,
-                 "rank 3 to hang")
+    job.wait_for(
+        lambda: any(e["event"] == "hanging" for e in read_events(events_dir)), 120, "rank 3 to hang"
+    )
     before = pids_by_rank(read_events(events_dir), generation=0)
     os.kill(before[1], signal.SIGKILL)
-    job.wait_for(lambda: len(pids_by_rank(read_events(events_dir), 1)) == 4, 120,
-                 "generation 1 to start")
+    job.wait_for(
+        lambda: len(pids_by_rank(read_events(events_dir), 1)) == 4, 120, "generation 1 to start"
+    )
     after = pids_by_rank(read_events(events_dir), generation=1)
     assert after[0] == before[0] and after[2] == before[2]
     assert after[1] != before[1] and after[3] != before[3]
@@ -106,10 +135,29 @@ def test_a_rank_that_cannot_unwind_is_killed_and_respawned(tmp_path: Path) -> No
 
 def test_repeated_value_error_stops_the_job_as_a_crash_loop(tmp_path: Path) -> None:
     job = train_launch(
-        ["--standalone", "--nproc-per-node", "4", "--max-restarts", "10", "--warm-spares", "0",
-         "--crash-loop-threshold", "3", "--failure-settle", "0.5"],
-        ["--steps", "20", "--events", str(tmp_path / "events"), "--raise-at-step", "5",
-         "--raise-rank", "1"],
+        [
+            "--standalone",
+            "--nproc-per-node",
+            "4",
+            "--max-restarts",
+            "10",
+            "--warm-spares",
+            "0",
+            "--crash-loop-threshold",
+            "3",
+            "--failure-settle",
+            "0.5",
+        ],
+        [
+            "--steps",
+            "20",
+            "--events",
+            str(tmp_path / "events"),
+            "--raise-at-step",
+            "5",
+            "--raise-rank",
+            "1",
+        ],
     )
     assert job.wait(240) == exit_codes.GAVE_UP, job.stderr
     report = job.stderr

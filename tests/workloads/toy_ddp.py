@@ -13,6 +13,7 @@ import argparse
 import glob
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -36,6 +37,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--raise-rank", type=int, default=1)
     p.add_argument("--hang-rank", type=int, default=-1, help="this rank sleeps, uninterruptibly")
     p.add_argument("--hang-at-step", type=int, default=-1)
+    p.add_argument("--kill-self-rank", type=int, default=-1, help="SIGKILLs itself, first run only")
+    p.add_argument("--kill-self-at-step", type=int, default=-1)
     p.add_argument("--dump-env", default="", help="write each rank's environment here and exit")
     return p.parse_args()
 
@@ -51,8 +54,14 @@ class EventLog:
     def write(self, event: str, **fields: Any) -> None:
         if not self.path:
             return
-        record = {"event": event, "rank": self.rank, "pid": os.getpid(),
-                  "gen": self.generation, "t": time.time(), **fields}
+        record = {
+            "event": event,
+            "rank": self.rank,
+            "pid": os.getpid(),
+            "gen": self.generation,
+            "t": time.time(),
+            **fields,
+        }
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -62,12 +71,15 @@ def newest_checkpoint(ckpt_dir: str) -> str:
     return max(paths, key=lambda p: int(p.rsplit("_", 1)[1][:-3])) if paths else ""
 
 
-def save_checkpoint(ckpt_dir: str, step: int, model: nn.Module, optim: torch.optim.Optimizer) -> None:
+def save_checkpoint(
+    ckpt_dir: str, step: int, model: nn.Module, optim: torch.optim.Optimizer
+) -> None:
     tmp = os.path.join(ckpt_dir, f".step_{step}.tmp")
     torch.save({"step": step, "model": model.state_dict(), "optim": optim.state_dict()}, tmp)
     os.replace(tmp, os.path.join(ckpt_dir, f"step_{step}.pt"))
-    for old in sorted(glob.glob(os.path.join(ckpt_dir, "step_*.pt")),
-                      key=lambda p: int(p.rsplit("_", 1)[1][:-3]))[:-2]:
+    for old in sorted(
+        glob.glob(os.path.join(ckpt_dir, "step_*.pt")), key=lambda p: int(p.rsplit("_", 1)[1][:-3])
+    )[:-2]:
         os.remove(old)
 
 
@@ -102,6 +114,10 @@ def main() -> None:
     while step < args.steps:
         if rank == args.raise_rank and step == args.raise_at_step:
             raise ValueError(f"bad batch at step {step}")
+        first_run = log.generation == 0
+        if first_run and rank == args.kill_self_rank and step == args.kill_self_at_step:
+            print(f"rank {rank} (pid {os.getpid()}): SIGKILL to myself at step {step}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
         if rank == args.hang_rank and step == args.hang_at_step:
             log.write("hanging", step=step)
             time.sleep(3600)  # a C-level sleep: the unwind cannot interrupt it
@@ -112,7 +128,7 @@ def main() -> None:
         loss.backward()
         optim.step()
         step += 1
-        log.write("step", step=step, loss=float(loss))
+        log.write("step", step=step, loss=loss.item())
         if args.ckpt_dir and rank == 0 and step % args.ckpt_every == 0:
             save_checkpoint(args.ckpt_dir, step, model.module, optim)
             log.write("checkpoint", step=step)
@@ -120,6 +136,8 @@ def main() -> None:
             time.sleep(args.step_sleep)
     dist.barrier()
     log.write("done", step=step)
+    if rank == 0:
+        print(f"done: {step} steps in generation {log.generation} (pid {os.getpid()})", flush=True)
     dist.destroy_process_group()
 
 

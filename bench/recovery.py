@@ -1,0 +1,291 @@
+"""Recovery after one SIGKILL: train-launch against torchrun, side by side in one run.
+
+Both launch the same plain DDP script (tests/workloads/toy_ddp.py: 4 ranks,
+~200 MB of model + Adam state, checkpoint to local disk every 10 steps, resume
+from the newest). At a fixed step one rank is SIGKILLed. Measured: time from
+the kill until every rank has completed a step again, which PIDs changed,
+steps lost, and where the time went. torchrun runs with
+TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, without which torch 2.13 + gloo does not
+recover. While train-launch trains, GetStatus is called in a loop for its
+latency.
+
+    python bench/recovery.py            # writes bench/results/recovery.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import grpc
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+from jobs import (
+    RunningJob,
+    job_env,
+    max_step,
+    pids_by_rank,
+    read_events,
+    torchrun,
+    train_launch,
+)
+from readme_quote import quote_in_readme
+
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NPROC = 4
+
+
+class StatusProbe:
+    """Calls GetStatus back to back while the job runs: latency, and the job's events."""
+
+    def __init__(self, address: str, interval_s: float = 0.02) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.StatusServiceStub(self.channel)
+        self.interval_s = interval_s
+        self.latencies_ms: list[float] = []
+        self.events: dict[tuple[float, str], pb.JobEvent] = {}
+        self.spare_pids: set[int] = set()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            started = time.perf_counter()
+            try:
+                status = self.stub.GetStatus(pb.GetStatusRequest(), timeout=2)
+            except grpc.RpcError:
+                break  # the job is over
+            self.latencies_ms.append((time.perf_counter() - started) * 1000)
+            for event in status.recent_events:
+                self.events[(event.time_unix, event.kind)] = event
+            self.spare_pids.update(status.spare_pids)
+            self.stopped.wait(self.interval_s)
+
+    def first_event(self, kind: str, after: float) -> Optional[float]:
+        times = [t for (t, k) in self.events if k == kind and t >= after]
+        return min(times) if times else None
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.channel.close()
+
+
+def script_args(work: Path, args: argparse.Namespace) -> list[str]:
+    return [
+        "--steps",
+        str(args.steps),
+        "--hidden",
+        str(args.hidden),
+        "--layers",
+        str(args.layers),
+        "--ckpt-every",
+        str(args.ckpt_every),
+        "--events",
+        str(work / "events"),
+        "--ckpt-dir",
+        str(work / "ckpt"),
+    ]
+
+
+def kill_at_step(
+    job: RunningJob, events_dir: Path, rank: int, step: int
+) -> tuple[float, dict[int, int]]:
+    job.wait_for(
+        lambda: max_step(read_events(events_dir), rank) >= step,
+        600,
+        f"rank {rank} to reach step {step}",
+    )
+    before = pids_by_rank(read_events(events_dir), generation=0)
+    kill_t = time.time()
+    os.kill(before[rank], signal.SIGKILL)
+    return kill_t, before
+
+
+def after_kill(events: list[dict[str, Any]], kill_t: float, event: str) -> list[float]:
+    """Per rank, the first time `event` happened after the kill."""
+    firsts: dict[int, float] = {}
+    for e in events:
+        if e["event"] == event and e["t"] > kill_t and e["rank"] not in firsts:
+            firsts[e["rank"]] = e["t"]
+    return list(firsts.values())
+
+
+def measure(events: list[dict[str, Any]], kill_t: float, before: dict[int, int]) -> dict[str, Any]:
+    first_steps = after_kill(events, kill_t, "step")
+    assert len(first_steps) == NPROC, "every rank must step again after the kill"
+    generation_after = max(e["gen"] for e in events)
+    after = pids_by_rank(events, generation_after)
+    reached = max(e["step"] for e in events if e["event"] == "step" and e["t"] <= kill_t)
+    resumed = min(e["from_step"] for e in events if e["event"] == "resumed" and e["t"] > kill_t)
+    done = [e for e in events if e["event"] == "done"]
+    steady = [e["t"] for e in events if e["event"] == "step" and e["rank"] == 0 and e["t"] < kill_t]
+    return {
+        "steady_step_s": statistics.median(b - a for a, b in zip(steady, steady[1:])),
+        "recovery_s": max(first_steps) - kill_t,
+        "ranks_with_new_pid": sorted(r for r in before if before[r] != after.get(r)),
+        "new_pids": len(set(after.values()) - set(before.values())),
+        "step_at_kill": reached,
+        "resumed_from_step": resumed,
+        "steps_lost": reached - resumed,
+        "finished": len(done) == NPROC,
+        "script_restarted_at_s": max(after_kill(events, kill_t, "start")) - kill_t,
+        "pg_ready_at_s": max(after_kill(events, kill_t, "pg_ready")) - kill_t,
+        "checkpoint_loaded_at_s": max(after_kill(events, kill_t, "resumed")) - kill_t,
+    }
+
+
+def run_train_launch(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    job = train_launch(
+        [
+            "--standalone",
+            "--nproc-per-node",
+            str(NPROC),
+            "--max-restarts",
+            "3",
+            "--warm-spares",
+            str(args.warm_spares),
+        ],
+        script_args(work, args),
+    )
+    probe = StatusProbe(job.supervisor_address())
+    events_dir = work / "events"
+    job.wait_for(lambda: len(pids_by_rank(read_events(events_dir), 0)) == NPROC, 600, "ranks")
+    kill_t, before = kill_at_step(job, events_dir, args.victim, args.kill_at_step)
+    spare_rss = [
+        psutil.Process(p).memory_info().rss for p in probe.spare_pids if psutil.pid_exists(p)
+    ]
+    rank_rss = [psutil.Process(p).memory_info().rss for r, p in before.items() if r != args.victim]
+    exit_code = job.wait(900)
+    probe.close()
+    result = measure(read_events(events_dir), kill_t, before)
+    detected = probe.first_event("failure", kill_t)
+    started = probe.first_event("generation_started", kill_t)
+    spare = probe.first_event("spare_promoted", kill_t)
+    if detected is not None and started is not None:
+        result["breakdown_s"] = {
+            "detect": detected - kill_t,
+            "unwind_and_spare_handover": started - detected,
+            "spare_promoted_after_detect": None if spare is None else spare - detected,
+            "script_reentry_and_pg_init": result["pg_ready_at_s"] - (started - kill_t),
+            "checkpoint_load": result["checkpoint_loaded_at_s"] - result["pg_ready_at_s"],
+            "first_step": result["recovery_s"] - result["checkpoint_loaded_at_s"],
+        }
+    latencies = sorted(probe.latencies_ms)
+    result.update(
+        {
+            "exit_code": exit_code,
+            "status_calls": len(latencies),
+            "status_p50_ms": statistics.median(latencies) if latencies else None,
+            "status_p99_ms": latencies[int(len(latencies) * 0.99) - 1] if latencies else None,
+            "warm_spare_rss_mb": round(max(spare_rss) / 2**20) if spare_rss else None,
+            "rank_rss_mb": round(max(rank_rss) / 2**20) if rank_rss else None,
+        }
+    )
+    return result
+
+
+def run_torchrun(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    env = job_env(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    job = torchrun(
+        ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", "3"],
+        script_args(work, args),
+        env,
+    )
+    events_dir = work / "events"
+    kill_t, before = kill_at_step(job, events_dir, args.victim, args.kill_at_step)
+    exit_code = job.wait(900)
+    result = measure(read_events(events_dir), kill_t, before)
+    result["breakdown_s"] = {
+        "detect_kill_all_respawn_and_import": result["script_restarted_at_s"],
+        "pg_init": result["pg_ready_at_s"] - result["script_restarted_at_s"],
+        "checkpoint_load": result["checkpoint_loaded_at_s"] - result["pg_ready_at_s"],
+        "first_step": result["recovery_s"] - result["checkpoint_loaded_at_s"],
+    }
+    result["exit_code"] = exit_code
+    return result
+
+
+def markdown(report: dict[str, Any]) -> str:
+    ours, theirs = report["train_launch"], report["torchrun"]
+    cfg = report["config"]
+    lines = [
+        f"Recovery after SIGKILL of rank {cfg['victim']} at step {cfg['kill_at_step']} "
+        f"({NPROC} ranks, {cfg['state_mb']} MB model + Adam state, checkpoint every "
+        f"{cfg['ckpt_every']} steps, CPU + gloo, {report['machine']}), measured {report['date']}.",
+        "",
+        "| | train-launch | torchrun |",
+        "|---|---|---|",
+        f"| kill → every rank stepped again | **{ours['recovery_s']:.2f} s** | "
+        f"{theirs['recovery_s']:.2f} s |",
+        f"| ratio | **{report['ratio']:.2f}×** | 1 |",
+        f"| ranks with a new PID | {ours['ranks_with_new_pid']} | {theirs['ranks_with_new_pid']} |",
+        f"| steps lost (reached → resumed from) | {ours['steps_lost']} "
+        f"({ours['step_at_kill']} → {ours['resumed_from_step']}) | {theirs['steps_lost']} "
+        f"({theirs['step_at_kill']} → {theirs['resumed_from_step']}) |",
+        f"| exit code | {ours['exit_code']} | {theirs['exit_code']} |",
+        "",
+        "train-launch breakdown (s): "
+        + ", ".join(
+            f"{k} {v:.2f}" for k, v in ours.get("breakdown_s", {}).items() if v is not None
+        ),
+        "",
+        "torchrun breakdown (s): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in theirs["breakdown_s"].items()),
+        "",
+        f"GetStatus while training: {ours['status_calls']} calls, p50 "
+        f"{ours['status_p50_ms']:.2f} ms, p99 {ours['status_p99_ms']:.2f} ms. "
+        f"Warm spare RSS {ours['warm_spare_rss_mb']} MB "
+        f"(a training rank: {ours['rank_rss_mb']} MB).",
+        "",
+        "torchrun ran with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torch 2.13 + gloo "
+        "does not recover). Reproduce: `python bench/recovery.py`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--kill-at-step", type=int, default=15)
+    p.add_argument("--victim", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--ckpt-every", type=int, default=10)
+    p.add_argument("--warm-spares", type=int, default=1)
+    p.add_argument("--out", default=str(RESULTS / "recovery"))
+    args = p.parse_args()
+    params = args.layers * (args.hidden * args.hidden + args.hidden)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} CPU cores",
+        "config": {**vars(args), "state_mb": round(params * 4 * 3 / 1e6)},
+    }
+    with tempfile.TemporaryDirectory() as ours, tempfile.TemporaryDirectory() as theirs:
+        report["train_launch"] = run_train_launch(Path(ours), args)
+        report["torchrun"] = run_torchrun(Path(theirs), args)
+    report["ratio"] = report["train_launch"]["recovery_s"] / report["torchrun"]["recovery_s"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    quote_in_readme("recovery", markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""supervisor/restart_policy.py: crash-loop detection and the job-wide restart budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.restart_policy import Action, Failure, RestartPolicy, decide, is_crash_loop
+
+SIG = "ValueError: bad batch @ train.py:42"
+OTHER = "RuntimeError: NCCL timeout @ train.py:77"
+
+
+def failures(*steps: int, signature: str = SIG, rank: int = 0) -> list[Failure]:
+    """One failure per step, in consecutive generations."""
+    return [
+        Failure(generation=g, rank=rank, signature=signature, step=s) for g, s in enumerate(steps)
+    ]
+
+
+# ------------------------------------------------------------------ is_crash_loop
+def test_same_signature_without_progress_is_a_crash_loop() -> None:
+    assert is_crash_loop(failures(5, 5, 5), threshold=3)
+
+
+def test_falling_back_to_an_earlier_step_is_no_progress() -> None:
+    # Restarting from an older checkpoint and failing earlier is still no progress.
+    assert is_crash_loop(failures(5, 3, 0), threshold=3)
+
+
+@pytest.mark.parametrize("steps", [(5, 6, 6), (5, 5, 6), (0, 1, 0)])
+def test_any_step_progress_is_not_a_crash_loop(steps: tuple[int, ...]) -> None:
+    assert not is_crash_loop(failures(*steps), threshold=3)
+
+
+def test_a_different_signature_in_the_window_is_not_a_crash_loop() -> None:
+    history = [*failures(5, 5), Failure(generation=2, rank=0, signature=OTHER, step=5)]
+    assert not is_crash_loop(history, threshold=3)
+    history = [Failure(generation=0, rank=0, signature=OTHER, step=5), *failures(5, 5)]
+    assert not is_crash_loop(history, threshold=3)
+
+
+def test_unknown_signature_is_never_a_crash_loop() -> None:
+    # "" means nothing is known about the error: three of them prove nothing.
+    assert not is_crash_loop(failures(0, 0, 0, signature=""), threshold=3)
+
+
+def test_crash_loop_is_keyed_on_the_signature_not_the_rank() -> None:
+    history = [Failure(generation=g, rank=g, signature=SIG, step=5) for g in range(3)]
+    assert is_crash_loop(history, threshold=3)
+
+
+@pytest.mark.parametrize(
+    ("count", "threshold", "expected"),
+    [
+        (2, 3, False),  # one short of the threshold
+        (3, 3, True),  # exactly the threshold
+        (4, 3, True),
+        (3, 4, False),
+        (4, 4, True),
+        (1, 1, True),  # threshold 1: the first failure with a known signature
+        (0, 1, False),
+        (5, 0, False),  # threshold < 1 disables the rule
+    ],
+)
+def test_threshold_boundaries(count: int, threshold: int, expected: bool) -> None:
+    assert is_crash_loop(failures(*([7] * count)), threshold=threshold) is expected
+
+
+def test_only_the_last_threshold_failures_count() -> None:
+    # An old run of the same error followed by a different one is over.
+    history = [*failures(5, 5, 5), Failure(generation=3, rank=1, signature=OTHER, step=9)]
+    assert not is_crash_loop(history, threshold=3)
+    # Older, different failures before the window do not hide a loop.
+    history = [Failure(generation=0, rank=1, signature=OTHER, step=1), *failures(5, 5, 5)]
+    assert is_crash_loop(history, threshold=3)
+
+
+# ----------------------------------------------------------------------- decide
+def test_restart_while_budget_left() -> None:
+    decision = decide(RestartPolicy(max_restarts=3), failures(1), restart_count=0)
+    assert decision.action is Action.RESTART
+    assert "1 of 3" in decision.reason
+
+
+@pytest.mark.parametrize(("restart_count", "max_restarts"), [(3, 3), (4, 3), (0, 0)])
+def test_budget_spent_gives_up(restart_count: int, max_restarts: int) -> None:
+    decision = decide(RestartPolicy(max_restarts=max_restarts), failures(1), restart_count)
+    assert decision.action is Action.GIVE_UP_BUDGET
+    assert "budget" in decision.reason
+    assert f"{restart_count} of {max_restarts}" in decision.reason
+
+
+def test_last_restart_of_the_budget_is_still_granted() -> None:
+    decision = decide(RestartPolicy(max_restarts=3), failures(1), restart_count=2)
+    assert decision.action is Action.RESTART
+
+
+def test_budget_is_job_wide_across_ranks() -> None:
+    # Ranks 0 and 1 spent the budget; rank 2's first failure still finds it empty.
+    history = [
+        Failure(generation=0, rank=0, signature="SIGKILL", step=10),
+        Failure(generation=1, rank=1, signature="exit code 1", step=20),
+        Failure(generation=2, rank=2, signature=OTHER, step=30),
+    ]
+    decision = decide(RestartPolicy(max_restarts=2), history, restart_count=2)
+    assert decision.action is Action.GIVE_UP_BUDGET
+
+
+def test_crash_loop_stops_the_job_before_the_budget_is_spent() -> None:
+    policy = RestartPolicy(max_restarts=100, crash_loop_threshold=3)
+    assert decide(policy, failures(5, 5), restart_count=1).action is Action.RESTART
+    decision = decide(policy, failures(5, 5, 5), restart_count=2)
+    assert decision.action is Action.GIVE_UP_CRASH_LOOP
+    assert "crash loop" in decision.reason
+    assert "rank 0" in decision.reason
+    assert "step 5" in decision.reason
+
+
+def test_crash_loop_wins_over_an_empty_budget() -> None:
+    decision = decide(RestartPolicy(max_restarts=2), failures(5, 5, 5), restart_count=2)
+    assert decision.action is Action.GIVE_UP_CRASH_LOOP
+
+
+def test_crash_loop_reason_names_the_newest_failure() -> None:
+    history = [
+        Failure(generation=g, rank=r, signature=SIG, step=4) for g, r in enumerate((0, 3, 2))
+    ]
+    decision = decide(RestartPolicy(max_restarts=10), history, restart_count=2)
+    assert decision.action is Action.GIVE_UP_CRASH_LOOP
+    assert "rank 2" in decision.reason
