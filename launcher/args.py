@@ -73,6 +73,8 @@ class LaunchConfig:
     crash_loop_threshold: int
     term_timeout: float
     supervisor_port: int
+    supervisor_address: str
+    supervisor_wait: float
     base_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -169,6 +171,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "29400",
         "loopback port of the embedded supervisor's gRPC API (0: any free port)",
     )
+    opt(
+        ["--supervisor-address"],
+        "supervisor_address",
+        env.get("SUPERVISOR_ADDRESS", "127.0.0.1:29400"),
+        "host:port of the pod's train-supervisor sidecar (without --standalone)",
+    )
+    opt(
+        ["--supervisor-wait"],
+        "supervisor_wait",
+        "60",
+        "seconds to wait for the sidecar supervisor to answer",
+    )
     for unsupported in UNSUPPORTED_TORCHRUN_FLAGS:
         p.add_argument(
             unsupported,
@@ -201,6 +215,13 @@ def _float(name: str, value: str, minimum: float) -> float:
     if number < minimum:
         raise UsageError(f"{name} must be >= {minimum}, got {number}")
     return number
+
+
+def _address(name: str, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{name} must be HOST:PORT, got {value!r}")
+    return value
 
 
 def resolve_nproc(value: str, cpu_count: int, gpu_count: int) -> int:
@@ -311,5 +332,7 @@ def parse_args(
         crash_loop_threshold=_int("--crash-loop-threshold", ns.crash_loop_threshold, 1),
         term_timeout=_float("--term-timeout", ns.term_timeout, 0.0),
         supervisor_port=_int("--supervisor-port", ns.supervisor_port, 0),
+        supervisor_address=_address("--supervisor-address", ns.supervisor_address),
+        supervisor_wait=_float("--supervisor-wait", ns.supervisor_wait, 0.0),
         base_env=base_env,
     )

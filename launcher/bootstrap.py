@@ -25,7 +25,7 @@ from typing import Optional
 import grpc
 
 from launcher.heartbeat import StepCounter, install_optimizer_hook
-from launcher.processes import ENV_PARENT_PID, ENV_RANK, ENV_SUPERVISOR
+from launcher.processes import ENV_PARENT_PID, ENV_RANK, ENV_SUPERVISOR, ENV_TOKEN
 from launcher.unwind import (
     GenerationAborted,
     MainThreadInterrupter,
@@ -33,6 +33,7 @@ from launcher.unwind import (
     destroy_process_groups,
     sever_generation_connections,
 )
+from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -91,11 +92,11 @@ def write_error_file(detail: pb.FailureDetail) -> None:
 
 
 class Worker:
-    def __init__(self, address: str, rank: int, target: Target) -> None:
+    def __init__(self, address: str, token: Optional[str], rank: int, target: Target) -> None:
         self.pid = os.getpid()
         self.rank = rank
         self.target = target
-        self.channel = grpc.insecure_channel(address)
+        self.channel = client_channel(address, token)
         self.stub = pb_grpc.WorkerServiceStub(self.channel)
         self.commands: queue.Queue[Optional[pb.WorkerCommand]] = queue.Queue()
         self.interrupter = MainThreadInterrupter()
@@ -218,6 +219,7 @@ class Worker:
 
 def main() -> None:
     address = os.environ.pop(ENV_SUPERVISOR)
+    token = os.environ.pop(ENV_TOKEN, None)
     rank = int(os.environ.pop(ENV_RANK))
     die_with_parent(int(os.environ.pop(ENV_PARENT_PID)))
     target = parse_target(sys.argv[1:])
@@ -226,7 +228,7 @@ def main() -> None:
     if rank < 0:  # a warm spare pays the torch import now, not when it takes a rank
         with contextlib.suppress(ImportError):
             import torch.distributed  # noqa: F401
-    code = Worker(address, rank, target).run()
+    code = Worker(address, token, rank, target).run()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: the script's threads may still be live

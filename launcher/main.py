@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Optional
@@ -16,7 +18,9 @@ import grpc
 
 from launcher.args import LaunchConfig, UsageError, parse_args
 from launcher.processes import WorkerProcesses
+from launcher.sidecar import SupervisorUnreachable, wait_for_supervisor
 from train_supervisor import exit_codes
+from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -50,12 +54,16 @@ def worker_spec(config: LaunchConfig, error_dir: str) -> pb.WorkerSpec:
 class Launcher:
     """Executes the supervisor's commands on this pod's processes."""
 
-    def __init__(self, config: LaunchConfig, address: str, error_dir: str) -> None:
+    def __init__(
+        self, config: LaunchConfig, address: str, token: Optional[str], error_dir: str
+    ) -> None:
         self.config = config
         self.error_dir = error_dir
-        self.channel = grpc.insecure_channel(address)
+        self.channel = client_channel(address, token)
         self.stub = pb_grpc.LauncherServiceStub(self.channel)
-        self.procs = WorkerProcesses(config, address, self._report_started, self._report_exit)
+        self.procs = WorkerProcesses(
+            config, address, token, self._report_started, self._report_exit
+        )
         self.done = threading.Event()
         self.result: Optional[RunResult] = None
         self.stopping = False
@@ -124,9 +132,24 @@ class Launcher:
         self.done.set()
 
 
-def _serve_standalone(config: LaunchConfig) -> RunResult:
-    import tempfile
+def _run(launcher: Launcher, on_stop: Optional[Callable[[str], None]] = None) -> RunResult:
+    """Run until the supervisor ends the job, or SIGTERM/SIGINT stops it here."""
 
+    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+        if on_stop is not None:
+            on_stop(f"signal {signum}")
+        threading.Thread(target=launcher.terminate, args=(signum,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return launcher.run()
+
+
+def _error_dir(config: LaunchConfig) -> str:
+    return config.log_dir or tempfile.mkdtemp(prefix=f"train-launch-{config.run_id}-")
+
+
+def _serve_standalone(config: LaunchConfig) -> RunResult:
     import supervisor
 
     if not getattr(supervisor, "IS_TRAIN_SUPERVISOR", False):
@@ -145,30 +168,44 @@ def _serve_standalone(config: LaunchConfig) -> RunResult:
         failure_settle_s=config.failure_settle,
         tick_s=config.monitor_interval,
     )
-    embedded = EmbeddedSupervisor(settings, f"127.0.0.1:{config.supervisor_port}")
+    # A fresh token per run: other local users cannot drive this job's workers.
+    token = secrets.token_urlsafe(24)
+    embedded = EmbeddedSupervisor(settings, f"127.0.0.1:{config.supervisor_port}", token=token)
     try:
         address = embedded.start()
     except OSError as err:
         return RunResult(exit_codes.USAGE_ERROR, f"--supervisor-port: {err}")
-    error_dir = config.log_dir or tempfile.mkdtemp(prefix=f"train-launch-{config.run_id}-")
-    launcher = Launcher(config, address, error_dir)
+    launcher = Launcher(config, address, token, _error_dir(config))
     log.info(
         "supervisor on %s; %d workers, %d warm spares",
         address,
         config.nproc_per_node,
         config.warm_spares,
     )
-
-    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
-        embedded.stop_job(f"signal {signum}")
-        threading.Thread(target=launcher.terminate, args=(signum,), daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
-        return launcher.run()
+        return _run(launcher, embedded.stop_job)
     finally:
         embedded.close()
+
+
+def _attach_sidecar(config: LaunchConfig) -> RunResult:
+    """The pod's train-supervisor sidecar runs the job; we run its processes."""
+    address = config.supervisor_address
+    token = os.environ.get(TOKEN_ENV) or None
+    channel = client_channel(address, token)
+    try:
+        wait_for_supervisor(channel, address, config.supervisor_wait)
+    except SupervisorUnreachable as err:
+        return RunResult(exit_codes.USAGE_ERROR, f"error: {err}")
+    finally:
+        channel.close()
+    log.info(
+        "supervisor on %s; %d workers, %d warm spares",
+        address,
+        config.nproc_per_node,
+        config.warm_spares,
+    )
+    return _run(Launcher(config, address, token, _error_dir(config)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -180,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except UsageError as err:
         print(f"train-launch: error: {err}", file=sys.stderr)
         sys.exit(exit_codes.USAGE_ERROR)
-    result = _serve_standalone(config)
+    result = _serve_standalone(config) if config.standalone else _attach_sidecar(config)
     if result.exit_code != exit_codes.SUCCEEDED and result.report:
         print(f"train-launch: {result.report}", file=sys.stderr)
     logging.shutdown()

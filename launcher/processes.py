@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import IO, Optional
 
 from launcher.args import LaunchConfig
+from train_supervisor.credentials import TOKEN_ENV
 
 # Variables the bootstrap reads and removes before the user's script runs.
 ENV_SUPERVISOR = "TRAIN_LAUNCH_SUPERVISOR"
 ENV_RANK = "TRAIN_LAUNCH_RANK"
 ENV_PARENT_PID = "TRAIN_LAUNCH_PARENT_PID"
+ENV_TOKEN = "TRAIN_LAUNCH_TOKEN"
 TAIL_BYTES = 16 * 1024
 PUMP_DRAIN_S = 0.2
 
@@ -56,11 +58,13 @@ class WorkerProcesses:
         self,
         config: LaunchConfig,
         supervisor_address: str,
+        token: Optional[str],
         on_started: StartedCallback,
         on_exit: ExitCallback,
     ) -> None:
         self.config = config
         self.supervisor_address = supervisor_address
+        self.token = token
         self.on_started = on_started
         self.on_exit = on_exit
         self.procs: dict[int, WorkerProcess] = {}
@@ -74,6 +78,10 @@ class WorkerProcesses:
         env[ENV_SUPERVISOR] = self.supervisor_address
         env[ENV_RANK] = str(rank)
         env[ENV_PARENT_PID] = str(os.getpid())
+        # The job token reaches the bootstrap only, never the user's script.
+        env.pop(TOKEN_ENV, None)
+        if self.token:
+            env[ENV_TOKEN] = self.token
         popen = subprocess.Popen(
             worker_command(self.config),
             env=env,

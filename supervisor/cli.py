@@ -1,20 +1,41 @@
-"""train-supervisor: `status` today; `serve` (the sidecar) arrives with multi-pod support."""
+"""train-supervisor: `serve` (the pod's sidecar supervisor) and `status`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import NoReturn, Optional
 
 import grpc
 from google.protobuf import json_format
 
+from supervisor.config import (
+    DEFAULT_PORT,
+    VARIABLES,
+    ConfigError,
+    SidecarConfig,
+    join_host_port,
+    parse_config,
+    read_token_file,
+    unknown_variables,
+)
+from supervisor.server import start_server
+from supervisor.service import Supervisor, SupervisorSettings
+from train_supervisor import exit_codes
+from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:29400"
+log = logging.getLogger("train_supervisor")
+DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+# In-flight calls get this long to finish on SIGTERM; open streams are cut after it.
+STOP_GRACE_S = 2.0
 
 
 def _enum_name(enum: object, value: int, prefix: str) -> str:
@@ -50,30 +71,163 @@ def render_table(status: pb.JobStatus) -> str:
     return "\n".join(lines)
 
 
-def fetch_status(address: str, timeout: float) -> pb.JobStatus:
-    with grpc.insecure_channel(address) as channel:
+def fail(message: str) -> NoReturn:
+    print(f"train-supervisor: error: {message}", file=sys.stderr)
+    sys.exit(exit_codes.USAGE_ERROR)
+
+
+# ------------------------------------------------------------------ status
+def fetch_status(
+    address: str,
+    timeout: float,
+    token: Optional[str] = None,
+    tls_ca: Optional[bytes] = None,
+    server_name: Optional[str] = None,
+) -> pb.JobStatus:
+    with client_channel(address, token, tls_ca, server_name) as channel:
         stub = pb_grpc.StatusServiceStub(channel)
         status: pb.JobStatus = stub.GetStatus(pb.GetStatusRequest(), timeout=timeout)
         return status
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="train-supervisor")
-    commands = parser.add_subparsers(dest="command", required=True)
-    status_cmd = commands.add_parser("status", help="show the job's ranks, steps and failures")
-    status_cmd.add_argument("--address", default=DEFAULT_ADDRESS, help="supervisor host:port")
-    status_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status_cmd.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
-    args = parser.parse_args(argv)
+def _read_token(path: str) -> str:
     try:
-        status = fetch_status(args.address, args.timeout)
+        return read_token_file(path)
+    except (OSError, UnicodeDecodeError) as err:
+        fail(f"token file {path!r}: cannot read ({getattr(err, 'strerror', None) or err})")
+
+
+def _status_token(args: argparse.Namespace, env: Mapping[str, str]) -> Optional[str]:
+    """--token, --token-file, $SUPERVISOR_TOKEN, $SUPERVISOR_TOKEN_FILE: the first one set."""
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        return _read_token(args.token_file)
+    if env.get(TOKEN_ENV):
+        return env[TOKEN_ENV]
+    if env.get("SUPERVISOR_TOKEN_FILE"):
+        return _read_token(env["SUPERVISOR_TOKEN_FILE"])
+    return None
+
+
+def _status(args: argparse.Namespace) -> None:
+    token = _status_token(args, os.environ)
+    ca_path = args.tls_ca or os.environ.get("SUPERVISOR_TLS_CA")
+    tls_ca = None
+    if ca_path:
+        try:
+            with open(ca_path, "rb") as handle:
+                tls_ca = handle.read()
+        except OSError as err:
+            fail(f"CA file {ca_path!r}: cannot read ({err.strerror})")
+    elif args.server_name:
+        fail("--server-name needs --tls-ca (or SUPERVISOR_TLS_CA): it names a TLS certificate")
+    try:
+        status = fetch_status(args.address, args.timeout, token, tls_ca, args.server_name)
     except grpc.RpcError as err:
-        print(f"train-supervisor: cannot reach {args.address}: {err.code().name}", file=sys.stderr)
+        code, details = err.code(), err.details()
+        print(f"train-supervisor: {args.address}: {code.name}: {details}", file=sys.stderr)
         sys.exit(1)
     if args.json:
         print(json.dumps(json_format.MessageToDict(status), indent=2))
     else:
         print(render_table(status))
+
+
+# ------------------------------------------------------------------- serve
+def settings_from(config: SidecarConfig) -> SupervisorSettings:
+    return SupervisorSettings(
+        crash_loop_threshold=config.crash_loop_threshold,
+        unwind_timeout_s=config.unwind_timeout_s,
+        failure_settle_s=config.failure_settle_s,
+    )
+
+
+async def _serve(config: SidecarConfig) -> None:
+    """Serve until SIGTERM/SIGINT; OSError when the address cannot be bound."""
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if not stopped.done():
+            stopped.set_result(signum)
+
+    # Installed before binding, so that a signal during startup is a clean stop too.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    sup = Supervisor(settings_from(config))
+    server, port = await start_server(sup, config.bind_address, token=config.token, tls=config.tls)
+    log.info(
+        "serving on %s (token %s, TLS %s)",
+        join_host_port(config.bind, port),
+        "required" if config.token else "off: loopback only",
+        "on" if config.tls else "off",
+    )
+    received = await stopped
+    log.info("%s: stopping", received.name)
+    # The job is marked stopped (status, events) before the server drains.
+    sup.stop(f"train-supervisor stopped by {received.name}")
+    await server.stop(grace=STOP_GRACE_S)
+
+
+def _serve_command(args: argparse.Namespace) -> None:
+    overrides = {
+        v.name: str(getattr(args, _dest(v.flag)))
+        for v in VARIABLES
+        if v.flag and getattr(args, _dest(v.flag)) is not None
+    }
+    try:
+        config = parse_config(os.environ, overrides)
+    except ConfigError as err:
+        fail(str(err))
+    # Serving one pod's job alone would be pretending: the rendezvous is not built yet.
+    if config.nnodes > 1:
+        fail("multi-pod coordination (SUPERVISOR_NNODES > 1) is not implemented yet")
+    for name in unknown_variables(os.environ):
+        log.warning("ignoring %s: no train-supervisor setting has that name", name)
+    try:
+        asyncio.run(_serve(config))
+    except OSError as err:
+        fail(f"SUPERVISOR_BIND/SUPERVISOR_PORT: {err}")
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train-supervisor")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run this pod's supervisor (the sidecar)",
+        description="Settings come from SUPERVISOR_* variables; a flag overrides its variable.",
+    )
+    for variable in VARIABLES:
+        if variable.flag:
+            serve.add_argument(variable.flag, help=f"{variable.help} [${variable.name}]")
+    status_cmd = commands.add_parser("status", help="show the job's ranks, steps and failures")
+    default_address = DEFAULT_ADDRESS
+    if os.environ.get("SUPERVISOR_PORT", "").isdigit():  # inside the sidecar's container
+        default_address = f"127.0.0.1:{os.environ['SUPERVISOR_PORT']}"
+    status_cmd.add_argument("--address", default=default_address, help="supervisor host:port")
+    status_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status_cmd.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    status_cmd.add_argument("--token", help=f"job token (default ${TOKEN_ENV})")
+    status_cmd.add_argument("--token-file", help="file holding the job token")
+    status_cmd.add_argument("--tls-ca", help="PEM CA of the supervisor's certificate: use TLS")
+    status_cmd.add_argument("--server-name", help="name the TLS certificate must carry")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[train-supervisor] %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        _serve_command(args)
+    else:
+        _status(args)
+    logging.shutdown()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from typing import Optional
 
@@ -11,6 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from supervisor.auth import TokenAuthInterceptor
+from supervisor.config import TlsConfig
 from supervisor.service import (
     LauncherServicer,
     StatusServicer,
@@ -18,26 +21,63 @@ from supervisor.service import (
     SupervisorSettings,
     WorkerServicer,
 )
+from train_supervisor.credentials import MAX_MESSAGE_BYTES
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("train_supervisor")
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
     for name in ("LauncherService", "WorkerService", "StatusService")
 )
 
 
-async def start_server(sup: Supervisor, address: str) -> tuple[grpc.aio.Server, int]:
-    """Bind and start; returns the server and the bound port."""
+def check_bindable(address: str) -> None:
+    """Raise OSError with a one-line reason when `address` cannot be bound.
+
+    gRPC's own bind failure is a bare RuntimeError plus C-core log lines on
+    stderr; trying first with a plain socket gives one clean message instead.
+    """
+    host, _, port_text = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") else host
+    if port_text == "0":
+        return
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC's listener does, so that TIME_WAIT leftovers do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(sockaddr)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise OSError(f"cannot bind {address}: {reason}") from None
+
+
+async def start_server(
+    sup: Supervisor,
+    address: str,
+    *,
+    token: Optional[str] = None,
+    tls: Optional[TlsConfig] = None,
+) -> tuple[grpc.aio.Server, int]:
+    """Bind and start; returns the server and the bound port.
+
+    With a token, every call but health, reflection and loopback status must
+    carry it (supervisor/auth.py). With TLS, the server presents tls's
+    certificate; it asks for no client certificate (the token authenticates).
+    """
+    if token is not None and not token:
+        raise ValueError("empty token: pass None for no authentication")
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options)
+    interceptors = [TokenAuthInterceptor(token)] if token is not None else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     pb_grpc.add_LauncherServiceServicer_to_server(LauncherServicer(sup), server)
     pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(sup), server)
     pb_grpc.add_StatusServiceServicer_to_server(StatusServicer(sup), server)
@@ -46,12 +86,18 @@ async def start_server(sup: Supervisor, address: str) -> tuple[grpc.aio.Server, 
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
+    check_bindable(address)
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)])
+            port = server.add_secure_port(address, credentials)
     except RuntimeError:
         port = 0
     if port == 0:
-        raise OSError(f"cannot bind {address} (port in use?)")
+        maybe = "port in use, or bad TLS certificate/key?" if tls else "port in use?"
+        raise OSError(f"cannot bind {address} ({maybe})")
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -61,9 +107,16 @@ async def start_server(sup: Supervisor, address: str) -> tuple[grpc.aio.Server, 
 class EmbeddedSupervisor:
     """A supervisor on its own thread and event loop, inside train-launch --standalone."""
 
-    def __init__(self, settings: SupervisorSettings, address: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        settings: SupervisorSettings,
+        address: str = "127.0.0.1:0",
+        *,
+        token: Optional[str] = None,
+    ) -> None:
         self.settings = settings
         self.address = address
+        self.token = token
         self.port = 0
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.sup: Optional[Supervisor] = None
@@ -90,7 +143,7 @@ class EmbeddedSupervisor:
         self.loop = asyncio.get_running_loop()
         self.sup = Supervisor(self.settings)
         self._stop = asyncio.Event()
-        server, self.port = await start_server(self.sup, self.address)
+        server, self.port = await start_server(self.sup, self.address, token=self.token)
         self._ready.set()
         await self._stop.wait()
         await server.stop(grace=0.5)

@@ -92,7 +92,8 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
     ) -> AsyncIterator[pb.LauncherCommand]:
         if self.job is not None:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a launcher is already attached")
+            why = "this supervisor's job is over" if self.job.over else "a launcher is attached"
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
         policy = restart_policy.RestartPolicy(
             max_restarts=request.spec.max_restarts,
             crash_loop_threshold=self.settings.crash_loop_threshold,
@@ -103,12 +104,17 @@ class Supervisor:
         )
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
-        self.apply(self.job.attach_launcher())
-        while True:
-            command = await self.launcher_queue.get()
-            if command is None:
-                return
-            yield command
+        job = self.job
+        self.apply(job.attach_launcher())
+        try:
+            while True:
+                command = await self.launcher_queue.get()
+                if command is None:
+                    return
+                yield command
+        finally:
+            if not job.over:  # the launcher went away (SIGTERM, or it died): nothing runs now
+                self.apply(job.stop("the launcher detached"))
 
     async def report_process_started(
         self,

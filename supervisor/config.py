@@ -1,0 +1,395 @@
+"""`train-supervisor serve`'s configuration: SUPERVISOR_* variables, parsed and checked once.
+
+Pure: reads only the mappings it is given and the files they name (token, TLS),
+so every rule is unit-testable. Command-line flags arrive as `overrides`, keyed
+by the variable they replace, and win over the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import ssl
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Optional
+
+PREFIX = "SUPERVISOR_"
+DEFAULT_PORT = 29400
+MIN_TOKEN_LENGTH = 16
+# Kubernetes sets this in the pods of an Indexed Job.
+JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    flag: str
+    help: str
+
+
+VARIABLES = (
+    Variable("SUPERVISOR_NNODES", "--nnodes", "number of pods in the job (default 1)"),
+    Variable("SUPERVISOR_NODE_RANK", "--node-rank", f"this pod's index (default ${JOB_INDEX_ENV})"),
+    Variable("SUPERVISOR_PEER_ADDRESS_TEMPLATE", "--peer-address-template", "e.g. pod-{index}:1"),
+    Variable("SUPERVISOR_PEERS", "--peers", "peer supervisors as a comma list of host:port"),
+    Variable("SUPERVISOR_PORT", "--port", f"gRPC port (default {DEFAULT_PORT}; 0: any free)"),
+    Variable("SUPERVISOR_BIND", "--bind", "address to listen on (default 0.0.0.0)"),
+    # No --token flag: a token on the command line shows in `ps`.
+    Variable("SUPERVISOR_TOKEN", "", "job token (at least 16 characters)"),
+    Variable("SUPERVISOR_TOKEN_FILE", "--token-file", "file holding the job token"),
+    Variable("SUPERVISOR_TLS_CERT", "--tls-cert", "PEM server certificate (chain)"),
+    Variable("SUPERVISOR_TLS_KEY", "--tls-key", "PEM private key of --tls-cert, unencrypted"),
+    Variable("SUPERVISOR_TLS_CA", "--tls-ca", "PEM CA that clients use to verify supervisors"),
+    Variable("SUPERVISOR_HEARTBEAT_TIMEOUT_S", "--heartbeat-timeout", "seconds (default 10)"),
+    Variable("SUPERVISOR_UNWIND_TIMEOUT_S", "--unwind-timeout", "seconds (default 10)"),
+    Variable("SUPERVISOR_FAILURE_SETTLE_S", "--failure-settle", "seconds (default 1.0)"),
+    Variable("SUPERVISOR_CRASH_LOOP_THRESHOLD", "--crash-loop-threshold", "count (default 3)"),
+)
+# SUPERVISOR_* names that are someone else's: train-launch's, and what
+# supervisord sets in its children's environment.
+FOREIGN_VARIABLES = frozenset(
+    {
+        "SUPERVISOR_ADDRESS",
+        "SUPERVISOR_ENABLED",
+        "SUPERVISOR_SERVER_URL",
+        "SUPERVISOR_PROCESS_NAME",
+        "SUPERVISOR_GROUP_NAME",
+    }
+)
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class ConfigError(ValueError):
+    """One line naming the variable (or flag) and its bad value."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM bytes, read at parse time so that a missing file fails before serving."""
+
+    cert_chain: bytes = field(repr=False)
+    private_key: bytes = field(repr=False)
+    # Trust root for clients (peers, `status`) verifying a supervisor's
+    # certificate. The server asks for no client certificate: the token
+    # authenticates callers.
+    ca: Optional[bytes] = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    nnodes: int = 1
+    node_rank: int = 0
+    peer_address_template: Optional[str] = None
+    peers: tuple[str, ...] = ()
+    port: int = DEFAULT_PORT
+    bind: str = "0.0.0.0"
+    token: Optional[str] = field(default=None, repr=False)
+    tls: Optional[TlsConfig] = None
+    heartbeat_timeout_s: float = 10.0
+    unwind_timeout_s: float = 10.0
+    failure_settle_s: float = 1.0
+    crash_loop_threshold: int = 3
+
+    @property
+    def bind_address(self) -> str:
+        return join_host_port(self.bind, self.port)
+
+    @property
+    def local_address(self) -> str:
+        """Where a process in this pod reaches this supervisor."""
+        host = self.bind
+        if host == "0.0.0.0":
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return join_host_port(host, self.port)
+
+    def peer_address(self, index: int) -> str:
+        """host:port of pod `index`'s supervisor (this pod's own when there are no peers)."""
+        if not 0 <= index < self.nnodes:
+            raise ValueError(f"pod index {index} out of range 0..{self.nnodes - 1}")
+        if self.peers:
+            return self.peers[index]
+        if self.peer_address_template is not None:
+            return self.peer_address_template.format(index=index)
+        return self.local_address
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); ValueError with the reason."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        raise ValueError("must be host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # ValueError when it is not one
+    elif not _HOST.fullmatch(host):
+        raise ValueError(f"bad host {host!r}")
+    if not _DIGITS.fullmatch(port) or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port {port!r}")
+    return host, int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token_file(path: str) -> str:
+    """The token in a file (a Kubernetes Secret mount): surrounding whitespace dropped."""
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """SUPERVISOR_* names that no setting reads (typos, most likely)."""
+    known = {v.name for v in VARIABLES} | FOREIGN_VARIABLES
+    return sorted(n for n in env if n.startswith(PREFIX) and n not in known)
+
+
+class _Source:
+    """Looks a variable up in the overrides, then the environment; labels say which."""
+
+    def __init__(self, env: Mapping[str, str], overrides: Mapping[str, str]) -> None:
+        self.env = env
+        self.overrides = overrides
+        self.flags = {v.name: v.flag for v in VARIABLES}
+
+    def get(self, name: str) -> Optional[tuple[str, str]]:
+        """(label, value), or None when unset or empty (Kubernetes' way to unset)."""
+        if self.overrides.get(name):
+            return self.flags.get(name) or name, self.overrides[name]
+        value = self.env.get(name)
+        return (name, value) if value else None
+
+
+def _bad(label: str, value: str, problem: str) -> ConfigError:
+    shown = value if len(value) <= 120 else value[:117] + "..."
+    return ConfigError(f"{label}={shown!r}: {problem}")
+
+
+def _int(src: _Source, name: str, default: int, low: int, high: int) -> int:
+    found = src.get(name)
+    if found is None:
+        return default
+    label, value = found
+    if not _DIGITS.fullmatch(value.strip()) or not low <= int(value) <= high:
+        raise _bad(label, value, f"must be an integer in {low}..{high}")
+    return int(value)
+
+
+def _seconds(src: _Source, name: str, default: float, allow_zero: bool) -> float:
+    found = src.get(name)
+    if found is None:
+        return default
+    label, value = found
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise _bad(label, value, "must be a number of seconds " + (">= 0" if allow_zero else "> 0"))
+    return number
+
+
+def _node_rank(src: _Source, nnodes: int) -> int:
+    found = src.get("SUPERVISOR_NODE_RANK")
+    if found is None and src.env.get(JOB_INDEX_ENV):
+        found = (JOB_INDEX_ENV, src.env[JOB_INDEX_ENV])
+    if found is None:
+        if nnodes > 1:
+            raise ConfigError(
+                f"SUPERVISOR_NODE_RANK: not set (nor {JOB_INDEX_ENV}); "
+                "required when SUPERVISOR_NNODES > 1"
+            )
+        return 0
+    label, value = found
+    if not _DIGITS.fullmatch(value.strip()):
+        raise _bad(label, value, "must be a non-negative integer")
+    if int(value) >= nnodes:
+        raise _bad(label, value, f"must be < SUPERVISOR_NNODES ({nnodes})")
+    return int(value)
+
+
+def _template(src: _Source, nnodes: int) -> Optional[str]:
+    found = src.get("SUPERVISOR_PEER_ADDRESS_TEMPLATE")
+    if found is None:
+        return None
+    label, value = found
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+    except ValueError as err:
+        raise _bad(label, value, f"unparsable template ({err})") from None
+    if "index" not in fields:
+        raise _bad(label, value, "must contain {index}")
+    if fields != {"index"}:
+        raise _bad(label, value, "only {index} may be substituted")
+    # The first and last pods' addresses stand for all: only the index varies.
+    for index in {0, nnodes - 1}:
+        try:
+            address = value.format(index=index)
+        except (ValueError, IndexError, KeyError) as err:
+            raise _bad(label, value, f"unparsable template ({err})") from None
+        try:
+            split_host_port(address)
+        except ValueError as err:
+            raise _bad(label, value, f"{address!r} is not host:port ({err})") from None
+    return value
+
+
+def _peers(src: _Source, nnodes: int) -> tuple[str, ...]:
+    found = src.get("SUPERVISOR_PEERS")
+    if found is None:
+        return ()
+    label, value = found
+    peers = tuple(p.strip() for p in value.split(","))
+    for peer in peers:
+        try:
+            split_host_port(peer)
+        except ValueError as err:
+            raise _bad(label, value, f"entry {peer!r} is not host:port ({err})") from None
+    if len(peers) != nnodes:
+        raise _bad(label, value, f"has {len(peers)} entries, SUPERVISOR_NNODES is {nnodes}")
+    return peers
+
+
+def _bind(src: _Source) -> str:
+    found = src.get("SUPERVISOR_BIND")
+    if found is None:
+        return "0.0.0.0"
+    label, value = found
+    host = value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST.fullmatch(host):
+            raise _bad(label, value, "must be an IP address or a host name") from None
+    return host
+
+
+def _token(src: _Source) -> Optional[str]:
+    direct, in_file = src.get("SUPERVISOR_TOKEN"), src.get("SUPERVISOR_TOKEN_FILE")
+    if direct is not None and in_file is not None:
+        raise ConfigError("SUPERVISOR_TOKEN and SUPERVISOR_TOKEN_FILE are both set; set one")
+    if in_file is not None:
+        label, path = in_file
+        try:
+            token = read_token_file(path)
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or "not UTF-8 text"
+            raise _bad(label, path, f"cannot read the token ({reason})") from None
+        where = f"{label}={path!r}: the token in the file"
+    elif direct is not None:
+        label, token = direct
+        where = label
+    else:
+        return None
+    # The token's value never appears in a message: only its length.
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{where} is too short ({len(token)} characters, at least {MIN_TOKEN_LENGTH})"
+        )
+    if not all("!" <= c <= "~" for c in token):
+        raise ConfigError(f"{where} may hold only printable ASCII without spaces")
+    return token
+
+
+def _pem(src: _Source, name: str) -> Optional[tuple[str, str, bytes]]:
+    """(label, path, contents) of a PEM file variable, or None when unset."""
+    found = src.get(name)
+    if found is None:
+        return None
+    label, path = found
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise _bad(label, path, f"cannot read ({err.strerror})") from None
+    if b"-----BEGIN " not in data:
+        raise _bad(label, path, "is not a PEM file")
+    return label, path, data
+
+
+def _no_password() -> bytes:
+    return b""  # an encrypted key fails here instead of prompting on a terminal
+
+
+def _tls(src: _Source) -> Optional[TlsConfig]:
+    cert, key = _pem(src, "SUPERVISOR_TLS_CERT"), _pem(src, "SUPERVISOR_TLS_KEY")
+    ca = _pem(src, "SUPERVISOR_TLS_CA")
+    if cert is None and key is None:
+        if ca is not None:
+            raise ConfigError("SUPERVISOR_TLS_CA: set, but SUPERVISOR_TLS_CERT/_KEY are not")
+        return None
+    if cert is None or key is None:
+        missing = "SUPERVISOR_TLS_CERT" if cert is None else "SUPERVISOR_TLS_KEY"
+        raise ConfigError(f"{missing}: not set; SUPERVISOR_TLS_CERT and _KEY go together")
+    # gRPC would only say "cannot bind" (plus C-core log lines); Python's ssl says why.
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert[1], key[1], _no_password)
+    except ssl.SSLError as err:
+        if err.reason == "KEY_VALUES_MISMATCH":
+            raise _bad(key[0], key[1], f"is not the key of {cert[0]}={cert[1]!r}") from None
+        problem = f"not a usable certificate and unencrypted key ({err.reason or 'bad PEM data'})"
+        raise _bad(cert[0], cert[1], f"with {key[0]}={key[1]!r}: {problem}") from None
+    if ca is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca[1])
+        except ssl.SSLError as err:
+            raise _bad(ca[0], ca[1], f"not a usable CA ({err.reason or 'bad PEM data'})") from None
+    return TlsConfig(cert_chain=cert[2], private_key=key[2], ca=None if ca is None else ca[2])
+
+
+def parse_config(
+    env: Mapping[str, str], overrides: Optional[Mapping[str, str]] = None
+) -> SidecarConfig:
+    """The sidecar's settings from `env`; `overrides` (variable name -> flag value) win."""
+    src = _Source(env, overrides or {})
+    nnodes = _int(src, "SUPERVISOR_NNODES", 1, 1, 100_000)
+    node_rank = _node_rank(src, nnodes)
+    template, peers = _template(src, nnodes), _peers(src, nnodes)
+    if template is not None and peers:
+        raise ConfigError(
+            "SUPERVISOR_PEER_ADDRESS_TEMPLATE and SUPERVISOR_PEERS are both set; set one"
+        )
+    if nnodes > 1 and template is None and not peers:
+        raise ConfigError(
+            f"SUPERVISOR_PEER_ADDRESS_TEMPLATE: not set (nor SUPERVISOR_PEERS); "
+            f"required when SUPERVISOR_NNODES > 1 (it is {nnodes})"
+        )
+    port = _int(src, "SUPERVISOR_PORT", DEFAULT_PORT, 0, 65535)
+    bind = _bind(src)
+    token = _token(src)
+    if token is None and (nnodes > 1 or not is_loopback_host(bind)):
+        raise ConfigError(
+            "SUPERVISOR_TOKEN: not set (nor SUPERVISOR_TOKEN_FILE); required unless "
+            f"SUPERVISOR_NNODES=1 and SUPERVISOR_BIND is loopback (it is {bind!r})"
+        )
+    return SidecarConfig(
+        nnodes=nnodes,
+        node_rank=node_rank,
+        peer_address_template=template,
+        peers=peers,
+        port=port,
+        bind=bind,
+        token=token,
+        tls=_tls(src),
+        heartbeat_timeout_s=_seconds(src, "SUPERVISOR_HEARTBEAT_TIMEOUT_S", 10.0, False),
+        unwind_timeout_s=_seconds(src, "SUPERVISOR_UNWIND_TIMEOUT_S", 10.0, False),
+        failure_settle_s=_seconds(src, "SUPERVISOR_FAILURE_SETTLE_S", 1.0, True),
+        crash_loop_threshold=_int(src, "SUPERVISOR_CRASH_LOOP_THRESHOLD", 3, 1, 1_000_000),
+    )

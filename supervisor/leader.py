@@ -1,0 +1,359 @@
+"""The multi-pod leader's rules: membership, generations, restarts, endings.
+
+Node 0's supervisor runs these for the whole job. Every input is an event (a
+pod joined, heartbeat, was ready, finished, failed, was lost); every output is
+a list of Broadcasts for the gRPC layer to push. No I/O, no clock: callers pass
+`now` (monotonic seconds), ports come from `allocate_port`.
+
+Rules where the design leaves room, and why:
+
+- One restart per generation. The first failure reported for the current
+  generation decides (restart or give up) and opens the next one. Later
+  reports for that generation (a second rank dying with it, a survivor's echo)
+  arrive once the next generation is open: they are kept in the history as
+  context (MAX_FAILURES_PER_GENERATION each) and change nothing. Reports for
+  older generations are stale and dropped. The crash-loop rule sees only the
+  first failure of each generation (`policy_history`): "N times in a row" means
+  N generations, else eight ranks hitting one bug together would be a crash
+  loop after a single generation.
+- A failure of the open generation before it started (an idle rank died) is a
+  failure like any other, as on one pod (job.py): it is what bounds a pod whose
+  processes die before every start.
+- A lost pod while a generation runs is a restart: Failure(rank = the pod's
+  first rank, signature POD_LOST, step 0), decided by the policy like a rank
+  failure, so a flapping pod spends the budget. It never makes a crash loop
+  (the leader cannot fingerprint it, and its step is unknown): the policy sees
+  it with the signature "" (unknown), which also breaks a run of equal errors.
+  A pod lost while no generation runs interrupts nothing: no restart, only
+  context for the failure that opened the generation (a pod killed whole is
+  often first reported by a survivor's echo, then by its stream: one restart).
+  The open generation waits for the pod to re-join (same node rank) and be ready.
+- A pod joining while still a member is a new incarnation (its replacement came
+  up before the timeout): the old one is lost first, by the rule above.
+- A leader cannot tell a fresh job from its own replacement until the pods
+  answer, so every LeaderState starts FORMING and opens nothing until all
+  `nnodes` pods joined. No view given back: a new job, generation 0. Otherwise
+  the job is rebuilt: generation and restart count are the maxima over the
+  views, history the newest view's (each broadcast carries the whole history).
+  The old leader's loss is then a lost pod of node 0 in that generation: one
+  restart (restart_count + 1, never reset) and the next generation opens, or
+  the job gives up when the budget is spent. If every pod, node 0 included,
+  gives back a view that finished the newest generation, the job is over (0).
+  If every pod was replaced at once nothing is left to give back: the job
+  starts over at generation 0 (no external store, by design).
+- Once EndJob is sent nothing changes; a pod that joins later gets it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Optional
+
+from supervisor import restart_policy
+from supervisor.leader_types import (
+    POD_LOST,
+    Broadcast,
+    EndJob,
+    JobView,
+    LeaderTimings,
+    MemberView,
+    OpenGeneration,
+    Phase,
+    PodView,
+    StartGeneration,
+)
+from supervisor.restart_policy import Failure
+from train_supervisor import exit_codes
+
+#: Failures kept per generation: the one that decided, and context after it.
+#: Bounded because every rank of a 1,000-pod job may report one bug together.
+MAX_FAILURES_PER_GENERATION = 8
+
+
+class JoinRefused(ValueError):
+    """A pod that cannot be part of this job (node rank out of range, other nproc)."""
+
+
+def policy_history(history: Iterable[Failure]) -> list[Failure]:
+    """What the restart policy decides on: the first failure of each generation.
+
+    Lost pods appear with the signature "" (nothing known about the error): they
+    spend the budget but neither make nor continue a crash loop.
+    """
+    seen: set[int] = set()
+    decisive: list[Failure] = []
+    for f in history:
+        if f.generation in seen:
+            continue
+        seen.add(f.generation)
+        decisive.append(dataclasses.replace(f, signature="") if f.signature == POD_LOST else f)
+    return decisive
+
+
+@dataclass
+class _Member:
+    last_heartbeat: float
+    incarnation: int  # chosen by the caller (e.g. a stream id): a late loss of an old stream
+    view: Optional[PodView]  # as given at join; None: the pod's processes are new
+
+
+@dataclass
+class LeaderState:
+    nnodes: int
+    nproc: int  # ranks per pod, the same on every pod: pod i holds ranks i*nproc ..
+    policy: restart_policy.RestartPolicy
+    allocate_port: Callable[[], int]
+    master_addr: str  # node 0's address: its rank 0 hosts each generation's TCPStore
+    timings: LeaderTimings = field(default_factory=LeaderTimings)
+    leader_address: str = ""  # this leader's gRPC address, for status
+    phase: Phase = field(default=Phase.FORMING, init=False)
+    generation: int = field(default=0, init=False)
+    restart_count: int = field(default=0, init=False)
+    master_port: int = field(default=0, init=False)  # 0 while no generation runs
+    history: list[Failure] = field(default_factory=list, init=False)
+    members: dict[int, _Member] = field(default_factory=dict, init=False)
+    end: Optional[EndJob] = field(default=None, init=False)
+    _open_reason: str = field(default="", init=False)
+    _views: dict[int, PodView] = field(default_factory=dict, init=False)  # given while FORMING
+    _ready: set[int] = field(default_factory=set, init=False)  # for the open generation
+    _finished: set[int] = field(default_factory=set, init=False)  # the running generation
+
+    def __post_init__(self) -> None:
+        if self.nnodes < 1 or self.nproc < 1:
+            raise ValueError(f"nnodes and nproc must be >= 1, not {self.nnodes}, {self.nproc}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc
+
+    # ------------------------------------------------------------------ events
+    def join(
+        self, node: int, nproc: int, view: Optional[PodView], now: float, incarnation: int = 0
+    ) -> list[Broadcast]:
+        """A pod's supervisor (re-)joined, giving back what it kept (None: nothing)."""
+        if not 0 <= node < self.nnodes:
+            raise JoinRefused(f"node rank {node} is not in 0..{self.nnodes - 1}")
+        if nproc != self.nproc:
+            raise JoinRefused(f"node {node} has {nproc} ranks per pod, the job has {self.nproc}")
+        effects: list[Broadcast] = []
+        if self.end is None and node in self.members:
+            effects += self._lose(node, "re-joined while still live: a new incarnation")
+        if self.end is not None:
+            return [*effects, Broadcast(node, self.end)]
+        self.members[node] = _Member(now, incarnation, view)
+        if self.phase is Phase.FORMING:
+            if view is not None:
+                self._views[node] = view  # kept even if the pod is lost again: still true
+            return effects + (self._form() if len(self.members) == self.nnodes else [])
+        # OPEN: a running generation cannot miss a pod (losing it opened the next one).
+        return [*effects, Broadcast(node, self._open_message())]
+
+    def heartbeat(self, node: int, now: float) -> bool:
+        """Every pod heartbeats, the leader's own included (locally).
+
+        False: the leader does not count this pod (unknown, lost, or the job is
+        over); the pod should re-join to learn where the job stands.
+        """
+        member = self.members.get(node)
+        if member is None or self.end is not None:
+            return False
+        member.last_heartbeat = now
+        return True
+
+    def tick(self, now: float) -> list[Broadcast]:
+        """Pods silent for longer than the heartbeat timeout are lost."""
+        timeout = self.timings.heartbeat_timeout_s
+        late = [n for n, m in self.members.items() if now - m.last_heartbeat > timeout]
+        effects: list[Broadcast] = []
+        for node in late:
+            if self.end is not None:
+                break
+            effects += self._lose(node, f"no heartbeat for more than {timeout:g}s")
+        return effects
+
+    def pod_lost(self, node: int, now: float, incarnation: Optional[int] = None) -> list[Broadcast]:
+        """The pod's stream broke. With `incarnation`, only that incarnation is lost:
+        the teardown of a stream that a re-join already replaced changes nothing."""
+        member = self.members.get(node)
+        if self.end is not None or member is None:
+            return []
+        if incarnation is not None and incarnation != member.incarnation:
+            return []
+        return self._lose(node, "stream lost")
+
+    def pod_ready(self, node: int, generation: int) -> list[Broadcast]:
+        """Every local rank of the pod is attached and unwound for `generation`."""
+        if self.phase is not Phase.OPEN or generation != self.generation:
+            return []
+        if node not in self.members:
+            return []
+        self._ready.add(node)
+        if len(self._ready) < self.nnodes:  # ready pods are members: every pod joined and ready
+            return []
+        self.phase = Phase.RUNNING
+        self.master_port = self.allocate_port()
+        start = StartGeneration(
+            generation=self.generation,
+            restart_count=self.restart_count,
+            master_addr=self.master_addr,
+            master_port=self.master_port,
+            world_size=self.world_size,
+            nnodes=self.nnodes,
+            history=tuple(self.history),
+        )
+        return [Broadcast(None, start)]
+
+    def pod_finished(self, node: int, generation: int) -> list[Broadcast]:
+        """Every local rank of the pod finished the script in `generation`."""
+        if self.phase is not Phase.RUNNING or generation != self.generation:
+            return []
+        if node not in self.members:
+            return []
+        self._finished.add(node)
+        if len(self._finished) < self.nnodes:
+            return []
+        return self._end(
+            exit_codes.SUCCEEDED, f"all {self.nnodes} pods finished generation {generation}"
+        )
+
+    def failure(self, node: int, generation: int, failure: Failure) -> list[Broadcast]:
+        """A pod's supervisor settled a rank failure in `generation`."""
+        if self.phase in (Phase.FORMING, Phase.ENDED) or node not in self.members:
+            # FORMING: the generation is not known yet, and the rebuild spends a restart anyway.
+            return []
+        failure = dataclasses.replace(failure, generation=generation)
+        if generation == self.generation:
+            why = (
+                f"rank {failure.rank} on node {node} failed at step {failure.step}: "
+                f"{failure.signature or 'unknown error'}"
+            )
+            self.history.append(failure)
+            return self._decide(node, failure, why)
+        if generation == self.generation - 1:
+            self._note(failure)  # its generation already restarted: context only
+        return []
+
+    # ------------------------------------------------------------------ status
+    def view(self, now: float) -> JobView:
+        members = tuple(
+            MemberView(
+                node_rank=n,
+                first_rank=n * self.nproc,
+                nproc=self.nproc,
+                ready=n in self._ready,
+                finished=n in self._finished,
+                heartbeat_age_s=max(0.0, now - m.last_heartbeat),
+            )
+            for n, m in sorted(self.members.items())
+        )
+        return JobView(
+            phase=self.phase,
+            generation=self.generation,
+            restart_count=self.restart_count,
+            max_restarts=self.policy.max_restarts,
+            history=tuple(self.history),
+            leader_address=self.leader_address,
+            master_addr=self.master_addr,
+            master_port=self.master_port,
+            world_size=self.world_size,
+            members=members,
+            missing=tuple(n for n in range(self.nnodes) if n not in self.members),
+            end=self.end,
+        )
+
+    def pod_view(self, node: Optional[int] = None) -> PodView:
+        """What a follower that got every broadcast so far holds (for `node`'s finished)."""
+        finished = node is not None and node in self._finished
+        return PodView(self.generation, self.restart_count, tuple(self.history), finished)
+
+    # --------------------------------------------------------------- decisions
+    def _form(self) -> list[Broadcast]:
+        """Every pod joined: open generation 0, or rebuild the job from their views."""
+        if not self._views:
+            return [Broadcast(None, self._open(f"job formed: {self.nnodes} pods joined"))]
+        views = self._views.values()
+        newest = max(views, key=lambda v: (v.generation, v.restart_count, len(v.history)))
+        self.generation = max(v.generation for v in views)
+        self.restart_count = max(v.restart_count for v in views)
+        self.history = list(newest.history)
+        given = [m.view for m in self.members.values()]
+        if all(v is not None and v.finished and v.generation == self.generation for v in given):
+            return self._end(
+                exit_codes.SUCCEEDED,
+                f"all {self.nnodes} pods had finished generation {self.generation} "
+                "before the leader changed",
+            )
+        lost = Failure(self.generation, 0, POD_LOST, 0)
+        self.history.append(lost)
+        for node in sorted(n for n, m in self.members.items() if m.view is None and n != 0):
+            self._note(Failure(self.generation, node * self.nproc, POD_LOST, 0))
+        why = f"leader replaced; job rebuilt from {len(self._views)} pod views"
+        return self._decide(0, lost, why)
+
+    def _lose(self, node: int, why: str) -> list[Broadcast]:
+        del self.members[node]
+        self._ready.discard(node)
+        self._finished.discard(node)
+        lost = Failure(self.generation, node * self.nproc, POD_LOST, 0)
+        if self.phase is Phase.RUNNING:
+            self.history.append(lost)
+            return self._decide(node, lost, f"node {node} lost: {why}")
+        if self.phase is Phase.OPEN and self.generation > 0:
+            self._note(dataclasses.replace(lost, generation=self.generation - 1))
+        return []  # FORMING, or generation 0 not started yet: nothing was interrupted
+
+    def _decide(self, node: int, failure: Failure, why: str) -> list[Broadcast]:
+        """`failure` (just appended) is the first of the current generation: restart or end."""
+        decision = restart_policy.decide(
+            self.policy, policy_history(self.history), self.restart_count
+        )
+        if decision.action is not restart_policy.Action.RESTART:
+            return self._give_up(node, failure, decision.reason)
+        self.restart_count += 1
+        self.generation += 1
+        return [Broadcast(None, self._open(f"{why}; {decision.reason}"))]
+
+    def _note(self, failure: Failure) -> None:
+        """Keep a failure of a generation already decided, as context (bounded, no repeats)."""
+        same: list[Failure] = []
+        for f in reversed(self.history):  # the newest generations are at the end
+            if f.generation < failure.generation:
+                break
+            if f.generation == failure.generation:
+                same.append(f)
+        if failure not in same and len(same) < MAX_FAILURES_PER_GENERATION:
+            self.history.append(failure)
+
+    def _open(self, reason: str) -> OpenGeneration:
+        self.phase = Phase.OPEN
+        self.master_port = 0
+        self._open_reason = reason
+        self._ready.clear()
+        self._finished.clear()
+        return self._open_message()
+
+    def _open_message(self) -> OpenGeneration:
+        return OpenGeneration(
+            self.generation, self.restart_count, self._open_reason, tuple(self.history)
+        )
+
+    def _give_up(self, node: int, failure: Failure, reason: str) -> list[Broadcast]:
+        lost = failure.signature == POD_LOST
+        report = (
+            f"job given up: {reason}\n"
+            f"  rank: {failure.rank}\n"
+            f"  node: {node}\n"
+            f"  step: {'unknown' if lost else failure.step}\n"
+            f"  error: {failure.signature or 'unknown'}\n"
+            f"  generation: {failure.generation}; restarts used: {self.restart_count} "
+            f"of {self.policy.max_restarts}"
+        )
+        return self._end(exit_codes.GAVE_UP, report)
+
+    def _end(self, exit_code: int, report: str) -> list[Broadcast]:
+        self.phase = Phase.ENDED
+        self.master_port = 0
+        self.end = EndJob(exit_code, report)
+        return [Broadcast(None, self.end)]

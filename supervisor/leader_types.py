@@ -1,0 +1,142 @@
+"""The values the multi-pod leader trades in: messages to pods, what pods give back, status.
+
+Plain frozen dataclasses, no protobuf: the leader's rules (supervisor/leader.py)
+are tested alone, and the gRPC layer maps these to and from the wire.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from supervisor.restart_policy import Failure
+
+#: Signature of the Failure recorded when a pod is lost (stream loss, heartbeat
+#: timeout, re-join of a live pod, or the leader's own pod replaced). It spends
+#: a restart but never makes a crash loop: see leader.policy_history.
+POD_LOST = "pod lost"
+
+
+class Phase(enum.Enum):
+    # Waiting for every pod to join. A leader cannot tell a fresh job from its
+    # own replacement until the pods answer, so both start here: with no view
+    # given back the job is new, otherwise it is rebuilt from the views.
+    FORMING = "forming"
+    OPEN = "open"  # a generation is open: pods unwind, the leader waits for every "ready"
+    RUNNING = "running"  # StartGeneration was sent; the generation trains
+    ENDED = "ended"  # EndJob was sent; nothing changes any more
+
+
+@dataclass(frozen=True)
+class LeaderTimings:
+    # A pod silent for longer than this is lost. Well under the NCCL/gloo
+    # timeouts, well over a heartbeat period plus a GC pause.
+    heartbeat_timeout_s: float = 10.0
+
+
+# ----------------------------------------------------------------- messages
+# Every message carries the generation, the restart count and the history so
+# that a follower always holds what a replacement leader will need from it.
+# Messages are idempotent: a pod applies a generation's Open or Start once and
+# ignores repeats (a re-joining pod may get one twice).
+
+
+@dataclass(frozen=True)
+class OpenGeneration:
+    """Abort what runs, unwind every local rank, report ready for `generation`."""
+
+    generation: int
+    restart_count: int
+    reason: str
+    history: tuple[Failure, ...] = ()
+
+
+@dataclass(frozen=True)
+class StartGeneration:
+    """Every pod is ready: run the script with this generation's environment."""
+
+    generation: int
+    restart_count: int
+    master_addr: str
+    master_port: int  # fresh for each generation: no rank ever meets a stale store
+    world_size: int
+    nnodes: int
+    history: tuple[Failure, ...] = ()
+
+
+@dataclass(frozen=True)
+class EndJob:
+    """The job is over: exit with this code (train_supervisor.exit_codes)."""
+
+    exit_code: int
+    report: str
+
+
+Message = Union[OpenGeneration, StartGeneration, EndJob]
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    target: Optional[int]  # node_rank of one pod, or None: every connected pod
+    message: Message
+
+
+# -------------------------------------------------------- what pods give back
+@dataclass(frozen=True)
+class PodView:
+    """What a follower keeps from the leader's messages, and gives back to a new leader."""
+
+    generation: int
+    restart_count: int
+    history: tuple[Failure, ...]
+    finished: bool = False  # this pod's ranks all finished `generation`
+
+
+def follow(view: Optional[PodView], message: Message) -> Optional[PodView]:
+    """The view a follower holds after `message` (keep it; send it with a re-join).
+
+    An out-of-order message of an older generation changes nothing. The
+    follower sets `finished` itself (dataclasses.replace) once its ranks end.
+    """
+    if isinstance(message, EndJob):
+        return view
+    if view is not None and message.generation < view.generation:
+        return view
+    same = view is not None and view.generation == message.generation
+    # A repeated Start keeps what the pod did since; an Open always starts over.
+    finished = same and view is not None and view.finished
+    finished = finished and isinstance(message, StartGeneration)
+    return PodView(message.generation, message.restart_count, message.history, finished)
+
+
+def mark_finished(view: PodView) -> PodView:
+    return dataclasses.replace(view, finished=True)
+
+
+# -------------------------------------------------------------------- status
+@dataclass(frozen=True)
+class MemberView:
+    node_rank: int
+    first_rank: int  # ranks first_rank .. first_rank + nproc - 1, stable across generations
+    nproc: int
+    ready: bool  # for the open generation
+    finished: bool  # the running generation
+    heartbeat_age_s: float
+
+
+@dataclass(frozen=True)
+class JobView:
+    phase: Phase
+    generation: int
+    restart_count: int
+    max_restarts: int
+    history: tuple[Failure, ...]
+    leader_address: str
+    master_addr: str
+    master_port: int  # 0 while no generation runs
+    world_size: int
+    members: tuple[MemberView, ...]  # by node rank
+    missing: tuple[int, ...]  # node ranks not joined (lost, or not there yet)
+    end: Optional[EndJob]
