@@ -294,8 +294,8 @@ def parse_args(
     node_rank = _int("--node-rank", ns.node_rank, 0)
     if node_rank >= nnodes:
         raise UsageError(f"--node-rank {node_rank} must be < --nnodes {nnodes}")
-    if nnodes > 1:
-        raise UsageError("--nnodes > 1 needs the train-supervisor sidecar, not supported yet")
+    if nnodes > 1 and ns.standalone:
+        raise UsageError("--standalone runs one node; --nnodes > 1 needs the sidecar supervisors")
     _check_target(ns.training_script, ns.module, ns.no_python)
     filter_text = ns.local_ranks_filter.strip()
     try:

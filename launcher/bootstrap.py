@@ -27,11 +27,13 @@ import grpc
 from launcher.heartbeat import StepCounter, install_optimizer_hook
 from launcher.processes import ENV_PARENT_PID, ENV_RANK, ENV_SUPERVISOR, ENV_TOKEN
 from launcher.unwind import (
+    Connection,
     GenerationAborted,
     MainThreadInterrupter,
     abort_communicators,
     destroy_process_groups,
     sever_generation_connections,
+    tcp_connections,
 )
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -100,6 +102,8 @@ class Worker:
         self.stub = pb_grpc.WorkerServiceStub(self.channel)
         self.commands: queue.Queue[Optional[pb.WorkerCommand]] = queue.Queue()
         self.interrupter = MainThreadInterrupter()
+        self.supervisor_port = int(address.rpartition(":")[2])
+        self.connections_before: set[Connection] = set()
         self.generation = -1
         self.aborted_generation = -1
         self.unwound = False  # the supervisor knows this generation is over for us
@@ -133,7 +137,7 @@ class Worker:
         if generation == self.generation:
             abort_communicators()
             if self.interrupter.interrupt():
-                sever_generation_connections()
+                sever_generation_connections(self.connections_before, self.supervisor_port)
                 return
         # Not running that generation's script (finished, or between steps of
         # our own): the main loop confirms with an "unwound" report.
@@ -184,6 +188,7 @@ class Worker:
         os.environ.update(start.env)
         self.steps.reset(start.generation)
         error: Optional[BaseException] = None
+        self.connections_before = tcp_connections()
         self.interrupter.script_started()
         try:
             self._run_script()

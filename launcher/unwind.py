@@ -82,11 +82,27 @@ def destroy_process_groups() -> Optional[str]:
     return error
 
 
-def _connections_to_sever(store_port: int) -> list[int]:
-    """fds of this process's TCP connections to its sibling workers and to the store.
+Endpoint = tuple[str, int]
+Connection = tuple[Endpoint, Endpoint]  # (local, remote)
 
-    Those are the generation's gloo pairs and TCPStore clients. Connections to
-    anything else (the supervisor, the user's own services) are left alone.
+
+def tcp_connections() -> set[Connection]:
+    """This process's established TCP connections, as (local, remote) endpoints."""
+    found = set()
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.Process().net_connections(kind="tcp"):
+            if conn.raddr:
+                found.add(((conn.laddr.ip, conn.laddr.port), (conn.raddr.ip, conn.raddr.port)))
+    return found
+
+
+def _connections_to_sever(store_port: int, before: set[Connection], keep_port: int) -> list[int]:
+    """fds of the generation's TCP connections: gloo pairs and TCPStore clients.
+
+    Every connection opened since the generation started (`before`), wherever
+    its peer lives (other pods' ranks included), plus any to the store or to a
+    sibling worker. The connection to the supervisor (`keep_port`) is spared:
+    it outlives generations.
     """
     me = psutil.Process()
     parent = me.ppid()
@@ -97,20 +113,20 @@ def _connections_to_sever(store_port: int) -> list[int]:
     }
     fds = []
     for conn in me.net_connections(kind="tcp"):
-        if not conn.raddr or conn.fd < 0:
+        if not conn.raddr or conn.fd < 0 or conn.raddr.port == keep_port:
             continue
-        owner = owners.get((conn.raddr.ip, conn.raddr.port))
-        to_store = conn.raddr.port == store_port
+        endpoints = ((conn.laddr.ip, conn.laddr.port), (conn.raddr.ip, conn.raddr.port))
+        owner = owners.get(endpoints[1])
         sibling = False
         if owner and owner != me.pid:
             with contextlib.suppress(psutil.Error):
                 sibling = psutil.Process(owner).ppid() == parent
-        if to_store or sibling:
+        if endpoints not in before or conn.raddr.port == store_port or sibling:
             fds.append(conn.fd)
     return fds
 
 
-def sever_generation_connections() -> int:
+def sever_generation_connections(before: set[Connection], keep_port: int) -> int:
     """Shut down the dead generation's sockets so blocked collectives fail at once.
 
     gloo has no working abort for a pending collective: a peer that died or
@@ -119,7 +135,7 @@ def sever_generation_connections() -> int:
     """
     try:
         store_port = int(os.environ.get("MASTER_PORT", "0"))
-        fds = _connections_to_sever(store_port)
+        fds = _connections_to_sever(store_port, before, keep_port)
     except (psutil.Error, ValueError):
         return 0
     for fd in fds:

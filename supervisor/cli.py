@@ -23,8 +23,11 @@ from supervisor.config import (
     join_host_port,
     parse_config,
     read_token_file,
+    split_host_port,
     unknown_variables,
 )
+from supervisor.leader_types import LeaderTimings
+from supervisor.peers import FollowerLink, LeaderHub, PeerServicer
 from supervisor.server import start_server
 from supervisor.service import Supervisor, SupervisorSettings
 from train_supervisor import exit_codes
@@ -143,6 +146,29 @@ def settings_from(config: SidecarConfig) -> SupervisorSettings:
     )
 
 
+def coordinate(sup: Supervisor, config: SidecarConfig) -> Optional[PeerServicer]:
+    """Multi-pod: node 0 hosts the leader (returns its servicer), the others follow it."""
+    if config.nnodes == 1:
+        return None
+    leader_address = config.peer_address(0)
+    if config.node_rank == 0:
+        master_addr = split_host_port(leader_address)[0]  # rank 0 runs on node 0
+        timings = LeaderTimings(heartbeat_timeout_s=config.heartbeat_timeout_s)
+        hub = LeaderHub(sup, config.nnodes, master_addr, timings)
+        sup.coordination = hub
+        return PeerServicer(hub)
+    sup.coordination = FollowerLink(
+        sup,
+        config.nnodes,
+        config.node_rank,
+        leader_address,
+        config.token,
+        heartbeat_s=config.heartbeat_timeout_s / 4,
+        tls_ca=config.tls.ca if config.tls is not None else None,
+    )
+    return None
+
+
 async def _serve(config: SidecarConfig) -> None:
     """Serve until SIGTERM/SIGINT; OSError when the address cannot be bound."""
     loop = asyncio.get_running_loop()
@@ -156,7 +182,10 @@ async def _serve(config: SidecarConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     sup = Supervisor(settings_from(config))
-    server, port = await start_server(sup, config.bind_address, token=config.token, tls=config.tls)
+    peers = coordinate(sup, config)
+    server, port = await start_server(
+        sup, config.bind_address, token=config.token, tls=config.tls, peers=peers
+    )
     log.info(
         "serving on %s (token %s, TLS %s)",
         join_host_port(config.bind, port),
@@ -180,9 +209,6 @@ def _serve_command(args: argparse.Namespace) -> None:
         config = parse_config(os.environ, overrides)
     except ConfigError as err:
         fail(str(err))
-    # Serving one pod's job alone would be pretending: the rendezvous is not built yet.
-    if config.nnodes > 1:
-        fail("multi-pod coordination (SUPERVISOR_NNODES > 1) is not implemented yet")
     for name in unknown_variables(os.environ):
         log.warning("ignoring %s: no train-supervisor setting has that name", name)
     try:

@@ -7,15 +7,23 @@ clock: callers pass `now` (monotonic seconds) so the rules are testable alone.
 
 from __future__ import annotations
 
-import collections
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
 
 from supervisor import restart_policy
-from supervisor.job_types import Effect, RankSlot, Timings, ToLauncher, ToWorker, signal_name
+from supervisor.job_types import (
+    Effect,
+    EventLog,
+    RankSlot,
+    Timings,
+    ToLauncher,
+    ToWorker,
+    describe_failure,
+    failure_record,
+    give_up_report,
+)
 from supervisor.spares import SparePool
 from supervisor.worker_env import spec_env
 from train_supervisor import exit_codes
@@ -40,18 +48,17 @@ class JobState:
     killed_by_us: set[int] = field(default_factory=set)
     history: list[restart_policy.Failure] = field(default_factory=list)
     failures: list[pb.FailureRecord] = field(default_factory=list)
-    events: collections.deque[pb.JobEvent] = field(
-        default_factory=lambda: collections.deque(maxlen=200)
-    )
+    events: EventLog = field(default_factory=EventLog)
     master_port: int = 0
+    master_addr: str = ""  # the spec's in standalone; the leader's otherwise
     generation_seen_at: Optional[float] = None  # first tick of the running generation
-    events_recorded: int = 0
 
     def __post_init__(self) -> None:
         base = self.spec.node_rank * self.spec.nproc_per_node
         for local_rank in range(self.spec.nproc_per_node):
             self.ranks[base + local_rank] = RankSlot(rank=base + local_rank, local_rank=local_rank)
         self.master_port = self.allocate_port()
+        self.master_addr = self.master_addr or self.spec.master_addr
         self.spares = SparePool(self.spec.warm_spares, self.timings.max_spare_failures)
 
     # ----------------------------------------------------------------- helpers
@@ -68,13 +75,7 @@ class JobState:
         )
 
     def record(self, kind: str, message: str) -> None:
-        self.events.append(pb.JobEvent(time_unix=time.time(), kind=kind, message=message))
-        self.events_recorded += 1
-
-    def events_since(self, count: int) -> list[pb.JobEvent]:
-        """Events recorded after the first `count` (as many as are still kept)."""
-        new = min(self.events_recorded - count, len(self.events))
-        return list(self.events)[len(self.events) - new :] if new > 0 else []
+        self.events.add(kind, message)
 
     def slot_of(self, pid: int) -> Optional[RankSlot]:
         for slot in self.ranks.values():
@@ -83,7 +84,14 @@ class JobState:
         return None
 
     def _env(self, slot: RankSlot) -> dict[str, str]:
-        return spec_env(self.spec, slot.rank, slot.local_rank, self.generation, self.master_port)
+        return spec_env(
+            self.spec,
+            slot.rank,
+            slot.local_rank,
+            self.generation,
+            self.master_addr,
+            self.master_port,
+        )
 
     def _spawn_rank(self, slot: RankSlot, env: Optional[dict[str, str]] = None) -> Effect:
         slot.spawning = True
@@ -221,13 +229,16 @@ class JobState:
             slot.state = WS.WORKER_STATE_SUCCEEDED
             slot.pid = 0
             return self._maybe_finish()
-        failed_step = slot.step
-        evidence = slot.evidence
+        record = failure_record(
+            self.generation, slot.rank, pid, exit_code, signum, slot.evidence, slot.step
+        )
         slot.pid, slot.state, slot.unwind_deadline = 0, WS.WORKER_STATE_FAILED, None
         if collateral:
             self.record("respawn", f"rank {slot.rank} pid {pid} replaced after an abort")
             return self._fill_vacancies() + self._maybe_start()
-        return self._on_failure(slot, pid, exit_code, signum, evidence, failed_step, now)
+        self.failures.append(record)
+        self.record("failure", describe_failure(record))
+        return self._on_failure(record, now)
 
     def tick(self, now: float) -> list[Effect]:
         """Enforce the unwind grace period; replenish spares if no heartbeat ever does."""
@@ -255,50 +266,30 @@ class JobState:
         return []
 
     # --------------------------------------------------------------- decisions
-    def _on_failure(
-        self,
-        slot: RankSlot,
-        pid: int,
-        exit_code: int,
-        signum: int,
-        evidence: Optional[pb.FailureDetail],
-        step: int,
-        now: float,
-    ) -> list[Effect]:
-        detail = evidence or pb.FailureDetail()
-        if not detail.signature:
-            detail.signature = signal_name(signum) if signum else f"exit code {exit_code}"
-        failure = restart_policy.Failure(self.generation, slot.rank, detail.signature, step)
+    def _on_failure(self, record: pb.FailureRecord, now: float) -> list[Effect]:
+        failure = restart_policy.Failure(
+            record.generation, record.rank, record.detail.signature, record.step
+        )
         self.history.append(failure)
         decision = restart_policy.decide(self.policy, self.history, self.restart_count)
-        what = f"signal {signal_name(signum)}" if signum else f"exit code {exit_code}"
-        self.failures.append(
-            pb.FailureRecord(
-                generation=self.generation,
-                rank=slot.rank,
-                pid=pid,
-                exit_code=exit_code,
-                signal=signum,
-                detail=detail,
-                step=step,
-                action=decision.action.value,
-                time_unix=time.time(),
-            )
-        )
-        self.record(
-            "failure", f"rank {slot.rank} pid {pid} {what} after step {step}: {decision.reason}"
-        )
+        record.action = decision.action.value
+        self.record("decision", decision.reason)
         if decision.action is not restart_policy.Action.RESTART:
-            return self._give_up(decision.reason, slot.rank, detail, step)
-        return self._open_next_generation(now) + self._fill_vacancies() + self._maybe_start()
-
-    def _open_next_generation(self, now: float) -> list[Effect]:
-        old = self.generation
+            return self._give_up(give_up_report(decision.reason, record))
         self.restart_count += 1
-        self.generation += 1
+        self.master_port = self.allocate_port()
+        return (
+            self._open_generation(self.generation + 1, now)
+            + self._fill_vacancies()
+            + self._maybe_start()
+        )
+
+    def _open_generation(self, generation: int, now: float) -> list[Effect]:
+        """Abort the running generation here: survivors unwind and wait for `generation`."""
+        old = self.generation
+        self.generation = generation
         self.started = False
         self.state = pb.JobState.JOB_STATE_RESTARTING
-        self.master_port = self.allocate_port()
         effects: list[Effect] = []
         deadline = now + self.timings.unwind_timeout_s
         for slot in self.ranks.values():
@@ -335,15 +326,20 @@ class JobState:
                 effects.append(self._spawn_rank(slot))
         return effects
 
-    def _maybe_start(self) -> list[Effect]:
+    def _ready(self) -> bool:
+        """Every rank of this pod can start the current generation."""
         if self.started or self.over:
-            return []
+            return False
         slots = self.ranks.values()
         if self.spec.bootstrapped:
-            if not all(s.pid and s.state == WS.WORKER_STATE_INIT for s in slots):
-                return []
-        elif any(s.pid or s.spawning for s in slots):
-            return []
+            return all(s.pid and s.state == WS.WORKER_STATE_INIT for s in slots)
+        return not any(s.pid or s.spawning for s in slots)
+
+    def _maybe_start(self) -> list[Effect]:
+        return self._start_now() if self._ready() else []
+
+    def _start_now(self) -> list[Effect]:
+        slots = self.ranks.values()
         self.started = True
         self.generation_seen_at = None
         self.state = pb.JobState.JOB_STATE_RUNNING
@@ -364,8 +360,11 @@ class JobState:
             effects.append(ToWorker(slot.pid, pb.WorkerCommand(start=start)))
         return effects
 
+    def _all_finished(self) -> bool:
+        return all(s.state == WS.WORKER_STATE_SUCCEEDED for s in self.ranks.values())
+
     def _maybe_finish(self) -> list[Effect]:
-        if not all(s.state == WS.WORKER_STATE_SUCCEEDED for s in self.ranks.values()):
+        if not self._all_finished():
             return []
         self.state = pb.JobState.JOB_STATE_SUCCEEDED
         self.record(
@@ -373,14 +372,9 @@ class JobState:
         )
         return self._end(exit_codes.SUCCEEDED, "all ranks finished")
 
-    def _give_up(self, reason: str, rank: int, detail: pb.FailureDetail, step: int) -> list[Effect]:
+    def _give_up(self, report: str) -> list[Effect]:
         self.state = pb.JobState.JOB_STATE_FAILED
-        report = (
-            f"job given up: {reason}\n  rank: {rank}\n  step: {step}\n"
-            f"  error: {detail.exception_type or detail.signature}: {detail.message}\n"
-            f"{detail.traceback}"
-        )
-        self.record("gave_up", reason)
+        self.record("gave_up", report.splitlines()[0])
         return self._end(exit_codes.GAVE_UP, report)
 
     def _end(self, exit_code: int, report: str) -> list[Effect]:

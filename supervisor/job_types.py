@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import signal
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -22,7 +25,14 @@ class ToLauncher:
     command: pb.LauncherCommand
 
 
-Effect = Union[ToWorker, ToLauncher]
+@dataclass(frozen=True)
+class ToLeader:
+    """A report for the job's leader (multi-pod): it decides, this pod carries out."""
+
+    report: pb.PodReport
+
+
+Effect = Union[ToWorker, ToLauncher, ToLeader]
 
 
 @dataclass
@@ -55,3 +65,70 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+@dataclass
+class EventLog:
+    """The job's recent events, for status; `recorded` counts all, kept or not."""
+
+    kept: collections.deque[pb.JobEvent] = field(
+        default_factory=lambda: collections.deque(maxlen=200)
+    )
+    recorded: int = 0
+
+    def add(self, kind: str, message: str) -> None:
+        self.kept.append(pb.JobEvent(time_unix=time.time(), kind=kind, message=message))
+        self.recorded += 1
+
+    def since(self, count: int) -> list[pb.JobEvent]:
+        """Events recorded after the first `count` (as many as are still kept)."""
+        new = min(self.recorded - count, len(self.kept))
+        return list(self.kept)[len(self.kept) - new :] if new > 0 else []
+
+    def __iter__(self) -> Iterator[pb.JobEvent]:
+        return iter(self.kept)
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+
+def failure_record(
+    generation: int,
+    rank: int,
+    pid: int,
+    exit_code: int,
+    signum: int,
+    evidence: Optional[pb.FailureDetail],
+    step: int,
+) -> pb.FailureRecord:
+    """What is known of a rank's death; the signature falls back to the signal or exit code."""
+    detail = evidence or pb.FailureDetail()
+    if not detail.signature:
+        detail.signature = signal_name(signum) if signum else f"exit code {exit_code}"
+    return pb.FailureRecord(
+        generation=generation,
+        rank=rank,
+        pid=pid,
+        exit_code=exit_code,
+        signal=signum,
+        detail=detail,
+        step=step,
+        time_unix=time.time(),
+    )
+
+
+def describe_failure(record: pb.FailureRecord) -> str:
+    what = (
+        f"signal {signal_name(record.signal)}" if record.signal else f"exit code {record.exit_code}"
+    )
+    return f"rank {record.rank} pid {record.pid} {what} after step {record.step}"
+
+
+def give_up_report(reason: str, record: pb.FailureRecord) -> str:
+    """The report a given-up job ends with: what, where, and the traceback."""
+    detail = record.detail
+    return (
+        f"job given up: {reason}\n  rank: {record.rank}\n  step: {record.step}\n"
+        f"  error: {detail.exception_type or detail.signature}: {detail.message}\n"
+        f"{detail.traceback}"
+    )

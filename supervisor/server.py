@@ -29,7 +29,7 @@ log = logging.getLogger("train_supervisor")
 
 SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("LauncherService", "WorkerService", "StatusService")
+    for name in ("LauncherService", "WorkerService", "StatusService", "PeerService")
 )
 
 
@@ -62,6 +62,7 @@ async def start_server(
     *,
     token: Optional[str] = None,
     tls: Optional[TlsConfig] = None,
+    peers: Optional[pb_grpc.PeerServiceServicer] = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Bind and start; returns the server and the bound port.
 
@@ -81,6 +82,8 @@ async def start_server(
     pb_grpc.add_LauncherServiceServicer_to_server(LauncherServicer(sup), server)
     pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(sup), server)
     pb_grpc.add_StatusServiceServicer_to_server(StatusServicer(sup), server)
+    if peers is not None:  # node 0 of a multi-pod job: the leader
+        pb_grpc.add_PeerServiceServicer_to_server(peers, server)
     # grpc_health-stubs lacks the `aio` submodule that grpc_health.v1.health exports.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,12 +8,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import grpc
 
 from supervisor import restart_policy
 from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
+from supervisor.job_types import ToLeader
+from supervisor.pod_job import CoordinatedJobState
 from supervisor.ports import free_port
 from supervisor.status_view import job_status
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -33,12 +35,29 @@ class SupervisorSettings:
     tick_s: float = 0.1
 
 
+class Coordination(Protocol):
+    """The link to the job's leader when the job spans pods (supervisor/peers.py)."""
+
+    def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
+        """Why this launcher's spec does not fit the job, or None."""
+
+    def launcher_attached(self, spec: pb.WorkerSpec) -> None: ...
+
+    def report(self, report: pb.PodReport) -> None: ...
+
+
 class Supervisor:
     """Holds one pod's JobState. Every method runs on the event loop thread."""
 
-    def __init__(self, settings: SupervisorSettings, leader: str = "local") -> None:
+    def __init__(
+        self,
+        settings: SupervisorSettings,
+        leader: str = "local",
+        coordination: Optional[Coordination] = None,
+    ) -> None:
         self.settings = settings
         self.leader = leader
+        self.coordination = coordination
         self.job: Optional[JobState] = None
         self.launcher_queue: asyncio.Queue[Optional[pb.LauncherCommand]] = asyncio.Queue()
         self.worker_queues: dict[int, asyncio.Queue[Optional[pb.WorkerCommand]]] = {}
@@ -58,16 +77,35 @@ class Supervisor:
                 self.launcher_queue.put_nowait(effect.command)
                 if effect.command.HasField("shutdown"):
                     self.finished.set()
+            elif isinstance(effect, ToLeader) and self.coordination is not None:
+                self.coordination.report(effect.report)
         asyncio.get_running_loop().create_task(self._notify())
         self._log_new_events()
 
     def _log_new_events(self) -> None:
         if self.job is None:
             return
-        for event in self.job.events_since(self.events_logged):
+        for event in self.job.events.since(self.events_logged):
             level = logging.WARNING if event.kind in NOTABLE_EVENTS else logging.INFO
             log.log(level, "%s: %s", event.kind, event.message)
-        self.events_logged = self.job.events_recorded
+        self.events_logged = self.job.events.recorded
+
+    def on_leader_message(self, message: pb.LeaderMessage) -> None:
+        """Apply what the leader decided to this pod's ranks."""
+        job = self.job
+        if not isinstance(job, CoordinatedJobState):
+            return
+        kind = message.WhichOneof("message")
+        if kind == "open":
+            self.apply(job.open_generation(message.open, time.monotonic()))
+        elif kind == "start":
+            self.apply(job.start_generation(message.start))
+        elif kind == "end":
+            self.apply(job.end_job(message.end))
+
+    def rejoined(self) -> None:
+        if isinstance(self.job, CoordinatedJobState):
+            self.apply(self.job.rejoined())
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -99,9 +137,18 @@ class Supervisor:
             crash_loop_threshold=self.settings.crash_loop_threshold,
         )
         timings = Timings(unwind_timeout_s=self.settings.unwind_timeout_s)
-        self.job = JobState(
-            spec=request.spec, policy=policy, allocate_port=free_port, timings=timings
-        )
+        if self.coordination is None:
+            self.job = JobState(
+                spec=request.spec, policy=policy, allocate_port=free_port, timings=timings
+            )
+        else:
+            mismatch = self.coordination.check_spec(request.spec)
+            if mismatch is not None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, mismatch)
+            self.job = CoordinatedJobState(
+                spec=request.spec, policy=policy, allocate_port=free_port, timings=timings
+            )
+            self.coordination.launcher_attached(request.spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         job = self.job

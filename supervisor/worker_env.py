@@ -68,14 +68,19 @@ def torchrun_env(
 
 
 def spec_env(
-    spec: pb.WorkerSpec, rank: int, local_rank: int, generation: int, master_port: int
+    spec: pb.WorkerSpec,
+    rank: int,
+    local_rank: int,
+    generation: int,
+    master_addr: str,
+    master_port: int,
 ) -> dict[str, str]:
     """torchrun_env for one rank of the job a WorkerSpec describes."""
     layout = GenerationLayout(
         generation=generation,
         world_size=spec.nnodes * spec.nproc_per_node,
         group_world_size=spec.nnodes,
-        master_addr=spec.master_addr,
+        master_addr=master_addr,
         master_port=master_port,
     )
     return torchrun_env(

@@ -259,7 +259,10 @@ BAD_CONFIG = {
         {"SUPERVISOR_TOKEN": TOKEN, "SUPERVISOR_TLS_CERT": "/nonexistent/cert.pem"},
         "SUPERVISOR_TLS_CERT='/nonexistent/cert.pem': cannot read",
     ),
-    "several pods": (TWO_PODS, "multi-pod coordination (SUPERVISOR_NNODES > 1) is not implemented"),
+    "template without index": (
+        {**TWO_PODS, "SUPERVISOR_PEER_ADDRESS_TEMPLATE": "job.job-svc:29400"},
+        "SUPERVISOR_PEER_ADDRESS_TEMPLATE='job.job-svc:29400'",
+    ),
 }
 
 

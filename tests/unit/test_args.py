@@ -228,8 +228,14 @@ def test_elastic_nnodes_is_refused(script: str) -> None:
     assert "MIN:MAX" in usage_error(["--nnodes", "1:4", script])
 
 
-def test_multi_node_is_refused_without_the_sidecar(script: str) -> None:
-    assert "--nnodes" in usage_error(["--nnodes", "2", "--node-rank", "1", script])
+def test_multi_node_is_refused_in_standalone_mode(script: str) -> None:
+    error = usage_error(["--standalone", "--nnodes", "2", "--node-rank", "1", script])
+    assert "--standalone runs one node" in error
+
+
+def test_multi_node_is_accepted_with_the_sidecar(script: str) -> None:
+    config = parse_args(["--nnodes", "2", "--node-rank", "1", script], {}, cpu_count=4)
+    assert (config.nnodes, config.node_rank, config.standalone) == (2, 1, False)
 
 
 def test_missing_script_is_a_usage_error() -> None:

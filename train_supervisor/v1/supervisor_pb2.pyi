@@ -370,3 +370,117 @@ class JobStatus(_message.Message):
     leader: str
     recent_events: _containers.RepeatedCompositeFieldContainer[JobEvent]
     def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ...) -> None: ...
+
+class PolicyFailure(_message.Message):
+    __slots__ = ("generation", "rank", "signature", "step")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    rank: int
+    signature: str
+    step: int
+    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., signature: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+
+class PodView(_message.Message):
+    __slots__ = ("generation", "restart_count", "history", "finished")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    restart_count: int
+    history: _containers.RepeatedCompositeFieldContainer[PolicyFailure]
+    finished: bool
+    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., finished: bool = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("run_id", "node_rank", "nproc", "view", "has_view", "incarnation")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    NPROC_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    HAS_VIEW_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    node_rank: int
+    nproc: int
+    view: PodView
+    has_view: bool
+    incarnation: int
+    def __init__(self, run_id: _Optional[str] = ..., node_rank: _Optional[int] = ..., nproc: _Optional[int] = ..., view: _Optional[_Union[PodView, _Mapping]] = ..., has_view: bool = ..., incarnation: _Optional[int] = ...) -> None: ...
+
+class OpenGenerationMsg(_message.Message):
+    __slots__ = ("generation", "restart_count", "reason", "history")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    restart_count: int
+    reason: str
+    history: _containers.RepeatedCompositeFieldContainer[PolicyFailure]
+    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., reason: _Optional[str] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ...) -> None: ...
+
+class StartGenerationMsg(_message.Message):
+    __slots__ = ("generation", "restart_count", "master_addr", "master_port", "world_size", "nnodes", "history")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NNODES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    restart_count: int
+    master_addr: str
+    master_port: int
+    world_size: int
+    nnodes: int
+    history: _containers.RepeatedCompositeFieldContainer[PolicyFailure]
+    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., world_size: _Optional[int] = ..., nnodes: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ...) -> None: ...
+
+class EndJobMsg(_message.Message):
+    __slots__ = ("exit_code", "report")
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    exit_code: int
+    report: str
+    def __init__(self, exit_code: _Optional[int] = ..., report: _Optional[str] = ...) -> None: ...
+
+class LeaderMessage(_message.Message):
+    __slots__ = ("open", "start", "end")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    open: OpenGenerationMsg
+    start: StartGenerationMsg
+    end: EndJobMsg
+    def __init__(self, open: _Optional[_Union[OpenGenerationMsg, _Mapping]] = ..., start: _Optional[_Union[StartGenerationMsg, _Mapping]] = ..., end: _Optional[_Union[EndJobMsg, _Mapping]] = ...) -> None: ...
+
+class PodReport(_message.Message):
+    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "ranks", "last_failure")
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    node_rank: int
+    incarnation: int
+    ready: int
+    finished: int
+    failure: PolicyFailure
+    heartbeat: bool
+    ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
+    last_failure: FailureRecord
+    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ...) -> None: ...
+
+class PodReportReply(_message.Message):
+    __slots__ = ("rejoin",)
+    REJOIN_FIELD_NUMBER: _ClassVar[int]
+    rejoin: bool
+    def __init__(self, rejoin: bool = ...) -> None: ...

@@ -321,3 +321,98 @@ class StatusService(object):
             train__supervisor_dot_v1_dot_supervisor__pb2.JobStatus.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
+class PeerServiceStub(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Join = channel.unary_stream(
+                '/train_supervisor.v1.PeerService/Join',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.JoinRequest.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.LeaderMessage.FromString,
+                )
+        self.Report = channel.unary_unary(
+                '/train_supervisor.v1.PeerService/Report',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReport.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReportReply.FromString,
+                )
+
+
+class PeerServiceServicer(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def Join(self, request, context):
+        """A follower joins the job; the leader pushes generation changes on the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Report(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PeerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Join': grpc.unary_stream_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.JoinRequest.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.LeaderMessage.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReport.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReportReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'train_supervisor.v1.PeerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PeerService(object):
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/train_supervisor.v1.PeerService/Join',
+            train__supervisor_dot_v1_dot_supervisor__pb2.JoinRequest.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.LeaderMessage.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/train_supervisor.v1.PeerService/Report',
+            train__supervisor_dot_v1_dot_supervisor__pb2.PodReport.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.PodReportReply.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

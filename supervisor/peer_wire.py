@@ -1,0 +1,89 @@
+"""The leader's values (supervisor/leader_types.py) to and from the wire (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Optional
+
+from supervisor.leader_types import EndJob, Message, OpenGeneration, PodView, StartGeneration
+from supervisor.restart_policy import Failure
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+
+def failure_to_wire(failure: Failure) -> pb.PolicyFailure:
+    return pb.PolicyFailure(
+        generation=failure.generation,
+        rank=failure.rank,
+        signature=failure.signature,
+        step=failure.step,
+    )
+
+
+def failure_from_wire(failure: pb.PolicyFailure) -> Failure:
+    return Failure(failure.generation, failure.rank, failure.signature, failure.step)
+
+
+def _history(history: Iterable[pb.PolicyFailure]) -> tuple[Failure, ...]:
+    return tuple(failure_from_wire(f) for f in history)
+
+
+def message_to_wire(message: Message) -> pb.LeaderMessage:
+    if isinstance(message, OpenGeneration):
+        return pb.LeaderMessage(
+            open=pb.OpenGenerationMsg(
+                generation=message.generation,
+                restart_count=message.restart_count,
+                reason=message.reason,
+                history=[failure_to_wire(f) for f in message.history],
+            )
+        )
+    if isinstance(message, StartGeneration):
+        return pb.LeaderMessage(
+            start=pb.StartGenerationMsg(
+                generation=message.generation,
+                restart_count=message.restart_count,
+                master_addr=message.master_addr,
+                master_port=message.master_port,
+                world_size=message.world_size,
+                nnodes=message.nnodes,
+                history=[failure_to_wire(f) for f in message.history],
+            )
+        )
+    return pb.LeaderMessage(end=pb.EndJobMsg(exit_code=message.exit_code, report=message.report))
+
+
+def message_from_wire(message: pb.LeaderMessage) -> Message:
+    kind = message.WhichOneof("message")
+    if kind == "open":
+        o = message.open
+        return OpenGeneration(o.generation, o.restart_count, o.reason, _history(o.history))
+    if kind == "start":
+        s = message.start
+        return StartGeneration(
+            s.generation,
+            s.restart_count,
+            s.master_addr,
+            s.master_port,
+            s.world_size,
+            s.nnodes,
+            _history(s.history),
+        )
+    if kind == "end":
+        return EndJob(message.end.exit_code, message.end.report)
+    raise ValueError("empty LeaderMessage")
+
+
+def view_to_wire(view: PodView) -> pb.PodView:
+    return pb.PodView(
+        generation=view.generation,
+        restart_count=view.restart_count,
+        history=[failure_to_wire(f) for f in view.history],
+        finished=view.finished,
+    )
+
+
+def view_from_wire(request: pb.JoinRequest) -> Optional[PodView]:
+    if not request.has_view:
+        return None
+    v = request.view
+    return PodView(v.generation, v.restart_count, _history(v.history), v.finished)

@@ -1,0 +1,85 @@
+"""One pod's JobState when the job spans pods: the leader decides, this pod carries out.
+
+The local rules stay JobState's (processes, spares, unwinding, heartbeats);
+what is job-wide moves to the leader (supervisor/leader.py): whether a
+failure restarts the job or ends it, when a generation starts, on which
+MASTER_ADDR/MASTER_PORT, and when the job is over. This pod reports failures,
+"ready" and "finished", and applies the leader's Open/Start/End messages,
+each once (the leader may repeat them after a re-join).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from supervisor.job import JobState
+from supervisor.job_types import Effect, ToLeader
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+
+@dataclass
+class CoordinatedJobState(JobState):
+    ready_reported: int = -1  # generation last reported ready
+    finished_reported: int = -1
+
+    # ------------------------------------------------- decisions: the leader's
+    def _on_failure(self, record: pb.FailureRecord, now: float) -> list[Effect]:
+        record.action = "reported to the leader"
+        failure = pb.PolicyFailure(
+            generation=record.generation,
+            rank=record.rank,
+            signature=record.detail.signature,
+            step=record.step,
+        )
+        # The failed rank gets its process now; the leader opens the generation.
+        report = pb.PodReport(failure=failure, last_failure=record)
+        return [ToLeader(report), *self._fill_vacancies()]
+
+    def _maybe_start(self) -> list[Effect]:
+        if not self._ready() or self.ready_reported == self.generation:
+            return []
+        self.ready_reported = self.generation
+        return [ToLeader(pb.PodReport(ready=self.generation))]
+
+    def _maybe_finish(self) -> list[Effect]:
+        if not self._all_finished() or self.finished_reported == self.generation:
+            return []
+        self.finished_reported = self.generation
+        return [ToLeader(pb.PodReport(finished=self.generation))]
+
+    # ------------------------------------------------- the leader's messages
+    def open_generation(self, message: pb.OpenGenerationMsg, now: float) -> list[Effect]:
+        if self.over:
+            return []
+        self.restart_count = max(self.restart_count, message.restart_count)
+        effects: list[Effect] = []
+        if message.generation > self.generation:
+            effects += self._open_generation(message.generation, now) + self._fill_vacancies()
+        if message.generation >= self.generation:
+            # A "ready" sent before this Open may have reached a leader still
+            # forming, which drops it: say it again (the leader ignores repeats).
+            self.ready_reported = -1
+        return effects + self._maybe_start()
+
+    def start_generation(self, message: pb.StartGenerationMsg) -> list[Effect]:
+        # Not ready any more (a rank died since): our failure report makes the
+        # leader open the next generation instead.
+        if self.over or message.generation != self.generation or not self._ready():
+            return []
+        self.restart_count = message.restart_count
+        self.master_addr, self.master_port = message.master_addr, message.master_port
+        return self._start_now()
+
+    def end_job(self, message: pb.EndJobMsg) -> list[Effect]:
+        if self.over:
+            return []
+        succeeded = message.exit_code == 0
+        self.state = pb.JobState.JOB_STATE_SUCCEEDED if succeeded else pb.JobState.JOB_STATE_FAILED
+        first_line = message.report.splitlines()[0] if message.report else ""
+        self.record("ended", f"exit code {message.exit_code}: {first_line}")
+        return self._end(message.exit_code, message.report)
+
+    def rejoined(self) -> list[Effect]:
+        """A new leader knows nothing of our reports: give them again."""
+        self.ready_reported = self.finished_reported = -1
+        return self._maybe_start() + self._maybe_finish()

@@ -1,0 +1,77 @@
+"""Two pods (sidecar + launcher each) on loopback form one 4-rank DDP job over gRPC."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from jobs import TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_events
+
+from supervisor.ports import free_port
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "multi-pod-test-token-0123456789"
+NPROC = 2
+
+
+class Pods:
+    """N pods: each a `train-supervisor serve` sidecar and a `train-launch` trainer."""
+
+    def __init__(self, nnodes: int) -> None:
+        self.ports = [free_port() for _ in range(nnodes)]
+        self.peers = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        self.sidecars = [self.start_sidecar(i) for i in range(nnodes)]
+        self.launchers: list[RunningJob] = []
+
+    def start_sidecar(self, node: int) -> RunningJob:
+        env = job_env(
+            SUPERVISOR_NNODES=str(len(self.ports)), SUPERVISOR_NODE_RANK=str(node),
+            SUPERVISOR_PEERS=self.peers, SUPERVISOR_PORT=str(self.ports[node]),
+            SUPERVISOR_BIND="127.0.0.1", SUPERVISOR_TOKEN=TOKEN,
+            SUPERVISOR_HEARTBEAT_TIMEOUT_S="5",
+        )
+        return RunningJob([sys.executable, "-m", "supervisor.cli", "serve"], env)
+
+    def start_launchers(self, script_args: list[str]) -> None:
+        for node, port in enumerate(self.ports):
+            argv = [
+                sys.executable, "-m", "launcher.main", "--nnodes", str(len(self.ports)),
+                "--node-rank", str(node), "--nproc-per-node", str(NPROC), "--max-restarts", "3",
+                "--warm-spares", "1", "--supervisor-address", f"127.0.0.1:{port}",
+                str(TOY_DDP), *script_args,
+            ]
+            self.launchers.append(RunningJob(argv, job_env(SUPERVISOR_TOKEN=TOKEN)))
+
+    def logs(self) -> str:
+        return "\n".join(j.stderr for j in (*self.sidecars, *self.launchers))
+
+    def stop(self) -> None:
+        for job in (*self.launchers, *self.sidecars):
+            job.kill_tree()
+
+
+def test_sigkill_on_pod_1_gives_a_new_process_only_to_that_rank(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    pods = Pods(nnodes=2)
+    try:
+        pods.start_launchers(["--steps", "30", "--step-sleep", "0.05", "--ckpt-every", "5",
+                              "--events", str(events), "--ckpt-dir", str(tmp_path / "ckpt")])
+        first = pods.launchers[0]
+        first.wait_for(lambda: max_step(read_events(events), 3) >= 7, 180, "rank 3 to step")
+        before = pids_by_rank(read_events(events), 0)
+        assert sorted(before) == [0, 1, 2, 3]
+        os.kill(before[3], signal.SIGKILL)  # rank 3 lives on pod 1
+        for launcher in pods.launchers:
+            assert launcher.wait(180) == 0, pods.logs()
+        after = pids_by_rank(read_events(events), 1)
+        assert sorted(after) == [0, 1, 2, 3]
+        same_pid = {r: after[r] == before[r] for r in range(4)}
+        assert same_pid == {0: True, 1: True, 2: True, 3: False}, pods.logs()
+        done = {e["rank"]: e["step"] for e in read_events(events) if e["event"] == "done"}
+        assert done == dict.fromkeys(range(4), 30)
+    finally:
+        pods.stop()

@@ -1,0 +1,178 @@
+"""supervisor/peer_wire.py: the leader's values to and from the protobuf wire.
+
+Each kind is checked field by field on the wire (a swap in both directions
+would survive a round trip) and then round-tripped through bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.leader_types import (
+    POD_LOST,
+    EndJob,
+    Message,
+    OpenGeneration,
+    PodView,
+    StartGeneration,
+)
+from supervisor.peer_wire import (
+    failure_from_wire,
+    failure_to_wire,
+    message_from_wire,
+    message_to_wire,
+    view_from_wire,
+    view_to_wire,
+)
+from supervisor.restart_policy import Failure
+from train_supervisor import exit_codes
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+SIG = "ValueError: bad batch @ train.py:42"
+HISTORY = (
+    Failure(generation=0, rank=3, signature="SIGKILL", step=7),
+    Failure(generation=0, rank=1, signature=SIG, step=6),
+    Failure(generation=1, rank=2, signature=POD_LOST, step=0),
+    Failure(generation=2, rank=0, signature="", step=2**40),  # nothing known; a long run
+)
+
+
+def through_bytes(message: pb.LeaderMessage) -> pb.LeaderMessage:
+    return pb.LeaderMessage.FromString(message.SerializeToString())
+
+
+# ------------------------------------------------------------------ failures
+@pytest.mark.parametrize("failure", HISTORY)
+def test_failure_round_trip(failure: Failure) -> None:
+    wire = failure_to_wire(failure)
+    assert (wire.generation, wire.rank, wire.signature, wire.step) == (
+        failure.generation,
+        failure.rank,
+        failure.signature,
+        failure.step,
+    )
+    again = pb.PolicyFailure.FromString(wire.SerializeToString())
+    assert failure_from_wire(again) == failure
+
+
+def test_failure_from_a_pod_report() -> None:
+    report = pb.PodReport(
+        failure=pb.PolicyFailure(generation=4, rank=5, signature="SIGSEGV", step=9)
+    )
+    report = pb.PodReport.FromString(report.SerializeToString())
+    assert report.WhichOneof("report") == "failure"
+    assert failure_from_wire(report.failure) == Failure(4, 5, "SIGSEGV", 9)
+
+
+# ------------------------------------------------------------------ messages
+def test_open_generation_on_the_wire() -> None:
+    message = OpenGeneration(generation=3, restart_count=2, reason="rank 3 failed", history=HISTORY)
+    wire = message_to_wire(message)
+    assert wire.WhichOneof("message") == "open"
+    assert (wire.open.generation, wire.open.restart_count, wire.open.reason) == (
+        3,
+        2,
+        "rank 3 failed",
+    )
+    assert [failure_from_wire(f) for f in wire.open.history] == list(HISTORY)
+    again = message_from_wire(through_bytes(wire))
+    assert again == message
+    assert isinstance(again, OpenGeneration)
+    assert isinstance(again.history, tuple)
+
+
+def test_start_generation_on_the_wire() -> None:
+    message = StartGeneration(
+        generation=1,
+        restart_count=1,
+        master_addr="job-0.job-svc",
+        master_port=29517,
+        world_size=8,
+        nnodes=2,
+        history=HISTORY[:1],
+    )
+    wire = message_to_wire(message)
+    assert wire.WhichOneof("message") == "start"
+    start = wire.start
+    assert (start.generation, start.restart_count) == (1, 1)
+    assert (start.master_addr, start.master_port) == ("job-0.job-svc", 29517)
+    assert (start.world_size, start.nnodes) == (8, 2)
+    assert [failure_from_wire(f) for f in start.history] == [HISTORY[0]]
+    assert message_from_wire(through_bytes(wire)) == message
+
+
+def test_end_job_on_the_wire() -> None:
+    message = EndJob(exit_code=exit_codes.GAVE_UP, report="job given up: crash loop\n  rank: 3")
+    wire = message_to_wire(message)
+    assert wire.WhichOneof("message") == "end"
+    assert (wire.end.exit_code, wire.end.report) == (message.exit_code, message.report)
+    assert message_from_wire(through_bytes(wire)) == message
+
+
+def test_end_job_with_exit_code_zero_keeps_its_kind() -> None:
+    """Every field of a successful EndJob may be a default: the oneof still says "end"."""
+    wire = through_bytes(message_to_wire(EndJob(exit_code=0, report="")))
+    assert wire.WhichOneof("message") == "end"
+    assert message_from_wire(wire) == EndJob(0, "")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        OpenGeneration(0, 0, "job formed: 2 pods joined"),
+        OpenGeneration(5, 4, "node 1 lost: stream lost; restart 4 of 9", HISTORY),
+        StartGeneration(0, 0, "10.0.0.1", 40000, 4, 2),
+        StartGeneration(2, 2, "job-0.job-svc", 65535, 1024, 128, HISTORY),
+        EndJob(exit_codes.SUCCEEDED, "all 2 pods finished generation 0"),
+        EndJob(exit_codes.GAVE_UP, "job given up"),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_message_round_trip(message: Message) -> None:
+    assert message_from_wire(through_bytes(message_to_wire(message))) == message
+
+
+def test_empty_leader_message_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty LeaderMessage"):
+        message_from_wire(pb.LeaderMessage())
+
+
+# --------------------------------------------------------------------- views
+@pytest.mark.parametrize(
+    "view",
+    [
+        PodView(generation=0, restart_count=0, history=()),
+        PodView(generation=3, restart_count=2, history=HISTORY),
+        PodView(generation=3, restart_count=2, history=HISTORY[:2], finished=True),
+    ],
+    ids=["empty", "history", "finished"],
+)
+def test_view_round_trip_through_a_join_request(view: PodView) -> None:
+    wire = view_to_wire(view)
+    assert (wire.generation, wire.restart_count, wire.finished) == (
+        view.generation,
+        view.restart_count,
+        view.finished,
+    )
+    request = pb.JoinRequest(run_id="job1", node_rank=1, nproc=2, has_view=True, view=wire)
+    request = pb.JoinRequest.FromString(request.SerializeToString())
+    again = view_from_wire(request)
+    assert again == view
+    assert again is not None and isinstance(again.history, tuple)
+
+
+def test_no_view_is_none() -> None:
+    assert view_from_wire(pb.JoinRequest(run_id="job1", node_rank=1, nproc=2)) is None
+
+
+def test_has_view_false_wins_over_a_view_that_is_set() -> None:
+    view = view_to_wire(PodView(2, 1, HISTORY))
+    assert view_from_wire(pb.JoinRequest(node_rank=1, view=view, has_view=False)) is None
+
+
+def test_an_all_default_view_is_still_a_view() -> None:
+    """A pod that kept generation 0, no restarts, no history gives back a view, not None."""
+    request = pb.JoinRequest.FromString(
+        pb.JoinRequest(node_rank=1, has_view=True, view=pb.PodView()).SerializeToString()
+    )
+    assert view_from_wire(request) == PodView(0, 0, ())

@@ -1,0 +1,719 @@
+"""supervisor/pod_job.py: one pod of a multi-pod job, driven event by event.
+
+CoordinatedJobState keeps JobState's local rules but leaves the job-wide
+decisions to the leader: failures are reported (ToLeader), generations open
+and start only on the leader's messages, and the job ends on EndJob. As in
+test_job.py there is no clock and no process: pids and ports come from
+counters, and `play` acts as the launcher and the bootstrap. The last tests
+wire two pods to a real LeaderState in-process, through the wire format.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections.abc import Iterator, Sequence
+from typing import Optional
+
+import pytest
+
+from supervisor.job_types import Effect, Timings, ToLauncher, ToLeader, ToWorker
+from supervisor.leader import LeaderState
+from supervisor.leader_types import Broadcast, EndJob, Phase, StartGeneration
+from supervisor.peer_wire import failure_from_wire, message_to_wire
+from supervisor.pod_job import CoordinatedJobState
+from supervisor.restart_policy import Failure, RestartPolicy
+from train_supervisor import exit_codes
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+WS = pb.WorkerState
+NPROC = 2
+LOCAL_PORT = 40000  # the pod's own allocator: never the port a multi-pod generation uses
+LEADER_PORT = 50000
+LEADER_ADDR = "job-0.job-svc"
+ERROR_DIR = "/tmp/train-launch-errors"
+SIG = "ValueError: bad batch @ train.py:42"
+
+
+def make_spec(
+    *, node_rank: int = 1, nnodes: int = 2, spares: int = 0, bootstrapped: bool = True
+) -> pb.WorkerSpec:
+    """What launcher/main.py:worker_spec sends for `--nnodes 2 --node-rank N`."""
+    return pb.WorkerSpec(
+        run_id="job1",
+        role="default",
+        nnodes=nnodes,
+        node_rank=node_rank,
+        nproc_per_node=NPROC,
+        max_restarts=3,
+        master_addr="127.0.0.1",
+        bootstrapped=bootstrapped,
+        warm_spares=spares,
+        error_file_dir=ERROR_DIR,
+        base_env={"OMP_NUM_THREADS": "1"},
+    )
+
+
+# ------------------------------------------------------------ effect filters
+def launcher_commands(effects: Sequence[Effect], kind: str) -> list[pb.LauncherCommand]:
+    return [
+        e.command
+        for e in effects
+        if isinstance(e, ToLauncher) and e.command.WhichOneof("command") == kind
+    ]
+
+
+def rank_spawns(effects: Sequence[Effect]) -> list[int]:
+    return sorted(c.spawn.rank for c in launcher_commands(effects, "spawn") if not c.spawn.spare)
+
+
+def assignments(effects: Sequence[Effect]) -> list[tuple[int, int]]:
+    return [(c.assigned.pid, c.assigned.rank) for c in launcher_commands(effects, "assigned")]
+
+
+def shutdowns(effects: Sequence[Effect]) -> list[pb.Shutdown]:
+    return [c.shutdown for c in launcher_commands(effects, "shutdown")]
+
+
+def to_workers(effects: Sequence[Effect], kind: str) -> dict[int, pb.WorkerCommand]:
+    found = [
+        e for e in effects if isinstance(e, ToWorker) and e.command.WhichOneof("command") == kind
+    ]
+    by_pid = {e.pid: e.command for e in found}
+    assert len(by_pid) == len(found), f"two {kind} commands for one pid: {found}"
+    return by_pid
+
+
+def starts(effects: Sequence[Effect]) -> dict[int, pb.StartGeneration]:
+    return {pid: c.start for pid, c in to_workers(effects, "start").items()}
+
+
+def aborts(effects: Sequence[Effect]) -> dict[int, pb.AbortGeneration]:
+    return {pid: c.abort for pid, c in to_workers(effects, "abort").items()}
+
+
+def exits(effects: Sequence[Effect]) -> dict[int, pb.ExitWorker]:
+    return {pid: c.exit for pid, c in to_workers(effects, "exit").items()}
+
+
+def reports(effects: Sequence[Effect]) -> list[pb.PodReport]:
+    return [e.report for e in effects if isinstance(e, ToLeader)]
+
+
+def kinds(effects: Sequence[Effect]) -> list[tuple[str, object]]:
+    """The reports for the leader as (kind, value): ("ready", 0), ("failure", PolicyFailure)."""
+    found: list[tuple[str, object]] = []
+    for report in reports(effects):
+        kind = report.WhichOneof("report")
+        assert kind is not None, report
+        found.append((kind, getattr(report, kind)))
+    return found
+
+
+def open_msg(
+    generation: int, restart_count: int, reason: str = "a rank failed"
+) -> pb.OpenGenerationMsg:
+    return pb.OpenGenerationMsg(generation=generation, restart_count=restart_count, reason=reason)
+
+
+def start_msg(
+    generation: int, restart_count: int = 0, port: int = LEADER_PORT
+) -> pb.StartGenerationMsg:
+    return pb.StartGenerationMsg(
+        generation=generation,
+        restart_count=restart_count,
+        master_addr=LEADER_ADDR,
+        master_port=port,
+        world_size=4,
+        nnodes=2,
+    )
+
+
+def boom(message: str = "bad batch") -> pb.FailureDetail:
+    return pb.FailureDetail(
+        exception_type="ValueError",
+        message=message,
+        traceback=f"Traceback (most recent call last):\nValueError: {message}\n",
+        signature=SIG,
+    )
+
+
+# ------------------------------------------------------------------ harness
+class PodSim:
+    """One CoordinatedJobState plus the launcher and bootstrap of its pod."""
+
+    def __init__(
+        self,
+        *,
+        node_rank: int = 1,
+        spares: int = 0,
+        bootstrapped: bool = True,
+        first_pid: Optional[int] = None,
+    ) -> None:
+        self.spec = make_spec(node_rank=node_rank, spares=spares, bootstrapped=bootstrapped)
+        self.ports: Iterator[int] = itertools.count(LOCAL_PORT)
+        self.job = CoordinatedJobState(
+            spec=self.spec,
+            policy=RestartPolicy(max_restarts=3),
+            allocate_port=self.ports.__next__,
+            timings=Timings(unwind_timeout_s=10.0),
+        )
+        self._pids = itertools.count(first_pid if first_pid is not None else 1000 * (node_rank + 1))
+        self.now = 100.0
+
+    def new_pid(self) -> int:
+        return next(self._pids)
+
+    def pid(self, rank: int) -> int:
+        pid = self.job.ranks[rank].pid
+        assert pid, f"rank {rank} has no process"
+        return pid
+
+    def pids(self) -> dict[int, int]:
+        return {rank: slot.pid for rank, slot in sorted(self.job.ranks.items())}
+
+    def play(self, effects: Sequence[Effect]) -> list[Effect]:
+        """Every SpawnWorker becomes a process that (bootstrapped) attaches; every
+        AbortGeneration is answered with OUTCOME_UNWOUND. Returns everything that happened."""
+        done: list[Effect] = []
+        pending = list(effects)
+        while pending:
+            effect = pending.pop(0)
+            done.append(effect)
+            if isinstance(effect, ToLauncher) and effect.command.HasField("spawn"):
+                spawn = effect.command.spawn
+                pid = self.new_pid()
+                if not spawn.spare:
+                    pending += self.job.process_started(pid, spawn.rank)
+                if self.spec.bootstrapped:
+                    pending += self.job.worker_attached(pid, spawn.rank, spawn.spare)
+            elif isinstance(effect, ToWorker) and effect.command.HasField("abort"):
+                generation = effect.command.abort.generation
+                _, more = self.job.outcome(
+                    effect.pid, generation, pb.OutcomeKind.OUTCOME_UNWOUND, None, self.now
+                )
+                pending += more
+        return done
+
+    def launch(self) -> list[Effect]:
+        return self.play(self.job.attach_launcher())
+
+    def step_all(self, step: int) -> None:
+        for rank, slot in sorted(self.job.ranks.items()):
+            assert self.job.heartbeat(self.pid(rank), slot.generation, step, 0.1, self.now) == []
+
+    def finish(self, rank: int) -> list[Effect]:
+        pid = self.pid(rank)
+        generation = self.job.ranks[rank].generation
+        verdict, effects = self.job.outcome(
+            pid, generation, pb.OutcomeKind.OUTCOME_FINISHED, None, self.now
+        )
+        assert verdict == pb.Verdict.VERDICT_WAIT
+        return effects
+
+    def kill(self, rank: int) -> list[Effect]:
+        return self.job.process_exited(self.pid(rank), 0, signal.SIGKILL, "", self.now)
+
+
+def running(sim: PodSim, port: int = LEADER_PORT) -> list[Effect]:
+    """Launch the pod and start generation 0 as the leader would: the start's effects."""
+    assert kinds(sim.launch()) == [("ready", 0)]
+    effects = sim.job.start_generation(start_msg(0, port=port))
+    assert len(starts(effects)) == NPROC
+    return effects
+
+
+# ---------------------------------------------------------------- readiness
+def test_node_1_holds_ranks_2_and_3_and_reports_ready_instead_of_starting() -> None:
+    sim = PodSim()
+    assert sorted(sim.job.ranks) == [2, 3]
+    assert sim.job.world_size == 4
+    effects = sim.job.attach_launcher()
+    assert rank_spawns(effects) == [2, 3]
+    assert reports(effects) == []  # nothing attached yet
+
+    assert sim.job.worker_attached(2001, 2, spare=False) == []
+    effects = sim.job.worker_attached(2002, 3, spare=False)
+    assert starts(effects) == {}  # the leader says when
+    assert not sim.job.started
+    assert effects == [ToLeader(pb.PodReport(ready=0))]
+    assert sim.job.ready_reported == 0
+    assert sim.job.state == pb.JobState.JOB_STATE_STARTING
+
+
+def test_ready_for_generation_zero_is_set_on_the_wire() -> None:
+    """ready=0 is the default value: the oneof must still say "ready" once serialized."""
+    sim = PodSim()
+    [report] = reports(sim.launch())
+    assert report.WhichOneof("report") == "ready"
+    again = pb.PodReport.FromString(report.SerializeToString())
+    assert again.WhichOneof("report") == "ready"
+    assert again.ready == 0
+
+
+def test_ready_is_reported_once_per_generation() -> None:
+    sim = PodSim(spares=1)
+    effects = sim.launch()
+    assert kinds(effects) == [("ready", 0)]
+    # A spare that attaches later, a tick: no second report.
+    assert reports(sim.job.worker_attached(sim.new_pid(), -1, spare=True)) == []
+    assert sim.job.tick(sim.now + 1.0) == []
+
+
+def test_spare_attaching_last_reports_ready_once() -> None:
+    sim = PodSim(spares=1)
+    sim.job.attach_launcher()
+    assert kinds(sim.job.worker_attached(2000, -1, spare=True)) == []
+    assert kinds(sim.job.worker_attached(2001, 2, spare=False)) == []
+    assert kinds(sim.job.worker_attached(2002, 3, spare=False)) == [("ready", 0)]
+
+
+# ------------------------------------------------------------------- start
+def test_start_generation_runs_the_script_with_the_leaders_master() -> None:
+    sim = PodSim()
+    sim.launch()
+    pids = sim.pids()
+    effects = sim.job.start_generation(start_msg(0, restart_count=0, port=LEADER_PORT + 7))
+    started = starts(effects)
+    assert {pid: (s.rank, s.local_rank, s.generation) for pid, s in started.items()} == {
+        pids[2]: (2, 0, 0),
+        pids[3]: (3, 1, 0),
+    }
+    for start in started.values():
+        env = dict(start.env)
+        assert env["MASTER_ADDR"] == LEADER_ADDR  # not the spec's 127.0.0.1
+        assert env["MASTER_PORT"] == str(LEADER_PORT + 7)  # not the pod's own allocator
+        assert env["RANK"] == str(start.rank)
+        assert env["GROUP_RANK"] == "1"
+        assert (env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"], env["GROUP_WORLD_SIZE"]) == (
+            "4",
+            "2",
+            "2",
+        )
+        assert env["TORCHELASTIC_RESTART_COUNT"] == "0"
+    assert sim.job.started
+    assert sim.job.state == pb.JobState.JOB_STATE_RUNNING
+    assert (sim.job.master_addr, sim.job.master_port) == (LEADER_ADDR, LEADER_PORT + 7)
+    assert all(s.state == WS.WORKER_STATE_HEALTHY for s in sim.job.ranks.values())
+    assert reports(effects) == []
+
+
+def test_start_of_another_generation_is_ignored() -> None:
+    sim = PodSim()
+    sim.launch()
+    assert sim.job.start_generation(start_msg(1)) == []
+    assert not sim.job.started
+
+
+def test_start_before_every_rank_attached_is_ignored() -> None:
+    sim = PodSim()
+    sim.job.attach_launcher()
+    sim.job.worker_attached(2001, 2, spare=False)  # rank 3 still starting
+    assert sim.job.start_generation(start_msg(0)) == []
+    assert not sim.job.started
+    # Rank 3 attaches: the pod reports ready, and the leader's next Start runs it.
+    assert kinds(sim.job.worker_attached(2002, 3, spare=False)) == [("ready", 0)]
+    assert len(starts(sim.job.start_generation(start_msg(0)))) == NPROC
+
+
+def test_repeated_start_is_applied_once() -> None:
+    sim = PodSim()
+    running(sim)
+    assert sim.job.start_generation(start_msg(0)) == []
+
+
+def test_start_adopts_the_leaders_restart_count() -> None:
+    sim = PodSim()
+    sim.launch()
+    sim.job.start_generation(start_msg(0, restart_count=2))
+    assert sim.job.restart_count == 2
+
+
+# ---------------------------------------------------------------- a failure
+def test_sigkilled_rank_is_reported_and_respawned_without_a_local_restart() -> None:
+    sim = PodSim()
+    running(sim)
+    sim.step_all(7)
+    survivor, victim = sim.pid(2), sim.pid(3)
+
+    effects = sim.kill(3)
+    [report] = reports(effects)
+    assert report.WhichOneof("report") == "failure"
+    assert report.failure == pb.PolicyFailure(generation=0, rank=3, signature="SIGKILL", step=7)
+    record = report.last_failure
+    assert (record.generation, record.rank, record.pid, record.signal) == (0, 3, victim, 9)
+    assert record.detail.signature == "SIGKILL"
+    assert record.action == "reported to the leader"
+    assert list(sim.job.failures) == [record]
+    # The failed rank gets a process at once, and that is all: no abort, no
+    # new generation, no restart spent; the leader decides.
+    assert rank_spawns(effects) == [3]
+    assert aborts(effects) == {}
+    assert (sim.job.generation, sim.job.restart_count, sim.job.history) == (0, 0, [])
+    assert sim.job.started
+    assert sim.job.ranks[2].pid == survivor
+    assert sim.job.ranks[2].state == WS.WORKER_STATE_HEALTHY
+
+    # The new process attaches: the pod is not ready (generation 0 still runs here).
+    assert reports(sim.play(effects[1:])) == []
+    assert sim.job.ranks[3].pid not in (0, victim)
+    assert sim.job.ranks[3].state == WS.WORKER_STATE_INIT
+
+
+def test_sigkilled_rank_gets_the_warm_spare() -> None:
+    sim = PodSim(spares=1)
+    running(sim)
+    spare = sim.job.spares.idle[0]
+    effects = sim.kill(3)
+    assert kinds(effects)[0][0] == "failure"
+    assert assignments(effects) == [(spare, 3)]
+    assert rank_spawns(effects) == []
+    assert sim.job.ranks[3].pid == spare
+
+
+def test_raised_error_is_reported_with_its_signature_and_step() -> None:
+    sim = PodSim()
+    running(sim)
+    pid = sim.pid(2)
+    sim.job.heartbeat(pid, 0, 12, 0.1, sim.now)
+    verdict, effects = sim.job.outcome(pid, 0, pb.OutcomeKind.OUTCOME_RAISED, boom(), sim.now)
+    assert (verdict, effects) == (None, [])
+    verdict, effects = sim.job.settle(pid)
+    assert (verdict, effects) == (pb.Verdict.VERDICT_EXIT_FAILED, [])
+    effects = sim.job.process_exited(pid, 1, 0, "Traceback ...", sim.now)
+    [report] = reports(effects)
+    assert report.failure == pb.PolicyFailure(generation=0, rank=2, signature=SIG, step=12)
+    assert report.last_failure.detail.exception_type == "ValueError"
+    assert report.last_failure.exit_code == 1
+
+
+def test_a_rank_dying_before_the_start_is_reported_for_the_open_generation() -> None:
+    sim = PodSim()
+    sim.launch()  # ready, not started
+    effects = sim.kill(2)
+    assert kinds(effects) == [
+        ("failure", pb.PolicyFailure(generation=0, rank=2, signature="SIGKILL", step=0))
+    ]
+    assert rank_spawns(effects) == [2]
+
+
+# ------------------------------------------------------------ the open message
+def test_open_of_a_newer_generation_aborts_survivors_then_reports_ready() -> None:
+    sim = PodSim()
+    running(sim)
+    survivor = sim.pid(2)
+    sim.play(sim.kill(3))
+    newcomer = sim.pid(3)
+
+    effects = sim.job.open_generation(open_msg(1, 1), sim.now)
+    assert aborts(effects) == {survivor: pb.AbortGeneration(generation=0, reason="a rank failed")}
+    assert reports(effects) == []  # the survivor has not unwound yet
+    assert (sim.job.generation, sim.job.restart_count) == (1, 1)
+    assert sim.job.state == pb.JobState.JOB_STATE_RESTARTING
+    assert not sim.job.started
+    assert sim.job.ranks[2].state == WS.WORKER_STATE_UNWINDING
+    assert sim.job.ranks[3].state == WS.WORKER_STATE_INIT  # the newcomer is not aborted
+
+    _, effects = sim.job.outcome(survivor, 0, pb.OutcomeKind.OUTCOME_UNWOUND, None, sim.now)
+    assert effects == [ToLeader(pb.PodReport(ready=1))]
+    assert starts(effects) == {}
+
+    started = starts(sim.job.start_generation(start_msg(1, restart_count=1, port=LEADER_PORT + 1)))
+    assert set(started) == {survivor, newcomer}
+    for start in started.values():
+        assert start.generation == 1
+        assert start.env["MASTER_PORT"] == str(LEADER_PORT + 1)
+        assert start.env["TORCHELASTIC_RESTART_COUNT"] == "1"
+    assert sim.job.ranks[2].process_starts == 1
+    assert sim.job.ranks[3].process_starts == 2
+
+
+def test_open_on_a_pod_without_failures_aborts_every_rank() -> None:
+    """A failure elsewhere: every local rank unwinds in place, none is replaced."""
+    sim = PodSim()
+    running(sim)
+    before = sim.pids()
+    effects = sim.play(sim.job.open_generation(open_msg(1, 1), sim.now))
+    assert set(aborts(effects)) == set(before.values())
+    assert rank_spawns(effects) == []
+    assert kinds(effects) == [("ready", 1)]
+    assert sim.pids() == before
+
+
+def test_open_of_the_current_or_an_older_generation_aborts_nothing() -> None:
+    sim = PodSim()
+    running(sim)
+    sim.job.open_generation(open_msg(2, 2), sim.now)
+    assert sim.job.generation == 2
+    assert sim.job.open_generation(open_msg(2, 2), sim.now) == []
+    assert sim.job.open_generation(open_msg(1, 1), sim.now) == []
+    assert (sim.job.generation, sim.job.restart_count) == (2, 2)  # never lowered
+
+
+def test_open_adopts_a_higher_restart_count_for_the_same_generation() -> None:
+    sim = PodSim()
+    sim.launch()
+    sim.job.open_generation(open_msg(0, 1, "leader replaced"), sim.now)
+    assert sim.job.restart_count == 1
+    assert sim.job.generation == 0
+
+
+def test_survivor_that_does_not_unwind_is_killed_as_collateral_and_not_reported() -> None:
+    sim = PodSim()
+    running(sim)
+    stuck = sim.pid(2)
+    sim.job.open_generation(open_msg(1, 1), sim.now)  # rank 3 unwinds, rank 2 does not
+    sim.job.outcome(sim.pid(3), 0, pb.OutcomeKind.OUTCOME_UNWOUND, None, sim.now)
+    kills = launcher_commands(sim.job.tick(sim.now + 10.0), "kill")
+    assert [(k.kill.pid, k.kill.signal) for k in kills] == [(stuck, signal.SIGKILL)]
+
+    effects = sim.play(sim.job.process_exited(stuck, 0, signal.SIGKILL, "", sim.now + 10.1))
+    assert rank_spawns(effects) == [2]
+    assert kinds(effects) == [("ready", 1)]  # no failure: we killed it
+    assert list(sim.job.failures) == []
+
+
+def test_open_after_the_job_ended_is_ignored() -> None:
+    sim = PodSim()
+    running(sim)
+    sim.job.end_job(pb.EndJobMsg(exit_code=exit_codes.GAVE_UP, report="job given up"))
+    assert sim.job.open_generation(open_msg(1, 1), sim.now) == []
+    assert sim.job.start_generation(start_msg(0)) == []
+    assert sim.job.generation == 0
+
+
+# ----------------------------------------------------------------- the end
+def test_finished_is_reported_once_and_the_pod_waits_for_end_job() -> None:
+    sim = PodSim()
+    running(sim)
+    pids = sim.pids()
+    assert sim.finish(2) == []
+    effects = sim.finish(3)
+    assert effects == [ToLeader(pb.PodReport(finished=0))]
+    assert shutdowns(effects) == []  # the job is over when the leader says so
+    assert not sim.job.over
+    assert sim.job.rejoined() == [ToLeader(pb.PodReport(finished=0))]  # a new leader asks again
+
+    effects = sim.job.end_job(pb.EndJobMsg(exit_code=0, report="all 2 pods finished"))
+    assert set(exits(effects)) == set(pids.values())
+    assert [(s.exit_code, s.report) for s in shutdowns(effects)] == [(0, "all 2 pods finished")]
+    assert sim.job.state == pb.JobState.JOB_STATE_SUCCEEDED
+    assert sim.job.end_job(pb.EndJobMsg(exit_code=0)) == []  # once
+
+
+def test_end_job_with_a_failure_code_fails_the_pod() -> None:
+    sim = PodSim(spares=1)
+    running(sim)
+    spare = sim.job.spares.idle[0]
+    report = "job given up: crash loop\n  rank: 3"
+    effects = sim.job.end_job(pb.EndJobMsg(exit_code=exit_codes.GAVE_UP, report=report))
+    assert set(exits(effects)) == {*sim.pids().values(), spare}
+    assert [(s.exit_code, s.report) for s in shutdowns(effects)] == [(exit_codes.GAVE_UP, report)]
+    assert sim.job.state == pb.JobState.JOB_STATE_FAILED
+    assert any(
+        e.kind == "ended" and "job given up: crash loop" in e.message for e in sim.job.events
+    )
+    # Workers attaching afterwards are sent away.
+    assert exits(sim.job.worker_attached(9999, -1, spare=True)) == {
+        9999: pb.ExitWorker(exit_code=0)
+    }
+
+
+# ----------------------------------------------------------------- rejoined
+def test_rejoined_reports_ready_again_while_not_started() -> None:
+    sim = PodSim()
+    sim.launch()
+    assert sim.job.rejoined() == [ToLeader(pb.PodReport(ready=0))]
+    assert sim.job.rejoined() == [ToLeader(pb.PodReport(ready=0))]
+
+
+def test_rejoined_reports_nothing_while_running_or_not_ready() -> None:
+    sim = PodSim()
+    sim.job.attach_launcher()
+    assert sim.job.rejoined() == []  # no rank attached yet
+    sim = PodSim()
+    running(sim)
+    assert sim.job.rejoined() == []
+
+
+# ------------------------------------------------------------ --no-python
+def test_no_python_pod_is_ready_at_once_and_spawns_with_the_leaders_env() -> None:
+    sim = PodSim(bootstrapped=False)
+    effects = sim.job.attach_launcher()
+    assert effects == [ToLeader(pb.PodReport(ready=0))]
+    effects = sim.job.start_generation(start_msg(0, port=LEADER_PORT + 3))
+    spawned = [c.spawn for c in launcher_commands(effects, "spawn")]
+    assert sorted(s.rank for s in spawned) == [2, 3]
+    for spawn in spawned:
+        assert spawn.env["MASTER_ADDR"] == LEADER_ADDR
+        assert spawn.env["MASTER_PORT"] == str(LEADER_PORT + 3)
+    sim.play(effects)
+    assert sim.job.process_exited(sim.pid(2), 0, 0, "", sim.now) == []
+    assert sim.job.process_exited(sim.pid(3), 0, 0, "", sim.now) == [
+        ToLeader(pb.PodReport(finished=0))
+    ]
+
+
+# ============================================================ with a leader
+class Cluster:
+    """A real LeaderState and two pods (node 0, node 1), wired in-process.
+
+    What the gRPC layer (supervisor/peers.py) carries is routed here: a pod's
+    ToLeader reports go to the leader, the leader's Broadcasts go through
+    message_to_wire to each pod's open/start/end, and every effect a pod
+    produces is played (spawns attach, aborts unwind) and kept per node.
+    """
+
+    def __init__(self, *, spares: int = 0, bootstrapped: bool = True) -> None:
+        ports = itertools.count(LEADER_PORT)
+        self.leader = LeaderState(
+            nnodes=2,
+            nproc=NPROC,
+            policy=RestartPolicy(max_restarts=3),
+            allocate_port=ports.__next__,
+            master_addr=LEADER_ADDR,
+        )
+        self.pods = {
+            node: PodSim(node_rank=node, spares=spares, bootstrapped=bootstrapped)
+            for node in (0, 1)
+        }
+        self.log: dict[int, list[Effect]] = {0: [], 1: []}
+        self.broadcasts: list[Broadcast] = []
+        self.now = 100.0
+
+    def phase(self) -> Phase:
+        return self.leader.phase
+
+    def take_log(self) -> dict[int, list[Effect]]:
+        log, self.log = self.log, {0: [], 1: []}
+        return log
+
+    def join(self, node: int) -> None:
+        self.deliver(self.leader.join(node, NPROC, None, self.now))
+
+    def pod(self, node: int, effects: Sequence[Effect]) -> None:
+        """Effects a pod produced: play them, then carry its reports to the leader."""
+        done = self.pods[node].play(effects)
+        self.log[node] += done
+        for report in reports(done):
+            kind = report.WhichOneof("report")
+            if kind == "ready":
+                self.deliver(self.leader.pod_ready(node, report.ready))
+            elif kind == "finished":
+                self.deliver(self.leader.pod_finished(node, report.finished))
+            elif kind == "failure":
+                failure = failure_from_wire(report.failure)
+                self.deliver(self.leader.failure(node, failure.generation, failure))
+
+    def deliver(self, broadcasts: Sequence[Broadcast]) -> None:
+        for broadcast in broadcasts:
+            self.broadcasts.append(broadcast)
+            message = pb.LeaderMessage.FromString(
+                message_to_wire(broadcast.message).SerializeToString()
+            )
+            nodes = [0, 1] if broadcast.target is None else [broadcast.target]
+            for node in nodes:
+                job = self.pods[node].job
+                kind = message.WhichOneof("message")
+                if kind == "open":
+                    self.pod(node, job.open_generation(message.open, self.now))
+                elif kind == "start":
+                    self.pod(node, job.start_generation(message.start))
+                elif kind == "end":
+                    self.pod(node, job.end_job(message.end))
+
+
+def envs(effects: Sequence[Effect]) -> dict[int, dict[str, str]]:
+    """rank -> env of the StartGeneration each rank got."""
+    return {s.rank: dict(s.env) for s in starts(effects).values()}
+
+
+def test_two_pods_and_a_leader_form_recover_one_rank_and_finish() -> None:
+    c = Cluster()
+    # Both pods join before their ranks attach (the usual order: the trainers
+    # take seconds to import torch); the leader opens generation 0.
+    c.join(0)
+    c.join(1)
+    assert c.phase() is Phase.OPEN
+    for node in (0, 1):
+        c.pod(node, c.pods[node].job.attach_launcher())
+
+    # ------------------------------------------------ formation: one job of 4
+    assert c.phase() is Phase.RUNNING
+    log = c.take_log()
+    gen0 = {**envs(log[0]), **envs(log[1])}
+    assert sorted(envs(log[0])) == [0, 1] and sorted(envs(log[1])) == [2, 3]
+    assert {env["MASTER_PORT"] for env in gen0.values()} == {str(LEADER_PORT)}
+    assert {env["MASTER_ADDR"] for env in gen0.values()} == {LEADER_ADDR}
+    assert {env["WORLD_SIZE"] for env in gen0.values()} == {"4"}
+    assert {rank: env["RANK"] for rank, env in gen0.items()} == {r: str(r) for r in range(4)}
+    assert {rank: env["GROUP_RANK"] for rank, env in gen0.items()} == {
+        0: "0",
+        1: "0",
+        2: "1",
+        3: "1",
+    }
+    before = {**c.pods[0].pids(), **c.pods[1].pids()}
+    for pod in c.pods.values():
+        pod.step_all(7)
+
+    # ---------------------------------------- SIGKILL of rank 3 on node 1
+    c.pod(1, c.pods[1].kill(3))
+    log = c.take_log()
+    assert c.leader.history == [Failure(0, 3, "SIGKILL", 7)]
+    # Both pods abort their survivors, in place.
+    assert set(aborts(log[0])) == {before[0], before[1]}
+    assert set(aborts(log[1])) == {before[2]}
+    assert {a.generation for a in (*aborts(log[0]).values(), *aborts(log[1]).values())} == {0}
+    # Only rank 3 gets a new process.
+    assert rank_spawns(log[0]) == []
+    assert rank_spawns(log[1]) == [3]
+    after = {**c.pods[0].pids(), **c.pods[1].pids()}
+    assert {r: after[r] == before[r] for r in range(4)} == {0: True, 1: True, 2: True, 3: False}
+    # One restart, counted on both pods, and generation 1 starts on both.
+    for pod in c.pods.values():
+        assert (pod.job.generation, pod.job.restart_count) == (1, 1)
+        assert pod.job.state == pb.JobState.JOB_STATE_RUNNING
+    gen1 = {**envs(log[0]), **envs(log[1])}
+    assert {rank: env["RANK"] for rank, env in gen1.items()} == {r: str(r) for r in range(4)}
+    assert {s.generation for node in (0, 1) for s in starts(log[node]).values()} == {1}
+    assert {env["MASTER_PORT"] for env in gen1.values()} == {str(LEADER_PORT + 1)}
+    assert {env["TORCHELASTIC_RESTART_COUNT"] for env in gen1.values()} == {"1"}
+    assert {env["WORLD_SIZE"] for env in gen1.values()} == {"4"}
+    assert (c.leader.phase, c.leader.generation, c.leader.restart_count) == (Phase.RUNNING, 1, 1)
+
+    # ----------------------------------------------------- all finished
+    for node in (0, 1):
+        for rank in sorted(c.pods[node].job.ranks):
+            c.pod(node, c.pods[node].finish(rank))
+    log = c.take_log()
+    for node in (0, 1):
+        assert [s.exit_code for s in shutdowns(log[node])] == [0]
+        assert set(exits(log[node])) == set(c.pods[node].pids().values())
+        assert c.pods[node].job.state == pb.JobState.JOB_STATE_SUCCEEDED
+    assert c.leader.end == EndJob(0, "all 2 pods finished generation 1")
+    # Start went to everyone once per generation.
+    assert [
+        b.message.generation for b in c.broadcasts if isinstance(b.message, StartGeneration)
+    ] == [
+        0,
+        1,
+    ]
+
+
+@pytest.mark.parametrize("bootstrapped", [True, False], ids=["bootstrapped", "no-python"])
+def test_ranks_ready_before_the_job_forms_still_start(bootstrapped: bool) -> None:
+    """Node 0's ranks attach before node 1 joined (pod 1 still being scheduled).
+
+    In supervisor/peers.py node 0 joins its own leader when its launcher attaches
+    and has no re-join to call rejoined() later; with --no-python its pod is
+    ready (and reports it) within attach_launcher itself.
+    """
+    c = Cluster(bootstrapped=bootstrapped)
+    c.join(0)
+    c.pod(0, c.pods[0].job.attach_launcher())
+    assert kinds(c.log[0]) == [("ready", 0)]  # reported while FORMING: dropped
+    c.join(1)  # the job forms: Open(0)
+    c.pod(1, c.pods[1].job.attach_launcher())
+    assert c.phase() is Phase.RUNNING
+    assert all(pod.job.started for pod in c.pods.values())
