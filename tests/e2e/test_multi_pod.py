@@ -29,9 +29,12 @@ class Pods:
 
     def start_sidecar(self, node: int) -> RunningJob:
         env = job_env(
-            SUPERVISOR_NNODES=str(len(self.ports)), SUPERVISOR_NODE_RANK=str(node),
-            SUPERVISOR_PEERS=self.peers, SUPERVISOR_PORT=str(self.ports[node]),
-            SUPERVISOR_BIND="127.0.0.1", SUPERVISOR_TOKEN=TOKEN,
+            SUPERVISOR_NNODES=str(len(self.ports)),
+            SUPERVISOR_NODE_RANK=str(node),
+            SUPERVISOR_PEERS=self.peers,
+            SUPERVISOR_PORT=str(self.ports[node]),
+            SUPERVISOR_BIND="127.0.0.1",
+            SUPERVISOR_TOKEN=TOKEN,
             SUPERVISOR_HEARTBEAT_TIMEOUT_S="5",
         )
         return RunningJob([sys.executable, "-m", "supervisor.cli", "serve"], env)
@@ -39,10 +42,23 @@ class Pods:
     def start_launchers(self, script_args: list[str]) -> None:
         for node, port in enumerate(self.ports):
             argv = [
-                sys.executable, "-m", "launcher.main", "--nnodes", str(len(self.ports)),
-                "--node-rank", str(node), "--nproc-per-node", str(NPROC), "--max-restarts", "3",
-                "--warm-spares", "1", "--supervisor-address", f"127.0.0.1:{port}",
-                str(TOY_DDP), *script_args,
+                sys.executable,
+                "-m",
+                "launcher.main",
+                "--nnodes",
+                str(len(self.ports)),
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                str(NPROC),
+                "--max-restarts",
+                "3",
+                "--warm-spares",
+                "1",
+                "--supervisor-address",
+                f"127.0.0.1:{port}",
+                str(TOY_DDP),
+                *script_args,
             ]
             self.launchers.append(RunningJob(argv, job_env(SUPERVISOR_TOKEN=TOKEN)))
 
@@ -58,8 +74,20 @@ def test_sigkill_on_pod_1_gives_a_new_process_only_to_that_rank(tmp_path: Path) 
     events = tmp_path / "events"
     pods = Pods(nnodes=2)
     try:
-        pods.start_launchers(["--steps", "30", "--step-sleep", "0.05", "--ckpt-every", "5",
-                              "--events", str(events), "--ckpt-dir", str(tmp_path / "ckpt")])
+        pods.start_launchers(
+            [
+                "--steps",
+                "30",
+                "--step-sleep",
+                "0.05",
+                "--ckpt-every",
+                "5",
+                "--events",
+                str(events),
+                "--ckpt-dir",
+                str(tmp_path / "ckpt"),
+            ]
+        )
         first = pods.launchers[0]
         first.wait_for(lambda: max_step(read_events(events), 3) >= 7, 180, "rank 3 to step")
         before = pids_by_rank(read_events(events), 0)
