@@ -40,27 +40,26 @@ class Pods:
         return RunningJob([sys.executable, "-m", "supervisor.cli", "serve"], env)
 
     def start_launchers(self, script_args: list[str]) -> None:
-        for node, port in enumerate(self.ports):
-            argv = [
-                sys.executable,
-                "-m",
-                "launcher.main",
-                "--nnodes",
-                str(len(self.ports)),
-                "--node-rank",
-                str(node),
-                "--nproc-per-node",
-                str(NPROC),
-                "--max-restarts",
-                "3",
-                "--warm-spares",
-                "1",
-                "--supervisor-address",
-                f"127.0.0.1:{port}",
-                str(TOY_DDP),
-                *script_args,
-            ]
-            self.launchers.append(RunningJob(argv, job_env(SUPERVISOR_TOKEN=TOKEN)))
+        self.script_args = script_args
+        self.launchers = [self.start_launcher(node) for node in range(len(self.ports))]
+
+    def start_launcher(self, node: int) -> RunningJob:
+        argv = [
+            sys.executable, "-m", "launcher.main", "--nnodes", str(len(self.ports)),
+            "--node-rank", str(node), "--nproc-per-node", str(NPROC), "--max-restarts", "3",
+            "--warm-spares", "1", "--supervisor-address", f"127.0.0.1:{self.ports[node]}",
+            str(TOY_DDP), *self.script_args,
+        ]  # fmt: skip
+        return RunningJob(argv, job_env(SUPERVISOR_TOKEN=TOKEN))
+
+    def replace_pod(self, node: int) -> None:
+        """SIGKILL the pod's sidecar, launcher and workers; start new ones (same index)."""
+        self.launchers[node].kill_tree()
+        self.sidecars[node].kill_tree()
+        self.launchers[node].wait(30)
+        self.sidecars[node].wait(30)
+        self.sidecars[node] = self.start_sidecar(node)
+        self.launchers[node] = self.start_launcher(node)
 
     def logs(self) -> str:
         return "\n".join(j.stderr for j in (*self.sidecars, *self.launchers))
@@ -70,24 +69,16 @@ class Pods:
             job.kill_tree()
 
 
+def training_args(tmp_path: Path) -> list[str]:
+    return ["--steps", "30", "--step-sleep", "0.05", "--ckpt-every", "5",
+            "--events", str(tmp_path / "events"), "--ckpt-dir", str(tmp_path / "ckpt")]  # fmt: skip
+
+
 def test_sigkill_on_pod_1_gives_a_new_process_only_to_that_rank(tmp_path: Path) -> None:
     events = tmp_path / "events"
     pods = Pods(nnodes=2)
     try:
-        pods.start_launchers(
-            [
-                "--steps",
-                "30",
-                "--step-sleep",
-                "0.05",
-                "--ckpt-every",
-                "5",
-                "--events",
-                str(events),
-                "--ckpt-dir",
-                str(tmp_path / "ckpt"),
-            ]
-        )
+        pods.start_launchers(training_args(tmp_path))
         first = pods.launchers[0]
         first.wait_for(lambda: max_step(read_events(events), 3) >= 7, 180, "rank 3 to step")
         before = pids_by_rank(read_events(events), 0)
@@ -101,5 +92,39 @@ def test_sigkill_on_pod_1_gives_a_new_process_only_to_that_rank(tmp_path: Path) 
         assert same_pid == {0: True, 1: True, 2: True, 3: False}, pods.logs()
         done = {e["rank"]: e["step"] for e in read_events(events) if e["event"] == "done"}
         assert done == dict.fromkeys(range(4), 30)
+    finally:
+        pods.stop()
+
+
+@pytest.mark.parametrize("lost", [1, 0], ids=["follower pod", "leader pod"])
+def test_a_replaced_pod_rejoins_and_the_job_continues(lost: int, tmp_path: Path) -> None:
+    """Every process of one pod dies; its replacement (same index) joins and the job finishes.
+
+    The other pod's supervisor keeps the job view; for a lost leader pod the new
+    leader rebuilds generation and restart count from it instead of starting over.
+    """
+    events = tmp_path / "events"
+    pods = Pods(nnodes=2)
+    try:
+        pods.start_launchers(training_args(tmp_path))
+        other = pods.launchers[1 - lost]
+        other.wait_for(lambda: max_step(read_events(events), 3) >= 7, 180, "rank 3 to step")
+        before = pids_by_rank(read_events(events), 0)
+        pods.replace_pod(lost)
+        for launcher in pods.launchers:
+            assert launcher.wait(240) == 0, pods.logs()
+        records = read_events(events)
+        done = {e["rank"]: (e["step"], e["gen"]) for e in records if e["event"] == "done"}
+        assert sorted(done) == [0, 1, 2, 3] and {step for step, _ in done.values()} == {30}
+        final_generation = {gen for _, gen in done.values()}
+        assert len(final_generation) == 1 and final_generation.pop() >= 1, "not reset to 0"
+        lost_ranks = {lost * 2, lost * 2 + 1}
+        finished_by = {e["rank"]: e["pid"] for e in records if e["event"] == "done"}
+        for rank in lost_ranks:
+            assert finished_by[rank] != before[rank]
+        if lost == 1:  # the leader saw the stream break: pod 0's ranks waited in place
+            assert all(finished_by[r] == before[r] for r in (0, 1)), pods.logs()
+        resumed = [e["from_step"] for e in records if e["event"] == "resumed" and e["gen"] >= 1]
+        assert resumed and min(resumed) >= 5, "resumed from the script's checkpoint"
     finally:
         pods.stop()
