@@ -61,12 +61,14 @@ class LeaderHub:
         self.streams: dict[int, asyncio.Queue[Optional[pb.LeaderMessage]]] = {}
         self.pod_ranks: dict[int, list[pb.RankStatus]] = {}
         self._ticker: Optional[asyncio.Task[None]] = None
+        self.run_id = ""
 
     # -------------------------------------------------- Coordination (node 0)
     def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
         return _check_spec(spec, self.nnodes, 0)
 
     def launcher_attached(self, spec: pb.WorkerSpec) -> None:
+        self.run_id = spec.run_id
         policy = restart_policy.RestartPolicy(
             spec.max_restarts, self.local.settings.crash_loop_threshold
         )
@@ -88,6 +90,14 @@ class LeaderHub:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the leader's launcher is not up yet")
             return
         node = request.node_rank
+        if request.run_id != self.run_id:
+            log.warning(
+                "node %d: refused a join for job %r (this job: %r)",
+                node,
+                request.run_id[:64],
+                self.run_id,
+            )
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not this job's run id")
         if node == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node 0 is the leader")
         queue: asyncio.Queue[Optional[pb.LeaderMessage]] = asyncio.Queue()

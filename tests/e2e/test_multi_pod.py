@@ -7,10 +7,13 @@ import signal
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from jobs import TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_events
 
 from supervisor.ports import free_port
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -126,5 +129,50 @@ def test_a_replaced_pod_rejoins_and_the_job_continues(lost: int, tmp_path: Path)
             assert all(finished_by[r] == before[r] for r in (0, 1)), pods.logs()
         resumed = [e["from_step"] for e in records if e["event"] == "resumed" and e["gen"] >= 1]
         assert resumed and min(resumed) >= 5, "resumed from the script's checkpoint"
+    finally:
+        pods.stop()
+
+
+def test_bad_peer_calls_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    """No token, a wrong token, another job's id, an oversized message: refused, job unharmed."""
+    events = tmp_path / "events"
+    pods = Pods(nnodes=2)
+    try:
+        pods.start_launchers(training_args(tmp_path))
+        pods.launchers[0].wait_for(
+            lambda: max_step(read_events(events), 3) >= 3, 180, "the job to train"
+        )
+        leader = f"127.0.0.1:{pods.ports[0]}"
+        join = pb.JoinRequest(run_id="none", node_rank=1, nproc=NPROC, incarnation=7)
+        cases = {
+            "no token": (join, (), grpc.StatusCode.UNAUTHENTICATED),
+            "wrong token": (join, (("authorization", "Bearer nope-nope-nope-nope"),),
+                            grpc.StatusCode.UNAUTHENTICATED),
+            "other job": (pb.JoinRequest(run_id="another-job", node_rank=1, nproc=NPROC),
+                          (("authorization", f"Bearer {TOKEN}"),),
+                          grpc.StatusCode.FAILED_PRECONDITION),
+            "oversized": (pb.JoinRequest(run_id="x" * (5 * 2**20), node_rank=1, nproc=NPROC),
+                          (("authorization", f"Bearer {TOKEN}"),),
+                          grpc.StatusCode.RESOURCE_EXHAUSTED),
+        }  # fmt: skip
+        options = [("grpc.max_send_message_length", 8 * 2**20)]
+        with grpc.insecure_channel(leader, options=options) as channel:
+            stub = pb_grpc.PeerServiceStub(channel)
+            for name, (request, metadata, expected) in cases.items():
+                with pytest.raises(grpc.RpcError) as refused:
+                    next(iter(stub.Join(request, metadata=metadata, timeout=10)))
+                assert refused.value.code() == expected, name
+            report = pb.PodReport(node_rank=1, failure=pb.PolicyFailure(rank=3, signature="x"))
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Report(report, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        leader_log = pods.sidecars[0].stderr
+        assert "refused /train_supervisor.v1.PeerService/Join" in leader_log
+        assert "refused a join for job 'another-job'" in leader_log
+        for launcher in pods.launchers:
+            assert launcher.wait(180) == 0, pods.logs()
+        records = read_events(events)
+        assert {e["gen"] for e in records} == {0}, "no restart happened"
+        assert len({e["pid"] for e in records}) == 4
     finally:
         pods.stop()
