@@ -60,6 +60,7 @@ class LeaderHub:
         self.leader: Optional[LeaderState] = None  # made when node 0's launcher attaches
         self.streams: dict[int, asyncio.Queue[Optional[pb.LeaderMessage]]] = {}
         self.pod_ranks: dict[int, list[pb.RankStatus]] = {}
+        self.pod_failures: dict[int, pb.FailureRecord] = {}
         self._ticker: Optional[asyncio.Task[None]] = None
         self.run_id = ""
 
@@ -80,6 +81,24 @@ class LeaderHub:
 
     def report(self, report: pb.PodReport) -> None:
         self._on_report(0, report)
+
+    async def job_status(self, local: pb.JobStatus) -> pb.JobStatus:
+        """Node 0's ranks and generation, plus every follower's last reported ranks."""
+        if self.leader is None:
+            return local
+        view = self.leader.view(time.monotonic())
+        status = pb.JobStatus()
+        status.CopyFrom(local)
+        status.generation, status.restart_count = view.generation, view.restart_count
+        status.world_size = view.world_size
+        status.leader = "node 0 (this pod)"
+        ranks = [*local.ranks, *(r for n in sorted(self.pod_ranks) for r in self.pod_ranks[n])]
+        del status.ranks[:]
+        status.ranks.extend(sorted(ranks, key=lambda r: r.rank))
+        failures = [f for f in (local.last_failure, *self.pod_failures.values()) if f.time_unix]
+        if failures:
+            status.last_failure.CopyFrom(max(failures, key=lambda f: f.time_unix))
+        return status
 
     # ------------------------------------------------------------ PeerService
     async def join(
@@ -143,8 +162,10 @@ class LeaderHub:
         leader = self.leader
         if leader is None or not leader.heartbeat(node, time.monotonic()):
             return False
-        if report.ranks:
+        if report.ranks and node != 0:
             self.pod_ranks[node] = list(report.ranks)
+        if report.HasField("last_failure") and node != 0:
+            self.pod_failures[node] = report.last_failure
         kind = report.WhichOneof("report")
         if kind == "ready":
             self._deliver(leader.pod_ready(node, report.ready))
@@ -205,6 +226,7 @@ class FollowerLink:
         else:
             self.channel = grpc.aio.insecure_channel(leader_address, options=options)
         self.stub = pb_grpc.PeerServiceStub(self.channel)
+        self.status_stub = pb_grpc.StatusServiceStub(self.channel)
         self._tasks: list[asyncio.Task[None]] = []
         self._joined = asyncio.Event()
 
@@ -215,6 +237,18 @@ class FollowerLink:
         self.spec = spec
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow()), loop.create_task(self._heartbeat())]
+
+    async def job_status(self, local: pb.JobStatus) -> pb.JobStatus:
+        """The leader's view of the whole job; this pod's own when it is unreachable."""
+        try:
+            status: pb.JobStatus = await self.status_stub.GetStatus(
+                pb.GetStatusRequest(), metadata=self.metadata, timeout=2
+            )
+        except grpc.RpcError as err:
+            local.leader = f"{self.leader_address} (unreachable: {err.code().name})"
+            return local
+        status.leader = self.leader_address
+        return status
 
     def report(self, report: pb.PodReport) -> None:
         report.node_rank, report.incarnation = self.node_rank, self.incarnation
@@ -269,7 +303,10 @@ class FollowerLink:
             if not self._joined.is_set():
                 continue
             beat = pb.PodReport(
-                node_rank=self.node_rank, incarnation=self.incarnation, heartbeat=True
+                node_rank=self.node_rank,
+                incarnation=self.incarnation,
+                heartbeat=True,
+                ranks=self.local.local_ranks(),
             )
             try:
                 reply = await self.stub.Report(beat, metadata=self.metadata, timeout=5)

@@ -45,6 +45,9 @@ class Coordination(Protocol):
 
     def report(self, report: pb.PodReport) -> None: ...
 
+    async def job_status(self, local: pb.JobStatus) -> pb.JobStatus:
+        """The whole job's status, given this pod's."""
+
 
 class Supervisor:
     """Holds one pod's JobState. Every method runs on the event loop thread."""
@@ -102,6 +105,11 @@ class Supervisor:
             self.apply(job.start_generation(message.start))
         elif kind == "end":
             self.apply(job.end_job(message.end))
+
+    def local_ranks(self) -> list[pb.RankStatus]:
+        if self.job is None:
+            return []
+        return list(job_status(self.job, time.monotonic(), self.leader).ranks)
 
     def rejoined(self) -> None:
         if isinstance(self.job, CoordinatedJobState):
@@ -266,8 +274,12 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.GetStatusRequest, pb.JobStatus],
     ) -> pb.JobStatus:
         if self.job is None:
-            return pb.JobStatus(state=pb.JobState.JOB_STATE_STARTING, leader=self.leader)
-        return job_status(self.job, time.monotonic(), self.leader)
+            local = pb.JobStatus(state=pb.JobState.JOB_STATE_STARTING, leader=self.leader)
+        else:
+            local = job_status(self.job, time.monotonic(), self.leader)
+        if self.coordination is None:
+            return local
+        return await self.coordination.job_status(local)
 
 
 class LauncherServicer(pb_grpc.LauncherServiceServicer):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
-from jobs import TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_events
+from jobs import REPO, TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_events
 
 from supervisor.ports import free_port
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -72,6 +74,16 @@ class Pods:
             job.kill_tree()
 
 
+def status_pids(port: int) -> dict[int, int]:
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", "status", "--address", f"127.0.0.1:{port}",
+         "--json"],
+        cwd=REPO, env=job_env(SUPERVISOR_TOKEN=TOKEN), capture_output=True, text=True,
+        timeout=30, check=True,
+    )  # fmt: skip
+    return {r.get("rank", 0): r.get("pid", 0) for r in json.loads(done.stdout).get("ranks", [])}
+
+
 def training_args(tmp_path: Path) -> list[str]:
     return ["--steps", "30", "--step-sleep", "0.05", "--ckpt-every", "5",
             "--events", str(tmp_path / "events"), "--ckpt-dir", str(tmp_path / "ckpt")]  # fmt: skip
@@ -86,6 +98,8 @@ def test_sigkill_on_pod_1_gives_a_new_process_only_to_that_rank(tmp_path: Path) 
         first.wait_for(lambda: max_step(read_events(events), 3) >= 7, 180, "rank 3 to step")
         before = pids_by_rank(read_events(events), 0)
         assert sorted(before) == [0, 1, 2, 3]
+        # Status on the follower pod shows the whole job (through the leader).
+        first.wait_for(lambda: status_pids(pods.ports[1]) == before, 60, "job-wide status")
         os.kill(before[3], signal.SIGKILL)  # rank 3 lives on pod 1
         for launcher in pods.launchers:
             assert launcher.wait(180) == 0, pods.logs()
