@@ -12,6 +12,7 @@ import signal
 from collections.abc import Iterator, Sequence
 
 import pytest
+from effects import aborts, exits, launcher_commands, play_pod, shutdowns, starts
 
 from launcher.args import parse_args
 from launcher.main import worker_spec
@@ -45,14 +46,6 @@ def make_spec(
 
 
 # ------------------------------------------------------------ effect filters
-def launcher_commands(effects: Sequence[Effect], kind: str) -> list[pb.LauncherCommand]:
-    return [
-        e.command
-        for e in effects
-        if isinstance(e, ToLauncher) and e.command.WhichOneof("command") == kind
-    ]
-
-
 def spawns(effects: Sequence[Effect]) -> list[pb.SpawnWorker]:
     return [c.spawn for c in launcher_commands(effects, "spawn")]
 
@@ -63,31 +56,6 @@ def kills(effects: Sequence[Effect]) -> list[pb.KillProcess]:
 
 def assignments(effects: Sequence[Effect]) -> list[pb.RankAssigned]:
     return [c.assigned for c in launcher_commands(effects, "assigned")]
-
-
-def shutdowns(effects: Sequence[Effect]) -> list[pb.Shutdown]:
-    return [c.shutdown for c in launcher_commands(effects, "shutdown")]
-
-
-def to_workers(effects: Sequence[Effect], kind: str) -> dict[int, pb.WorkerCommand]:
-    found = [
-        e for e in effects if isinstance(e, ToWorker) and e.command.WhichOneof("command") == kind
-    ]
-    by_pid = {e.pid: e.command for e in found}
-    assert len(by_pid) == len(found), f"two {kind} commands for one pid: {found}"
-    return by_pid
-
-
-def starts(effects: Sequence[Effect]) -> dict[int, pb.StartGeneration]:
-    return {pid: c.start for pid, c in to_workers(effects, "start").items()}
-
-
-def aborts(effects: Sequence[Effect]) -> dict[int, pb.AbortGeneration]:
-    return {pid: c.abort for pid, c in to_workers(effects, "abort").items()}
-
-
-def exits(effects: Sequence[Effect]) -> dict[int, pb.ExitWorker]:
-    return {pid: c.exit for pid, c in to_workers(effects, "exit").items()}
 
 
 def rank_spawns(effects: Sequence[Effect]) -> list[int]:
@@ -142,25 +110,7 @@ class Sim:
         process attaches. Every AbortGeneration is answered with OUTCOME_UNWOUND.
         Returns the input effects and everything that followed.
         """
-        done: list[Effect] = []
-        pending = list(effects)
-        while pending:
-            effect = pending.pop(0)
-            done.append(effect)
-            if isinstance(effect, ToLauncher) and effect.command.HasField("spawn"):
-                spawn = effect.command.spawn
-                pid = self.new_pid()
-                if not spawn.spare:
-                    pending += self.job.process_started(pid, spawn.rank)
-                if self.spec.bootstrapped:
-                    pending += self.job.worker_attached(pid, spawn.rank, spawn.spare)
-            elif isinstance(effect, ToWorker) and effect.command.HasField("abort"):
-                generation = effect.command.abort.generation
-                _, more = self.job.outcome(
-                    effect.pid, generation, pb.OutcomeKind.OUTCOME_UNWOUND, None, self.now
-                )
-                pending += more
-        return done
+        return play_pod(self.job, effects, self.new_pid, self.now)
 
     def launch(self) -> list[Effect]:
         return self.play(self.job.attach_launcher())

@@ -16,8 +16,9 @@ from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import pytest
+from effects import aborts, exits, launcher_commands, play_pod, shutdowns, starts
 
-from supervisor.job_types import Effect, Timings, ToLauncher, ToLeader, ToWorker
+from supervisor.job_types import Effect, Timings, ToLeader
 from supervisor.leader import LeaderState
 from supervisor.leader_types import Broadcast, EndJob, Phase, StartGeneration
 from supervisor.peer_wire import failure_from_wire, message_to_wire
@@ -55,45 +56,12 @@ def make_spec(
 
 
 # ------------------------------------------------------------ effect filters
-def launcher_commands(effects: Sequence[Effect], kind: str) -> list[pb.LauncherCommand]:
-    return [
-        e.command
-        for e in effects
-        if isinstance(e, ToLauncher) and e.command.WhichOneof("command") == kind
-    ]
-
-
 def rank_spawns(effects: Sequence[Effect]) -> list[int]:
     return sorted(c.spawn.rank for c in launcher_commands(effects, "spawn") if not c.spawn.spare)
 
 
 def assignments(effects: Sequence[Effect]) -> list[tuple[int, int]]:
     return [(c.assigned.pid, c.assigned.rank) for c in launcher_commands(effects, "assigned")]
-
-
-def shutdowns(effects: Sequence[Effect]) -> list[pb.Shutdown]:
-    return [c.shutdown for c in launcher_commands(effects, "shutdown")]
-
-
-def to_workers(effects: Sequence[Effect], kind: str) -> dict[int, pb.WorkerCommand]:
-    found = [
-        e for e in effects if isinstance(e, ToWorker) and e.command.WhichOneof("command") == kind
-    ]
-    by_pid = {e.pid: e.command for e in found}
-    assert len(by_pid) == len(found), f"two {kind} commands for one pid: {found}"
-    return by_pid
-
-
-def starts(effects: Sequence[Effect]) -> dict[int, pb.StartGeneration]:
-    return {pid: c.start for pid, c in to_workers(effects, "start").items()}
-
-
-def aborts(effects: Sequence[Effect]) -> dict[int, pb.AbortGeneration]:
-    return {pid: c.abort for pid, c in to_workers(effects, "abort").items()}
-
-
-def exits(effects: Sequence[Effect]) -> dict[int, pb.ExitWorker]:
-    return {pid: c.exit for pid, c in to_workers(effects, "exit").items()}
 
 
 def reports(effects: Sequence[Effect]) -> list[pb.PodReport]:
@@ -175,25 +143,7 @@ class PodSim:
     def play(self, effects: Sequence[Effect]) -> list[Effect]:
         """Every SpawnWorker becomes a process that (bootstrapped) attaches; every
         AbortGeneration is answered with OUTCOME_UNWOUND. Returns everything that happened."""
-        done: list[Effect] = []
-        pending = list(effects)
-        while pending:
-            effect = pending.pop(0)
-            done.append(effect)
-            if isinstance(effect, ToLauncher) and effect.command.HasField("spawn"):
-                spawn = effect.command.spawn
-                pid = self.new_pid()
-                if not spawn.spare:
-                    pending += self.job.process_started(pid, spawn.rank)
-                if self.spec.bootstrapped:
-                    pending += self.job.worker_attached(pid, spawn.rank, spawn.spare)
-            elif isinstance(effect, ToWorker) and effect.command.HasField("abort"):
-                generation = effect.command.abort.generation
-                _, more = self.job.outcome(
-                    effect.pid, generation, pb.OutcomeKind.OUTCOME_UNWOUND, None, self.now
-                )
-                pending += more
-        return done
+        return play_pod(self.job, effects, self.new_pid, self.now)
 
     def launch(self) -> list[Effect]:
         return self.play(self.job.attach_launcher())

@@ -1,0 +1,71 @@
+"""Picking commands out of the effects JobState returns: shared by the state machine tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from supervisor.job import JobState
+from supervisor.job_types import Effect, ToLauncher, ToWorker
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+
+def launcher_commands(effects: Sequence[Effect], kind: str) -> list[pb.LauncherCommand]:
+    return [
+        e.command
+        for e in effects
+        if isinstance(e, ToLauncher) and e.command.WhichOneof("command") == kind
+    ]
+
+
+def shutdowns(effects: Sequence[Effect]) -> list[pb.Shutdown]:
+    return [c.shutdown for c in launcher_commands(effects, "shutdown")]
+
+
+def to_workers(effects: Sequence[Effect], kind: str) -> dict[int, pb.WorkerCommand]:
+    found = [
+        e for e in effects if isinstance(e, ToWorker) and e.command.WhichOneof("command") == kind
+    ]
+    by_pid = {e.pid: e.command for e in found}
+    assert len(by_pid) == len(found), f"two {kind} commands for one pid: {found}"
+    return by_pid
+
+
+def starts(effects: Sequence[Effect]) -> dict[int, pb.StartGeneration]:
+    return {pid: c.start for pid, c in to_workers(effects, "start").items()}
+
+
+def aborts(effects: Sequence[Effect]) -> dict[int, pb.AbortGeneration]:
+    return {pid: c.abort for pid, c in to_workers(effects, "abort").items()}
+
+
+def exits(effects: Sequence[Effect]) -> dict[int, pb.ExitWorker]:
+    return {pid: c.exit for pid, c in to_workers(effects, "exit").items()}
+
+
+def play_pod(
+    job: JobState, effects: Sequence[Effect], new_pid: Callable[[], int], now: float
+) -> list[Effect]:
+    """Play the launcher's and bootstrap's side until nothing is pending.
+
+    Every SpawnWorker becomes a process: the launcher reports a rank's process
+    started (as launcher/main.py does), then (bootstrapped) the process
+    attaches. Every AbortGeneration is answered with OUTCOME_UNWOUND. Returns
+    the input effects and everything that followed.
+    """
+    done: list[Effect] = []
+    pending = list(effects)
+    while pending:
+        effect = pending.pop(0)
+        done.append(effect)
+        if isinstance(effect, ToLauncher) and effect.command.HasField("spawn"):
+            spawn = effect.command.spawn
+            pid = new_pid()
+            if not spawn.spare:
+                pending += job.process_started(pid, spawn.rank)
+            if job.spec.bootstrapped:
+                pending += job.worker_attached(pid, spawn.rank, spawn.spare)
+        elif isinstance(effect, ToWorker) and effect.command.HasField("abort"):
+            generation = effect.command.abort.generation
+            _, more = job.outcome(effect.pid, generation, pb.OutcomeKind.OUTCOME_UNWOUND, None, now)
+            pending += more
+    return done
