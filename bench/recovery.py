@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -127,11 +128,14 @@ def after_kill(events: list[dict[str, Any]], kill_t: float, event: str) -> list[
     return list(firsts.values())
 
 
-def measure(events: list[dict[str, Any]], kill_t: float, before: dict[int, int]) -> dict[str, Any]:
+def measure(
+    events: list[dict[str, Any]], kill_t: float, before: dict[int, int], world: int = NPROC
+) -> dict[str, Any]:
     first_steps = after_kill(events, kill_t, "step")
-    assert len(first_steps) == NPROC, "every rank must step again after the kill"
-    generation_after = max(e["gen"] for e in events)
-    after = pids_by_rank(events, generation_after)
+    assert len(first_steps) == world, "every rank must step again after the kill"
+    # Each rank's newest (re-)start, not a generation's: torchrun agents of
+    # different nodes need not agree on TORCHELASTIC_RESTART_COUNT.
+    after = {e["rank"]: e["pid"] for e in events if e["event"] == "start" and e["t"] > kill_t}
     reached = max(e["step"] for e in events if e["event"] == "step" and e["t"] <= kill_t)
     resumed = min(e["from_step"] for e in events if e["event"] == "resumed" and e["t"] > kill_t)
     done = [e for e in events if e["event"] == "done"]
@@ -144,10 +148,43 @@ def measure(events: list[dict[str, Any]], kill_t: float, before: dict[int, int])
         "step_at_kill": reached,
         "resumed_from_step": resumed,
         "steps_lost": reached - resumed,
-        "finished": len(done) == NPROC,
+        "finished": len(done) == world,
         "script_restarted_at_s": max(after_kill(events, kill_t, "start")) - kill_t,
         "pg_ready_at_s": max(after_kill(events, kill_t, "pg_ready")) - kill_t,
         "checkpoint_loaded_at_s": max(after_kill(events, kill_t, "resumed")) - kill_t,
+    }
+
+
+def probe_breakdown(
+    result: dict[str, Any],
+    probe: StatusProbe,
+    kill_t: float,
+    failure_event: str = "failure",
+    detect: str = "detect",
+) -> Optional[dict[str, Optional[float]]]:
+    """Where train-launch's recovery time went: the supervisor's events, then the worker's."""
+    detected = probe.first_event(failure_event, kill_t)
+    started = probe.first_event("generation_started", kill_t)
+    spare = probe.first_event("spare_promoted", kill_t)
+    if detected is None or started is None:
+        return None
+    return {
+        detect: detected - kill_t,
+        "unwind_and_spare_handover": started - detected,
+        "spare_promoted_after_detect": None if spare is None else spare - detected,
+        "script_reentry_and_pg_init": result["pg_ready_at_s"] - (started - kill_t),
+        "checkpoint_load": result["checkpoint_loaded_at_s"] - result["pg_ready_at_s"],
+        "first_step": result["recovery_s"] - result["checkpoint_loaded_at_s"],
+    }
+
+
+def events_breakdown(result: dict[str, Any], first_phase: str) -> dict[str, float]:
+    """Where the recovery time went, from the workers' events alone."""
+    return {
+        first_phase: result["script_restarted_at_s"],
+        "pg_init": result["pg_ready_at_s"] - result["script_restarted_at_s"],
+        "checkpoint_load": result["checkpoint_loaded_at_s"] - result["pg_ready_at_s"],
+        "first_step": result["recovery_s"] - result["checkpoint_loaded_at_s"],
     }
 
 
@@ -175,18 +212,9 @@ def run_train_launch(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     exit_code = job.wait(900)
     probe.close()
     result = measure(read_events(events_dir), kill_t, before)
-    detected = probe.first_event("failure", kill_t)
-    started = probe.first_event("generation_started", kill_t)
-    spare = probe.first_event("spare_promoted", kill_t)
-    if detected is not None and started is not None:
-        result["breakdown_s"] = {
-            "detect": detected - kill_t,
-            "unwind_and_spare_handover": started - detected,
-            "spare_promoted_after_detect": None if spare is None else spare - detected,
-            "script_reentry_and_pg_init": result["pg_ready_at_s"] - (started - kill_t),
-            "checkpoint_load": result["checkpoint_loaded_at_s"] - result["pg_ready_at_s"],
-            "first_step": result["recovery_s"] - result["checkpoint_loaded_at_s"],
-        }
+    breakdown = probe_breakdown(result, probe, kill_t)
+    if breakdown is not None:
+        result["breakdown_s"] = breakdown
     latencies = sorted(probe.latencies_ms)
     result.update(
         {
@@ -212,27 +240,18 @@ def run_torchrun(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     kill_t, before = kill_at_step(job, events_dir, args.victim, args.kill_at_step)
     exit_code = job.wait(900)
     result = measure(read_events(events_dir), kill_t, before)
-    result["breakdown_s"] = {
-        "detect_kill_all_respawn_and_import": result["script_restarted_at_s"],
-        "pg_init": result["pg_ready_at_s"] - result["script_restarted_at_s"],
-        "checkpoint_load": result["checkpoint_loaded_at_s"] - result["pg_ready_at_s"],
-        "first_step": result["recovery_s"] - result["checkpoint_loaded_at_s"],
-    }
+    result["breakdown_s"] = events_breakdown(result, "detect_kill_all_respawn_and_import")
     result["exit_code"] = exit_code
     return result
 
 
-def markdown(report: dict[str, Any]) -> str:
+def comparison_rows(report: dict[str, Any]) -> list[str]:
+    """The train-launch | torchrun table, median runs and every run."""
     ours, theirs = report["train_launch"], report["torchrun"]
-    cfg = report["config"]
-    lines = [
-        f"Recovery after SIGKILL of rank {cfg['victim']} at step {cfg['kill_at_step']} "
-        f"({NPROC} ranks, {cfg['state_mb']} MB model + Adam state, checkpoint every "
-        f"{cfg['ckpt_every']} steps, CPU + gloo, {report['machine']}), measured {report['date']}.",
-        "",
+    return [
         "| | train-launch | torchrun |",
         "|---|---|---|",
-        f"| kill → every rank stepped again (median of {cfg['repeat']}) | "
+        f"| kill → every rank stepped again (median of {report['config']['repeat']}) | "
         f"**{ours['recovery_s']:.2f} s** | {theirs['recovery_s']:.2f} s |",
         f"| every run (s) | {ours['all_recovery_s']} | {theirs['all_recovery_s']} |",
         f"| ratio | **{report['ratio']:.2f}×** | 1 |",
@@ -241,7 +260,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"({ours['step_at_kill']} → {ours['resumed_from_step']}) | {theirs['steps_lost']} "
         f"({theirs['step_at_kill']} → {theirs['resumed_from_step']}) |",
         f"| exit code | {ours['exit_code']} | {theirs['exit_code']} |",
-        "",
+    ]
+
+
+def breakdown_lines(report: dict[str, Any]) -> list[str]:
+    ours, theirs = report["train_launch"], report["torchrun"]
+    return [
         "train-launch breakdown (s): "
         + ", ".join(
             f"{k} {v:.2f}" for k, v in ours.get("breakdown_s", {}).items() if v is not None
@@ -250,6 +274,20 @@ def markdown(report: dict[str, Any]) -> str:
         "torchrun breakdown (s): "
         + ", ".join(f"{k} {v:.2f}" for k, v in theirs["breakdown_s"].items()),
         "",
+    ]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    ours = report["train_launch"]
+    cfg = report["config"]
+    lines = [
+        f"Recovery after SIGKILL of rank {cfg['victim']} at step {cfg['kill_at_step']} "
+        f"({NPROC} ranks, {cfg['state_mb']} MB model + Adam state, checkpoint every "
+        f"{cfg['ckpt_every']} steps, CPU + gloo, {report['machine']}), measured {report['date']}.",
+        "",
+        *comparison_rows(report),
+        "",
+        *breakdown_lines(report),
         f"Warm spare RSS {ours['warm_spare_rss_mb']} MB "
         f"(a training rank: {ours['rank_rss_mb']} MB).",
         "",
@@ -259,18 +297,28 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+Run = Callable[[Path, argparse.Namespace], dict[str, Any]]
+
+
+def parser(description: str, victim: int, out: Path) -> argparse.ArgumentParser:
+    """The workload and repetition flags both recovery benchmarks take."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--kill-at-step", type=int, default=15)
-    p.add_argument("--victim", type=int, default=2)
+    p.add_argument("--victim", type=int, default=victim)
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--ckpt-every", type=int, default=10)
     p.add_argument("--warm-spares", type=int, default=1)
-    p.add_argument("--repeat", type=int, default=3, help="runs of each; the median is reported")
-    p.add_argument("--out", default=str(RESULTS / "recovery"))
-    args = p.parse_args()
+    p.add_argument(
+        "--repeat", "--repeats", type=int, default=3, help="runs of each; the median is reported"
+    )
+    p.add_argument("--out", default=str(out))
+    return p
+
+
+def compare(args: argparse.Namespace, ours: Run, theirs: Run) -> dict[str, Any]:
+    """Run both `args.repeat` times, alternating; the report holds each one's median run."""
     params = args.layers * (args.hidden * args.hidden + args.hidden)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
@@ -279,18 +327,27 @@ def main() -> None:
     }
     runs: dict[str, list[dict[str, Any]]] = {"train_launch": [], "torchrun": []}
     for _ in range(args.repeat):  # interleaved, so that drift in the machine hits both
-        with tempfile.TemporaryDirectory() as ours, tempfile.TemporaryDirectory() as theirs:
-            runs["train_launch"].append(run_train_launch(Path(ours), args))
-            runs["torchrun"].append(run_torchrun(Path(theirs), args))
+        with tempfile.TemporaryDirectory() as mine, tempfile.TemporaryDirectory() as other:
+            runs["train_launch"].append(ours(Path(mine), args))
+            runs["torchrun"].append(theirs(Path(other), args))
     for name, results in runs.items():
         by_recovery = sorted(results, key=lambda r: r["recovery_s"])
         report[name] = by_recovery[len(by_recovery) // 2]  # the median run, whole
         report[name]["all_recovery_s"] = [round(r["recovery_s"], 2) for r in results]
     report["ratio"] = report["train_launch"]["recovery_s"] / report["torchrun"]["recovery_s"]
-    out = Path(args.out)
+    return report
+
+
+def write_results(out: Path, report: dict[str, Any], text: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    out.with_suffix(".md").write_text(text)
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0], victim=2, out=RESULTS / "recovery").parse_args()
+    report = compare(args, run_train_launch, run_torchrun)
+    write_results(Path(args.out), report, markdown(report))
     quote_in_readme("recovery", markdown(report))
     print(markdown(report))
 

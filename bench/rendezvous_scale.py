@@ -5,7 +5,7 @@ runs in its own process; the followers are lightweight asyncio clients in
 this one: each opens a Join stream, answers OpenGeneration(0) with "ready" and
 waits for StartGeneration(0). Measured per N: time from the first Join to the
 last follower holding StartGeneration; then heartbeats the leader handles per
-second (Report calls from many concurrent clients); the leader's RSS.
+second (beats on the followers' Heartbeats streams); the leader's RSS.
 
     python bench/rendezvous_scale.py     # writes bench/results/rendezvous_scale.{json,md}
 """
@@ -81,15 +81,19 @@ async def heartbeats(stubs: list[pb_grpc.PeerServiceStub], nnodes: int, seconds:
     deadline = time.perf_counter() + seconds
 
     async def beat_forever(node: int) -> None:
+        # As a follower does: one Heartbeats stream, beats written back to back.
         nonlocal done
-        stub = stubs[node % len(stubs)]
+        call = stubs[node % len(stubs)].Heartbeats(metadata=METADATA)
         beat = pb.PodReport(node_rank=node, incarnation=node, heartbeat=True)
         while time.perf_counter() < deadline:
-            await stub.Report(beat, metadata=METADATA)
+            await call.write(beat)
             done += 1
+        await call.done_writing()
+        reply = await call
+        assert not reply.rejoin, f"the leader does not count node {node}"
 
     began = time.perf_counter()
-    await asyncio.gather(*(beat_forever(node) for node in range(1, min(nnodes, 129))))
+    await asyncio.gather(*(beat_forever(node) for node in range(1, nnodes)))
     return done / (time.perf_counter() - began)
 
 

@@ -288,6 +288,14 @@ class JobState:
         """Abort the running generation here: survivors unwind and wait for `generation`."""
         old = self.generation
         self.generation = generation
+        effects = self._unwind_all(old, now, "a rank failed")
+        self.record(
+            "generation_opened", f"generation {self.generation} (restart {self.restart_count})"
+        )
+        return effects
+
+    def _unwind_all(self, old: int, now: float, reason: str) -> list[Effect]:
+        """Every live rank leaves generation `old` (in place where bootstrapped)."""
         self.started = False
         self.state = pb.JobState.JOB_STATE_RESTARTING
         effects: list[Effect] = []
@@ -298,15 +306,12 @@ class JobState:
                 continue
             slot.state, slot.unwind_deadline = WS.WORKER_STATE_UNWINDING, deadline
             if self.spec.bootstrapped:
-                abort = pb.AbortGeneration(generation=old, reason="a rank failed")
+                abort = pb.AbortGeneration(generation=old, reason=reason)
                 effects.append(ToWorker(slot.pid, pb.WorkerCommand(abort=abort)))
             else:
                 self.killed_by_us.add(slot.pid)
                 kill = pb.KillProcess(pid=slot.pid, signal=signal.SIGTERM, reason="restart all")
                 effects.append(ToLauncher(pb.LauncherCommand(kill=kill)))
-        self.record(
-            "generation_opened", f"generation {self.generation} (restart {self.restart_count})"
-        )
         return effects
 
     def _fill_vacancies(self) -> list[Effect]:

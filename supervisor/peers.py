@@ -36,6 +36,7 @@ from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("train_supervisor")
 TICK_S = 0.2
+KEEPALIVE_TIME_MS = 1000
 
 
 def _check_spec(spec: pb.WorkerSpec, nnodes: int, node_rank: int) -> Optional[str]:
@@ -157,6 +158,12 @@ class LeaderHub:
         known = self._on_report(request.node_rank, request)
         return pb.PodReportReply(rejoin=not known)
 
+    async def heartbeats_rpc(self, beats: AsyncIterator[pb.PodReport]) -> pb.PodReportReply:
+        async for beat in beats:
+            if not self._on_report(beat.node_rank, beat):
+                return pb.PodReportReply(rejoin=True)
+        return pb.PodReportReply()
+
     # --------------------------------------------------------------- internals
     def _on_report(self, node: int, report: pb.PodReport) -> bool:
         leader = self.leader
@@ -219,6 +226,12 @@ class FollowerLink:
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # A silent leader (partition, dead node) breaks the Join stream in
+            # seconds instead of waiting for TCP to give up (minutes).
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", max(1000, int(heartbeat_s * 4000))),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         if tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca)
@@ -293,29 +306,42 @@ class FollowerLink:
                     self.local.on_leader_message(message)
             except grpc.RpcError as err:
                 log.warning("leader at %s: %s; re-joining", self.leader_address, err.code().name)
+            if self._joined.is_set():
+                self.local.leader_lost()
             self._joined.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
     async def _heartbeat(self) -> None:
+        """One Heartbeats stream per join; a beat (with this pod's ranks) every heartbeat_s."""
         while True:
-            await asyncio.sleep(self.heartbeat_s)
-            if not self._joined.is_set():
-                continue
-            beat = pb.PodReport(
-                node_rank=self.node_rank,
-                incarnation=self.incarnation,
-                heartbeat=True,
-                ranks=self.local.local_ranks(),
-            )
+            await self._joined.wait()
+            call = self.stub.Heartbeats(metadata=self.metadata)
             try:
-                reply = await self.stub.Report(beat, metadata=self.metadata, timeout=5)
-            except grpc.RpcError:
+                while self._joined.is_set() and not call.done():
+                    beat = pb.PodReport(
+                        node_rank=self.node_rank,
+                        incarnation=self.incarnation,
+                        heartbeat=True,
+                        ranks=self.local.local_ranks(),
+                    )
+                    await call.write(beat)
+                    await asyncio.sleep(self.heartbeat_s)
+                if not call.done():  # the Join stream broke: beat again once re-joined
+                    call.cancel()
+                    continue
+                reply = await call
+            except (grpc.RpcError, asyncio.InvalidStateError) as err:
+                code = err.code().name if isinstance(err, grpc.RpcError) else "ended"
+                log.warning("heartbeats to the leader: %s", code)
+                call.cancel()
+                await asyncio.sleep(self.heartbeat_s)
                 continue
-            if reply.rejoin:
+            if reply.rejoin:  # the leader no longer counts this pod (it was lost)
+                log.warning("the leader no longer counts this pod; re-joining")
+                self.local.leader_lost()
                 self._joined.clear()
-                for task in self._tasks[:1]:
-                    task.cancel()
+                self._tasks[0].cancel()
                 self._tasks[0] = asyncio.get_running_loop().create_task(self._follow())
 
 
@@ -329,3 +355,6 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     async def Report(self, request, context):  # type: ignore[no-untyped-def]
         return await self.hub.report_rpc(request, context)
+
+    async def Heartbeats(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        return await self.hub.heartbeats_rpc(request_iterator)

@@ -54,6 +54,7 @@ class CoordinatedJobState(JobState):
         self.restart_count = max(self.restart_count, message.restart_count)
         effects: list[Effect] = []
         if message.generation > self.generation:
+            self.record("leader_decision", message.reason)  # e.g. which pod was lost, and why
             effects += self._open_generation(message.generation, now) + self._fill_vacancies()
         if message.generation >= self.generation:
             # A "ready" sent before this Open may have reached a leader still
@@ -78,6 +79,19 @@ class CoordinatedJobState(JobState):
         first_line = message.report.splitlines()[0] if message.report else ""
         self.record("ended", f"exit code {message.exit_code}: {first_line}")
         return self._end(message.exit_code, message.report)
+
+    def leader_lost(self, now: float) -> list[Effect]:
+        """The leader's stream broke or it no longer counts this pod.
+
+        Whatever comes next (the leader's timeout, a re-join, a new leader)
+        opens a new generation, so stop this one now: the ranks unwind and wait
+        in place, instead of failing on collectives with the lost pod's ranks
+        and being replaced when the settle window ends with no leader to abort.
+        """
+        if self.over or not self.started:
+            return []
+        self.record("leader_lost", f"generation {self.generation} stopped; ranks wait in place")
+        return self._unwind_all(self.generation, now, "the leader was lost")
 
     def rejoined(self) -> list[Effect]:
         """A new leader knows nothing of our reports: give them again."""

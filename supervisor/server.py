@@ -76,6 +76,10 @@ async def start_server(
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
+        # Followers ping every second to notice a silent leader (peers.py).
+        ("grpc.http2.min_ping_interval_without_data_ms", 500),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
     interceptors = [TokenAuthInterceptor(token)] if token is not None else []
     server = grpc.aio.server(options=options, interceptors=interceptors)

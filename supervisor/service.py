@@ -111,6 +111,10 @@ class Supervisor:
             return []
         return list(job_status(self.job, time.monotonic(), self.leader).ranks)
 
+    def leader_lost(self) -> None:
+        if isinstance(self.job, CoordinatedJobState):
+            self.apply(self.job.leader_lost(time.monotonic()))
+
     def rejoined(self) -> None:
         if isinstance(self.job, CoordinatedJobState):
             self.apply(self.job.rejoined())
@@ -259,7 +263,7 @@ class Supervisor:
 
     async def _wait_for_abort(self, job: JobState, generation: int) -> None:
         def aborted() -> bool:
-            return job.generation > generation or job.over
+            return job.generation > generation or job.over or not job.started
 
         async with self.changed:
             with contextlib.suppress(asyncio.TimeoutError):

@@ -423,6 +423,47 @@ def test_survivor_that_does_not_unwind_is_killed_as_collateral_and_not_reported(
     assert list(sim.job.failures) == []
 
 
+# ---------------------------------------------------------------- leader lost
+def test_leader_lost_stops_the_generation_and_ranks_wait_in_place() -> None:
+    """A rank that raises because the leader's pod died waits instead of being replaced."""
+    sim = PodSim()
+    running(sim)
+    before = sim.pids()
+    raised = sim.pid(2)  # its collective with the dead pod's ranks failed
+    verdict, _ = sim.job.outcome(raised, 0, pb.OutcomeKind.OUTCOME_RAISED, boom(), sim.now)
+    assert verdict is None
+
+    effects = sim.job.leader_lost(sim.now)
+    reason = "the leader was lost"
+    assert aborts(effects) == {pid: pb.AbortGeneration(generation=0, reason=reason)
+                               for pid in before.values()}  # fmt: skip
+    assert reports(effects) == [] and not sim.job.started and sim.job.generation == 0
+    assert sim.job.settle(raised) == (pb.Verdict.VERDICT_WAIT, [])
+    other = sim.pid(3)
+    _, effects = sim.job.outcome(other, 0, pb.OutcomeKind.OUTCOME_UNWOUND, None, sim.now)
+    assert reports(effects) == [] and rank_spawns(effects) == []
+    assert sim.pids() == before
+    assert "leader_lost" in [e.kind for e in sim.job.events]
+
+    # The new leader opens the next generation: every rank is already waiting.
+    sim.job.rejoined()
+    effects = sim.play(sim.job.open_generation(open_msg(1, 1), sim.now))
+    assert aborts(effects) == {} and rank_spawns(effects) == []
+    assert kinds(effects) == [("ready", 1)]
+    assert set(starts(sim.job.start_generation(start_msg(1, restart_count=1)))) == set(
+        before.values()
+    )
+
+
+def test_leader_lost_before_the_start_or_after_the_end_changes_nothing() -> None:
+    sim = PodSim()
+    sim.launch()
+    assert sim.job.leader_lost(sim.now) == []
+    sim.job.start_generation(start_msg(0))
+    sim.job.end_job(pb.EndJobMsg(exit_code=0, report="done"))
+    assert sim.job.leader_lost(sim.now) == []
+
+
 def test_open_after_the_job_ended_is_ignored() -> None:
     sim = PodSim()
     running(sim)

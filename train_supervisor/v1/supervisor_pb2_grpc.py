@@ -342,6 +342,11 @@ class PeerServiceStub(object):
                 request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReport.SerializeToString,
                 response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReportReply.FromString,
                 )
+        self.Heartbeats = channel.stream_unary(
+                '/train_supervisor.v1.PeerService/Heartbeats',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReport.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReportReply.FromString,
+                )
 
 
 class PeerServiceServicer(object):
@@ -360,6 +365,15 @@ class PeerServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeats(self, request_iterator, context):
+        """A follower's heartbeats (each with its ranks, for the job-wide status) on one
+        stream: far cheaper for the leader than a call each. The leader ends the
+        stream with rejoin=true once it no longer counts the pod.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -370,6 +384,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
             ),
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReport.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReportReply.SerializeToString,
+            ),
+            'Heartbeats': grpc.stream_unary_rpc_method_handler(
+                    servicer.Heartbeats,
                     request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReport.FromString,
                     response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.PodReportReply.SerializeToString,
             ),
@@ -412,6 +431,23 @@ class PeerService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/train_supervisor.v1.PeerService/Report',
+            train__supervisor_dot_v1_dot_supervisor__pb2.PodReport.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.PodReportReply.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Heartbeats(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(request_iterator, target, '/train_supervisor.v1.PeerService/Heartbeats',
             train__supervisor_dot_v1_dot_supervisor__pb2.PodReport.SerializeToString,
             train__supervisor_dot_v1_dot_supervisor__pb2.PodReportReply.FromString,
             options, channel_credentials,

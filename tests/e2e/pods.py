@@ -1,0 +1,90 @@
+"""Pods on loopback: per pod a `train-supervisor serve` sidecar and a `train-launch` trainer.
+
+Shared by the multi-pod end-to-end tests and bench/recovery_multi_pod.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from jobs import TOY_DDP, RunningJob, job_env
+from netns import Host
+
+from supervisor.ports import free_port
+
+TOKEN = "multi-pod-test-token-0123456789"
+
+
+class Pods:
+    """N pods: each a `train-supervisor serve` sidecar and a `train-launch` trainer."""
+
+    def __init__(
+        self,
+        nnodes: int,
+        nproc: int = 2,
+        warm_spares: int = 1,
+        hosts: Sequence[Host] = (),
+        heartbeat_timeout_s: float = 5.0,
+    ) -> None:
+        """With `hosts` (one per pod), pod i runs in hosts[i]'s network namespace."""
+        self.nproc = nproc
+        self.warm_spares = warm_spares
+        self.hosts = hosts
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.ports = [free_port() for _ in range(nnodes)]
+        addresses = [h.address for h in hosts] or ["127.0.0.1"] * nnodes
+        self.peers = ",".join(f"{a}:{p}" for a, p in zip(addresses, self.ports))
+        self.sidecars = [self.start_sidecar(i) for i in range(nnodes)]
+        self.launchers: list[RunningJob] = []
+
+    def start_sidecar(self, node: int) -> RunningJob:
+        env = job_env(
+            SUPERVISOR_NNODES=str(len(self.ports)),
+            SUPERVISOR_NODE_RANK=str(node),
+            SUPERVISOR_PEERS=self.peers,
+            SUPERVISOR_PORT=str(self.ports[node]),
+            SUPERVISOR_BIND="0.0.0.0" if self.hosts else "127.0.0.1",
+            SUPERVISOR_TOKEN=TOKEN,
+            SUPERVISOR_HEARTBEAT_TIMEOUT_S=str(self.heartbeat_timeout_s),
+        )
+        return RunningJob(
+            self.command(node, [sys.executable, "-m", "supervisor.cli", "serve"]), env
+        )
+
+    def command(self, node: int, argv: list[str]) -> list[str]:
+        """`argv` as run on pod `node` (inside its namespace, if it has one)."""
+        return self.hosts[node].command(argv) if self.hosts else argv
+
+    def start_launchers(self, script_args: list[str]) -> None:
+        self.script_args = script_args
+        self.launchers = [self.start_launcher(node) for node in range(len(self.ports))]
+
+    def start_launcher(self, node: int) -> RunningJob:
+        argv = [
+            sys.executable, "-m", "launcher.main", "--nnodes", str(len(self.ports)),
+            "--node-rank", str(node), "--nproc-per-node", str(self.nproc), "--max-restarts", "3",
+            "--warm-spares", str(self.warm_spares),
+            "--supervisor-address", f"127.0.0.1:{self.ports[node]}",
+            str(TOY_DDP), *self.script_args,
+        ]  # fmt: skip
+        env = job_env(SUPERVISOR_TOKEN=TOKEN)
+        if self.hosts:  # gloo finds its interface by hostname otherwise: the host's, not the pod's
+            env["GLOO_SOCKET_IFNAME"] = self.hosts[node].interface
+        return RunningJob(self.command(node, argv), env)
+
+    def replace_pod(self, node: int) -> None:
+        """SIGKILL the pod's sidecar, launcher and workers; start new ones (same index)."""
+        self.launchers[node].kill_tree()
+        self.sidecars[node].kill_tree()
+        self.launchers[node].wait(30)
+        self.sidecars[node].wait(30)
+        self.sidecars[node] = self.start_sidecar(node)
+        self.launchers[node] = self.start_launcher(node)
+
+    def logs(self) -> str:
+        return "\n".join(j.stderr for j in (*self.sidecars, *self.launchers))
+
+    def stop(self) -> None:
+        for job in (*self.launchers, *self.sidecars):
+            job.kill_tree()
