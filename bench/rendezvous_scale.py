@@ -140,6 +140,21 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['pods']} | {r['form_s']:.2f} s | {r['heartbeats_per_s']:,.0f} | "
             f"{r['leader_rss_mb']:.0f} MB |"
         )
+    first, last = report["runs"][0], report["runs"][-1]
+    if last["pods"] > first["pods"]:
+        extra = last["pods"] - first["pods"]
+        form_ms = 1000 * (last["form_s"] - first["form_s"]) / extra
+        rss_kb = 1024 * (last["leader_rss_mb"] - first["leader_rss_mb"]) / extra
+        kept = last["heartbeats_per_s"] / first["heartbeats_per_s"]
+        lines += [
+            "",
+            f"Growth from {first['pods']} to {last['pods']} pods: forming costs "
+            f"{form_ms:.2f} ms and {rss_kb:.0f} KB of leader memory per extra pod (linear); "
+            f"heartbeat throughput stays at {kept:.0%} of its {first['pods']}-pod rate. "
+            "Targets: 1,000 pods form in ≤ 5 s "
+            f"({'met' if last['pods'] >= 1000 and last['form_s'] <= 5 else 'not met'}), "
+            f"≥ 5,000 heartbeats/s ({'met' if last['heartbeats_per_s'] >= 5000 else 'not met'}).",
+        ]
     lines += ["", "Reproduce: `python bench/rendezvous_scale.py`."]
     return "\n".join(lines) + "\n"
 

@@ -184,13 +184,20 @@ async def _serve(config: SidecarConfig) -> None:
     sup = Supervisor(settings_from(config))
     peers = coordinate(sup, config)
     server, port = await start_server(
-        sup, config.bind_address, token=config.token, tls=config.tls, peers=peers
+        sup,
+        config.bind_address,
+        token=config.token,
+        tls=config.tls,
+        peers=peers,
+        loopback_plaintext=config.loopback_plaintext,
     )
     log.info(
         "serving on %s (token %s, TLS %s)",
         join_host_port(config.bind, port),
         "required" if config.token else "off: loopback only",
-        "on" if config.tls else "off",
+        f"on; plaintext on 127.0.0.1:{port} for this pod"
+        if config.loopback_plaintext
+        else ("on" if config.tls else "off"),
     )
     received = await stopped
     log.info("%s: stopping", received.name)

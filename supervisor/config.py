@@ -108,6 +108,11 @@ class SidecarConfig:
             host = "::1"
         return join_host_port(host, self.port)
 
+    @property
+    def loopback_plaintext(self) -> bool:
+        """TLS on the pod's IP: this pod's own processes use plaintext on loopback."""
+        return self.tls is not None and not is_loopback_host(self.bind)
+
     def peer_address(self, index: int) -> str:
         """host:port of pod `index`'s supervisor (this pod's own when there are no peers)."""
         if not 0 <= index < self.nnodes:
@@ -373,7 +378,13 @@ def parse_config(
         )
     port = _int(src, "SUPERVISOR_PORT", DEFAULT_PORT, 0, 65535)
     bind = _bind(src)
-    token = _token(src)
+    token, tls = _token(src), _tls(src)
+    if tls is not None and bind in ("0.0.0.0", "::"):
+        raise ConfigError(
+            f"SUPERVISOR_BIND={bind!r}: with TLS, bind this pod's IP (downward API status.podIP): "
+            "train-launch and the workers reach the supervisor in plaintext on 127.0.0.1 at the "
+            "same port, which never leaves the pod"
+        )
     if token is None and (nnodes > 1 or not is_loopback_host(bind)):
         raise ConfigError(
             "SUPERVISOR_TOKEN: not set (nor SUPERVISOR_TOKEN_FILE); required unless "
@@ -387,7 +398,7 @@ def parse_config(
         port=port,
         bind=bind,
         token=token,
-        tls=_tls(src),
+        tls=tls,
         heartbeat_timeout_s=_seconds(src, "SUPERVISOR_HEARTBEAT_TIMEOUT_S", 10.0, False),
         unwind_timeout_s=_seconds(src, "SUPERVISOR_UNWIND_TIMEOUT_S", 10.0, False),
         failure_settle_s=_seconds(src, "SUPERVISOR_FAILURE_SETTLE_S", 1.0, True),

@@ -63,12 +63,15 @@ async def start_server(
     token: Optional[str] = None,
     tls: Optional[TlsConfig] = None,
     peers: Optional[pb_grpc.PeerServiceServicer] = None,
+    loopback_plaintext: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Bind and start; returns the server and the bound port.
 
     With a token, every call but health, reflection and loopback status must
     carry it (supervisor/auth.py). With TLS, the server presents tls's
     certificate; it asks for no client certificate (the token authenticates).
+    With `loopback_plaintext`, it also listens in plaintext on 127.0.0.1 at the
+    same port, for the pod's own launcher and workers.
     """
     if token is not None and not token:
         raise ValueError("empty token: pass None for no authentication")
@@ -105,6 +108,11 @@ async def start_server(
     if port == 0:
         maybe = "port in use, or bad TLS certificate/key?" if tls else "port in use?"
         raise OSError(f"cannot bind {address} ({maybe})")
+    if loopback_plaintext:
+        local = f"127.0.0.1:{port}"
+        check_bindable(local)
+        if server.add_insecure_port(local) == 0:
+            raise OSError(f"cannot bind {local} (port in use?)")
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

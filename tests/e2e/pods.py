@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
 
 from jobs import TOY_DDP, RunningJob, job_env
 from netns import Host
@@ -26,8 +28,14 @@ class Pods:
         warm_spares: int = 1,
         hosts: Sequence[Host] = (),
         heartbeat_timeout_s: float = 5.0,
+        tls: Optional[tuple[Path, Path]] = None,
     ) -> None:
-        """With `hosts` (one per pod), pod i runs in hosts[i]'s network namespace."""
+        """With `hosts` (one per pod), pod i runs in hosts[i]'s network namespace.
+
+        With `tls` (a certificate, its own CA, and its key), supervisors talk TLS
+        to each other; each pod's launcher and workers use plaintext on loopback.
+        """
+        self.tls = tls
         self.nproc = nproc
         self.warm_spares = warm_spares
         self.hosts = hosts
@@ -44,13 +52,23 @@ class Pods:
             SUPERVISOR_NODE_RANK=str(node),
             SUPERVISOR_PEERS=self.peers,
             SUPERVISOR_PORT=str(self.ports[node]),
-            SUPERVISOR_BIND="0.0.0.0" if self.hosts else "127.0.0.1",
+            SUPERVISOR_BIND=self.bind(node),
             SUPERVISOR_TOKEN=TOKEN,
             SUPERVISOR_HEARTBEAT_TIMEOUT_S=str(self.heartbeat_timeout_s),
         )
+        if self.tls is not None:
+            cert, key = self.tls
+            env.update(SUPERVISOR_TLS_CERT=str(cert), SUPERVISOR_TLS_KEY=str(key))
+            env["SUPERVISOR_TLS_CA"] = str(cert)
         return RunningJob(
             self.command(node, [sys.executable, "-m", "supervisor.cli", "serve"]), env
         )
+
+    def bind(self, node: int) -> str:
+        if not self.hosts:
+            return "127.0.0.1"
+        # TLS wants the pod's own IP: it adds plaintext on loopback for the pod's processes.
+        return self.hosts[node].address if self.tls else "0.0.0.0"
 
     def command(self, node: int, argv: list[str]) -> list[str]:
         """`argv` as run on pod `node` (inside its namespace, if it has one)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import netns
 import pytest
+from certs import self_signed
 from jobs import REPO, job_env, max_step, pids_by_rank, read_events, wait_until
 from pods import TOKEN, Pods
 
@@ -88,6 +89,43 @@ def test_a_pod_cut_off_is_detected_and_the_job_continues_once_the_link_is_back(
         assert {r: e["pid"] for r, e in done.items()} == before, pods.logs()
         resumed = [e["from_step"] for e in records if e["event"] == "resumed" and e["gen"] >= 1]
         assert resumed and min(resumed) >= 5, "resumed from the script's checkpoint"
+    finally:
+        pods.stop()
+        hosts.delete()
+
+
+def test_supervisors_talk_tls_across_hosts_while_each_pod_stays_plaintext_inside(
+    tmp_path: Path,
+) -> None:
+    """TLS between pods (token on top); the launchers and workers use loopback plaintext."""
+    events = tmp_path / "events"
+    hosts = netns.HostPair("tls")
+    cert = self_signed(tmp_path, [h.address for h in hosts.hosts])
+    pods = Pods(nnodes=2, hosts=hosts.hosts, tls=cert)
+    try:
+        pods.start_launchers(["--steps", "8", "--events", str(events)])
+        for launcher in pods.launchers:
+            assert launcher.wait(180) == 0, pods.logs()
+        done = {e["rank"]: e["step"] for e in read_events(events) if e["event"] == "done"}
+        assert done == dict.fromkeys(range(4), 8)
+        assert "TLS on; plaintext on 127.0.0.1" in pods.sidecars[0].stderr
+        assert "node 1 joined" in pods.sidecars[0].stderr
+        # From the other host, plaintext to the leader's pod address is not answered.
+        leader = f"{hosts.hosts[0].address}:{pods.ports[0]}"
+        probe = (
+            "import grpc, sys\n"
+            "from train_supervisor.v1 import supervisor_pb2 as pb, supervisor_pb2_grpc as g\n"
+            f"c = grpc.insecure_channel({leader!r})\n"
+            "try:\n"
+            "    g.StatusServiceStub(c).GetStatus(pb.GetStatusRequest(), timeout=5)\n"
+            "except grpc.RpcError as e:\n"
+            "    sys.exit(e.code().name)\n"
+        )
+        refused = subprocess.run(
+            pods.command(1, [sys.executable, "-c", probe]), cwd=REPO, env=job_env(),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.stderr.strip().splitlines()[-1] == "UNAVAILABLE", refused.stderr
     finally:
         pods.stop()
         hosts.delete()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from typing import Any, Callable, Optional
 import grpc
 import psutil
 import pytest
+from certs import self_signed
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobs import REPO, RunningJob, job_env
 
@@ -292,22 +292,7 @@ def test_port_in_use_is_one_line_and_exit_2() -> None:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for localhost and 127.0.0.1 (it is its own CA)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
-            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("tls"), ["localhost", "127.0.0.1"])
 
 
 def test_tls_client_with_the_ca_works_and_plaintext_fails(certificate: tuple[Path, Path]) -> None:

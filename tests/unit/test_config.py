@@ -272,7 +272,7 @@ def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
 
 @pytest.fixture
 def pem_files(tmp_path: Path) -> dict[str, str]:
-    """A self-signed certificate, its key, and itself as the CA."""
+    """A self-signed certificate, its key, and itself as the CA; bound to a pod IP."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     cert, key = self_signed(tmp_path, "server")
@@ -280,7 +280,22 @@ def pem_files(tmp_path: Path) -> dict[str, str]:
         "SUPERVISOR_TLS_CERT": str(cert),
         "SUPERVISOR_TLS_KEY": str(key),
         "SUPERVISOR_TLS_CA": str(cert),
+        "SUPERVISOR_BIND": "10.1.2.3",
     }
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::"])
+def test_tls_on_a_wildcard_address_is_refused(pem_files: dict[str, str], bind: str) -> None:
+    """The pod's own processes could not connect: they speak plaintext on loopback."""
+    message = error(SUPERVISOR_TOKEN=TOKEN, **{**pem_files, "SUPERVISOR_BIND": bind})
+    assert message.startswith(f"SUPERVISOR_BIND={bind!r}: with TLS, bind this pod's IP")
+
+
+def test_tls_on_the_pod_ip_adds_plaintext_on_loopback(pem_files: dict[str, str]) -> None:
+    assert parse(SUPERVISOR_TOKEN=TOKEN, **pem_files).loopback_plaintext
+    on_loopback = {**pem_files, "SUPERVISOR_BIND": "127.0.0.1"}
+    assert not parse(SUPERVISOR_TOKEN=TOKEN, **on_loopback).loopback_plaintext  # TLS only
+    assert not parse(SUPERVISOR_TOKEN=TOKEN, SUPERVISOR_BIND="10.1.2.3").loopback_plaintext
 
 
 def test_tls_files_are_read_once(pem_files: dict[str, str]) -> None:
