@@ -5,12 +5,14 @@ Shared by the multi-pod end-to-end tests and bench/recovery_multi_pod.py.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from jobs import TOY_DDP, RunningJob, job_env
+from jobs import REPO, TOY_DDP, RunningJob, job_env
 from netns import Host
 
 from supervisor.ports import free_port
@@ -90,6 +92,17 @@ class Pods:
         if self.hosts:  # gloo finds its interface by hostname otherwise: the host's, not the pod's
             env["GLOO_SOCKET_IFNAME"] = self.hosts[node].interface
         return RunningJob(self.command(node, argv), env)
+
+    def status(self, node: int) -> dict[str, Any]:
+        """`train-supervisor status --json` on pod `node` (in its namespace, if any)."""
+        argv = [sys.executable, "-m", "supervisor.cli", "status", "--json",
+                "--address", f"127.0.0.1:{self.ports[node]}"]  # fmt: skip
+        done = subprocess.run(
+            self.command(node, argv), cwd=REPO, env=job_env(SUPERVISOR_TOKEN=TOKEN),
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        status: dict[str, Any] = json.loads(done.stdout)
+        return status
 
     def replace_pod(self, node: int) -> None:
         """SIGKILL the pod's sidecar, launcher and workers; start new ones (same index)."""

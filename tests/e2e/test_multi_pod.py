@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
-from jobs import REPO, job_env, max_step, pids_by_rank, read_events
+from jobs import max_step, pids_by_rank, read_events
 from pods import TOKEN, Pods
 
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -22,14 +19,8 @@ pytestmark = pytest.mark.slow
 NPROC = 2
 
 
-def status_pids(port: int) -> dict[int, int]:
-    done = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "status", "--address", f"127.0.0.1:{port}",
-         "--json"],
-        cwd=REPO, env=job_env(SUPERVISOR_TOKEN=TOKEN), capture_output=True, text=True,
-        timeout=30, check=True,
-    )  # fmt: skip
-    return {r.get("rank", 0): r.get("pid", 0) for r in json.loads(done.stdout).get("ranks", [])}
+def status_pids(pods: Pods, node: int) -> dict[int, int]:
+    return {r.get("rank", 0): r.get("pid", 0) for r in pods.status(node).get("ranks", [])}
 
 
 def training_args(tmp_path: Path) -> list[str]:
@@ -47,7 +38,7 @@ def test_sigkill_on_pod_1_gives_a_new_process_only_to_that_rank(tmp_path: Path) 
         before = pids_by_rank(read_events(events), 0)
         assert sorted(before) == [0, 1, 2, 3]
         # Status on the follower pod shows the whole job (through the leader).
-        first.wait_for(lambda: status_pids(pods.ports[1]) == before, 60, "job-wide status")
+        first.wait_for(lambda: status_pids(pods, 1) == before, 60, "job-wide status")
         os.kill(before[3], signal.SIGKILL)  # rank 3 lives on pod 1
         for launcher in pods.launchers:
             assert launcher.wait(180) == 0, pods.logs()
@@ -57,6 +48,10 @@ def test_sigkill_on_pod_1_gives_a_new_process_only_to_that_rank(tmp_path: Path) 
         assert same_pid == {0: True, 1: True, 2: True, 3: False}, pods.logs()
         done = {e["rank"]: e["step"] for e in read_events(events) if e["event"] == "done"}
         assert done == dict.fromkeys(range(4), 30)
+        # One restart, counted job-wide: every pod reports the same count and generation.
+        for node in (0, 1):
+            status = pods.status(node)
+            assert (status.get("restartCount"), status.get("generation")) == (1, "1"), status
     finally:
         pods.stop()
 

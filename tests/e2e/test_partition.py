@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -13,24 +12,12 @@ import netns
 import pytest
 from certs import self_signed
 from jobs import REPO, job_env, max_step, pids_by_rank, read_events, wait_until
-from pods import TOKEN, Pods
+from pods import Pods
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(netns.unavailable()), reason="no netns")]
 
 HEARTBEAT_TIMEOUT_S = 3.0
 LEADER_TICK_S = 0.2  # supervisor/peers.py TICK_S: how often the leader looks for silent pods
-
-
-def job_status(pods: Pods, node: int) -> dict[str, Any]:
-    """`train-supervisor status --json` run inside the pod's own namespace."""
-    argv = [sys.executable, "-m", "supervisor.cli", "status", "--json",
-            "--address", f"127.0.0.1:{pods.ports[node]}"]  # fmt: skip
-    done = subprocess.run(
-        pods.command(node, argv), cwd=REPO, env=job_env(SUPERVISOR_TOKEN=TOKEN),
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    status: dict[str, Any] = json.loads(done.stdout)
-    return status
 
 
 def loss_reported(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -63,7 +50,7 @@ def test_a_pod_cut_off_is_detected_and_the_job_continues_once_the_link_is_back(
         reported: list[dict[str, Any]] = []
 
         def leader_reports_loss() -> bool:
-            reported[:] = loss_reported(job_status(pods, 0))
+            reported[:] = loss_reported(pods.status(0))
             return bool(reported)
 
         leader.wait_for(leader_reports_loss, HEARTBEAT_TIMEOUT_S + 10, "the loss reported")
@@ -71,7 +58,7 @@ def test_a_pod_cut_off_is_detected_and_the_job_continues_once_the_link_is_back(
         assert detected_s <= HEARTBEAT_TIMEOUT_S + LEADER_TICK_S + 1.0, detected_s
         # Pod 1 finds its leader gone too, and its status says so.
         wait_until(
-            lambda: "unreachable" in job_status(pods, 1).get("leader", ""),
+            lambda: "unreachable" in pods.status(1).get("leader", ""),
             30,
             "pod 1 to report its leader unreachable",
         )
