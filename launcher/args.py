@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, Optional
 
+from train_supervisor.arena import snapshot_directory
+
 
 class UsageError(Exception):
     """A bad flag or value; the message is the whole explanation."""
@@ -76,6 +78,7 @@ class LaunchConfig:
     supervisor_address: str
     supervisor_wait: float
     base_env: dict[str, str] = field(default_factory=dict)
+    snapshot_dir: str = ""  # the pod's shared memory for the job's snapshots
 
 
 class _Parser(argparse.ArgumentParser):
@@ -307,6 +310,7 @@ def parse_args(
     if (ns.redirects != "0" or ns.tee != "0") and not ns.log_dir:
         raise UsageError("--redirects and --tee need --log-dir")
     base_env = {} if "OMP_NUM_THREADS" in env or nproc == 1 else {"OMP_NUM_THREADS": "1"}
+    run_id = ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none")
     return LaunchConfig(
         nnodes=nnodes,
         nproc_per_node=nproc,
@@ -316,7 +320,7 @@ def parse_args(
         max_restarts=_int("--max-restarts", ns.max_restarts, 0),
         monitor_interval=_float("--monitor-interval", ns.monitor_interval, 0.001),
         standalone=bool(ns.standalone),
-        run_id=ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none"),
+        run_id=run_id,
         role=ns.role,
         log_dir=ns.log_dir,
         redirects=parse_std_map("--redirects", ns.redirects, nproc),
@@ -335,4 +339,5 @@ def parse_args(
         supervisor_address=_address("--supervisor-address", ns.supervisor_address),
         supervisor_wait=_float("--supervisor-wait", ns.supervisor_wait, 0.0),
         base_env=base_env,
+        snapshot_dir=str(snapshot_directory(run_id, env)),
     )

@@ -25,7 +25,15 @@ from typing import Optional
 import grpc
 
 from launcher.heartbeat import StepCounter, install_optimizer_hook
-from launcher.processes import ENV_PARENT_PID, ENV_RANK, ENV_SUPERVISOR, ENV_TOKEN
+from launcher.processes import (
+    ENV_PARENT_PID,
+    ENV_RANK,
+    ENV_SUPERVISOR,
+    ENV_TOKEN,
+    SCRIPT_ADDRESS_ENV,
+    SCRIPT_GENERATION_ENV,
+    SCRIPT_TOKEN_ENV,
+)
 from launcher.unwind import (
     Connection,
     GenerationAborted,
@@ -186,6 +194,7 @@ class Worker:
         self.generation = start.generation
         self.unwound = False
         os.environ.update(start.env)
+        os.environ[SCRIPT_GENERATION_ENV] = str(start.generation)
         self.steps.reset(start.generation)
         error: Optional[BaseException] = None
         self.connections_before = tcp_connections()
@@ -227,6 +236,9 @@ def main() -> None:
     token = os.environ.pop(ENV_TOKEN, None)
     rank = int(os.environ.pop(ENV_RANK))
     die_with_parent(int(os.environ.pop(ENV_PARENT_PID)))
+    os.environ[SCRIPT_ADDRESS_ENV] = address
+    if token:
+        os.environ[SCRIPT_TOKEN_ENV] = token
     target = parse_target(sys.argv[1:])
     if not target.module:
         sys.path.insert(0, os.path.dirname(os.path.abspath(target.name)))

@@ -11,6 +11,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Optional
 
@@ -20,6 +21,7 @@ from launcher.args import LaunchConfig, UsageError, parse_args
 from launcher.processes import WorkerProcesses
 from launcher.sidecar import SupervisorUnreachable, wait_for_supervisor
 from train_supervisor import exit_codes
+from train_supervisor.arena import remove_arena
 from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -48,6 +50,7 @@ def worker_spec(config: LaunchConfig, error_dir: str) -> pb.WorkerSpec:
         warm_spares=config.warm_spares,
         error_file_dir=error_dir,
         base_env=config.base_env,
+        snapshot_dir=config.snapshot_dir,
     )
 
 
@@ -218,6 +221,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"train-launch: error: {err}", file=sys.stderr)
         sys.exit(exit_codes.USAGE_ERROR)
     result = _serve_standalone(config) if config.standalone else _attach_sidecar(config)
+    if result.exit_code == exit_codes.SUCCEEDED:  # the snapshots' memory goes back to the pod
+        try:
+            remove_arena(Path(config.snapshot_dir))
+        except OSError as err:  # the job succeeded all the same
+            log.warning("could not remove %s: %s", config.snapshot_dir, err)
     if result.exit_code != exit_codes.SUCCEEDED and result.report:
         print(f"train-launch: {result.report}", file=sys.stderr)
     logging.shutdown()

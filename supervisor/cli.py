@@ -53,15 +53,18 @@ def render_table(status: pb.JobStatus) -> str:
         f"restarts {status.restart_count}/{status.max_restarts}  world {status.world_size}  "
         f"leader {status.leader}",
         f"{'RANK':>4} {'NODE':>4} {'PID':>8} {'STATE':<10} {'STEP':>8} {'STEP_S':>8} "
-        f"{'HB_AGE_S':>8} {'STARTS':>6}",
+        f"{'HB_AGE_S':>8} {'STARTS':>6} {'SAVED':>6} {'SAVE_S':>7} {'RESTORED':>10}",
     ]
     for r in status.ranks:
         age = "-" if r.heartbeat_age_s < 0 else f"{r.heartbeat_age_s:.1f}"
         lines.append(
             f"{r.rank:>4} {r.node_rank:>4} {r.pid:>8} "
             f"{_enum_name(pb.WorkerState, r.state, 'WORKER_STATE_'):<10} {r.step:>8} "
-            f"{r.step_time_s:>8.3f} {age:>8} {r.process_starts:>6}"
+            f"{r.step_time_s:>8.3f} {age:>8} {r.process_starts:>6} {_step(r.saved_step):>6} "
+            f"{r.save_blocking_s:>7.3f} {_restored(r):>10}"
         )
+    if status.committed_step >= 0:
+        lines.append(f"snapshots: step {status.committed_step} committed")
     if status.spare_pids:
         lines.append(f"warm spares: {', '.join(str(p) for p in status.spare_pids)}")
     if status.HasField("last_failure"):
@@ -72,6 +75,14 @@ def render_table(status: pb.JobStatus) -> str:
             f"{what} {f.detail.message} -> {f.action}"
         )
     return "\n".join(lines)
+
+
+def _step(step: int) -> str:
+    return "-" if step < 0 else str(step)
+
+
+def _restored(rank: pb.RankStatus) -> str:
+    return f"{rank.restored_step}@{rank.restored_from}" if rank.restored_from else "-"
 
 
 def fail(message: str) -> NoReturn:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from supervisor import restart_policy
+from supervisor.commit import CommitTracker
 from supervisor.job_types import (
     Effect,
     EventLog,
@@ -52,6 +53,7 @@ class JobState:
     master_port: int = 0
     master_addr: str = ""  # the spec's in standalone; the leader's otherwise
     generation_seen_at: Optional[float] = None  # first tick of the running generation
+    snapshots: CommitTracker = field(init=False)  # in-memory snapshots (supervisor/commit.py)
 
     def __post_init__(self) -> None:
         base = self.spec.node_rank * self.spec.nproc_per_node
@@ -60,6 +62,7 @@ class JobState:
         self.master_port = self.allocate_port()
         self.master_addr = self.master_addr or self.spec.master_addr
         self.spares = SparePool(self.spec.warm_spares, self.timings.max_spare_failures)
+        self.snapshots = CommitTracker(self.world_size)
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -288,6 +291,7 @@ class JobState:
         """Abort the running generation here: survivors unwind and wait for `generation`."""
         old = self.generation
         self.generation = generation
+        self.snapshots.new_generation()
         effects = self._unwind_all(old, now, "a rank failed")
         self.record(
             "generation_opened", f"generation {self.generation} (restart {self.restart_count})"

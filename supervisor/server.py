@@ -21,6 +21,7 @@ from supervisor.service import (
     SupervisorSettings,
     WorkerServicer,
 )
+from supervisor.snapshots import SnapshotServicer
 from train_supervisor.credentials import MAX_MESSAGE_BYTES
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -29,7 +30,13 @@ log = logging.getLogger("train_supervisor")
 
 SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("LauncherService", "WorkerService", "StatusService", "PeerService")
+    for name in (
+        "LauncherService",
+        "WorkerService",
+        "SnapshotService",
+        "StatusService",
+        "PeerService",
+    )
 )
 
 
@@ -89,6 +96,7 @@ async def start_server(
     pb_grpc.add_LauncherServiceServicer_to_server(LauncherServicer(sup), server)
     pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(sup), server)
     pb_grpc.add_StatusServiceServicer_to_server(StatusServicer(sup), server)
+    pb_grpc.add_SnapshotServiceServicer_to_server(SnapshotServicer(sup), server)
     if peers is not None:  # node 0 of a multi-pod job: the leader
         pb_grpc.add_PeerServiceServicer_to_server(peers, server)
     # grpc_health-stubs lacks the `aio` submodule that grpc_health.v1.health exports.

@@ -22,7 +22,9 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("train_supervisor")
-NOTABLE_EVENTS = frozenset({"failure", "unwind_timeout", "gave_up", "spare_lost"})
+NOTABLE_EVENTS = frozenset(
+    {"failure", "unwind_timeout", "gave_up", "spare_lost", "snapshot_problem"}
+)
 
 
 @dataclass(frozen=True)

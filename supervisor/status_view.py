@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from supervisor.commit import RankSnapshots
 from supervisor.job import JobState
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -17,9 +18,11 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
         spare_pids=list(job.spares.idle),
         leader=leader,
         recent_events=list(job.events)[-20:],
+        committed_step=job.snapshots.committed,
     )
     for slot in sorted(job.ranks.values(), key=lambda s: s.rank):
         age = -1.0 if slot.last_heartbeat is None else max(0.0, now - slot.last_heartbeat)
+        snap = job.snapshots.ranks.get(slot.rank, RankSnapshots())
         status.ranks.append(
             pb.RankStatus(
                 rank=slot.rank,
@@ -31,6 +34,12 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
                 step_time_s=slot.step_time_s,
                 heartbeat_age_s=age,
                 process_starts=slot.process_starts,
+                saved_step=snap.saved_step,
+                committed_step=job.snapshots.committed,
+                snapshot_bytes=snap.bytes,
+                save_blocking_s=snap.blocking_s,
+                restored_step=snap.restored_step,
+                restored_from=snap.restored_from,
             )
         )
     if job.failures:

@@ -17,12 +17,16 @@ from jobs import REPO, job_env, max_step, pids_by_rank, read_events, torchrun, t
 from train_supervisor import exit_codes
 
 # Differ by design: ports and run ids are fresh per run; the error file lives
-# in our own per-generation directory; workers host their own store.
+# in our own per-generation directory; workers host their own store; the
+# snapshot API (launcher/snapshot.py) finds the supervisor from three more.
 EXPECTED_DIFFERENCES = {
     "MASTER_PORT",
     "TORCHELASTIC_RUN_ID",
     "TORCHELASTIC_ERROR_FILE",
     "TORCHELASTIC_USE_AGENT_STORE",
+    "TRAIN_SUPERVISOR_ADDRESS",
+    "TRAIN_SUPERVISOR_TOKEN",
+    "TRAIN_SUPERVISOR_GENERATION",
 }
 
 

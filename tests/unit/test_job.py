@@ -42,6 +42,7 @@ def make_spec(
         warm_spares=spares,
         error_file_dir=ERROR_DIR,
         base_env={"OMP_NUM_THREADS": "1"} if nproc > 1 else {},
+        snapshot_dir="/dev/shm/train-supervisor/job1",
     )
 
 

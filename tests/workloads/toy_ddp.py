@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--hang-at-step", type=int, default=-1)
     p.add_argument("--kill-self-rank", type=int, default=-1, help="SIGKILLs itself, first run only")
     p.add_argument("--kill-self-at-step", type=int, default=-1)
+    p.add_argument("--snapshot", action="store_true", help="save every step with the worker API")
     p.add_argument("--dump-env", default="", help="write each rank's environment here and exit")
     return p.parse_args()
 
@@ -110,6 +112,16 @@ def main() -> None:
         model.module.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         step = state["step"]
+    snapshots = None
+    if args.snapshot:  # the worker API's two lines (and the import below)
+        from launcher.snapshot import Snapshots
+
+        snapshots = Snapshots()
+        restored, state = snapshots.load()
+        if state is not None:
+            model.module.load_state_dict(state["model"])
+            optim.load_state_dict(state["optim"])
+            step = restored
     log.write("resumed", from_step=step)
     while step < args.steps:
         if rank == args.raise_rank and step == args.raise_at_step:
@@ -128,6 +140,8 @@ def main() -> None:
         loss.backward()
         optim.step()
         step += 1
+        if snapshots is not None:
+            snapshots.save(step, {"model": model.module.state_dict(), "optim": optim.state_dict()})
         log.write("step", step=step, loss=loss.item())
         if args.ckpt_dir and rank == 0 and step % args.ckpt_every == 0:
             save_checkpoint(args.ckpt_dir, step, model.module, optim)
@@ -135,7 +149,8 @@ def main() -> None:
         if args.step_sleep:
             time.sleep(args.step_sleep)
     dist.barrier()
-    log.write("done", step=step)
+    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    log.write("done", step=step, params_sha256=hashlib.sha256(params.numpy().tobytes()).hexdigest())
     if rank == 0:
         print(f"done: {step} steps in generation {log.generation} (pid {os.getpid()})", flush=True)
     dist.destroy_process_group()

@@ -61,7 +61,7 @@ VERDICT_WAIT: Verdict
 VERDICT_EXIT_FAILED: Verdict
 
 class WorkerSpec(_message.Message):
-    __slots__ = ("run_id", "role", "nnodes", "node_rank", "nproc_per_node", "max_restarts", "master_addr", "bootstrapped", "warm_spares", "error_file_dir", "base_env")
+    __slots__ = ("run_id", "role", "nnodes", "node_rank", "nproc_per_node", "max_restarts", "master_addr", "bootstrapped", "warm_spares", "error_file_dir", "base_env", "snapshot_dir")
     class BaseEnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class WorkerSpec(_message.Message):
     WARM_SPARES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FILE_DIR_FIELD_NUMBER: _ClassVar[int]
     BASE_ENV_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_DIR_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     role: str
     nnodes: int
@@ -91,7 +92,8 @@ class WorkerSpec(_message.Message):
     warm_spares: int
     error_file_dir: str
     base_env: _containers.ScalarMap[str, str]
-    def __init__(self, run_id: _Optional[str] = ..., role: _Optional[str] = ..., nnodes: _Optional[int] = ..., node_rank: _Optional[int] = ..., nproc_per_node: _Optional[int] = ..., max_restarts: _Optional[int] = ..., master_addr: _Optional[str] = ..., bootstrapped: bool = ..., warm_spares: _Optional[int] = ..., error_file_dir: _Optional[str] = ..., base_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    snapshot_dir: str
+    def __init__(self, run_id: _Optional[str] = ..., role: _Optional[str] = ..., nnodes: _Optional[int] = ..., node_rank: _Optional[int] = ..., nproc_per_node: _Optional[int] = ..., max_restarts: _Optional[int] = ..., master_addr: _Optional[str] = ..., bootstrapped: bool = ..., warm_spares: _Optional[int] = ..., error_file_dir: _Optional[str] = ..., base_env: _Optional[_Mapping[str, str]] = ..., snapshot_dir: _Optional[str] = ...) -> None: ...
 
 class FailureDetail(_message.Message):
     __slots__ = ("exception_type", "message", "traceback", "signature")
@@ -287,8 +289,66 @@ class OutcomeVerdict(_message.Message):
     verdict: Verdict
     def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ...) -> None: ...
 
+class SnapshotSaved(_message.Message):
+    __slots__ = ("pid", "rank", "generation", "step", "held", "bytes", "blocking_s")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCKING_S_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    generation: int
+    step: int
+    held: _containers.RepeatedScalarFieldContainer[int]
+    bytes: int
+    blocking_s: float
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., held: _Optional[_Iterable[int]] = ..., bytes: _Optional[int] = ..., blocking_s: _Optional[float] = ...) -> None: ...
+
+class CommitReply(_message.Message):
+    __slots__ = ("committed_step",)
+    COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    committed_step: int
+    def __init__(self, committed_step: _Optional[int] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("pid", "rank", "generation")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    generation: int
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class RestorePoint(_message.Message):
+    __slots__ = ("step",)
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    def __init__(self, step: _Optional[int] = ...) -> None: ...
+
+class RestoreReport(_message.Message):
+    __slots__ = ("pid", "rank", "generation", "step", "source", "problem", "seconds")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    generation: int
+    step: int
+    source: str
+    problem: str
+    seconds: float
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., source: _Optional[str] = ..., problem: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class RankStatus(_message.Message):
-    __slots__ = ("rank", "local_rank", "node_rank", "pid", "state", "step", "step_time_s", "heartbeat_age_s", "process_starts")
+    __slots__ = ("rank", "local_rank", "node_rank", "pid", "state", "step", "step_time_s", "heartbeat_age_s", "process_starts", "saved_step", "committed_step", "snapshot_bytes", "save_blocking_s", "restored_step", "restored_from")
     RANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +358,12 @@ class RankStatus(_message.Message):
     STEP_TIME_S_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_AGE_S_FIELD_NUMBER: _ClassVar[int]
     PROCESS_STARTS_FIELD_NUMBER: _ClassVar[int]
+    SAVED_STEP_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SAVE_BLOCKING_S_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_STEP_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FROM_FIELD_NUMBER: _ClassVar[int]
     rank: int
     local_rank: int
     node_rank: int
@@ -307,7 +373,13 @@ class RankStatus(_message.Message):
     step_time_s: float
     heartbeat_age_s: float
     process_starts: int
-    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ..., heartbeat_age_s: _Optional[float] = ..., process_starts: _Optional[int] = ...) -> None: ...
+    saved_step: int
+    committed_step: int
+    snapshot_bytes: int
+    save_blocking_s: float
+    restored_step: int
+    restored_from: str
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ..., heartbeat_age_s: _Optional[float] = ..., process_starts: _Optional[int] = ..., saved_step: _Optional[int] = ..., committed_step: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., save_blocking_s: _Optional[float] = ..., restored_step: _Optional[int] = ..., restored_from: _Optional[str] = ...) -> None: ...
 
 class FailureRecord(_message.Message):
     __slots__ = ("generation", "rank", "pid", "exit_code", "signal", "detail", "step", "action", "time_unix")
@@ -346,7 +418,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events")
+    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events", "committed_step")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -358,6 +430,7 @@ class JobStatus(_message.Message):
     SPARE_PIDS_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     generation: int
     world_size: int
@@ -369,7 +442,8 @@ class JobStatus(_message.Message):
     spare_pids: _containers.RepeatedScalarFieldContainer[int]
     leader: str
     recent_events: _containers.RepeatedCompositeFieldContainer[JobEvent]
-    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ...) -> None: ...
+    committed_step: int
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., committed_step: _Optional[int] = ...) -> None: ...
 
 class PolicyFailure(_message.Message):
     __slots__ = ("generation", "rank", "signature", "step")

@@ -262,6 +262,136 @@ class WorkerService(object):
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
 
+class SnapshotServiceStub(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReportSaved = channel.unary_unary(
+                '/train_supervisor.v1.SnapshotService/ReportSaved',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.SnapshotSaved.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.CommitReply.FromString,
+                )
+        self.GetRestorePoint = channel.unary_unary(
+                '/train_supervisor.v1.SnapshotService/GetRestorePoint',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.RestorePoint.FromString,
+                )
+        self.ReportRestore = channel.unary_unary(
+                '/train_supervisor.v1.SnapshotService/ReportRestore',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.RestoreReport.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.Ack.FromString,
+                )
+
+
+class SnapshotServiceServicer(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def ReportSaved(self, request, context):
+        """Answers once `step` is committed, or will not be (the generation ended,
+        or the commit did not come within the wait): the rank may then reuse the
+        slot that does not hold the committed step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRestorePoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportRestore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SnapshotServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReportSaved': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSaved,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.SnapshotSaved.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.CommitReply.SerializeToString,
+            ),
+            'GetRestorePoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRestorePoint,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.RestoreRequest.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.RestorePoint.SerializeToString,
+            ),
+            'ReportRestore': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRestore,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.RestoreReport.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.Ack.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'train_supervisor.v1.SnapshotService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SnapshotService(object):
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ReportSaved(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/train_supervisor.v1.SnapshotService/ReportSaved',
+            train__supervisor_dot_v1_dot_supervisor__pb2.SnapshotSaved.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.CommitReply.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetRestorePoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/train_supervisor.v1.SnapshotService/GetRestorePoint',
+            train__supervisor_dot_v1_dot_supervisor__pb2.RestoreRequest.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.RestorePoint.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ReportRestore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/train_supervisor.v1.SnapshotService/ReportRestore',
+            train__supervisor_dot_v1_dot_supervisor__pb2.RestoreReport.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.Ack.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
 class StatusServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 

@@ -1,0 +1,292 @@
+"""The worker API for in-memory snapshots: save every step, restore in about a second.
+
+    from launcher.snapshot import Snapshots
+
+    snapshots = Snapshots()
+    step, state = snapshots.load()       # (-1, None): nothing committed, start fresh
+    ...
+    snapshots.save(step, {"model": model.state_dict(), "optim": optim.state_dict(), ...})
+
+`state` is a nested dict/list/tuple of tensors and plain Python values. `save`
+returns at once: tensors the optimizer will change are copied into this rank's
+shared-memory arena (train_supervisor/arena.py) while the next forward and
+backward run, and a global optimizer pre-step hook waits for that copy before
+parameters change; every other tensor (buffers, RNG states) is cloned inside
+`save`. Every rank must save the same steps: a step is committed (and ever
+restored) only once every rank of the job holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import grpc
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV, SCRIPT_TOKEN_ENV
+from train_supervisor.arena import CorruptSnapshot, RankArena, SlotState, snapshot_directory
+from train_supervisor.credentials import client_channel
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+ALIGN = 64
+NONE = -1
+
+
+@dataclass(frozen=True)
+class _TensorRef:
+    index: int
+
+
+@dataclass
+class _Pending:
+    step: int
+    generation: int
+    manifest: bytes
+    tensors: list[torch.Tensor]
+    offsets: list[int]
+    payload_len: int
+    sync_s: float
+    copied: threading.Event = field(default_factory=threading.Event)
+
+
+def _flatten(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """`value` with every tensor replaced by a _TensorRef into `tensors`."""
+    if isinstance(value, torch.Tensor):
+        tensors.append(value.detach())
+        return _TensorRef(len(tensors) - 1)
+    if isinstance(value, dict):
+        return type(value)((k, _flatten(v, tensors)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_flatten(v, tensors) for v in value)
+    return value
+
+
+def _unflatten(value: Any, tensors: list[torch.Tensor]) -> Any:
+    if isinstance(value, _TensorRef):
+        return tensors[value.index]
+    if isinstance(value, dict):
+        return type(value)((k, _unflatten(v, tensors)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_unflatten(v, tensors) for v in value)
+    return value
+
+
+def _layout(tensors: list[torch.Tensor]) -> tuple[list[int], int]:
+    offsets, end = [], 0
+    for tensor in tensors:
+        offsets.append(end)
+        end += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
+    return offsets, end
+
+
+def _payload_tensors(
+    payload: memoryview, meta: list[tuple[str, list[int], int]]
+) -> Iterator[torch.Tensor]:
+    with warnings.catch_warnings():  # a read-only view: the caller only reads (and clones)
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.frombuffer(payload, dtype=torch.uint8) if len(payload) else torch.empty(0)
+    for dtype_name, shape, offset in meta:
+        dtype = getattr(torch, dtype_name)
+        count = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+        yield flat[offset : offset + count].view(dtype).view(shape)
+
+
+class Snapshots:
+    """One rank's snapshots. Create one per run of the script (it is cheap)."""
+
+    def __init__(self, env: Optional[dict[str, str]] = None) -> None:
+        env = dict(os.environ) if env is None else env
+        self.rank = int(env["RANK"])
+        self.generation = int(env.get(SCRIPT_GENERATION_ENV, "0"))
+        self.channel = client_channel(env[SCRIPT_ADDRESS_ENV], env.get(SCRIPT_TOKEN_ENV) or None)
+        self.stub = pb_grpc.SnapshotServiceStub(self.channel)
+        self.arena = RankArena(snapshot_directory(env["TORCHELASTIC_RUN_ID"], env), self.rank)
+        self.committed = NONE
+        self.committed_slot: Optional[int] = None
+        self.written: dict[int, int] = {}  # slot -> step written by this process
+        self.last_blocking_s = 0.0
+        self._optimized: set[int] = set()  # data_ptrs of optimizer params and state
+        self._pending: Optional[_Pending] = None
+        self._queue: queue.Queue[Union[_Pending, _Flush, None]] = queue.Queue()
+        # The thread holds the object only while it writes: a script that
+        # re-enters in place makes a new Snapshots, and the old one goes away.
+        writer = threading.Thread(target=_write_forever, args=(weakref.ref(self), self._queue))
+        writer.daemon = True
+        writer.start()
+        hook = register_optimizer_step_pre_hook(_PreStepHook(self))
+        weakref.finalize(self, _stop, self._queue, hook)
+
+    # ------------------------------------------------------------------ load
+    def load(self) -> tuple[int, Optional[dict[str, Any]]]:
+        """The job's committed step and this rank's state at it; (-1, None) for none."""
+        began = time.perf_counter()
+        request = pb.RestoreRequest(pid=os.getpid(), rank=self.rank, generation=self.generation)
+        step = self.stub.GetRestorePoint(request, timeout=30).step
+        problem, state = "", None
+        if step >= 0:
+            slot = self.arena.find(step)
+            if slot is None:
+                problem = f"step {step} is not in this pod's shared memory"
+            else:
+                try:
+                    state = self._read(slot)
+                    self.committed, self.committed_slot = step, slot
+                except CorruptSnapshot as err:
+                    problem = str(err)
+        source = "shm" if state is not None else "none"
+        self.stub.ReportRestore(
+            pb.RestoreReport(
+                pid=os.getpid(), rank=self.rank, generation=self.generation,
+                step=step if state is not None else NONE, source=source, problem=problem,
+                seconds=time.perf_counter() - began,
+            ),
+            timeout=30,
+        )  # fmt: skip
+        return (step, state) if state is not None else (NONE, None)
+
+    def _read(self, slot: int) -> Any:
+        _, manifest, payload = self.arena.read(slot)
+        skeleton, meta = pickle.loads(manifest)
+        tensors = [t.clone() for t in _payload_tensors(payload, meta)]
+        del payload  # no view into the arena outlives the read
+        return _unflatten(skeleton, tensors)
+
+    # ------------------------------------------------------------------ save
+    def save(self, step: int, state: Any) -> None:
+        """Snapshot `state` as of `step`; returns before the copy is done."""
+        if step <= self.committed:
+            return  # already held (e.g. the step just restored)
+        began = time.perf_counter()
+        self.wait_for_copy()
+        tensors: list[torch.Tensor] = []
+        skeleton = _flatten(state, tensors)
+        # Only what the optimizer changes may be copied later; anything else
+        # (buffers a forward pass updates, RNG states) is cloned now.
+        tensors = [t if t.data_ptr() in self._optimized else t.clone() for t in tensors]
+        offsets, payload_len = _layout(tensors)
+        meta = [
+            (str(t.dtype).removeprefix("torch."), list(t.shape), o)
+            for t, o in zip(tensors, offsets)
+        ]
+        manifest = pickle.dumps((skeleton, meta), protocol=pickle.HIGHEST_PROTOCOL)
+        pending = _Pending(
+            step, self.generation, manifest, tensors, offsets, payload_len,
+            time.perf_counter() - began,
+        )  # fmt: skip
+        self._pending = pending
+        self._queue.put(pending)
+
+    def wait_for_copy(self) -> float:
+        """Block until the last save's tensors are copied; returns the wait."""
+        pending = self._pending
+        if pending is None or pending.copied.is_set():
+            return 0.0
+        began = time.perf_counter()
+        pending.copied.wait()
+        return time.perf_counter() - began
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every save so far is written and reported (tests, shutdown)."""
+        done = threading.Event()
+        self._queue.put(_Flush(done))
+        done.wait(timeout)
+
+    def learn_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            self._optimized.update(p.data_ptr() for p in group["params"])
+        for per_param in optimizer.state.values():
+            for value in per_param.values():
+                if isinstance(value, torch.Tensor):
+                    self._optimized.add(value.data_ptr())
+
+    # ---------------------------------------------------- the writer thread
+    def _write(self, pending: _Pending) -> None:
+        slot = 1 - self.committed_slot if self.committed_slot is not None else 0
+        view = self.arena.begin_write(
+            slot, pending.step, pending.generation, pending.manifest, pending.payload_len
+        )
+        try:
+            meta = [(str(t.dtype).removeprefix("torch."), list(t.shape), o)
+                    for t, o in zip(pending.tensors, pending.offsets)]  # fmt: skip
+            for target, source in zip(_payload_tensors(view, meta), pending.tensors):
+                target.copy_(source)
+        finally:
+            del view
+            pending.tensors.clear()
+            pending.copied.set()  # the optimizer may change parameters from here on
+        info = self.arena.finish_write(slot)
+        self.written[slot] = pending.step
+        held = [s for slot_, s in self.written.items() if self._complete(slot_, s)]
+        if self.committed >= 0 and self.committed not in held:
+            held.append(self.committed)
+        reply = self.stub.ReportSaved(
+            pb.SnapshotSaved(
+                pid=os.getpid(), rank=self.rank, generation=pending.generation,
+                step=pending.step, held=held, bytes=info.manifest_len + info.payload_len,
+                blocking_s=pending.sync_s + self.last_blocking_s,
+            ),
+            timeout=120,
+        )  # fmt: skip
+        if reply.committed_step > self.committed:
+            self.committed = reply.committed_step
+            self.committed_slot = self.arena.find(reply.committed_step)
+
+    def _complete(self, slot: int, step: int) -> bool:
+        info = self.arena.slots()[slot]
+        return info.state == SlotState.COMPLETE and info.step == step
+
+
+@dataclass(frozen=True)
+class _Flush:
+    done: threading.Event
+
+
+class _PreStepHook:
+    """Parameters must not change while the last save still copies them."""
+
+    def __init__(self, snapshots: Snapshots) -> None:
+        self.snapshots = weakref.ref(snapshots)
+
+    def __call__(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        snapshots = self.snapshots()
+        if snapshots is None:
+            return
+        snapshots.learn_optimizer(optimizer)
+        snapshots.last_blocking_s = snapshots.wait_for_copy()
+
+
+def _write_forever(
+    owner: weakref.ref[Snapshots], work: queue.Queue[Union[_Pending, _Flush, None]]
+) -> None:
+    while True:
+        item = work.get()
+        snapshots = owner()
+        if item is None or snapshots is None:
+            return
+        if isinstance(item, _Flush):
+            item.done.set()
+            continue
+        try:
+            snapshots._write(item)
+        except (grpc.RpcError, OSError) as err:
+            item.copied.set()
+            print(f"[train-supervisor] rank {snapshots.rank}: snapshot of step {item.step} "
+                  f"failed: {err}", file=sys.stderr, flush=True)  # fmt: skip
+        del snapshots
+
+
+def _stop(work: queue.Queue[Union[_Pending, _Flush, None]], hook: Any) -> None:
+    work.put(None)
+    hook.remove()

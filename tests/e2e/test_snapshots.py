@@ -1,0 +1,89 @@
+"""In-memory snapshots end to end: a real job saves every step through the worker API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jobs import RunningJob, job_env, max_step, pids_by_rank, read_events, train_launch
+
+from train_supervisor.arena import HEADER_SIZE
+
+pytestmark = pytest.mark.slow
+
+NPROC = 2
+STEPS = 16
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """Where the test's jobs keep snapshots, in /dev/shm (a launcher removes its own on success)."""
+    directory = Path("/dev/shm") / f"ts-test-{uuid.uuid4().hex[:12]}"
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def start(events: Path, shm: Path, *extra: str) -> RunningJob:
+    flags = ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", "3"]
+    script = ["--steps", str(STEPS), "--snapshot", "--events", str(events), *extra]
+    return train_launch(flags, script, env=job_env(TRAIN_SUPERVISOR_SNAPSHOT_DIR=str(shm)))
+
+
+def final_params(events: Path) -> set[str]:
+    return {e["params_sha256"] for e in read_events(events) if e["event"] == "done"}
+
+
+def test_a_killed_rank_restores_from_shared_memory_losing_at_most_one_step(
+    tmp_path: Path, shm_dir: Path
+) -> None:
+    reference = start(tmp_path / "reference", shm_dir / "reference")
+    assert reference.wait(180) == 0, reference.stderr
+    [uninterrupted] = final_params(tmp_path / "reference")
+
+    events = tmp_path / "events"
+    job = start(events, shm_dir / "job", "--kill-self-rank", "1", "--kill-self-at-step", "8")
+    assert job.wait(180) == 0, job.stderr
+    records = read_events(events)
+    before, after = pids_by_rank(records, 0), pids_by_rank(records, 1)
+    assert {r: before[r] == after[r] for r in range(NPROC)} == {0: True, 1: False}
+    reached = max(max_step([e for e in records if e["gen"] == 0], r) for r in range(NPROC))
+    resumed = {e["rank"]: e["from_step"] for e in records if e["event"] == "resumed" and e["gen"]}
+    assert len(set(resumed.values())) == 1, f"every rank restores the same step: {resumed}"
+    assert reached - resumed[0] <= 1, f"reached {reached}, resumed from {resumed[0]}"
+    assert "rank 1 restored step" in job.stderr and "from shm" in job.stderr
+    # Bitwise the same training as without the failure (same seed, same data order).
+    assert final_params(events) == {uninterrupted}
+    assert not (shm_dir / "job").exists(), "the launcher frees the snapshots' memory on success"
+
+
+def test_a_corrupt_snapshot_is_never_loaded_and_the_job_falls_back(
+    tmp_path: Path, shm_dir: Path
+) -> None:
+    events = tmp_path / "events"
+    job = start(events, shm_dir, "--step-sleep", "0.1")
+    job.wait_for(lambda: max_step(read_events(events), 1) >= 6, 120, "rank 1 to step")
+    pids = pids_by_rank(read_events(events), 0)
+    for pid in pids.values():  # no write in flight while the bytes are flipped
+        os.kill(pid, signal.SIGSTOP)
+    for slot in (0, 1):  # whichever holds the committed step
+        path = shm_dir / f"rank-1.slot{slot}"
+        with open(path, "r+b") as handle:
+            handle.seek(HEADER_SIZE + 8)  # in the manifest: covered by the data checksum
+            byte = handle.read(1)
+            handle.seek(HEADER_SIZE + 8)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    os.kill(pids[1], signal.SIGKILL)
+    os.kill(pids[0], signal.SIGCONT)
+    assert job.wait(180) == 0, job.stderr
+    assert "snapshot_problem: rank 1:" in job.stderr and "checksum" in job.stderr, job.stderr
+    assert "snapshot_fallback" in job.stderr
+    records = read_events(events)
+    resumed = {e["rank"]: e["from_step"] for e in records if e["event"] == "resumed" and e["gen"]}
+    assert resumed == {0: 0, 1: 0}, "no rank loaded the corrupt step: every rank started over"
+    done = {e["rank"]: e["step"] for e in records if e["event"] == "done"}
+    assert done == dict.fromkeys(range(NPROC), STEPS)

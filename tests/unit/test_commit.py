@@ -1,0 +1,68 @@
+"""supervisor/commit.py: a step is committed once every rank holds it, never two steps apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.commit import NONE, CommitTracker
+
+
+def test_a_step_commits_only_when_the_last_rank_holds_it() -> None:
+    tracker = CommitTracker(world_size=3)
+    assert not tracker.saved(0, 5, [5])
+    assert not tracker.saved(1, 5, [5])
+    assert tracker.committed == NONE and not tracker.is_settled(5)
+    assert tracker.saved(2, 5, [5])
+    assert tracker.committed == 5 and tracker.is_settled(5) and tracker.is_settled(4)
+
+
+def test_the_newest_step_every_rank_holds_wins_and_never_moves_back() -> None:
+    tracker = CommitTracker(world_size=2)
+    tracker.saved(0, 5, [5])
+    tracker.saved(1, 5, [5])
+    tracker.saved(0, 6, [5, 6])
+    assert tracker.committed == 5  # rank 1 has no 6 yet
+    assert tracker.saved(1, 6, [5, 6])
+    assert tracker.committed == 6
+    # Rank 0 reuses the slot of 5 (no longer committed) for 7.
+    assert not tracker.saved(0, 7, [6, 7])
+    assert tracker.committed == 6
+
+
+def test_an_arena_holds_two_steps_and_the_committed_one_must_stay() -> None:
+    tracker = CommitTracker(world_size=1)
+    tracker.saved(0, 5, [5])
+    with pytest.raises(ValueError, match="an arena holds 2"):
+        tracker.saved(0, 8, [5, 6, 7])
+    tracker2 = CommitTracker(world_size=2)
+    tracker2.saved(0, 5, [5])
+    tracker2.saved(1, 5, [5])
+    with pytest.raises(ValueError, match="no longer holds the committed step 5"):
+        tracker2.saved(0, 7, [6, 7])
+    with pytest.raises(ValueError, match=r"rank 2 is not in 0\.\.1"):
+        tracker2.saved(2, 7, [7])
+
+
+def test_a_new_generation_drops_uncommitted_steps() -> None:
+    """Steps are re-trained from the committed one: an old report of a number is not the new one."""
+    tracker = CommitTracker(world_size=2)
+    tracker.saved(0, 10, [10])
+    tracker.saved(1, 10, [10])
+    tracker.saved(0, 11, [10, 11])  # rank 1 died before it saved 11
+    tracker.new_generation()
+    assert tracker.held(0) == {10}
+    assert not tracker.saved(1, 11, [10, 11])  # the new 11 of rank 1 alone
+    assert tracker.committed == 10
+    assert tracker.saved(0, 11, [10, 11])
+    assert tracker.committed == 11
+
+
+def test_forget_starts_over_and_restores_are_recorded() -> None:
+    tracker = CommitTracker(world_size=1)
+    tracker.saved(0, 3, [3], size=4096, blocking_s=0.01)
+    tracker.forget()
+    assert tracker.committed == NONE and tracker.held(0) == frozenset()
+    assert tracker.saved(0, 1, [1]) and tracker.committed == 1
+    tracker.restored(0, 1, "shm")
+    entry = tracker.ranks[0]
+    assert (entry.restored_step, entry.restored_from, entry.bytes) == (1, "shm", 0)
