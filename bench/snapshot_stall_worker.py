@@ -8,24 +8,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import mmap
 import os
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from itertools import accumulate
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from launcher.snapshot import Snapshots
 
 GB = 1e9
 ALIGN = 64  # the arena's per-tensor alignment, so the floor copies the same layout
+BLOCK = 6  # steady-state steps per block; blocks with and without saves alternate
 
 
 def parse() -> argparse.Namespace:
@@ -34,26 +35,21 @@ def parse() -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--compute-ratio", type=float, default=2.0, help="forward+backward / floor")
+    p.add_argument("--batch", type=int, default=128, help="rows per forward+backward")
     p.add_argument("--save-dir", default=tempfile.gettempdir(), help="torch.save goes here")
     p.add_argument("--result", required=True)
     return p.parse_args()
 
 
 class Trainer:
-    def __init__(self, size_gb: float, hidden: int) -> None:
+    def __init__(self, size_gb: float, hidden: int, batch: int) -> None:
         per_layer = hidden * hidden + hidden  # params; Adam adds two more of each
         self.layers = max(1, round(size_gb * GB / (3 * 4 * per_layer)))
         torch.manual_seed(0)
         self.model = nn.Sequential(*(nn.Linear(hidden, hidden) for _ in range(self.layers)))
         self.optim = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.hidden = hidden
-        self.set_batch(16)
-
-    def set_batch(self, batch: int) -> None:
         self.batch = batch
-        self.x = torch.randn(batch, self.hidden)
+        self.x = torch.randn(batch, hidden)
 
     def forward_backward(self) -> None:
         self.optim.zero_grad(set_to_none=False)
@@ -67,15 +63,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "optim": self.optim.state_dict()}
 
 
-def tensors_of(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value.detach()
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from tensors_of(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from tensors_of(v)
+def tensors_of(state: Any) -> list[torch.Tensor]:
+    return [t.detach() for t in tree_leaves(state) if isinstance(t, torch.Tensor)]
 
 
 def timed(fn: Any, *args: Any) -> float:
@@ -84,73 +73,52 @@ def timed(fn: Any, *args: Any) -> float:
     return time.perf_counter() - began
 
 
-def copy_all(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+def copy_s(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> float:
+    began = time.perf_counter()
     for target, source in zip(targets, sources):
         target.copy_(source)
+    return time.perf_counter() - began
 
 
-def shm_floor(sources: list[torch.Tensor], repeats: int) -> list[float]:
-    """copy_ into preallocated, page-populated /dev/shm memory: what the arena copy does."""
-    offsets, end = [], 0
-    for t in sources:
-        offsets.append(end)
-        end += -(-t.nbytes // ALIGN) * ALIGN
+def shm_targets(sources: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Preallocated, page-populated /dev/shm memory laid out as the arena lays out a payload.
+
+    The file is unlinked at once: its pages live as long as the mapping (this process).
+    """
+    offsets = [0, *accumulate(-(-t.nbytes // ALIGN) * ALIGN for t in sources)]
     path = Path("/dev/shm") / f"ts-bench-floor-{os.getpid()}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.posix_fallocate(fd, 0, end)
-        mm = mmap.mmap(fd, end)
-        mm.madvise(getattr(mmap, "MADV_POPULATE_WRITE", 23), 0, end)
-        flat = torch.frombuffer(mm, dtype=torch.uint8)
-        targets = [
-            flat[o : o + t.nbytes].view(t.dtype).view(t.shape) for t, o in zip(sources, offsets)
-        ]
-        copy_all(targets, sources)  # untimed: caches and TLB warm, as in steady state
-        times = [timed(copy_all, targets, sources) for _ in range(repeats)]
-        del targets, flat
-        mm.close()
-        return times
+        path.unlink()
+        os.posix_fallocate(fd, 0, offsets[-1])
+        mm = mmap.mmap(fd, offsets[-1])
     finally:
         os.close(fd)
-        path.unlink()
-
-
-def ram_floor(sources: list[torch.Tensor], repeats: int) -> list[float]:
-    """The same copy into plain preallocated (anonymous) CPU tensors."""
-    targets = [torch.empty_like(t) for t in sources]
-    copy_all(targets, sources)
-    return [timed(copy_all, targets, sources) for _ in range(repeats)]
+    mm.madvise(getattr(mmap, "MADV_POPULATE_WRITE", 23), 0, offsets[-1])
+    flat = torch.frombuffer(mm, dtype=torch.uint8)  # holds the mapping open
+    return [flat[o : o + t.nbytes].view(t.dtype).view(t.shape) for t, o in zip(sources, offsets)]
 
 
 def memory_status() -> dict[str, int]:
     """VmRSS and its split (anonymous, file, shared memory) in bytes, from /proc."""
-    wanted = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in wanted:
-            out[key] = int(value.split()[0]) * 1024
-    return out
+    rows = (line.split() for line in Path("/proc/self/status").read_text().splitlines())
+    wanted = ("VmRSS:", "RssAnon:", "RssFile:", "RssShmem:")
+    return {row[0][:-1]: int(row[1]) * 1024 for row in rows if row and row[0] in wanted}
 
 
-def blocked_no_overlap(trainer: Trainer, snapshots: Snapshots, step: int) -> dict[str, float]:
-    """(a) save() and then at once optimizer.step(): nothing hides the copy."""
-    trainer.forward_backward()
+def blocked(trainer: Trainer, snapshots: Snapshots, step: int, overlap: bool) -> dict[str, float]:
+    """Training blocked by one save: time inside save() + the pre-step hook's wait.
+
+    (a) overlap=False: save() and at once optimizer.step(), nothing hides the copy.
+    (b) overlap=True: the next forward+backward runs while the writer thread copies.
+    """
+    if not overlap:
+        trainer.forward_backward()
     snapshots.flush()  # the writer is idle: no earlier copy or checksum competes
     state = trainer.state()  # outside the timing: only what save() itself costs
     save_s = timed(snapshots.save, step, state)
+    compute_s = timed(trainer.forward_backward) if overlap else 0.0
     trainer.optim.step()  # the pre-step hook waits for the copy
-    wait_s = snapshots.last_blocking_s
-    return {"save_s": save_s, "hook_wait_s": wait_s, "blocked_s": save_s + wait_s}
-
-
-def blocked_overlap(trainer: Trainer, snapshots: Snapshots, step: int) -> dict[str, float]:
-    """(b) save(), then the next forward+backward while the copy runs, then the step."""
-    snapshots.flush()
-    state = trainer.state()
-    save_s = timed(snapshots.save, step, state)
-    compute_s = timed(trainer.forward_backward)
-    trainer.optim.step()
     wait_s = snapshots.last_blocking_s
     return {"save_s": save_s, "compute_s": compute_s, "hook_wait_s": wait_s,
             "blocked_s": save_s + wait_s}  # fmt: skip
@@ -178,27 +146,29 @@ def median_of(rows: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def steady(trainer: Trainer, snapshots: Snapshots, args: argparse.Namespace, step: int) -> Any:
-    """Median step time without saves, then saving every step (as tests/workloads/toy_ddp.py)."""
-    snapshots.flush()
-    for _ in range(args.warmup):
-        trainer.step()
-    plain = [timed(trainer.step) for _ in range(args.steps)]
-    saving, blocked = [], []
-    for i in range(args.warmup + args.steps):
-        began = time.perf_counter()
-        trainer.step()
-        save_s = timed(snapshots.save, step, trainer.state())
-        step += 1
-        if i >= args.warmup:
-            saving.append(time.perf_counter() - began)
-            blocked.append(save_s + snapshots.last_blocking_s)
-    snapshots.flush()
+def steady(trainer: Trainer, snapshots: Snapshots, steps: int, step: int) -> Any:
+    """Step times without saves and saving every step (as tests/workloads/toy_ddp.py does),
+    in alternating blocks so that drift in the machine's load hits both alike."""
+    plain, saving, stalls = [], [], []
+    for _ in range(max(1, steps // BLOCK)):
+        for i in range(BLOCK + 1):  # each block's first step is its warmup
+            elapsed = timed(trainer.step)
+            if i:
+                plain.append(elapsed)
+        for i in range(BLOCK + 1):  # the first waits for no earlier copy: not counted
+            began = time.perf_counter()
+            trainer.step()
+            save_s = timed(snapshots.save, step, trainer.state())
+            step += 1
+            if i:
+                saving.append(time.perf_counter() - began)
+                stalls.append(save_s + snapshots.last_blocking_s)
+        snapshots.flush()  # the last save's writer work stays out of the next plain block
     return step, {
         "threads": torch.get_num_threads(),
         "plain_step_s": median(plain),
         "saving_step_s": median(saving),
-        "saving_blocked_s": median(blocked),
+        "saving_blocked_s": median(stalls),
         "slowdown": median(saving) / median(plain) - 1,
         "committed_after_flush": snapshots.committed == step - 1,
     }
@@ -211,23 +181,26 @@ def torch_save(trainer: Trainer, directory: Path, repeats: int) -> dict[str, Any
     for _ in range(repeats):
         path.unlink(missing_ok=True)
         times.append(timed(torch.save, trainer.state(), path))
+    with open(path, "rb+") as handle:  # context only: what durability would add
+        fsync_s = timed(os.fsync, handle.fileno())
     size = path.stat().st_size
     path.unlink()
-    return {"median_s": median(times), "all_s": times, "file_bytes": size}
+    return {"median_s": median(times), "all_s": times, "file_bytes": size, "fsync_s": fsync_s}
 
 
 def main() -> None:
     args = parse()
-    trainer = Trainer(args.size_gb, args.hidden)
+    trainer = Trainer(args.size_gb, args.hidden, args.batch)
     for _ in range(2):  # Adam's state exists after the first step
         trainer.step()
-    sources = list(tensors_of(trainer.state()))
-    floor_shm = shm_floor(sources, args.repeats)  # unmapped after: leaves RSS as it was
-    # Forward+backward at least compute_ratio x the floor, so that (b) can hide the copy.
-    per_sample = timed(trainer.forward_backward) / trainer.batch
-    trainer.set_batch(math.ceil(args.compute_ratio * median(floor_shm) / per_sample))
+    sources = tensors_of(trainer.state())
+    floors = {"shm": shm_targets(sources), "ram": [torch.empty_like(t) for t in sources]}
+    for targets in floors.values():
+        copy_s(targets, sources)  # untimed: every destination page touched once
+    # --batch: matmuls, not memory, bound the step, as in real training; the report says how
+    # forward+backward compares with the copy that (b) hides behind it.
     compute_s = median(timed(trainer.forward_backward) for _ in range(3))
-    before = memory_status()
+    before = memory_status()  # the floors' memory is in both: the difference is ours
 
     snapshots = Snapshots()
     restored, _ = snapshots.load()
@@ -241,10 +214,14 @@ def main() -> None:
     known = snapshots._optimized  # the worker API's own record (read only)
     cloned = [t for t in tensors_of(trainer.state()) if t.data_ptr() not in known]
 
+    floor_s: dict[str, list[float]] = {"shm": [], "ram": []}
     rows: dict[str, list[dict[str, float]]] = {"no_overlap": [], "overlap": [], "writer": []}
-    for _ in range(args.repeats):
-        rows["no_overlap"].append(blocked_no_overlap(trainer, snapshots, step))
-        rows["overlap"].append(blocked_overlap(trainer, snapshots, step + 1))
+    for _ in range(args.repeats):  # interleaved: the floor and ours see the same machine
+        snapshots.flush()
+        for name, targets in floors.items():
+            floor_s[name].append(copy_s(targets, sources))
+        rows["no_overlap"].append(blocked(trainer, snapshots, step, overlap=False))
+        rows["overlap"].append(blocked(trainer, snapshots, step + 1, overlap=True))
         rows["writer"].append(writer_busy(trainer, snapshots, step + 2))
         step += 3
     # All cores to training (torch's default for one rank), then one core left to the writer.
@@ -252,7 +229,7 @@ def main() -> None:
     steady_runs = []
     for threads in sorted({cores, max(1, cores - 1)}, reverse=True):
         torch.set_num_threads(threads)
-        step, run = steady(trainer, snapshots, args, step)
+        step, run = steady(trainer, snapshots, args.steps, step)
         steady_runs.append(run)
     torch.set_num_threads(cores)
     after = memory_status()
@@ -268,7 +245,10 @@ def main() -> None:
         "state_tensors": len(sources),
         "cloned_in_save": {"tensors": len(cloned), "bytes": sum(t.nbytes for t in cloned)},
         "manifest_bytes": max(info.manifest_len for info in snapshots.arena.slots()),
-        "floor": {"shm_s": floor_shm, "ram_s": ram_floor(sources, args.repeats)},
+        "floor": {
+            **{f"{name}_s": times for name, times in floor_s.items()},
+            **{f"{name}_median_s": median(times) for name, times in floor_s.items()},
+        },
         **{name: median_of(r) for name, r in rows.items()},
         "steady": steady_runs,
         "arena": {
@@ -280,8 +260,6 @@ def main() -> None:
         "memory_after": after,
         "torch_save": torch_save(trainer, Path(args.save_dir), max(3, args.repeats // 2)),
     }
-    for key in ("shm", "ram"):
-        result["floor"][f"{key}_median_s"] = median(result["floor"][f"{key}_s"])
     Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
 
 

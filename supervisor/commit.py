@@ -6,6 +6,10 @@ forward, and it is what every rank restores after a failure — so no two ranks
 ever resume from different steps. A rank may overwrite a slot only when the
 step in it is not the committed one, which it learns from the answer to its
 report (`committed`).
+
+In a job of several pods each pod tracks its own ranks (`decides=False`) and
+reports what all of them hold (`common`); the leader tracks pods the same way
+and its commit comes back to every pod (`commit`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ class RankSnapshots:
 
 @dataclass
 class CommitTracker:
-    world_size: int
+    world_size: int  # members tracked: ranks first_rank .. first_rank + world_size - 1
+    first_rank: int = 0
+    decides: bool = True  # False: a pod of a larger job; the leader commits
     committed: int = NONE
     ranks: dict[int, RankSnapshots] = field(default_factory=dict)
 
@@ -43,8 +49,9 @@ class CommitTracker:
 
         Returns whether this moved the committed step.
         """
-        if not 0 <= rank < self.world_size:
-            raise ValueError(f"rank {rank} is not in 0..{self.world_size - 1}")
+        last = self.first_rank + self.world_size - 1
+        if not self.first_rank <= rank <= last:
+            raise ValueError(f"rank {rank} is not in {self.first_rank}..{last}")
         held_steps = frozenset(held) | {step}
         if len(held_steps) > 2:
             raise ValueError(f"rank {rank} claims {len(held_steps)} steps; an arena holds 2")
@@ -54,7 +61,27 @@ class CommitTracker:
         entry = self.ranks.setdefault(rank, RankSnapshots())
         entry.held, entry.saved_step = held_steps, max(entry.saved_step, step)
         entry.bytes, entry.blocking_s = size, blocking_s
-        return self._advance()
+        return self._advance() if self.decides else False
+
+    def common(self) -> frozenset[int]:
+        """The steps every member holds (empty until every member reported)."""
+        if len(self.ranks) < self.world_size:
+            return frozenset()
+        return frozenset.intersection(*(r.held for r in self.ranks.values()))
+
+    def commit(self, step: int) -> bool:
+        """The leader committed `step` (every pod holds it)."""
+        if step <= self.committed:
+            return False
+        self.committed = step
+        return True
+
+    def adopt(self, restore_step: int) -> None:
+        """A generation starts from the leader's `restore_step` (NONE: nothing)."""
+        if restore_step == NONE:
+            self.forget()
+        else:
+            self.committed = restore_step
 
     def held(self, rank: int) -> frozenset[int]:
         entry = self.ranks.get(rank)
@@ -85,11 +112,4 @@ class CommitTracker:
         return self.committed >= step
 
     def _advance(self) -> bool:
-        if len(self.ranks) < self.world_size:
-            return False
-        common = frozenset.intersection(*(r.held for r in self.ranks.values()))
-        newest = max(common, default=NONE)
-        if newest <= self.committed:
-            return False
-        self.committed = newest
-        return True
+        return self.commit(max(self.common(), default=NONE))

@@ -80,6 +80,13 @@ class JobState:
     def record(self, kind: str, message: str) -> None:
         self.events.add(kind, message)
 
+    def snapshot_saved(
+        self, rank: int, step: int, held: list[int], size: int, wait: float
+    ) -> list[Effect]:
+        """A rank wrote snapshot `step` (ValueError: its report breaks the protocol)."""
+        self.snapshots.saved(rank, step, held, size, wait)
+        return []
+
     def slot_of(self, pid: int) -> Optional[RankSlot]:
         for slot in self.ranks.values():
             if slot.pid == pid and pid:

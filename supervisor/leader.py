@@ -42,6 +42,11 @@ Rules where the design leaves room, and why:
   If every pod was replaced at once nothing is left to give back: the job
   starts over at generation 0 (no external store, by design).
 - Once EndJob is sent nothing changes; a pod that joins later gets it again.
+- Snapshots: a step is committed once every pod holds it in every local rank
+  (supervisor/commit.py over pods), and each generation starts from the
+  committed step. A lost pod makes the leader forget it: the replacement's
+  shared memory is empty and no peer replica exists yet, so every rank starts
+  from the script's own checkpoint rather than from different steps.
 """
 
 from __future__ import annotations
@@ -52,9 +57,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from supervisor import restart_policy
+from supervisor.commit import CommitTracker
 from supervisor.leader_types import (
     POD_LOST,
     Broadcast,
+    CommitStep,
     EndJob,
     JobView,
     LeaderTimings,
@@ -114,6 +121,7 @@ class LeaderState:
     master_port: int = field(default=0, init=False)  # 0 while no generation runs
     history: list[Failure] = field(default_factory=list, init=False)
     members: dict[int, _Member] = field(default_factory=dict, init=False)
+    snapshots: CommitTracker = field(init=False)
     end: Optional[EndJob] = field(default=None, init=False)
     _open_reason: str = field(default="", init=False)
     _views: dict[int, PodView] = field(default_factory=dict, init=False)  # given while FORMING
@@ -123,6 +131,7 @@ class LeaderState:
     def __post_init__(self) -> None:
         if self.nnodes < 1 or self.nproc < 1:
             raise ValueError(f"nnodes and nproc must be >= 1, not {self.nnodes}, {self.nproc}")
+        self.snapshots = CommitTracker(self.nnodes)  # members are pods
 
     @property
     def world_size(self) -> int:
@@ -202,8 +211,24 @@ class LeaderState:
             world_size=self.world_size,
             nnodes=self.nnodes,
             history=tuple(self.history),
+            restore_step=self.snapshots.committed,
         )
         return [Broadcast(None, start)]
+
+    def pod_snapshots(self, node: int, generation: int, held: Iterable[int]) -> list[Broadcast]:
+        """Every local rank of pod `node` holds the steps `held`."""
+        steps = sorted(held)
+        if self.phase is not Phase.RUNNING or generation != self.generation or not steps:
+            return []
+        if node not in self.members:
+            return []
+        try:
+            moved = self.snapshots.saved(node, steps[-1], steps)
+        except ValueError:  # a pod that broke the protocol: its steps count for nothing
+            return []
+        if not moved:
+            return []
+        return [Broadcast(None, CommitStep(self.generation, self.snapshots.committed))]
 
     def pod_finished(self, node: int, generation: int) -> list[Broadcast]:
         """Every local rank of the pod finished the script in `generation`."""
@@ -293,6 +318,7 @@ class LeaderState:
         return self._decide(0, lost, why)
 
     def _lose(self, node: int, why: str) -> list[Broadcast]:
+        self.snapshots.forget()
         del self.members[node]
         self._ready.discard(node)
         self._finished.discard(node)
@@ -332,6 +358,7 @@ class LeaderState:
         self._open_reason = reason
         self._ready.clear()
         self._finished.clear()
+        self.snapshots.new_generation()
         return self._open_message()
 
     def _open_message(self) -> OpenGeneration:

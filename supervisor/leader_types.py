@@ -64,6 +64,15 @@ class StartGeneration:
     world_size: int
     nnodes: int
     history: tuple[Failure, ...] = ()
+    restore_step: int = -1  # the committed snapshot every rank restores; -1: none
+
+
+@dataclass(frozen=True)
+class CommitStep:
+    """Every pod holds snapshot `step`: ranks may now overwrite their older slot."""
+
+    generation: int
+    step: int
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ class EndJob:
     report: str
 
 
-Message = Union[OpenGeneration, StartGeneration, EndJob]
+Message = Union[OpenGeneration, StartGeneration, CommitStep, EndJob]
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ def follow(view: Optional[PodView], message: Message) -> Optional[PodView]:
     An out-of-order message of an older generation changes nothing. The
     follower sets `finished` itself (dataclasses.replace) once its ranks end.
     """
-    if isinstance(message, EndJob):
+    if isinstance(message, (EndJob, CommitStep)):
         return view
     if view is not None and message.generation < view.generation:
         return view

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Optional
 
-from supervisor.leader_types import EndJob, Message, OpenGeneration, PodView, StartGeneration
+from supervisor.leader_types import (
+    CommitStep,
+    EndJob,
+    Message,
+    OpenGeneration,
+    PodView,
+    StartGeneration,
+)
 from supervisor.restart_policy import Failure
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -47,7 +54,12 @@ def message_to_wire(message: Message) -> pb.LeaderMessage:
                 world_size=message.world_size,
                 nnodes=message.nnodes,
                 history=[failure_to_wire(f) for f in message.history],
+                restore_step=message.restore_step,
             )
+        )
+    if isinstance(message, CommitStep):
+        return pb.LeaderMessage(
+            commit=pb.CommitMsg(generation=message.generation, step=message.step)
         )
     return pb.LeaderMessage(end=pb.EndJobMsg(exit_code=message.exit_code, report=message.report))
 
@@ -67,7 +79,10 @@ def message_from_wire(message: pb.LeaderMessage) -> Message:
             s.world_size,
             s.nnodes,
             _history(s.history),
+            s.restore_step,
         )
+    if kind == "commit":
+        return CommitStep(message.commit.generation, message.commit.step)
     if kind == "end":
         return EndJob(message.end.exit_code, message.end.report)
     raise ValueError("empty LeaderMessage")

@@ -181,6 +181,9 @@ class LeaderHub:
         elif kind == "failure":
             failure = failure_from_wire(report.failure)
             self._deliver(leader.failure(node, failure.generation, failure))
+        elif kind == "snapshots":
+            held = report.snapshots
+            self._deliver(leader.pod_snapshots(node, held.generation, held.held))
         return True
 
     def _deliver(self, broadcasts: list[Broadcast]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from supervisor.commit import CommitTracker
 from supervisor.job import JobState
 from supervisor.job_types import Effect, ToLeader
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -21,6 +22,28 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 class CoordinatedJobState(JobState):
     ready_reported: int = -1  # generation last reported ready
     finished_reported: int = -1
+    snapshots_reported: frozenset[int] = frozenset()  # steps every local rank holds, as told
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        first = self.spec.node_rank * self.spec.nproc_per_node
+        self.snapshots = CommitTracker(self.spec.nproc_per_node, first, decides=False)
+
+    # ------------------------------------------------------------ snapshots
+    def snapshot_saved(
+        self, rank: int, step: int, held: list[int], size: int, wait: float
+    ) -> list[Effect]:
+        """The leader commits: tell it when what every local rank holds changes."""
+        self.snapshots.saved(rank, step, held, size, wait)
+        common = self.snapshots.common()
+        if common == self.snapshots_reported:
+            return []
+        self.snapshots_reported = common
+        report = pb.PodSnapshots(generation=self.generation, held=sorted(common))
+        return [ToLeader(pb.PodReport(snapshots=report))]
+
+    def commit_snapshot(self, message: pb.CommitMsg) -> bool:
+        return message.generation == self.generation and self.snapshots.commit(message.step)
 
     # ------------------------------------------------- decisions: the leader's
     def _on_failure(self, record: pb.FailureRecord, now: float) -> list[Effect]:
@@ -69,6 +92,8 @@ class CoordinatedJobState(JobState):
             return []
         self.restart_count = message.restart_count
         self.master_addr, self.master_port = message.master_addr, message.master_port
+        self.snapshots.adopt(message.restore_step)
+        self.snapshots_reported = frozenset()
         return self._start_now()
 
     def end_job(self, message: pb.EndJobMsg) -> list[Effect]:

@@ -107,6 +107,8 @@ class Supervisor:
             self.apply(job.start_generation(message.start))
         elif kind == "end":
             self.apply(job.end_job(message.end))
+        elif kind == "commit" and job.commit_snapshot(message.commit):
+            self.apply([])  # wakes the ranks waiting for this commit
 
     def local_ranks(self) -> list[pb.RankStatus]:
         if self.job is None:

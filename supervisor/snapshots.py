@@ -51,7 +51,6 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
     def __init__(self, sup: Supervisor, commit_wait_s: float = COMMIT_WAIT_S) -> None:
         self.sup = sup
         self.commit_wait_s = commit_wait_s
-        self._warned_multi_pod = False
         # One decision per generation, shared by every rank that asks.
         self._restore_points: dict[int, asyncio.Task[int]] = {}
 
@@ -59,28 +58,22 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
         self, request: pb.SnapshotSaved, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CommitReply:
         job = await self.sup.require_job(context)
-        if isinstance(job, CoordinatedJobState):
-            # A job-wide commit needs the leader (not built yet): nothing commits,
-            # so the rank never waits and restores nothing.
-            if not self._warned_multi_pod:
-                log.warning("in-memory snapshots are single-pod only for now: none committed")
-                self._warned_multi_pod = True
-            return pb.CommitReply(committed_step=NONE)
         slot = job.slot_of(request.pid)
         if slot is None or slot.rank != request.rank or request.generation != job.generation:
             return pb.CommitReply(
                 committed_step=job.snapshots.committed
             )  # stale: counts for nothing
         tracker = job.snapshots
+        committed = tracker.committed
         try:
-            moved = tracker.saved(
-                request.rank, request.step, request.held, request.bytes, request.blocking_s
+            effects = job.snapshot_saved(
+                request.rank, request.step, list(request.held), request.bytes, request.blocking_s
             )
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise AssertionError("unreachable: abort raises") from None
-        if moved:  # not an event: it happens every step
-            self.sup.apply([])  # wakes the ranks waiting below
+        if effects or tracker.committed != committed:  # a commit is no event: it is every step
+            self.sup.apply(effects)  # reports to the leader; wakes the ranks waiting below
 
         def settled() -> bool:
             return tracker.is_settled(request.step) or job.generation != request.generation
@@ -95,7 +88,8 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
     ) -> pb.RestorePoint:
         job = await self.sup.require_job(context)
         if isinstance(job, CoordinatedJobState):
-            return pb.RestorePoint(step=NONE)
+            # The leader's start message named it; each rank verifies its own copy.
+            return pb.RestorePoint(step=job.snapshots.committed)
         point = self._restore_points.get(job.generation)
         if point is None:
             self._restore_points = {job.generation: asyncio.create_task(self._restore_point(job))}

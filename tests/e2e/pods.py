@@ -31,6 +31,7 @@ class Pods:
         hosts: Sequence[Host] = (),
         heartbeat_timeout_s: float = 5.0,
         tls: Optional[tuple[Path, Path]] = None,
+        launcher_env: Optional[dict[str, str]] = None,
     ) -> None:
         """With `hosts` (one per pod), pod i runs in hosts[i]'s network namespace.
 
@@ -38,6 +39,7 @@ class Pods:
         to each other; each pod's launcher and workers use plaintext on loopback.
         """
         self.tls = tls
+        self.launcher_env = launcher_env or {}
         self.nproc = nproc
         self.warm_spares = warm_spares
         self.hosts = hosts
@@ -88,7 +90,7 @@ class Pods:
             "--supervisor-address", f"127.0.0.1:{self.ports[node]}",
             str(TOY_DDP), *self.script_args,
         ]  # fmt: skip
-        env = job_env(SUPERVISOR_TOKEN=TOKEN)
+        env = job_env(SUPERVISOR_TOKEN=TOKEN, **self.launcher_env)
         if self.hosts:  # gloo finds its interface by hostname otherwise: the host's, not the pod's
             env["GLOO_SOCKET_IFNAME"] = self.hosts[node].interface
         return RunningJob(self.command(node, argv), env)

@@ -41,6 +41,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--kill-self-rank", type=int, default=-1, help="SIGKILLs itself, first run only")
     p.add_argument("--kill-self-at-step", type=int, default=-1)
     p.add_argument("--snapshot", action="store_true", help="save every step with the worker API")
+    p.add_argument("--trace-state", action="store_true", help="log a hash of the state per step")
     p.add_argument("--dump-env", default="", help="write each rank's environment here and exit")
     return p.parse_args()
 
@@ -66,6 +67,14 @@ class EventLog:
         }
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def state_sha256(model: nn.Module, optim: torch.optim.Optimizer) -> str:
+    """Parameters and optimizer state, bitwise."""
+    digest = hashlib.sha256()
+    for tensor in [*model.parameters(), *(v for s in optim.state.values() for v in s.values())]:
+        digest.update(tensor.detach().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def newest_checkpoint(ckpt_dir: str) -> str:
@@ -122,7 +131,8 @@ def main() -> None:
             model.module.load_state_dict(state["model"])
             optim.load_state_dict(state["optim"])
             step = restored
-    log.write("resumed", from_step=step)
+    trace = {"state": state_sha256(model, optim)} if args.trace_state else {}
+    log.write("resumed", from_step=step, **trace)
     while step < args.steps:
         if rank == args.raise_rank and step == args.raise_at_step:
             raise ValueError(f"bad batch at step {step}")
@@ -142,7 +152,8 @@ def main() -> None:
         step += 1
         if snapshots is not None:
             snapshots.save(step, {"model": model.module.state_dict(), "optim": optim.state_dict()})
-        log.write("step", step=step, loss=loss.item())
+        trace = {"state": state_sha256(model, optim)} if args.trace_state else {}
+        log.write("step", step=step, loss=loss.item(), **trace)
         if args.ckpt_dir and rank == 0 and step % args.ckpt_every == 0:
             save_checkpoint(args.ckpt_dir, step, model.module, optim)
             log.write("checkpoint", step=step)

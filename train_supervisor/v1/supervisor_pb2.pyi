@@ -498,7 +498,7 @@ class OpenGenerationMsg(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., reason: _Optional[str] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ...) -> None: ...
 
 class StartGenerationMsg(_message.Message):
-    __slots__ = ("generation", "restart_count", "master_addr", "master_port", "world_size", "nnodes", "history")
+    __slots__ = ("generation", "restart_count", "master_addr", "master_port", "world_size", "nnodes", "history", "restore_step")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
     MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
@@ -506,6 +506,7 @@ class StartGenerationMsg(_message.Message):
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     NNODES_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_STEP_FIELD_NUMBER: _ClassVar[int]
     generation: int
     restart_count: int
     master_addr: str
@@ -513,7 +514,16 @@ class StartGenerationMsg(_message.Message):
     world_size: int
     nnodes: int
     history: _containers.RepeatedCompositeFieldContainer[PolicyFailure]
-    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., world_size: _Optional[int] = ..., nnodes: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ...) -> None: ...
+    restore_step: int
+    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., world_size: _Optional[int] = ..., nnodes: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., restore_step: _Optional[int] = ...) -> None: ...
+
+class CommitMsg(_message.Message):
+    __slots__ = ("generation", "step")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    step: int
+    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
 
 class EndJobMsg(_message.Message):
     __slots__ = ("exit_code", "report")
@@ -524,23 +534,34 @@ class EndJobMsg(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ..., report: _Optional[str] = ...) -> None: ...
 
 class LeaderMessage(_message.Message):
-    __slots__ = ("open", "start", "end")
+    __slots__ = ("open", "start", "end", "commit")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
     open: OpenGenerationMsg
     start: StartGenerationMsg
     end: EndJobMsg
-    def __init__(self, open: _Optional[_Union[OpenGenerationMsg, _Mapping]] = ..., start: _Optional[_Union[StartGenerationMsg, _Mapping]] = ..., end: _Optional[_Union[EndJobMsg, _Mapping]] = ...) -> None: ...
+    commit: CommitMsg
+    def __init__(self, open: _Optional[_Union[OpenGenerationMsg, _Mapping]] = ..., start: _Optional[_Union[StartGenerationMsg, _Mapping]] = ..., end: _Optional[_Union[EndJobMsg, _Mapping]] = ..., commit: _Optional[_Union[CommitMsg, _Mapping]] = ...) -> None: ...
+
+class PodSnapshots(_message.Message):
+    __slots__ = ("generation", "held")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    held: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, generation: _Optional[int] = ..., held: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PodReport(_message.Message):
-    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "ranks", "last_failure")
+    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "ranks", "last_failure")
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
     node_rank: int
@@ -549,9 +570,10 @@ class PodReport(_message.Message):
     finished: int
     failure: PolicyFailure
     heartbeat: bool
+    snapshots: PodSnapshots
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
     last_failure: FailureRecord
-    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ...) -> None: ...
+    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ...) -> None: ...
 
 class PodReportReply(_message.Message):
     __slots__ = ("rejoin",)
