@@ -100,11 +100,8 @@ def wait_until_idle(limit_s: float, cores: int) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "?")
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} CPU cores ({cpu}), {ram:.0f} GiB RAM, Linux {platform.release()}"
 
@@ -157,6 +154,32 @@ def steady_rows(w: dict[str, Any], steps: int) -> list[str]:
     return rows
 
 
+def notes(w: dict[str, Any]) -> list[str]:
+    """The paragraph under the table: what save() does inline, every run, where time went."""
+    no, ov = w["no_overlap"], w["overlap"]
+    out = [
+        f"save() clones {w['cloned_in_save']['tensors']} tensors "
+        f"({w['cloned_in_save']['bytes']} B) the optimizer does not own and pickles a "
+        f"{w['manifest_bytes']} B manifest; the writer thread copies the rest.",
+        f"Every (a) run (ms): {[round(x * 1000, 1) for x in no['all_blocked_s']]}; "
+        f"every (b) run (ms): {[round(x * 1000, 1) for x in ov['all_blocked_s']]}.",
+    ]
+    for run in w["steady"]:
+        extra = run["saving_step_s"] - run["plain_step_s"]
+        if run["saving_blocked_s"] < extra / 2:  # the loop was slowed, not blocked
+            out.append(
+                f"With {run['threads']} training thread(s) the loop waited only "
+                f"{ms(run['saving_blocked_s'])} per step for snapshots; the rest of the "
+                f"{ms(extra)} is the writer thread's work beside training (CPU and memory "
+                "bandwidth)."
+            )
+    out.append(
+        "The RSS increase counts the arena's mapped pages as shared memory (they live in "
+        "/dev/shm, not in the process). Reproduce: `python bench/snapshot_stall.py`."
+    )
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     w, s, cfg = report["worker"], report["summary"], report["config"]
     no, ov, wr, fl = w["no_overlap"], w["overlap"], w["writer"], w["floor"]
@@ -187,7 +210,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{yes(met[0])} |",
         f"| torch.save ÷ (a) | **{s['torch_save_over_ours']:.1f}×** | ≥ {TORCH_SAVE_FACTOR:g}× "
         f"{yes(met[1])} |",
-        f"| (b) ours, a forward+backward (batch {w['batch']}: {ms(w['compute_s'])} alone, "
+        f"| (b) ours, a forward+backward (batch {w['batch']}: {ms(w['compute_s'])} alone = "
+        f"{w['compute_s'] / fl['shm_median_s']:.1f}× the floor; "
         f"{ms(ov['compute_s'])} beside the writer) between save() and step(); blocked | "
         f"**{ms(ov['blocked_s'])}** = {ms(ov['save_s'])} + {ms(ov['hook_wait_s'])} "
         f"(torch.save ÷ (b): {s['torch_save_over_ours_overlapped']:.0f}×) | |",
@@ -200,13 +224,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"| worker RSS increase with snapshots on (anonymous / shared memory) | "
         f"{mem['VmRSS']:.0f} MiB ({mem['RssAnon']:.0f} / {mem['RssShmem']:.0f} MiB) | |",
         "",
-        f"save() clones {w['cloned_in_save']['tensors']} tensors "
-        f"({w['cloned_in_save']['bytes']} B) the optimizer does not own and pickles a "
-        f"{w['manifest_bytes']} B manifest; the writer thread copies the rest. "
-        f"Every (a) run (ms): {[round(x * 1000, 1) for x in no['all_blocked_s']]}; "
-        f"every (b) run (ms): {[round(x * 1000, 1) for x in ov['all_blocked_s']]}. "
-        "The RSS increase counts the arena's mapped pages as shared memory (they live in "
-        "/dev/shm, not in the process). Reproduce: `python bench/snapshot_stall.py`.",
+        " ".join(notes(w)),
     ]
     return "\n".join(lines) + "\n"
 

@@ -233,7 +233,7 @@ def main() -> None:
         steady_runs.append(run)
     torch.set_num_threads(cores)
     after = memory_status()
-    files = list(snapshots.arena.directory.iterdir())
+    files = [f.stat() for f in snapshots.arena.directory.iterdir()]
     result = {
         "torch": torch.__version__,
         "threads": cores,
@@ -251,11 +251,7 @@ def main() -> None:
         },
         **{name: median_of(r) for name, r in rows.items()},
         "steady": steady_runs,
-        "arena": {
-            "files": len(files),
-            "bytes": sum(f.stat().st_size for f in files),
-            "allocated_bytes": sum(f.stat().st_blocks * 512 for f in files),
-        },
+        "arena": {"files": len(files), "bytes": sum(f.st_size for f in files)},
         "memory_before": before,
         "memory_after": after,
         "torch_save": torch_save(trainer, Path(args.save_dir), max(3, args.repeats // 2)),

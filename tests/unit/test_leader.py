@@ -22,6 +22,7 @@ from supervisor.leader import (
 from supervisor.leader_types import (
     POD_LOST,
     Broadcast,
+    CommitStep,
     EndJob,
     LeaderTimings,
     Message,
@@ -785,3 +786,35 @@ def test_a_thousand_pods_form_one_generation() -> None:
     assert leader.tick(5.0) == []
     assert opened(leader.pod_lost(999, 6.0)).generation == 1
     assert dataclasses.replace(leader.view(6.0), members=()).missing == (999,)
+
+
+# ------------------------------------------------------------------ snapshots
+def test_a_snapshot_step_commits_once_every_pod_holds_it() -> None:
+    leader = formed(2)
+    assert leader.pod_snapshots(0, 0, [5]) == []
+    assert only(leader.pod_snapshots(1, 0, [4, 5])) == CommitStep(generation=0, step=5)
+    assert leader.pod_snapshots(1, 0, [5]) == []  # a repeat commits nothing new
+    # The next generation starts from it, on every pod.
+    opened(leader.failure(1, 0, fail(rank=3)))
+    assert started(ready_all(leader, 1)).restore_step == 5
+
+
+def test_snapshots_of_another_generation_or_while_not_running_do_not_count() -> None:
+    leader = formed(2)
+    assert leader.pod_snapshots(0, 0, [5]) == []
+    opened(leader.failure(1, 0, fail(rank=3)))
+    assert leader.pod_snapshots(1, 0, [5]) == []  # the generation is over
+    assert leader.pod_snapshots(1, 1, [5]) == []  # open, not running
+    started(ready_all(leader, 1))
+    assert leader.pod_snapshots(0, 1, []) == []
+    assert leader.snapshots.committed == -1
+
+
+def test_a_lost_pod_forgets_the_committed_step() -> None:
+    """Its replacement's shared memory is empty: nobody restores a step it cannot have."""
+    leader = formed(2)
+    leader.pod_snapshots(0, 0, [5])
+    only(leader.pod_snapshots(1, 0, [5]))
+    opened(leader.pod_lost(1, now=1.0))
+    leader.join(1, NPROC, None, 2.0)
+    assert started(ready_all(leader, 1)).restore_step == -1

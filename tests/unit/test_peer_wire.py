@@ -10,6 +10,7 @@ import pytest
 
 from supervisor.leader_types import (
     POD_LOST,
+    CommitStep,
     EndJob,
     Message,
     OpenGeneration,
@@ -123,6 +124,9 @@ def test_end_job_with_exit_code_zero_keeps_its_kind() -> None:
         OpenGeneration(5, 4, "node 1 lost: stream lost; restart 4 of 9", HISTORY),
         StartGeneration(0, 0, "10.0.0.1", 40000, 4, 2),
         StartGeneration(2, 2, "job-0.job-svc", 65535, 1024, 128, HISTORY),
+        StartGeneration(3, 3, "job-0.job-svc", 40001, 4, 2, HISTORY, restore_step=0),
+        StartGeneration(3, 3, "job-0.job-svc", 40001, 4, 2, restore_step=12_345),
+        CommitStep(generation=3, step=12_346),
         EndJob(exit_codes.SUCCEEDED, "all 2 pods finished generation 0"),
         EndJob(exit_codes.GAVE_UP, "job given up"),
     ],

@@ -85,7 +85,7 @@ def open_msg(
 
 
 def start_msg(
-    generation: int, restart_count: int = 0, port: int = LEADER_PORT
+    generation: int, restart_count: int = 0, port: int = LEADER_PORT, restore_step: int = -1
 ) -> pb.StartGenerationMsg:
     return pb.StartGenerationMsg(
         generation=generation,
@@ -94,6 +94,7 @@ def start_msg(
         master_port=port,
         world_size=4,
         nnodes=2,
+        restore_step=restore_step,
     )
 
 
@@ -421,6 +422,36 @@ def test_survivor_that_does_not_unwind_is_killed_as_collateral_and_not_reported(
     assert rank_spawns(effects) == [2]
     assert kinds(effects) == [("ready", 1)]  # no failure: we killed it
     assert list(sim.job.failures) == []
+
+
+# ----------------------------------------------------------------- snapshots
+def test_the_pod_tells_the_leader_what_every_local_rank_holds() -> None:
+    sim = PodSim()  # node 1: ranks 2 and 3
+    running(sim)
+    assert sim.job.snapshot_saved(2, 5, [5], 4096, 0.01) == []  # rank 3 has not saved 5
+    effects = sim.job.snapshot_saved(3, 5, [5], 4096, 0.01)
+    assert reports(effects) == [pb.PodReport(snapshots=pb.PodSnapshots(generation=0, held=[5]))]
+    assert sim.job.snapshot_saved(3, 5, [5], 4096, 0.01) == []  # nothing new to tell
+    assert sim.job.snapshots.committed == -1  # the leader commits, not the pod
+    assert sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=5))
+    assert sim.job.snapshots.committed == 5
+    assert not sim.job.commit_snapshot(pb.CommitMsg(generation=3, step=6))
+    with pytest.raises(ValueError, match=r"is not in 2\.\.3"):
+        sim.job.snapshot_saved(0, 6, [6], 4096, 0.01)
+
+
+def test_each_generation_starts_from_the_leaders_restore_step() -> None:
+    sim = PodSim()
+    running(sim)
+    sim.job.snapshot_saved(2, 5, [5], 1, 0.0)
+    sim.job.snapshot_saved(3, 5, [5], 1, 0.0)
+    sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=5))
+    sim.play(sim.job.open_generation(open_msg(1, 1), sim.now))
+    sim.job.start_generation(start_msg(1, restart_count=1, restore_step=5))
+    assert sim.job.snapshots.committed == 5
+    sim.play(sim.job.open_generation(open_msg(2, 2), sim.now))
+    sim.job.start_generation(start_msg(2, restart_count=2, restore_step=-1))  # a pod was lost
+    assert sim.job.snapshots.committed == -1 and sim.job.snapshots.held(2) == frozenset()
 
 
 # ---------------------------------------------------------------- leader lost
