@@ -204,8 +204,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{len(w['torch_save']['all_s'])}) | {ms(w['torch_save']['median_s'])} (an os.fsync "
         f"after it: {ms(w['torch_save']['fsync_s'])} more, not counted) | |",
         f"| **(a) ours, no overlap**: save() then at once optimizer.step(); blocked = inside "
-        f"save() + pre-step hook wait | **{ms(no['blocked_s'])}** = {ms(no['save_s'])} + "
-        f"{ms(no['hook_wait_s'])} | |",
+        f"save() + pre-step hook wait | **{ms(no['blocked_s'])}** (medians of the parts: "
+        f"save() {ms(no['save_s'])}, hook wait {ms(no['hook_wait_s'])}) | |",
         f"| (a) ÷ memcpy floor | **{s['ours_over_floor']:.2f}×** | ≤ {FLOOR_FACTOR}× "
         f"{yes(met[0])} |",
         f"| torch.save ÷ (a) | **{s['torch_save_over_ours']:.1f}×** | ≥ {TORCH_SAVE_FACTOR:g}× "
@@ -213,7 +213,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"| (b) ours, a forward+backward (batch {w['batch']}: {ms(w['compute_s'])} alone = "
         f"{w['compute_s'] / fl['shm_median_s']:.1f}× the floor; "
         f"{ms(ov['compute_s'])} beside the writer) between save() and step(); blocked | "
-        f"**{ms(ov['blocked_s'])}** = {ms(ov['save_s'])} + {ms(ov['hook_wait_s'])} "
+        f"**{ms(ov['blocked_s'])}** (save() {ms(ov['save_s'])}, hook wait "
+        f"{ms(ov['hook_wait_s'])}) "
         f"(torch.save ÷ (b): {s['torch_save_over_ours_overlapped']:.0f}×) | |",
         f"| the writer thread's work per save, nothing else running: save() → reported "
         f"(copy, CRC-32, header, RPC) | {ms(wr['cycle_s'])}, of which CRC-32 of the payload "

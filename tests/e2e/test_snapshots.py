@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jobs import RunningJob, job_env, max_step, pids_by_rank, read_events, train_launch
+from jobs import REPO, RunningJob, job_env, max_step, pids_by_rank, read_events, train_launch
 from pods import Pods
 
 from train_supervisor.arena import HEADER_SIZE
@@ -134,3 +136,18 @@ def test_two_pods_commit_job_wide_and_a_killed_rank_restores_from_shared_memory(
     assert "rank 3 restored step" in pods.logs()
     done = {e["rank"]: e["step"] for e in records if e["event"] == "done"}
     assert done == dict.fromkeys(range(4), STEPS)
+
+
+def test_the_readme_example_runs(tmp_path: Path, shm_dir: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r"```python\n(import torch.*?)```", readme, re.S)
+    assert example is not None, "the README's worker API example"
+    script = tmp_path / "example.py"
+    script.write_text(example.group(1))
+    flags = ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", "1"]
+    job = RunningJob(
+        [sys.executable, "-m", "launcher.main", "--supervisor-port", "0", *flags, str(script)],
+        job_env(TRAIN_SUPERVISOR_SNAPSHOT_DIR=str(shm_dir)),
+    )
+    assert job.wait(180) == 0, job.stderr
+    assert "rank 0 restored nothing" in job.stderr
