@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import signal
 import statistics
 import sys
@@ -47,6 +49,7 @@ from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NPROC = 4
+RESTORED = re.compile(r"from shm in ([0-9.]+)s")
 
 
 class StatusProbe:
@@ -77,6 +80,12 @@ class StatusProbe:
                 self.events[(event.time_unix, event.kind)] = event
             self.spare_pids.update(status.spare_pids)
             self.stopped.wait(self.interval_s)
+
+    def restore_seconds(self, after: float) -> list[float]:
+        """How long each rank's snapshot load took, from the supervisor's events."""
+        found = (RESTORED.search(e.message) for (t, k), e in self.events.items()
+                 if k == "snapshot_restored" and t >= after)  # fmt: skip
+        return [float(m.group(1)) for m in found if m is not None]
 
     def first_event(self, kind: str, after: float) -> Optional[float]:
         times = [t for (t, k) in self.events if k == kind and t >= after]
@@ -189,6 +198,20 @@ def events_breakdown(result: dict[str, Any], first_phase: str) -> dict[str, floa
 
 
 def run_train_launch(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    # --snapshot (bench/recovery_snapshots.py): the script saves every step with
+    # the worker API, into an arena of this run's own in /dev/shm.
+    snapshot = getattr(args, "snapshot", False)
+    shm = Path("/dev/shm") / f"ts-bench-{work.name}"
+    env = job_env(TRAIN_SUPERVISOR_SNAPSHOT_DIR=str(shm)) if snapshot else None
+    try:
+        return _run_train_launch(work, args, ["--snapshot"] if snapshot else [], env)
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def _run_train_launch(
+    work: Path, args: argparse.Namespace, extra: list[str], env: Optional[dict[str, str]]
+) -> dict[str, Any]:
     job = train_launch(
         [
             "--standalone",
@@ -199,7 +222,8 @@ def run_train_launch(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             "--warm-spares",
             str(args.warm_spares),
         ],
-        script_args(work, args),
+        [*script_args(work, args), *extra],
+        env,
     )
     probe = StatusProbe(job.supervisor_address())
     events_dir = work / "events"
@@ -215,6 +239,9 @@ def run_train_launch(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     breakdown = probe_breakdown(result, probe, kill_t)
     if breakdown is not None:
         result["breakdown_s"] = breakdown
+    restores = probe.restore_seconds(kill_t)
+    if restores:  # the worker API's load(), inside "checkpoint_load" (which has the model build)
+        result["snapshot_restore_s"] = max(restores)
     latencies = sorted(probe.latencies_ms)
     result.update(
         {

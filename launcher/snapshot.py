@@ -41,6 +41,7 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 ALIGN = 64
+_TensorMeta = tuple[str, list[int], int]  # dtype name, shape, offset in the payload
 NONE = -1
 
 
@@ -55,7 +56,7 @@ class _Pending:
     generation: int
     manifest: bytes
     tensors: list[torch.Tensor]
-    offsets: list[int]
+    meta: list[_TensorMeta]
     payload_len: int
     sync_s: float
     copied: threading.Event = field(default_factory=threading.Event)
@@ -83,17 +84,16 @@ def _unflatten(value: Any, tensors: list[torch.Tensor]) -> Any:
     return value
 
 
-def _layout(tensors: list[torch.Tensor]) -> tuple[list[int], int]:
-    offsets, end = [], 0
+def _layout(tensors: list[torch.Tensor]) -> tuple[list[_TensorMeta], int]:
+    """Where each tensor goes in the payload (ALIGN-aligned), and the payload's size."""
+    meta, end = [], 0
     for tensor in tensors:
-        offsets.append(end)
+        meta.append((str(tensor.dtype).removeprefix("torch."), list(tensor.shape), end))
         end += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
-    return offsets, end
+    return meta, end
 
 
-def _payload_tensors(
-    payload: memoryview, meta: list[tuple[str, list[int], int]]
-) -> Iterator[torch.Tensor]:
+def _payload_tensors(payload: memoryview, meta: list[_TensorMeta]) -> Iterator[torch.Tensor]:
     with warnings.catch_warnings():  # a read-only view: the caller only reads (and clones)
         warnings.simplefilter("ignore", UserWarning)
         flat = torch.frombuffer(payload, dtype=torch.uint8) if len(payload) else torch.empty(0)
@@ -175,14 +175,10 @@ class Snapshots:
         # Only what the optimizer changes may be copied later; anything else
         # (buffers a forward pass updates, RNG states) is cloned now.
         tensors = [t if t.data_ptr() in self._optimized else t.clone() for t in tensors]
-        offsets, payload_len = _layout(tensors)
-        meta = [
-            (str(t.dtype).removeprefix("torch."), list(t.shape), o)
-            for t, o in zip(tensors, offsets)
-        ]
+        meta, payload_len = _layout(tensors)
         manifest = pickle.dumps((skeleton, meta), protocol=pickle.HIGHEST_PROTOCOL)
         pending = _Pending(
-            step, self.generation, manifest, tensors, offsets, payload_len,
+            step, self.generation, manifest, tensors, meta, payload_len,
             time.perf_counter() - began,
         )  # fmt: skip
         self._pending = pending
@@ -218,9 +214,7 @@ class Snapshots:
             slot, pending.step, pending.generation, pending.manifest, pending.payload_len
         )
         try:
-            meta = [(str(t.dtype).removeprefix("torch."), list(t.shape), o)
-                    for t, o in zip(pending.tensors, pending.offsets)]  # fmt: skip
-            for target, source in zip(_payload_tensors(view, meta), pending.tensors):
+            for target, source in zip(_payload_tensors(view, pending.meta), pending.tensors):
                 target.copy_(source)
         finally:
             del view

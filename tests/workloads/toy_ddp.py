@@ -114,23 +114,21 @@ def main() -> None:
         layers += [nn.Linear(args.hidden, args.hidden), nn.Tanh()]
     model = DistributedDataParallel(nn.Sequential(*layers))
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
-    step = 0
-    path = newest_checkpoint(args.ckpt_dir) if args.ckpt_dir else ""
-    if path:
-        state = torch.load(path, map_location="cpu")
-        model.module.load_state_dict(state["model"])
-        optim.load_state_dict(state["optim"])
-        step = state["step"]
-    snapshots = None
-    if args.snapshot:  # the worker API's two lines (and the import below)
+    step, state, snapshots = 0, None, None
+    if args.snapshot:  # the worker API: memory first (and the import below)
         from launcher.snapshot import Snapshots
 
         snapshots = Snapshots()
-        restored, state = snapshots.load()
-        if state is not None:
-            model.module.load_state_dict(state["model"])
-            optim.load_state_dict(state["optim"])
-            step = restored
+        step, state = snapshots.load()
+    path = newest_checkpoint(args.ckpt_dir) if args.ckpt_dir and state is None else ""
+    if path:  # then the script's own checkpoint on disk
+        state = torch.load(path, map_location="cpu")
+        step = state["step"]
+    if state is not None:
+        model.module.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+    else:
+        step = 0
     trace = {"state": state_sha256(model, optim)} if args.trace_state else {}
     log.write("resumed", from_step=step, **trace)
     while step < args.steps:
