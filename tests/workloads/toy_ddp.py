@@ -10,6 +10,7 @@ rank in which generation and when every step completed.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import glob
 import hashlib
 import json
@@ -69,11 +70,17 @@ class EventLog:
             handle.write(json.dumps(record) + "\n")
 
 
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A CPU tensor's bytes, without numpy (the CPU wheel of torch does not bring it)."""
+    tensor = tensor.detach().contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+
 def state_sha256(model: nn.Module, optim: torch.optim.Optimizer) -> str:
     """Parameters and optimizer state, bitwise."""
     digest = hashlib.sha256()
     for tensor in [*model.parameters(), *(v for s in optim.state.values() for v in s.values())]:
-        digest.update(tensor.detach().numpy().tobytes())
+        digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
 
 
@@ -159,7 +166,7 @@ def main() -> None:
             time.sleep(args.step_sleep)
     dist.barrier()
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
-    log.write("done", step=step, params_sha256=hashlib.sha256(params.numpy().tobytes()).hexdigest())
+    log.write("done", step=step, params_sha256=hashlib.sha256(tensor_bytes(params)).hexdigest())
     if rank == 0:
         print(f"done: {step} steps in generation {log.generation} (pid {os.getpid()})", flush=True)
     dist.destroy_process_group()
