@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jobs import REPO, RunningJob, job_env, max_step, pids_by_rank, read_events, train_launch
@@ -35,6 +38,15 @@ def start(events: Path, shm: Path, *extra: str) -> RunningJob:
     flags = ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", "3"]
     script = ["--steps", str(STEPS), "--snapshot", "--events", str(events), *extra]
     return train_launch(flags, script, env=job_env(TRAIN_SUPERVISOR_SNAPSHOT_DIR=str(shm)))
+
+
+def snapshot_status(address: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", "status", "--json", "--address", address],
+        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    status: dict[str, Any] = json.loads(done.stdout)
+    return status
 
 
 def final_params(events: Path) -> set[str]:
@@ -70,6 +82,13 @@ def test_a_corrupt_snapshot_is_never_loaded_and_the_job_falls_back(
     events = tmp_path / "events"
     job = start(events, shm_dir, "--step-sleep", "0.1")
     job.wait_for(lambda: max_step(read_events(events), 1) >= 6, 120, "rank 1 to step")
+    # Status shows the snapshots: per rank the newest saved step and the save's blocking time.
+    status = snapshot_status(job.supervisor_address())
+    assert int(status["committedStep"]) >= 5, status
+    for rank in status["ranks"]:
+        assert int(rank["savedStep"]) >= int(status["committedStep"]), rank
+        assert int(rank["snapshotBytes"]) > 0 and "saveBlockingS" in rank, rank
+        assert rank["restoredFrom"] == "none" and rank["restoredStep"] == "-1", rank
     pids = pids_by_rank(read_events(events), 0)
     for pid in pids.values():  # no write in flight while the bytes are flipped
         os.kill(pid, signal.SIGSTOP)
