@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ from train_supervisor.arena import CorruptSnapshot, RankArena
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
-log = logging.getLogger("train_supervisor")
-# A report waits at most this long for the other ranks: past it the rank
-# keeps both of its slots (it skips saves) rather than block training forever.
+# A report waits at most this long for the other ranks, rather than block the
+# rank's next save forever. Past it the rank's next save may overwrite the
+# step still waiting; were that step committed later, the verification before
+# a restore would find it missing on that rank and fall back.
 COMMIT_WAIT_S = 60.0
 
 
@@ -59,10 +59,9 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
     ) -> pb.CommitReply:
         job = await self.sup.require_job(context)
         slot = job.slot_of(request.pid)
-        if slot is None or slot.rank != request.rank or request.generation != job.generation:
-            return pb.CommitReply(
-                committed_step=job.snapshots.committed
-            )  # stale: counts for nothing
+        stale = slot is None or slot.rank != request.rank or request.generation != job.generation
+        if stale:  # an old process or generation: its steps count for nothing
+            return pb.CommitReply(committed_step=job.snapshots.committed)
         tracker = job.snapshots
         committed = tracker.committed
         try:
