@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -35,6 +35,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV, SCRIPT_TOKEN_ENV
+from supervisor.commit import NONE
 from train_supervisor.arena import CorruptSnapshot, RankArena, SlotState, snapshot_directory
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -42,7 +43,6 @@ from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 ALIGN = 64
 _TensorMeta = tuple[str, list[int], int]  # dtype name, shape, offset in the payload
-NONE = -1
 
 
 @dataclass(frozen=True)
@@ -62,26 +62,29 @@ class _Pending:
     copied: threading.Event = field(default_factory=threading.Event)
 
 
+def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """`value` with `leaf` applied to everything that is not a dict, list or tuple."""
+    if isinstance(value, dict):
+        return type(value)((k, _map_leaves(v, leaf)) for k, v in value.items())
+    if type(value) in (list, tuple):
+        return type(value)(_map_leaves(v, leaf) for v in value)
+    return leaf(value)
+
+
 def _flatten(value: Any, tensors: list[torch.Tensor]) -> Any:
     """`value` with every tensor replaced by a _TensorRef into `tensors`."""
-    if isinstance(value, torch.Tensor):
-        tensors.append(value.detach())
+
+    def to_ref(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        tensors.append(leaf.detach())
         return _TensorRef(len(tensors) - 1)
-    if isinstance(value, dict):
-        return type(value)((k, _flatten(v, tensors)) for k, v in value.items())
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-        return type(value)(_flatten(v, tensors) for v in value)
-    return value
+
+    return _map_leaves(value, to_ref)
 
 
 def _unflatten(value: Any, tensors: list[torch.Tensor]) -> Any:
-    if isinstance(value, _TensorRef):
-        return tensors[value.index]
-    if isinstance(value, dict):
-        return type(value)((k, _unflatten(v, tensors)) for k, v in value.items())
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-        return type(value)(_unflatten(v, tensors) for v in value)
-    return value
+    return _map_leaves(value, lambda v: tensors[v.index] if isinstance(v, _TensorRef) else v)
 
 
 def _layout(tensors: list[torch.Tensor]) -> tuple[list[_TensorMeta], int]:
@@ -222,13 +225,15 @@ class Snapshots:
             pending.copied.set()  # the optimizer may change parameters from here on
         info = self.arena.finish_write(slot)
         self.written[slot] = pending.step
-        held = [s for slot_, s in self.written.items() if self._complete(slot_, s)]
-        if self.committed >= 0 and self.committed not in held:
-            held.append(self.committed)
+        headers = self.arena.slots()  # read once: both slots' states and steps
+        held = {s for i, s in self.written.items() if headers[i].state == SlotState.COMPLETE
+                and headers[i].step == s}  # fmt: skip
+        if self.committed >= 0:
+            held.add(self.committed)
         reply = self.stub.ReportSaved(
             pb.SnapshotSaved(
                 pid=os.getpid(), rank=self.rank, generation=pending.generation,
-                step=pending.step, held=held, bytes=info.manifest_len + info.payload_len,
+                step=pending.step, held=sorted(held), bytes=info.manifest_len + info.payload_len,
                 blocking_s=pending.sync_s + self.last_blocking_s,
             ),
             timeout=120,
@@ -236,10 +241,6 @@ class Snapshots:
         if reply.committed_step > self.committed:
             self.committed = reply.committed_step
             self.committed_slot = self.arena.find(reply.committed_step)
-
-    def _complete(self, slot: int, step: int) -> bool:
-        info = self.arena.slots()[slot]
-        return info.state == SlotState.COMPLETE and info.step == step
 
 
 @dataclass(frozen=True)
