@@ -1,11 +1,19 @@
-"""Copy a benchmark's markdown result into README.md between its markers."""
+"""Where a benchmark's results go: <out>.json and <out>.md, and README.md between its markers."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def write_results(out: Path, report: dict[str, Any], text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)
 
 
 def quote_in_readme(name: str, markdown: str, readme: Path = README) -> bool:

@@ -15,7 +15,6 @@ latency.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -42,7 +41,7 @@ from jobs import (
     torchrun,
     train_launch,
 )
-from readme_quote import quote_in_readme
+from readme_quote import quote_in_readme, write_results
 
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -363,12 +362,6 @@ def compare(args: argparse.Namespace, ours: Run, theirs: Run) -> dict[str, Any]:
         report[name]["all_recovery_s"] = [round(r["recovery_s"], 2) for r in results]
     report["ratio"] = report["train_launch"]["recovery_s"] / report["torchrun"]["recovery_s"]
     return report
-
-
-def write_results(out: Path, report: dict[str, Any], text: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(text)
 
 
 def main() -> None:

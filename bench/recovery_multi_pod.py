@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import RunningJob, job_env, pids_by_rank, read_events, torchrun
 from pods import Pods
-from readme_quote import quote_in_readme
+from readme_quote import quote_in_readme, write_results
 from recovery import (
     StatusProbe,
     breakdown_lines,
@@ -42,7 +42,6 @@ from recovery import (
     parser,
     probe_breakdown,
     script_args,
-    write_results,
 )
 
 from supervisor.ports import free_port

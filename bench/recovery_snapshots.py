@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from readme_quote import quote_in_readme
+from readme_quote import quote_in_readme, write_results
 from recovery import (
     NPROC,
     RESULTS,
@@ -26,7 +26,6 @@ from recovery import (
     parser,
     run_torchrun,
     run_train_launch,
-    write_results,
 )
 
 DEFAULT_OUT = RESULTS / "recovery_snapshots"

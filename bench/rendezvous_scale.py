@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_quote import quote_in_readme
+from readme_quote import quote_in_readme, write_results
 
 from supervisor.leader_types import LeaderTimings
 from supervisor.peers import LeaderHub, PeerServicer
@@ -175,10 +174,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPU cores",
         "runs": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    write_results(Path(args.out), report, markdown(report))
     quote_in_readme("rendezvous_scale", markdown(report))
     print(markdown(report))
 

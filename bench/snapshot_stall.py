@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from readme_quote import quote_in_readme
+from readme_quote import quote_in_readme, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "snapshot_stall_worker.py"
@@ -251,9 +251,7 @@ def main() -> None:
     report["summary"] = summarize(worker)
     text = markdown(report)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(text)
+    write_results(out, report, text)
     if out.resolve() == DEFAULT_OUT.resolve():  # quick runs with --out leave README alone
         quote_in_readme("snapshot_stall", text)
     print(text)

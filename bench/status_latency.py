@@ -12,7 +12,6 @@ machine's scheduler sets under that load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import job_env, max_step, read_events, train_launch
-from readme_quote import quote_in_readme
+from readme_quote import quote_in_readme, write_results
 
 from supervisor.ports import free_port
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -151,10 +150,7 @@ def main() -> None:
     }
     for name, script_args in LOADS.items():
         report[name] = measure_load(name, script_args, args.calls, args.interval_ms / 1000)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    write_results(Path(args.out), report, markdown(report))
     quote_in_readme("status_latency", markdown(report))
     print(markdown(report))
 
