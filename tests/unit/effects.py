@@ -1,4 +1,5 @@
-"""Picking commands out of the effects JobState returns: shared by the state machine tests."""
+"""Shared by the state machine tests: the WorkerSpec a launcher sends, and picking commands
+out of the effects JobState returns."""
 
 from __future__ import annotations
 
@@ -7,6 +8,34 @@ from collections.abc import Callable, Sequence
 from supervisor.job import JobState
 from supervisor.job_types import Effect, ToLauncher, ToWorker
 from train_supervisor.v1 import supervisor_pb2 as pb
+
+ERROR_DIR = "/tmp/train-launch-errors"
+
+
+def make_spec(
+    *,
+    nproc: int = 2,
+    spares: int = 1,
+    max_restarts: int = 3,
+    bootstrapped: bool = True,
+    nnodes: int = 1,
+    node_rank: int = 0,
+) -> pb.WorkerSpec:
+    """What launcher/main.py:worker_spec sends for `--nnodes N --node-rank I --rdzv-id job1`."""
+    return pb.WorkerSpec(
+        run_id="job1",
+        role="default",
+        nnodes=nnodes,
+        node_rank=node_rank,
+        nproc_per_node=nproc,
+        max_restarts=max_restarts,
+        master_addr="127.0.0.1",
+        bootstrapped=bootstrapped,
+        warm_spares=spares,
+        error_file_dir=ERROR_DIR,
+        base_env={"OMP_NUM_THREADS": "1"} if nproc > 1 else {},
+        snapshot_dir="/dev/shm/train-supervisor/job1",
+    )
 
 
 def launcher_commands(effects: Sequence[Effect], kind: str) -> list[pb.LauncherCommand]:

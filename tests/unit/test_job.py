@@ -12,7 +12,16 @@ import signal
 from collections.abc import Iterator, Sequence
 
 import pytest
-from effects import aborts, exits, launcher_commands, play_pod, shutdowns, starts
+from effects import (
+    ERROR_DIR,
+    aborts,
+    exits,
+    launcher_commands,
+    make_spec,
+    play_pod,
+    shutdowns,
+    starts,
+)
 
 from launcher.args import parse_args
 from launcher.main import worker_spec
@@ -23,27 +32,6 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
 FIRST_PORT = 40000
-ERROR_DIR = "/tmp/train-launch-errors"
-
-
-def make_spec(
-    *, nproc: int = 2, spares: int = 1, max_restarts: int = 3, bootstrapped: bool = True
-) -> pb.WorkerSpec:
-    """What launcher/main.py:worker_spec sends for a --standalone run."""
-    return pb.WorkerSpec(
-        run_id="job1",
-        role="default",
-        nnodes=1,
-        node_rank=0,
-        nproc_per_node=nproc,
-        max_restarts=max_restarts,
-        master_addr="127.0.0.1",
-        bootstrapped=bootstrapped,
-        warm_spares=spares,
-        error_file_dir=ERROR_DIR,
-        base_env={"OMP_NUM_THREADS": "1"} if nproc > 1 else {},
-        snapshot_dir="/dev/shm/train-supervisor/job1",
-    )
 
 
 # ------------------------------------------------------------ effect filters

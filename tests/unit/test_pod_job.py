@@ -16,7 +16,15 @@ from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import pytest
-from effects import aborts, exits, launcher_commands, play_pod, shutdowns, starts
+from effects import (
+    aborts,
+    exits,
+    launcher_commands,
+    make_spec,
+    play_pod,
+    shutdowns,
+    starts,
+)
 
 from supervisor.job_types import Effect, Timings, ToLeader
 from supervisor.leader import LeaderState
@@ -32,27 +40,7 @@ NPROC = 2
 LOCAL_PORT = 40000  # the pod's own allocator: never the port a multi-pod generation uses
 LEADER_PORT = 50000
 LEADER_ADDR = "job-0.job-svc"
-ERROR_DIR = "/tmp/train-launch-errors"
 SIG = "ValueError: bad batch @ train.py:42"
-
-
-def make_spec(
-    *, node_rank: int = 1, nnodes: int = 2, spares: int = 0, bootstrapped: bool = True
-) -> pb.WorkerSpec:
-    """What launcher/main.py:worker_spec sends for `--nnodes 2 --node-rank N`."""
-    return pb.WorkerSpec(
-        run_id="job1",
-        role="default",
-        nnodes=nnodes,
-        node_rank=node_rank,
-        nproc_per_node=NPROC,
-        max_restarts=3,
-        master_addr="127.0.0.1",
-        bootstrapped=bootstrapped,
-        warm_spares=spares,
-        error_file_dir=ERROR_DIR,
-        base_env={"OMP_NUM_THREADS": "1"},
-    )
 
 
 # ------------------------------------------------------------ effect filters
@@ -119,7 +107,9 @@ class PodSim:
         bootstrapped: bool = True,
         first_pid: Optional[int] = None,
     ) -> None:
-        self.spec = make_spec(node_rank=node_rank, spares=spares, bootstrapped=bootstrapped)
+        self.spec = make_spec(
+            nproc=NPROC, nnodes=2, node_rank=node_rank, spares=spares, bootstrapped=bootstrapped
+        )
         self.ports: Iterator[int] = itertools.count(LOCAL_PORT)
         self.job = CoordinatedJobState(
             spec=self.spec,
