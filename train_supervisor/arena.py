@@ -74,6 +74,21 @@ class SlotInfo:
         return self.payload_offset + self.payload_len
 
 
+@dataclass(frozen=True)
+class SnapshotImage:
+    """One rank's complete snapshot as bytes to move between arenas, pods and files.
+
+    `payload` may be a view into an arena: valid while that slot is not rewritten.
+    """
+
+    rank: int
+    step: int
+    generation: int
+    manifest: bytes
+    payload: memoryview
+    checksum: int  # CRC-32C of manifest then payload, as in the slot header
+
+
 class CorruptSnapshot(Exception):
     """A slot that cannot be restored from; the message names the file and what is wrong."""
 
@@ -156,14 +171,25 @@ class RankArena:
         with memoryview(mm) as view:
             return view[info.payload_offset : info.end]
 
-    def finish_write(self, slot: int) -> SlotInfo:
-        """Checksum manifest and payload, then write the header as COMPLETE (header last)."""
+    def finish_write(self, slot: int, expect: Optional[int] = None) -> SlotInfo:
+        """Checksum manifest and payload, then write the header as COMPLETE (header last).
+
+        `expect`: the checksum a copy must have; on a mismatch the slot stays WRITING
+        (never restored) and CorruptSnapshot says so.
+        """
         info = self._writing[_check_slot(slot)]
         mm = self._map(slot)
         if info is None or mm is None:
             raise RuntimeError(f"{self.path(slot)}: finish_write without begin_write")
+        crc = _checksum(mm, info)
+        if expect is not None and crc != expect:
+            self._writing[slot] = None
+            raise CorruptSnapshot(
+                f"{self.path(slot)}: copy of step {info.step} has checksum {crc:#010x}, "
+                f"the source says {expect:#010x}"
+            )
         # MAP_SHARED on tmpfs: the page cache is the file, so no msync is needed.
-        done = replace(info, state=SlotState.COMPLETE, checksum=_checksum(mm, info))
+        done = replace(info, state=SlotState.COMPLETE, checksum=crc)
         mm[:HEADER_SIZE] = _pack(done)
         self._writing[slot] = None
         return done
@@ -183,6 +209,26 @@ class RankArena:
         manifest = mm[HEADER_SIZE : HEADER_SIZE + info.manifest_len]
         with memoryview(mm) as view:
             return info, manifest, view[info.payload_offset : info.end].toreadonly()
+
+    def image(self, slot: int, verify: bool = True) -> SnapshotImage:
+        """The COMPLETE snapshot in `slot` as an image (its payload is a view into the slot)."""
+        info, manifest, payload = self.read(slot, verify)
+        return SnapshotImage(
+            self.rank, info.step, info.generation, manifest, payload, info.checksum
+        )
+
+    def store(self, slot: int, image: SnapshotImage) -> SlotInfo:
+        """Copy `image` into `slot`, checksum verified against the image's (CorruptSnapshot)."""
+        if image.rank != self.rank:
+            raise ValueError(f"image of rank {image.rank} given to rank {self.rank}'s arena")
+        view = self.begin_write(
+            slot, image.step, image.generation, image.manifest, len(image.payload)
+        )
+        try:
+            view[:] = image.payload
+        finally:
+            view.release()
+        return self.finish_write(slot, expect=image.checksum)
 
     def find(self, step: int) -> Optional[int]:
         """The slot with a COMPLETE snapshot of `step` (header only, no checksum), or None."""

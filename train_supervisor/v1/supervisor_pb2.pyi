@@ -324,10 +324,12 @@ class RestoreRequest(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class RestorePoint(_message.Message):
-    __slots__ = ("step",)
+    __slots__ = ("step", "source")
     STEP_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     step: int
-    def __init__(self, step: _Optional[int] = ...) -> None: ...
+    source: str
+    def __init__(self, step: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class RestoreReport(_message.Message):
     __slots__ = ("pid", "rank", "generation", "step", "source", "problem", "seconds")
@@ -348,7 +350,7 @@ class RestoreReport(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., source: _Optional[str] = ..., problem: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class RankStatus(_message.Message):
-    __slots__ = ("rank", "local_rank", "node_rank", "pid", "state", "step", "step_time_s", "heartbeat_age_s", "process_starts", "saved_step", "committed_step", "snapshot_bytes", "save_blocking_s", "restored_step", "restored_from")
+    __slots__ = ("rank", "local_rank", "node_rank", "pid", "state", "step", "step_time_s", "heartbeat_age_s", "process_starts", "saved_step", "committed_step", "snapshot_bytes", "save_blocking_s", "restored_step", "restored_from", "replicated_step", "persisted_step")
     RANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +366,8 @@ class RankStatus(_message.Message):
     SAVE_BLOCKING_S_FIELD_NUMBER: _ClassVar[int]
     RESTORED_STEP_FIELD_NUMBER: _ClassVar[int]
     RESTORED_FROM_FIELD_NUMBER: _ClassVar[int]
+    REPLICATED_STEP_FIELD_NUMBER: _ClassVar[int]
+    PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
     rank: int
     local_rank: int
     node_rank: int
@@ -379,7 +383,9 @@ class RankStatus(_message.Message):
     save_blocking_s: float
     restored_step: int
     restored_from: str
-    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ..., heartbeat_age_s: _Optional[float] = ..., process_starts: _Optional[int] = ..., saved_step: _Optional[int] = ..., committed_step: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., save_blocking_s: _Optional[float] = ..., restored_step: _Optional[int] = ..., restored_from: _Optional[str] = ...) -> None: ...
+    replicated_step: int
+    persisted_step: int
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ..., heartbeat_age_s: _Optional[float] = ..., process_starts: _Optional[int] = ..., saved_step: _Optional[int] = ..., committed_step: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., save_blocking_s: _Optional[float] = ..., restored_step: _Optional[int] = ..., restored_from: _Optional[str] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ...) -> None: ...
 
 class FailureRecord(_message.Message):
     __slots__ = ("generation", "rank", "pid", "exit_code", "signal", "detail", "step", "action", "time_unix")
@@ -418,7 +424,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events", "committed_step")
+    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events", "committed_step", "replicated_step", "persisted_step", "offload_errors")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -431,6 +437,9 @@ class JobStatus(_message.Message):
     LEADER_FIELD_NUMBER: _ClassVar[int]
     RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    REPLICATED_STEP_FIELD_NUMBER: _ClassVar[int]
+    PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_ERRORS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     generation: int
     world_size: int
@@ -443,7 +452,83 @@ class JobStatus(_message.Message):
     leader: str
     recent_events: _containers.RepeatedCompositeFieldContainer[JobEvent]
     committed_step: int
-    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., committed_step: _Optional[int] = ...) -> None: ...
+    replicated_step: int
+    persisted_step: int
+    offload_errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., committed_step: _Optional[int] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., offload_errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReplicaHeader(_message.Message):
+    __slots__ = ("run_id", "node_rank", "rank", "step", "generation", "manifest", "payload_len", "checksum")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_LEN_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    node_rank: int
+    rank: int
+    step: int
+    generation: int
+    manifest: bytes
+    payload_len: int
+    checksum: int
+    def __init__(self, run_id: _Optional[str] = ..., node_rank: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., generation: _Optional[int] = ..., manifest: _Optional[bytes] = ..., payload_len: _Optional[int] = ..., checksum: _Optional[int] = ...) -> None: ...
+
+class ReplicaChunk(_message.Message):
+    __slots__ = ("header", "offset", "data", "crc32c")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    header: ReplicaHeader
+    offset: int
+    data: bytes
+    crc32c: int
+    def __init__(self, header: _Optional[_Union[ReplicaHeader, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32c: _Optional[int] = ...) -> None: ...
+
+class ReplicaAck(_message.Message):
+    __slots__ = ("rank", "step", "bytes")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    step: int
+    bytes: int
+    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class ReplicaRequest(_message.Message):
+    __slots__ = ("run_id", "rank", "step")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    rank: int
+    step: int
+    def __init__(self, run_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class ReplicaInventory(_message.Message):
+    __slots__ = ("ranks",)
+    class Held(_message.Message):
+        __slots__ = ("rank", "steps")
+        RANK_FIELD_NUMBER: _ClassVar[int]
+        STEPS_FIELD_NUMBER: _ClassVar[int]
+        rank: int
+        steps: _containers.RepeatedScalarFieldContainer[int]
+        def __init__(self, rank: _Optional[int] = ..., steps: _Optional[_Iterable[int]] = ...) -> None: ...
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    ranks: _containers.RepeatedCompositeFieldContainer[ReplicaInventory.Held]
+    def __init__(self, ranks: _Optional[_Iterable[_Union[ReplicaInventory.Held, _Mapping]]] = ...) -> None: ...
+
+class InventoryRequest(_message.Message):
+    __slots__ = ("run_id", "verify")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    verify: bool
+    def __init__(self, run_id: _Optional[str] = ..., verify: bool = ...) -> None: ...
 
 class PolicyFailure(_message.Message):
     __slots__ = ("generation", "rank", "signature", "step")

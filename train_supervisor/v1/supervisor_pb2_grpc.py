@@ -392,6 +392,133 @@ class SnapshotService(object):
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
 
+class ReplicaServiceStub(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PushReplica = channel.stream_unary(
+                '/train_supervisor.v1.ReplicaService/PushReplica',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaChunk.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaAck.FromString,
+                )
+        self.FetchReplica = channel.unary_stream(
+                '/train_supervisor.v1.ReplicaService/FetchReplica',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaRequest.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaChunk.FromString,
+                )
+        self.Inventory = channel.unary_unary(
+                '/train_supervisor.v1.ReplicaService/Inventory',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.InventoryRequest.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaInventory.FromString,
+                )
+
+
+class ReplicaServiceServicer(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def PushReplica(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchReplica(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Inventory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReplicaServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PushReplica': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushReplica,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaChunk.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaAck.SerializeToString,
+            ),
+            'FetchReplica': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchReplica,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaRequest.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaChunk.SerializeToString,
+            ),
+            'Inventory': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inventory,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.InventoryRequest.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaInventory.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'train_supervisor.v1.ReplicaService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ReplicaService(object):
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def PushReplica(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(request_iterator, target, '/train_supervisor.v1.ReplicaService/PushReplica',
+            train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaChunk.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaAck.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def FetchReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/train_supervisor.v1.ReplicaService/FetchReplica',
+            train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaRequest.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaChunk.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Inventory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/train_supervisor.v1.ReplicaService/Inventory',
+            train__supervisor_dot_v1_dot_supervisor__pb2.InventoryRequest.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.ReplicaInventory.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
 class StatusServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
