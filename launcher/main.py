@@ -11,7 +11,6 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Optional
 
@@ -21,7 +20,6 @@ from launcher.args import LaunchConfig, UsageError, parse_args
 from launcher.processes import WorkerProcesses
 from launcher.sidecar import SupervisorUnreachable, wait_for_supervisor
 from train_supervisor import exit_codes
-from train_supervisor.arena import remove_arena
 from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -162,10 +160,17 @@ def _serve_standalone(config: LaunchConfig) -> RunResult:
             f"error: the 'supervisor' package imported from {where} is not train-supervisor's "
             "(supervisord uses the same name); see 'supervisord' in the README",
         )
+    from supervisor.env_values import ConfigError
+    from supervisor.offload_config import parse_offload
     from supervisor.server import EmbeddedSupervisor
     from supervisor.service import SupervisorSettings
 
+    try:
+        offload = parse_offload(os.environ)
+    except ConfigError as err:
+        return RunResult(exit_codes.USAGE_ERROR, f"error: {err}")
     settings = SupervisorSettings(
+        offload=offload,
         crash_loop_threshold=config.crash_loop_threshold,
         unwind_timeout_s=config.unwind_timeout,
         failure_settle_s=config.failure_settle,
@@ -221,11 +226,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"train-launch: error: {err}", file=sys.stderr)
         sys.exit(exit_codes.USAGE_ERROR)
     result = _serve_standalone(config) if config.standalone else _attach_sidecar(config)
-    if result.exit_code == exit_codes.SUCCEEDED:  # the snapshots' memory goes back to the pod
-        try:
-            remove_arena(Path(config.snapshot_dir))
-        except OSError as err:  # the job succeeded all the same
-            log.warning("could not remove %s: %s", config.snapshot_dir, err)
     if result.exit_code != exit_codes.SUCCEEDED and result.report:
         print(f"train-launch: {result.report}", file=sys.stderr)
     logging.shutdown()

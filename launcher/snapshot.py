@@ -14,10 +14,14 @@ backward run, and a global optimizer pre-step hook waits for that copy before
 parameters change; every other tensor (buffers, RNG states) is cloned inside
 `save`. Every rank must save the same steps: a step is committed (and ever
 restored) only once every rank of the job holds it.
+
+A slot's manifest is train_supervisor/torch_format.py's: the tensor table and the data.pkl
+torch.save would write, so the supervisor can persist the slot as a torch.save file.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import queue
@@ -26,7 +30,8 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -36,18 +41,85 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV, SCRIPT_TOKEN_ENV
 from supervisor.commit import NONE
-from train_supervisor.arena import CorruptSnapshot, RankArena, SlotState, snapshot_directory
+from train_supervisor.arena import (
+    CorruptSnapshot,
+    RankArena,
+    SlotInfo,
+    SlotState,
+    snapshot_directory,
+)
 from train_supervisor.credentials import client_channel
+from train_supervisor.torch_format import TensorEntry, decode_manifest, encode_manifest
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 ALIGN = 64
-_TensorMeta = tuple[str, list[int], int]  # dtype name, shape, offset in the payload
+RESTORE_WAIT_S = 1800.0  # a peer's or the durable copy of a large state at a capped rate
 
 
-@dataclass(frozen=True)
-class _TensorRef:
-    index: int
+class _Storage:
+    """Stands in for tensor i's storage: pickled as torch.save's persistent id for it."""
+
+    __slots__ = ("pid",)
+
+    def __init__(self, pid: tuple[Any, ...]) -> None:
+        self.pid = pid
+
+
+class _Tensor:
+    """Stands in for a tensor: pickles as torch.save pickles a contiguous CPU tensor."""
+
+    __slots__ = ("args", "rebuild")
+
+    def __init__(self, rebuild: Callable[..., torch.Tensor], args: tuple[Any, ...]) -> None:
+        self.rebuild, self.args = rebuild, args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.rebuild, self.args
+
+
+def _stand_in(index: int, tensor: torch.Tensor) -> _Tensor:
+    shape = tuple(tensor.shape)
+    strides, step = [], 1
+    for extent in reversed(shape):  # contiguous strides as torch computes them
+        strides.append(step)
+        step *= max(extent, 1)
+    stride = tuple(reversed(strides))
+    hooks: OrderedDict[Any, Any] = OrderedDict()  # torch.save's "no backward hooks"
+    # As torch.save: a legacy typed storage where the dtype has one, else untyped bytes (v3).
+    legacy = torch.storage._dtype_to_storage_type_map().get(tensor.dtype)
+    if legacy is not None:
+        pid = ("storage", getattr(torch, legacy), str(index), "cpu", tensor.numel())
+        args: tuple[Any, ...] = (_Storage(pid), 0, shape, stride, False, hooks)
+        return _Tensor(torch._utils._rebuild_tensor_v2, args)
+    nbytes = tensor.numel() * tensor.element_size()
+    pid = ("storage", torch.UntypedStorage, str(index), "cpu", nbytes)
+    args = (_Storage(pid), 0, shape, stride, False, hooks, tensor.dtype)
+    return _Tensor(torch._utils._rebuild_tensor_v3, args)
+
+
+class _DataPickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        return obj.pid if type(obj) is _Storage else None
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Reads data.pkl with each storage cloned out of the payload: no view outlives the read."""
+
+    def __init__(self, data_pkl: bytes, flat: torch.Tensor, entries: list[TensorEntry]) -> None:
+        super().__init__(io.BytesIO(data_pkl))
+        self.flat, self.entries = flat, entries
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, storage_type, key, _, _ = pid
+        entry = self.entries[int(key)]
+        if kind != "storage" or entry.offset + entry.nbytes > len(self.flat):
+            raise pickle.UnpicklingError(f"bad storage {pid!r} for tensor entry {entry}")
+        raw = self.flat[entry.offset : entry.offset + entry.nbytes].clone()
+        untyped = storage_type is torch.UntypedStorage
+        dtype = torch.uint8 if untyped else getattr(torch, entry.dtype)
+        storage = raw.untyped_storage()
+        return torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -56,7 +128,7 @@ class _Pending:
     generation: int
     manifest: bytes
     tensors: list[torch.Tensor]
-    meta: list[_TensorMeta]
+    entries: list[TensorEntry]
     payload_len: int
     sync_s: float
     copied: threading.Event = field(default_factory=threading.Event)
@@ -65,45 +137,91 @@ class _Pending:
 def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
     """`value` with `leaf` applied to everything that is not a dict, list or tuple."""
     if isinstance(value, dict):
-        return type(value)((k, _map_leaves(v, leaf)) for k, v in value.items())
+        mapped = type(value)((k, _map_leaves(v, leaf)) for k, v in value.items())
+        if type(value) is not dict and getattr(value, "__dict__", None):
+            mapped.__dict__.update(value.__dict__)  # e.g. a state_dict()'s _metadata
+        return mapped
     if type(value) in (list, tuple):
         return type(value)(_map_leaves(v, leaf) for v in value)
     return leaf(value)
 
 
 def _flatten(value: Any, tensors: list[torch.Tensor]) -> Any:
-    """`value` with every tensor replaced by a _TensorRef into `tensors`."""
+    """`value` with every tensor appended to `tensors` and replaced by a stand-in."""
 
-    def to_ref(leaf: Any) -> Any:
+    def to_stand_in(leaf: Any) -> Any:
         if not isinstance(leaf, torch.Tensor):
             return leaf
         tensors.append(leaf.detach())
-        return _TensorRef(len(tensors) - 1)
+        return _stand_in(len(tensors) - 1, leaf)
 
-    return _map_leaves(value, to_ref)
-
-
-def _unflatten(value: Any, tensors: list[torch.Tensor]) -> Any:
-    return _map_leaves(value, lambda v: tensors[v.index] if isinstance(v, _TensorRef) else v)
+    return _map_leaves(value, to_stand_in)
 
 
-def _layout(tensors: list[torch.Tensor]) -> tuple[list[_TensorMeta], int]:
+def _data_pkl(skeleton: Any) -> bytes:
+    out = io.BytesIO()
+    _DataPickler(out, protocol=2).dump(skeleton)  # protocol 2: what torch.save writes
+    return out.getvalue()
+
+
+def _layout(tensors: list[torch.Tensor]) -> tuple[list[TensorEntry], int]:
     """Where each tensor goes in the payload (ALIGN-aligned), and the payload's size."""
-    meta, end = [], 0
+    entries, end = [], 0
     for tensor in tensors:
-        meta.append((str(tensor.dtype).removeprefix("torch."), list(tensor.shape), end))
-        end += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
-    return meta, end
+        nbytes = tensor.numel() * tensor.element_size()
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        entries.append(TensorEntry(dtype, tuple(tensor.shape), end, nbytes))
+        end += -(-nbytes // ALIGN) * ALIGN
+    return entries, end
 
 
-def _payload_tensors(payload: memoryview, meta: list[_TensorMeta]) -> Iterator[torch.Tensor]:
+def _flat(payload: memoryview) -> torch.Tensor:
     with warnings.catch_warnings():  # a read-only view: the caller only reads (and clones)
         warnings.simplefilter("ignore", UserWarning)
-        flat = torch.frombuffer(payload, dtype=torch.uint8) if len(payload) else torch.empty(0)
-    for dtype_name, shape, offset in meta:
-        dtype = getattr(torch, dtype_name)
-        count = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
-        yield flat[offset : offset + count].view(dtype).view(shape)
+        return torch.frombuffer(payload, dtype=torch.uint8) if len(payload) else torch.empty(0)
+
+
+def _fill(payload: memoryview, entries: list[TensorEntry], tensors: list[torch.Tensor]) -> None:
+    """Copy the tensors into the payload and zero the padding: equal states, equal bytes."""
+    flat = _flat(payload)
+    ends = [entry.offset for entry in entries[1:]] + [len(payload)]
+    for entry, end, source in zip(entries, ends, tensors):
+        stop = entry.offset + entry.nbytes
+        target = flat[entry.offset : stop].view(getattr(torch, entry.dtype))
+        target.view(entry.shape).copy_(source)
+        if stop < end:
+            flat[stop:end].zero_()
+
+
+def decode_state(manifest: bytes, payload: memoryview) -> Any:
+    """The state a manifest and payload hold, every tensor a copy (bitwise exact)."""
+    entries, data_pkl = decode_manifest(manifest)
+    return _DataUnpickler(data_pkl, _flat(payload), entries).load()
+
+
+def write_state(arena: RankArena, slot: int, step: int, generation: int, state: Any) -> SlotInfo:
+    """Snapshot `state` into `slot` at once (tools, tests); `Snapshots.save` overlaps the copy."""
+    tensors: list[torch.Tensor] = []
+    skeleton = _flatten(state, tensors)
+    entries, payload_len = _layout(tensors)
+    manifest = encode_manifest(entries, _data_pkl(skeleton))
+    view = arena.begin_write(slot, step, generation, manifest, payload_len)
+    try:
+        _fill(view, entries, tensors)
+    finally:
+        del view
+    return arena.finish_write(slot)
+
+
+def read_state(arena: RankArena, slot: int, verify: bool = True) -> Any:
+    """The state in a COMPLETE slot; CorruptSnapshot if it cannot be read (or verified)."""
+    _, manifest, payload = arena.read(slot, verify)
+    try:
+        return decode_state(manifest, payload)
+    except (ValueError, pickle.UnpicklingError, RuntimeError) as err:
+        raise CorruptSnapshot(f"{arena.path(slot)}: cannot decode the snapshot: {err}") from err
+    finally:
+        del payload  # no view into the arena outlives the read
 
 
 class Snapshots:
@@ -136,19 +254,21 @@ class Snapshots:
         """The job's committed step and this rank's state at it; (-1, None) for none."""
         began = time.perf_counter()
         request = pb.RestoreRequest(pid=os.getpid(), rank=self.rank, generation=self.generation)
-        step = self.stub.GetRestorePoint(request, timeout=30).step
-        problem, state = "", None
+        # The answer waits for the copy from a peer or the durable directory, if needed.
+        point = self.stub.GetRestorePoint(request, timeout=RESTORE_WAIT_S)
+        step, problem, state = point.step, "", None
         if step >= 0:
             slot = self.arena.find(step)
             if slot is None:
                 problem = f"step {step} is not in this pod's shared memory"
             else:
                 try:
-                    state = self._read(slot)
+                    # The supervisor verified every rank's copy before answering.
+                    state = read_state(self.arena, slot, verify=False)
                     self.committed, self.committed_slot = step, slot
                 except CorruptSnapshot as err:
                     problem = str(err)
-        source = "shm" if state is not None else "none"
+        source = point.source or "shm" if state is not None else "none"
         self.stub.ReportRestore(
             pb.RestoreReport(
                 pid=os.getpid(), rank=self.rank, generation=self.generation,
@@ -158,13 +278,6 @@ class Snapshots:
             timeout=30,
         )  # fmt: skip
         return (step, state) if state is not None else (NONE, None)
-
-    def _read(self, slot: int) -> Any:
-        _, manifest, payload = self.arena.read(slot)
-        skeleton, meta = pickle.loads(manifest)
-        tensors = [t.clone() for t in _payload_tensors(payload, meta)]
-        del payload  # no view into the arena outlives the read
-        return _unflatten(skeleton, tensors)
 
     # ------------------------------------------------------------------ save
     def save(self, step: int, state: Any) -> None:
@@ -178,10 +291,10 @@ class Snapshots:
         # Only what the optimizer changes may be copied later; anything else
         # (buffers a forward pass updates, RNG states) is cloned now.
         tensors = [t if t.data_ptr() in self._optimized else t.clone() for t in tensors]
-        meta, payload_len = _layout(tensors)
-        manifest = pickle.dumps((skeleton, meta), protocol=pickle.HIGHEST_PROTOCOL)
+        entries, payload_len = _layout(tensors)
+        manifest = encode_manifest(entries, _data_pkl(skeleton))
         pending = _Pending(
-            step, self.generation, manifest, tensors, meta, payload_len,
+            step, self.generation, manifest, tensors, entries, payload_len,
             time.perf_counter() - began,
         )  # fmt: skip
         self._pending = pending
@@ -217,8 +330,7 @@ class Snapshots:
             slot, pending.step, pending.generation, pending.manifest, pending.payload_len
         )
         try:
-            for target, source in zip(_payload_tensors(view, pending.meta), pending.tensors):
-                target.copy_(source)
+            _fill(view, pending.entries, pending.tensors)
         finally:
             del view
             pending.tensors.clear()

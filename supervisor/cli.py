@@ -18,7 +18,6 @@ from google.protobuf import json_format
 from supervisor.config import (
     DEFAULT_PORT,
     VARIABLES,
-    ConfigError,
     SidecarConfig,
     join_host_port,
     parse_config,
@@ -26,8 +25,11 @@ from supervisor.config import (
     split_host_port,
     unknown_variables,
 )
+from supervisor.env_values import ConfigError
 from supervisor.leader_types import LeaderTimings
+from supervisor.offload_driver import ReplicaTarget
 from supervisor.peers import FollowerLink, LeaderHub, PeerServicer
+from supervisor.replica import ReplicaServicer
 from supervisor.server import start_server
 from supervisor.service import Supervisor, SupervisorSettings
 from train_supervisor import exit_codes
@@ -154,6 +156,7 @@ def settings_from(config: SidecarConfig) -> SupervisorSettings:
         crash_loop_threshold=config.crash_loop_threshold,
         unwind_timeout_s=config.unwind_timeout_s,
         failure_settle_s=config.failure_settle_s,
+        offload=config.offload,
     )
 
 
@@ -161,6 +164,11 @@ def coordinate(sup: Supervisor, config: SidecarConfig) -> Optional[PeerServicer]
     """Multi-pod: node 0 hosts the leader (returns its servicer), the others follow it."""
     if config.nnodes == 1:
         return None
+    sup.replica_target = ReplicaTarget(
+        config.peer_address((config.node_rank + 1) % config.nnodes),
+        config.token,
+        tls_ca=config.tls.ca if config.tls is not None else None,
+    )
     leader_address = config.peer_address(0)
     if config.node_rank == 0:
         master_addr = split_host_port(leader_address)[0]  # rank 0 runs on node 0
@@ -200,6 +208,7 @@ async def _serve(config: SidecarConfig) -> None:
         token=config.token,
         tls=config.tls,
         peers=peers,
+        replicas=ReplicaServicer(sup.replica_job) if config.nnodes > 1 else None,
         loopback_plaintext=config.loopback_plaintext,
     )
     log.info(
@@ -214,6 +223,7 @@ async def _serve(config: SidecarConfig) -> None:
     log.info("%s: stopping", received.name)
     # The job is marked stopped (status, events) before the server drains.
     sup.stop(f"train-supervisor stopped by {received.name}")
+    await sup.finish_offload()  # the newest committed step to the durable directory
     await server.stop(grace=STOP_GRACE_S)
 
 

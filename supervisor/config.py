@@ -8,13 +8,22 @@ by the variable they replace, and win over the environment.
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import ssl
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
+
+from supervisor.env_values import (
+    DIGITS,
+    ConfigError,
+    Source,
+    bad_value,
+    integer,
+    seconds,
+)
+from supervisor.offload_config import OFFLOAD_VARIABLES, OffloadConfig, parse_offload
 
 PREFIX = "SUPERVISOR_"
 DEFAULT_PORT = 29400
@@ -60,11 +69,6 @@ FOREIGN_VARIABLES = frozenset(
     }
 )
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
-_DIGITS = re.compile(r"[0-9]+")
-
-
-class ConfigError(ValueError):
-    """One line naming the variable (or flag) and its bad value."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class SidecarConfig:
     unwind_timeout_s: float = 10.0
     failure_settle_s: float = 1.0
     crash_loop_threshold: int = 3
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
 
     @property
     def bind_address(self) -> str:
@@ -138,7 +143,7 @@ def split_host_port(value: str) -> tuple[str, int]:
         ipaddress.IPv6Address(host)  # ValueError when it is not one
     elif not _HOST.fullmatch(host):
         raise ValueError(f"bad host {host!r}")
-    if not _DIGITS.fullmatch(port) or not 0 < int(port) < 65536:
+    if not DIGITS.fullmatch(port) or not 0 < int(port) < 65536:
         raise ValueError(f"bad port {port!r}")
     return host, int(port)
 
@@ -160,56 +165,12 @@ def read_token_file(path: str) -> str:
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """SUPERVISOR_* names that no setting reads (typos, most likely)."""
-    known = {v.name for v in VARIABLES} | FOREIGN_VARIABLES
+    known = {v.name for v in VARIABLES} | {name for name, _ in OFFLOAD_VARIABLES}
+    known |= FOREIGN_VARIABLES
     return sorted(n for n in env if n.startswith(PREFIX) and n not in known)
 
 
-class _Source:
-    """Looks a variable up in the overrides, then the environment; labels say which."""
-
-    def __init__(self, env: Mapping[str, str], overrides: Mapping[str, str]) -> None:
-        self.env = env
-        self.overrides = overrides
-        self.flags = {v.name: v.flag for v in VARIABLES}
-
-    def get(self, name: str) -> Optional[tuple[str, str]]:
-        """(label, value), or None when unset or empty (Kubernetes' way to unset)."""
-        if self.overrides.get(name):
-            return self.flags.get(name) or name, self.overrides[name]
-        value = self.env.get(name)
-        return (name, value) if value else None
-
-
-def _bad(label: str, value: str, problem: str) -> ConfigError:
-    shown = value if len(value) <= 120 else value[:117] + "..."
-    return ConfigError(f"{label}={shown!r}: {problem}")
-
-
-def _int(src: _Source, name: str, default: int, low: int, high: int) -> int:
-    found = src.get(name)
-    if found is None:
-        return default
-    label, value = found
-    if not _DIGITS.fullmatch(value.strip()) or not low <= int(value) <= high:
-        raise _bad(label, value, f"must be an integer in {low}..{high}")
-    return int(value)
-
-
-def _seconds(src: _Source, name: str, default: float, allow_zero: bool) -> float:
-    found = src.get(name)
-    if found is None:
-        return default
-    label, value = found
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        raise _bad(label, value, "must be a number of seconds " + (">= 0" if allow_zero else "> 0"))
-    return number
-
-
-def _node_rank(src: _Source, nnodes: int) -> int:
+def _node_rank(src: Source, nnodes: int) -> int:
     found = src.get("SUPERVISOR_NODE_RANK")
     if found is None and src.env.get(JOB_INDEX_ENV):
         found = (JOB_INDEX_ENV, src.env[JOB_INDEX_ENV])
@@ -221,14 +182,14 @@ def _node_rank(src: _Source, nnodes: int) -> int:
             )
         return 0
     label, value = found
-    if not _DIGITS.fullmatch(value.strip()):
-        raise _bad(label, value, "must be a non-negative integer")
+    if not DIGITS.fullmatch(value.strip()):
+        raise bad_value(label, value, "must be a non-negative integer")
     if int(value) >= nnodes:
-        raise _bad(label, value, f"must be < SUPERVISOR_NNODES ({nnodes})")
+        raise bad_value(label, value, f"must be < SUPERVISOR_NNODES ({nnodes})")
     return int(value)
 
 
-def _template(src: _Source, nnodes: int) -> Optional[str]:
+def _template(src: Source, nnodes: int) -> Optional[str]:
     found = src.get("SUPERVISOR_PEER_ADDRESS_TEMPLATE")
     if found is None:
         return None
@@ -236,25 +197,25 @@ def _template(src: _Source, nnodes: int) -> Optional[str]:
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
     except ValueError as err:
-        raise _bad(label, value, f"unparsable template ({err})") from None
+        raise bad_value(label, value, f"unparsable template ({err})") from None
     if "index" not in fields:
-        raise _bad(label, value, "must contain {index}")
+        raise bad_value(label, value, "must contain {index}")
     if fields != {"index"}:
-        raise _bad(label, value, "only {index} may be substituted")
+        raise bad_value(label, value, "only {index} may be substituted")
     # The first and last pods' addresses stand for all: only the index varies.
     for index in {0, nnodes - 1}:
         try:
             address = value.format(index=index)
         except (ValueError, IndexError, KeyError) as err:
-            raise _bad(label, value, f"unparsable template ({err})") from None
+            raise bad_value(label, value, f"unparsable template ({err})") from None
         try:
             split_host_port(address)
         except ValueError as err:
-            raise _bad(label, value, f"{address!r} is not host:port ({err})") from None
+            raise bad_value(label, value, f"{address!r} is not host:port ({err})") from None
     return value
 
 
-def _peers(src: _Source, nnodes: int) -> tuple[str, ...]:
+def _peers(src: Source, nnodes: int) -> tuple[str, ...]:
     found = src.get("SUPERVISOR_PEERS")
     if found is None:
         return ()
@@ -264,13 +225,13 @@ def _peers(src: _Source, nnodes: int) -> tuple[str, ...]:
         try:
             split_host_port(peer)
         except ValueError as err:
-            raise _bad(label, value, f"entry {peer!r} is not host:port ({err})") from None
+            raise bad_value(label, value, f"entry {peer!r} is not host:port ({err})") from None
     if len(peers) != nnodes:
-        raise _bad(label, value, f"has {len(peers)} entries, SUPERVISOR_NNODES is {nnodes}")
+        raise bad_value(label, value, f"has {len(peers)} entries, SUPERVISOR_NNODES is {nnodes}")
     return peers
 
 
-def _bind(src: _Source) -> str:
+def _bind(src: Source) -> str:
     found = src.get("SUPERVISOR_BIND")
     if found is None:
         return "0.0.0.0"
@@ -282,11 +243,11 @@ def _bind(src: _Source) -> str:
         ipaddress.ip_address(host)
     except ValueError:
         if not _HOST.fullmatch(host):
-            raise _bad(label, value, "must be an IP address or a host name") from None
+            raise bad_value(label, value, "must be an IP address or a host name") from None
     return host
 
 
-def _token(src: _Source) -> Optional[str]:
+def _token(src: Source) -> Optional[str]:
     direct, in_file = src.get("SUPERVISOR_TOKEN"), src.get("SUPERVISOR_TOKEN_FILE")
     if direct is not None and in_file is not None:
         raise ConfigError("SUPERVISOR_TOKEN and SUPERVISOR_TOKEN_FILE are both set; set one")
@@ -296,7 +257,7 @@ def _token(src: _Source) -> Optional[str]:
             token = read_token_file(path)
         except (OSError, UnicodeDecodeError) as err:
             reason = getattr(err, "strerror", None) or "not UTF-8 text"
-            raise _bad(label, path, f"cannot read the token ({reason})") from None
+            raise bad_value(label, path, f"cannot read the token ({reason})") from None
         where = f"{label}={path!r}: the token in the file"
     elif direct is not None:
         label, token = direct
@@ -313,7 +274,7 @@ def _token(src: _Source) -> Optional[str]:
     return token
 
 
-def _pem(src: _Source, name: str) -> Optional[tuple[str, str, bytes]]:
+def _pem(src: Source, name: str) -> Optional[tuple[str, str, bytes]]:
     """(label, path, contents) of a PEM file variable, or None when unset."""
     found = src.get(name)
     if found is None:
@@ -323,9 +284,9 @@ def _pem(src: _Source, name: str) -> Optional[tuple[str, str, bytes]]:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as err:
-        raise _bad(label, path, f"cannot read ({err.strerror})") from None
+        raise bad_value(label, path, f"cannot read ({err.strerror})") from None
     if b"-----BEGIN " not in data:
-        raise _bad(label, path, "is not a PEM file")
+        raise bad_value(label, path, "is not a PEM file")
     return label, path, data
 
 
@@ -333,7 +294,7 @@ def _no_password() -> bytes:
     return b""  # an encrypted key fails here instead of prompting on a terminal
 
 
-def _tls(src: _Source) -> Optional[TlsConfig]:
+def _tls(src: Source) -> Optional[TlsConfig]:
     cert, key = _pem(src, "SUPERVISOR_TLS_CERT"), _pem(src, "SUPERVISOR_TLS_KEY")
     ca = _pem(src, "SUPERVISOR_TLS_CA")
     if cert is None and key is None:
@@ -348,14 +309,16 @@ def _tls(src: _Source) -> Optional[TlsConfig]:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert[1], key[1], _no_password)
     except ssl.SSLError as err:
         if err.reason == "KEY_VALUES_MISMATCH":
-            raise _bad(key[0], key[1], f"is not the key of {cert[0]}={cert[1]!r}") from None
+            raise bad_value(key[0], key[1], f"is not the key of {cert[0]}={cert[1]!r}") from None
         problem = f"not a usable certificate and unencrypted key ({err.reason or 'bad PEM data'})"
-        raise _bad(cert[0], cert[1], f"with {key[0]}={key[1]!r}: {problem}") from None
+        raise bad_value(cert[0], cert[1], f"with {key[0]}={key[1]!r}: {problem}") from None
     if ca is not None:
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca[1])
         except ssl.SSLError as err:
-            raise _bad(ca[0], ca[1], f"not a usable CA ({err.reason or 'bad PEM data'})") from None
+            raise bad_value(
+                ca[0], ca[1], f"not a usable CA ({err.reason or 'bad PEM data'})"
+            ) from None
     return TlsConfig(cert_chain=cert[2], private_key=key[2], ca=None if ca is None else ca[2])
 
 
@@ -363,8 +326,8 @@ def parse_config(
     env: Mapping[str, str], overrides: Optional[Mapping[str, str]] = None
 ) -> SidecarConfig:
     """The sidecar's settings from `env`; `overrides` (variable name -> flag value) win."""
-    src = _Source(env, overrides or {})
-    nnodes = _int(src, "SUPERVISOR_NNODES", 1, 1, 100_000)
+    src = Source(env, overrides or {}, {v.name: v.flag for v in VARIABLES})
+    nnodes = integer(src, "SUPERVISOR_NNODES", 1, 1, 100_000)
     node_rank = _node_rank(src, nnodes)
     template, peers = _template(src, nnodes), _peers(src, nnodes)
     if template is not None and peers:
@@ -376,7 +339,7 @@ def parse_config(
             f"SUPERVISOR_PEER_ADDRESS_TEMPLATE: not set (nor SUPERVISOR_PEERS); "
             f"required when SUPERVISOR_NNODES > 1 (it is {nnodes})"
         )
-    port = _int(src, "SUPERVISOR_PORT", DEFAULT_PORT, 0, 65535)
+    port = integer(src, "SUPERVISOR_PORT", DEFAULT_PORT, 0, 65535)
     bind = _bind(src)
     token, tls = _token(src), _tls(src)
     if tls is not None and bind in ("0.0.0.0", "::"):
@@ -399,8 +362,9 @@ def parse_config(
         bind=bind,
         token=token,
         tls=tls,
-        heartbeat_timeout_s=_seconds(src, "SUPERVISOR_HEARTBEAT_TIMEOUT_S", 10.0, False),
-        unwind_timeout_s=_seconds(src, "SUPERVISOR_UNWIND_TIMEOUT_S", 10.0, False),
-        failure_settle_s=_seconds(src, "SUPERVISOR_FAILURE_SETTLE_S", 1.0, True),
-        crash_loop_threshold=_int(src, "SUPERVISOR_CRASH_LOOP_THRESHOLD", 3, 1, 1_000_000),
+        heartbeat_timeout_s=seconds(src, "SUPERVISOR_HEARTBEAT_TIMEOUT_S", 10.0, False),
+        unwind_timeout_s=seconds(src, "SUPERVISOR_UNWIND_TIMEOUT_S", 10.0, False),
+        failure_settle_s=seconds(src, "SUPERVISOR_FAILURE_SETTLE_S", 1.0, True),
+        crash_loop_threshold=integer(src, "SUPERVISOR_CRASH_LOOP_THRESHOLD", 3, 1, 1_000_000),
+        offload=parse_offload(env, overrides),
     )

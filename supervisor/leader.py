@@ -42,11 +42,8 @@ Rules where the design leaves room, and why:
   If every pod was replaced at once nothing is left to give back: the job
   starts over at generation 0 (no external store, by design).
 - Once EndJob is sent nothing changes; a pod that joins later gets it again.
-- Snapshots: a step is committed once every pod holds it in every local rank
-  (supervisor/commit.py over pods), and each generation starts from the
-  committed step. A lost pod makes the leader forget it: the replacement's
-  shared memory is empty and no peer replica exists yet, so every rank starts
-  from the script's own checkpoint rather than from different steps.
+- Snapshots (supervisor/leader_snapshots.py): commits, one offload round at a
+  time, and at each start the one step every pod has a copy of.
 """
 
 from __future__ import annotations
@@ -57,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from supervisor import restart_policy
-from supervisor.commit import CommitTracker
+from supervisor.leader_snapshots import JobSnapshots, RoundNews
 from supervisor.leader_types import (
     POD_LOST,
     Broadcast,
@@ -71,7 +68,9 @@ from supervisor.leader_types import (
     PodView,
     StartGeneration,
 )
+from supervisor.offload_rounds import OffloadRounds
 from supervisor.restart_policy import Failure
+from supervisor.restore import NodeCopies
 from train_supervisor import exit_codes
 
 #: Failures kept per generation: the one that decided, and context after it.
@@ -115,13 +114,14 @@ class LeaderState:
     master_addr: str  # node 0's address: its rank 0 hosts each generation's TCPStore
     timings: LeaderTimings = field(default_factory=LeaderTimings)
     leader_address: str = ""  # this leader's gRPC address, for status
+    rounds: OffloadRounds = field(default_factory=lambda: OffloadRounds(False, False))
     phase: Phase = field(default=Phase.FORMING, init=False)
     generation: int = field(default=0, init=False)
     restart_count: int = field(default=0, init=False)
     master_port: int = field(default=0, init=False)  # 0 while no generation runs
     history: list[Failure] = field(default_factory=list, init=False)
     members: dict[int, _Member] = field(default_factory=dict, init=False)
-    snapshots: CommitTracker = field(init=False)
+    snapshots: JobSnapshots = field(init=False)
     end: Optional[EndJob] = field(default=None, init=False)
     _open_reason: str = field(default="", init=False)
     _views: dict[int, PodView] = field(default_factory=dict, init=False)  # given while FORMING
@@ -131,7 +131,7 @@ class LeaderState:
     def __post_init__(self) -> None:
         if self.nnodes < 1 or self.nproc < 1:
             raise ValueError(f"nnodes and nproc must be >= 1, not {self.nnodes}, {self.nproc}")
-        self.snapshots = CommitTracker(self.nnodes)  # members are pods
+        self.snapshots = JobSnapshots(self.nnodes, self.rounds)
 
     @property
     def world_size(self) -> int:
@@ -203,6 +203,7 @@ class LeaderState:
             return []
         self.phase = Phase.RUNNING
         self.master_port = self.allocate_port()
+        choice = self.snapshots.choose(range(self.nnodes))
         start = StartGeneration(
             generation=self.generation,
             restart_count=self.restart_count,
@@ -211,30 +212,60 @@ class LeaderState:
             world_size=self.world_size,
             nnodes=self.nnodes,
             history=tuple(self.history),
-            restore_step=self.snapshots.committed,
+            restore_step=choice.step,
+            restore_reason=choice.why(),
         )
         return [Broadcast(None, start)]
 
-    def pod_snapshots(self, node: int, generation: int, held: Iterable[int]) -> list[Broadcast]:
+    def pod_snapshots(
+        self, node: int, generation: int, held: Iterable[int], now: float = 0.0
+    ) -> list[Broadcast]:
         """Every local rank of pod `node` holds the steps `held`."""
-        steps = sorted(held)
-        if self.phase is not Phase.RUNNING or generation != self.generation or not steps:
+        if not self._counts(node, generation):
             return []
-        if node not in self.members:
+        return self._commit_news(self.snapshots.held(node, held, now))
+
+    def pod_copies(self, node: int, copies: NodeCopies) -> None:
+        """What pod `node` holds now (with its "ready" and after each round)."""
+        if node in self.members:
+            self.snapshots.pod_copies(node, copies)
+
+    def pod_offloaded(
+        self, node: int, step: int, replica_error: str, persist_error: str, now: float
+    ) -> list[Broadcast]:
+        if self.phase is not Phase.RUNNING or node not in self.members:
             return []
-        try:
-            moved = self.snapshots.saved(node, steps[-1], steps)
-        except ValueError:  # a pod that broke the protocol: its steps count for nothing
+        news = self.snapshots.offloaded(node, step, replica_error, persist_error, now)
+        return self._commit_news(news)
+
+    def restore_failed(
+        self, node: int, generation: int, step: int, problem: str
+    ) -> list[Broadcast]:
+        """No copy of `step` on `node` passed its checksums: restart without it."""
+        if not self._counts(node, generation):
             return []
-        if not moved:
+        self.snapshots.restore_failed(node, step)
+        failed = Failure(generation, node * self.nproc, f"restore of step {step} failed", 0)
+        self.history.append(failed)
+        return self._decide(node, failed, f"node {node} could not restore step {step}: {problem}")
+
+    def _counts(self, node: int, generation: int) -> bool:
+        """A report of the running generation from a pod the leader counts."""
+        return (
+            self.phase is Phase.RUNNING and generation == self.generation and node in self.members
+        )
+
+    def _commit_news(self, news: Optional[RoundNews]) -> list[Broadcast]:
+        if news is None:
             return []
-        return [Broadcast(None, CommitStep(self.generation, self.snapshots.committed))]
+        step = CommitStep(
+            self.generation, news.committed, news.offload, news.replicated, news.persisted
+        )
+        return [Broadcast(None, step)]
 
     def pod_finished(self, node: int, generation: int) -> list[Broadcast]:
         """Every local rank of the pod finished the script in `generation`."""
-        if self.phase is not Phase.RUNNING or generation != self.generation:
-            return []
-        if node not in self.members:
+        if not self._counts(node, generation):
             return []
         self._finished.add(node)
         if len(self._finished) < self.nnodes:
@@ -318,7 +349,7 @@ class LeaderState:
         return self._decide(0, lost, why)
 
     def _lose(self, node: int, why: str) -> list[Broadcast]:
-        self.snapshots.forget()
+        self.snapshots.lost(node)
         del self.members[node]
         self._ready.discard(node)
         self._finished.discard(node)

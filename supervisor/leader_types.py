@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from supervisor.offload_rounds import OffloadRound
 from supervisor.restart_policy import Failure
 
 #: Signature of the Failure recorded when a pod is lost (stream loss, heartbeat
@@ -65,6 +66,7 @@ class StartGeneration:
     nnodes: int
     history: tuple[Failure, ...] = ()
     restore_step: int = -1  # the committed snapshot every rank restores; -1: none
+    restore_reason: str = ""  # which pods have it where
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class CommitStep:
 
     generation: int
     step: int
+    offload: Optional[OffloadRound] = None  # a round every pod runs now
+    replicated: int = -1  # newest step every pod's replica holds
+    persisted: int = -1  # newest step every pod persisted
 
 
 @dataclass(frozen=True)

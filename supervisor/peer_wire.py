@@ -13,7 +13,9 @@ from supervisor.leader_types import (
     PodView,
     StartGeneration,
 )
+from supervisor.offload_rounds import OffloadRound
 from supervisor.restart_policy import Failure
+from supervisor.restore import NodeCopies
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 
@@ -55,12 +57,22 @@ def message_to_wire(message: Message) -> pb.LeaderMessage:
                 nnodes=message.nnodes,
                 history=[failure_to_wire(f) for f in message.history],
                 restore_step=message.restore_step,
+                restore_reason=message.restore_reason,
             )
         )
     if isinstance(message, CommitStep):
-        return pb.LeaderMessage(
-            commit=pb.CommitMsg(generation=message.generation, step=message.step)
+        commit = pb.CommitMsg(
+            generation=message.generation,
+            step=message.step,
+            replicated_step=message.replicated,
+            persisted_step=message.persisted,
         )
+        if message.offload is not None:
+            o = message.offload
+            commit.offload.CopyFrom(
+                pb.OffloadRoundMsg(step=o.step, replicate=o.replicate, persist=o.persist)
+            )
+        return pb.LeaderMessage(commit=commit)
     return pb.LeaderMessage(end=pb.EndJobMsg(exit_code=message.exit_code, report=message.report))
 
 
@@ -80,9 +92,14 @@ def message_from_wire(message: pb.LeaderMessage) -> Message:
             s.nnodes,
             _history(s.history),
             s.restore_step,
+            s.restore_reason,
         )
     if kind == "commit":
-        return CommitStep(message.commit.generation, message.commit.step)
+        c = message.commit
+        offload = None
+        if c.HasField("offload"):
+            offload = OffloadRound(c.offload.step, c.offload.replicate, c.offload.persist)
+        return CommitStep(c.generation, c.step, offload, c.replicated_step, c.persisted_step)
     if kind == "end":
         return EndJob(message.end.exit_code, message.end.report)
     raise ValueError("empty LeaderMessage")
@@ -102,3 +119,22 @@ def view_from_wire(request: pb.JoinRequest) -> Optional[PodView]:
         return None
     v = request.view
     return PodView(v.generation, v.restart_count, _history(v.history), v.finished)
+
+
+def copies_to_wire(copies: NodeCopies) -> pb.PodCopies:
+    return pb.PodCopies(
+        shm=sorted(copies.shm),
+        replicas=[
+            pb.PodCopies.Replica(node_rank=n, steps=sorted(s))
+            for n, s in sorted(copies.replicas.items())
+        ],
+        persisted=sorted(copies.persisted),
+    )
+
+
+def copies_from_wire(copies: pb.PodCopies) -> NodeCopies:
+    return NodeCopies(
+        shm=frozenset(copies.shm),
+        replicas={r.node_rank: frozenset(r.steps) for r in copies.replicas},
+        persisted=frozenset(copies.persisted),
+    )

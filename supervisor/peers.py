@@ -21,7 +21,9 @@ import grpc
 from supervisor import restart_policy
 from supervisor.leader import JoinRefused, LeaderState
 from supervisor.leader_types import Broadcast, LeaderTimings, PodView, follow, mark_finished
+from supervisor.offload_rounds import OffloadRounds
 from supervisor.peer_wire import (
+    copies_from_wire,
     failure_from_wire,
     message_from_wire,
     message_to_wire,
@@ -74,8 +76,21 @@ class LeaderHub:
         policy = restart_policy.RestartPolicy(
             spec.max_restarts, self.local.settings.crash_loop_threshold
         )
+        offload = self.local.settings.offload
+        rounds = OffloadRounds(
+            replicate=offload.replicate and bool(spec.snapshot_dir),
+            persist=offload.durable_dir is not None and bool(spec.snapshot_dir),
+            every_steps=offload.persist_every_steps,
+            every_s=offload.persist_every_s,
+        )
         self.leader = LeaderState(
-            self.nnodes, spec.nproc_per_node, policy, free_port, self.master_addr, self.timings
+            self.nnodes,
+            spec.nproc_per_node,
+            policy,
+            free_port,
+            self.master_addr,
+            self.timings,
+            rounds=rounds,
         )
         self._deliver(self.leader.join(0, spec.nproc_per_node, None, time.monotonic()))
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
@@ -173,7 +188,10 @@ class LeaderHub:
             self.pod_ranks[node] = list(report.ranks)
         if report.HasField("last_failure") and node != 0:
             self.pod_failures[node] = report.last_failure
+        if report.HasField("copies"):  # before "ready": the restore choice needs them
+            leader.pod_copies(node, copies_from_wire(report.copies))
         kind = report.WhichOneof("report")
+        now = time.monotonic()
         if kind == "ready":
             self._deliver(leader.pod_ready(node, report.ready))
         elif kind == "finished":
@@ -183,7 +201,16 @@ class LeaderHub:
             self._deliver(leader.failure(node, failure.generation, failure))
         elif kind == "snapshots":
             held = report.snapshots
-            self._deliver(leader.pod_snapshots(node, held.generation, held.held))
+            self._deliver(leader.pod_snapshots(node, held.generation, held.held, now))
+        elif kind == "offloaded":
+            done = report.offloaded
+            errors = (done.replica_error, done.persist_error)
+            self._deliver(leader.pod_offloaded(node, done.step, *errors, now))
+        elif kind == "restore_failed":
+            failed = report.restore_failed
+            self._deliver(
+                leader.restore_failed(node, failed.generation, failed.step, failed.problem)
+            )
         return True
 
     def _deliver(self, broadcasts: list[Broadcast]) -> None:

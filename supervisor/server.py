@@ -36,6 +36,7 @@ SERVICE_NAMES = tuple(
         "SnapshotService",
         "StatusService",
         "PeerService",
+        "ReplicaService",
     )
 )
 
@@ -70,6 +71,7 @@ async def start_server(
     token: Optional[str] = None,
     tls: Optional[TlsConfig] = None,
     peers: Optional[pb_grpc.PeerServiceServicer] = None,
+    replicas: Optional[pb_grpc.ReplicaServiceServicer] = None,
     loopback_plaintext: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Bind and start; returns the server and the bound port.
@@ -99,6 +101,8 @@ async def start_server(
     pb_grpc.add_SnapshotServiceServicer_to_server(SnapshotServicer(sup), server)
     if peers is not None:  # node 0 of a multi-pod job: the leader
         pb_grpc.add_PeerServiceServicer_to_server(peers, server)
+    if replicas is not None:  # a multi-pod job: holds the previous pod's snapshots
+        pb_grpc.add_ReplicaServiceServicer_to_server(replicas, server)
     # grpc_health-stubs lacks the `aio` submodule that grpc_health.v1.health exports.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -125,6 +129,9 @@ async def start_server(
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port
+
+
+CLOSE_LIMIT_S = 300.0
 
 
 class EmbeddedSupervisor:
@@ -169,6 +176,7 @@ class EmbeddedSupervisor:
         server, self.port = await start_server(self.sup, self.address, token=self.token)
         self._ready.set()
         await self._stop.wait()
+        await self.sup.finish_offload()
         await server.stop(grace=0.5)
 
     def stop_job(self, report: str) -> None:
@@ -180,4 +188,7 @@ class EmbeddedSupervisor:
     def close(self) -> None:
         if self.loop is not None and self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=5)
+        # Long enough for the shutdown flush (a capped write of the newest committed step).
+        self._thread.join(timeout=CLOSE_LIMIT_S)
+        if self._thread.is_alive():
+            log.warning("the supervisor did not stop within %gs", CLOSE_LIMIT_S)

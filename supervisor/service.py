@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Protocol
 
 import grpc
@@ -15,9 +16,14 @@ import grpc
 from supervisor import restart_policy
 from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
 from supervisor.job_types import ToLeader
+from supervisor.offload import REPLICAS
+from supervisor.offload_config import OffloadConfig
+from supervisor.offload_driver import OffloadDriver, ReplicaTarget
+from supervisor.peer_wire import copies_to_wire
 from supervisor.pod_job import CoordinatedJobState
 from supervisor.ports import free_port
 from supervisor.status_view import job_status
+from train_supervisor.arena import remove_arena
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -35,6 +41,7 @@ class SupervisorSettings:
     # is judged to be the failure itself.
     failure_settle_s: float = 1.0
     tick_s: float = 0.1
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
 
 
 class Coordination(Protocol):
@@ -70,6 +77,8 @@ class Supervisor:
         self.finished = asyncio.Event()
         self.events_logged = 0
         self._ticker: Optional[asyncio.Task[None]] = None
+        self.replica_target: Optional[ReplicaTarget] = None  # the next pod (multi-pod only)
+        self.offload: Optional[OffloadDriver] = None  # once a job with snapshots attached
 
     # ------------------------------------------------------------- plumbing
     def apply(self, effects: list[Effect]) -> None:
@@ -83,6 +92,10 @@ class Supervisor:
                 if effect.command.HasField("shutdown"):
                     self.finished.set()
             elif isinstance(effect, ToLeader) and self.coordination is not None:
+                if effect.report.HasField("ready") and self.offload is not None:
+                    # The leader chooses the restore step from every pod's copies.
+                    copies = copies_to_wire(self.offload.copies_now())
+                    effect.report.copies.CopyFrom(copies)
                 self.coordination.report(effect.report)
         asyncio.get_running_loop().create_task(self._notify())
         self._log_new_events()
@@ -107,13 +120,29 @@ class Supervisor:
             self.apply(job.start_generation(message.start))
         elif kind == "end":
             self.apply(job.end_job(message.end))
-        elif kind == "commit" and job.commit_snapshot(message.commit):
-            self.apply([])  # wakes the ranks waiting for this commit
+        elif kind == "commit":
+            if job.commit_snapshot(message.commit):
+                self.apply([])  # wakes the ranks waiting for this commit
+            if self.offload is not None and message.commit.generation == job.generation:
+                self.offload.leader_round(message.commit)
+
+    def replica_job(self) -> Optional[tuple[str, Path]]:
+        """Where the previous pod's replicas go: (run id, directory), once a job attached."""
+        if self.job is None or not self.job.spec.snapshot_dir:
+            return None
+        return self.job.spec.run_id, Path(self.job.spec.snapshot_dir) / REPLICAS
 
     def local_ranks(self) -> list[pb.RankStatus]:
+        return list(self.local_status().ranks)
+
+    def local_status(self) -> pb.JobStatus:
+        """This pod's part of the job's status."""
         if self.job is None:
-            return []
-        return list(job_status(self.job, time.monotonic(), self.leader).ranks)
+            return pb.JobStatus(state=pb.JobState.JOB_STATE_STARTING, leader=self.leader)
+        status = job_status(self.job, time.monotonic(), self.leader)
+        if self.offload is not None:
+            self.offload.status(status)
+        return status
 
     def leader_lost(self) -> None:
         if isinstance(self.job, CoordinatedJobState):
@@ -166,6 +195,15 @@ class Supervisor:
             )
             self.coordination.launcher_attached(request.spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
+        if request.spec.snapshot_dir:
+            target = self.replica_target if self.coordination is not None else None
+            self.offload = OffloadDriver(
+                self.job,
+                self.settings.offload,
+                target,
+                on_change=lambda: self.apply([]),
+                to_leader=lambda report: self.apply([ToLeader(report)]),
+            )
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         job = self.job
         self.apply(job.attach_launcher())
@@ -210,6 +248,19 @@ class Supervisor:
     def stop(self, report: str) -> None:
         if self.job is not None:
             self.apply(self.job.stop(report))
+
+    async def finish_offload(self) -> None:
+        """Before exit: persist the newest committed step, then free the shared memory of a
+        job that succeeded (a failed one keeps it for whoever comes next)."""
+        if self.offload is None or self.job is None:
+            return
+        await self.offload.flush()
+        self.offload.close()
+        if self.job.state == pb.JobState.JOB_STATE_SUCCEEDED:
+            try:
+                remove_arena(Path(self.job.spec.snapshot_dir))
+            except OSError as err:  # the job succeeded all the same
+                log.warning("could not remove %s: %s", self.job.spec.snapshot_dir, err)
 
     # --------------------------------------------------------------- worker
     async def attach_worker(
@@ -281,10 +332,7 @@ class Supervisor:
         request: pb.GetStatusRequest,
         context: grpc.aio.ServicerContext[pb.GetStatusRequest, pb.JobStatus],
     ) -> pb.JobStatus:
-        if self.job is None:
-            local = pb.JobStatus(state=pb.JobState.JOB_STATE_STARTING, leader=self.leader)
-        else:
-            local = job_status(self.job, time.monotonic(), self.leader)
+        local = self.local_status()
         if self.coordination is None:
             return local
         return await self.coordination.job_status(local)

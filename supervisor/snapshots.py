@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from supervisor.commit import NONE
 from supervisor.job import JobState
+from supervisor.offload import Materialized
+from supervisor.offload_driver import OffloadDriver
 from supervisor.pod_job import CoordinatedJobState
 from supervisor.service import Supervisor
-from train_supervisor.arena import CorruptSnapshot, RankArena
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -29,30 +29,11 @@ from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 COMMIT_WAIT_S = 60.0
 
 
-def unusable(directory: Path, ranks: Iterable[int], step: int) -> list[str]:
-    """Why `step` cannot be restored on some of `ranks` (checksums verified); [] if it can."""
-    problems = []
-    for rank in ranks:
-        arena = RankArena(directory, rank)
-        try:
-            slot = arena.find(step)
-            if slot is None:
-                problems.append(f"rank {rank}: step {step} is not in {directory}")
-                continue
-            arena.read(slot, verify=True)
-        except (CorruptSnapshot, OSError) as err:
-            problems.append(f"rank {rank}: {err}")
-        finally:
-            arena.close()
-    return problems
-
-
 class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
     def __init__(self, sup: Supervisor, commit_wait_s: float = COMMIT_WAIT_S) -> None:
         self.sup = sup
         self.commit_wait_s = commit_wait_s
-        # One decision per generation, shared by every rank that asks.
-        self._restore_points: dict[int, asyncio.Task[int]] = {}
+        self._restore_points: dict[int, asyncio.Future[Materialized]] = {}
 
     async def ReportSaved(
         self, request: pb.SnapshotSaved, context: grpc.aio.ServicerContext[Any, Any]
@@ -73,6 +54,8 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
             raise AssertionError("unreachable: abort raises") from None
         if effects or tracker.committed != committed:  # a commit is no event: it is every step
             self.sup.apply(effects)  # reports to the leader; wakes the ranks waiting below
+            if self.sup.offload is not None and not isinstance(job, CoordinatedJobState):
+                self.sup.offload.committed(tracker.committed)
 
         def settled() -> bool:
             return tracker.is_settled(request.step) or job.generation != request.generation
@@ -86,31 +69,38 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
         self, request: pb.RestoreRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RestorePoint:
         job = await self.sup.require_job(context)
-        if isinstance(job, CoordinatedJobState):
-            # The leader's start message named it; each rank verifies its own copy.
-            return pb.RestorePoint(step=job.snapshots.committed)
-        point = self._restore_points.get(job.generation)
-        if point is None:
-            self._restore_points = {job.generation: asyncio.create_task(self._restore_point(job))}
-            point = self._restore_points[job.generation]
-        return pb.RestorePoint(step=await asyncio.shield(point))
+        offload = self.sup.offload
+        if offload is None:
+            return pb.RestorePoint(step=NONE)
+        generation = job.generation
+        point = self._restore_points.get(generation)
+        if point is None:  # one decision per generation, shared by every rank that asks
+            point = asyncio.ensure_future(self._restore(job, offload))
+            self._restore_points = {generation: point}
+        done = await asyncio.shield(point)
+        if not done.complete:
+            # The leader opens the next generation without this step; the abort unwinds
+            # the rank right after this answer.
+            await self._wait_for(lambda: job.generation != generation or job.over)
+            return pb.RestorePoint(step=NONE)
+        return pb.RestorePoint(step=done.step, source=done.sources.get(request.rank, ""))
 
-    async def _restore_point(self, job: JobState) -> int:
-        """The committed step, once every rank's copy of it verifies: all restore it or none."""
-        tracker, step = job.snapshots, job.snapshots.committed
-        if step == NONE or not job.spec.snapshot_dir:
-            return step
-        directory = Path(job.spec.snapshot_dir)
-        problems = await asyncio.to_thread(unusable, directory, sorted(job.ranks), step)
-        if not problems:
-            return step
-        for problem in problems:
-            job.record("snapshot_problem", problem)
-        # No peer replica or durable copy yet: the next source is a fresh start.
-        job.record("snapshot_fallback", f"step {step} is not usable on every rank: none restored")
-        tracker.forget()
+    async def _wait_for(self, done: Callable[[], bool]) -> None:
+        async with self.sup.changed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.sup.changed.wait_for(done), self.commit_wait_s)
+
+    async def _restore(self, job: JobState, offload: OffloadDriver) -> Materialized:
+        """Every local rank's copy of one step in place (shm -> peer -> durable), or none.
+
+        One pod chooses the step itself; in a job of several the leader chose it."""
+        if isinstance(job, CoordinatedJobState):
+            return await offload.restore_leaders_step(job.snapshots.committed, job.generation)
+        done = await offload.restore_here()
+        job.snapshots.adopt(done.step)
+        job.snapshots.new_generation()  # held steps past the restored one are void
         self.sup.apply([])
-        return NONE
+        return done
 
     async def ReportRestore(
         self, request: pb.RestoreReport, context: grpc.aio.ServicerContext[Any, Any]

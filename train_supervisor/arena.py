@@ -230,6 +230,12 @@ class RankArena:
             view.release()
         return self.finish_write(slot, expect=image.checksum)
 
+    def discard(self, slot: int) -> None:
+        """Make `slot` EMPTY (a void step: never restored); its pages stay allocated."""
+        mm = self._map(_check_slot(slot))
+        if mm is not None and len(mm) >= HEADER_SIZE:
+            mm[:HEADER_SIZE] = bytes(HEADER_SIZE)
+
     def find(self, step: int) -> Optional[int]:
         """The slot with a COMPLETE snapshot of `step` (header only, no checksum), or None."""
         found = [s for s in self.slots() if s.state is SlotState.COMPLETE and s.step == step]

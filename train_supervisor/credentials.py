@@ -35,6 +35,8 @@ class _ClientCallDetails(
 class TokenInterceptor(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
 ):
     """Adds the job token to every call made on a channel."""
 
@@ -61,6 +63,17 @@ class TokenInterceptor(
         self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
     ) -> Any:
         return continuation(self._with_token(details), request)
+
+    # Streamed requests (a replica push) carry it too.
+    def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, requests: Any
+    ) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, requests: Any
+    ) -> Any:
+        return continuation(self._with_token(details), requests)
 
 
 def client_channel(

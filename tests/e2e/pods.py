@@ -6,6 +6,7 @@ Shared by the multi-pod end-to-end tests and bench/recovery_multi_pod.py.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -32,14 +33,20 @@ class Pods:
         heartbeat_timeout_s: float = 5.0,
         tls: Optional[tuple[Path, Path]] = None,
         launcher_env: Optional[dict[str, str]] = None,
+        sidecar_env: Optional[dict[str, str]] = None,
+        snapshot_root: Optional[Path] = None,
     ) -> None:
         """With `hosts` (one per pod), pod i runs in hosts[i]'s network namespace.
 
         With `tls` (a certificate, its own CA, and its key), supervisors talk TLS
         to each other; each pod's launcher and workers use plaintext on loopback.
+        With `snapshot_root`, pod i keeps its snapshots in snapshot_root/pod-<i> (its
+        own shared memory, as each pod has on its own node).
         """
         self.tls = tls
         self.launcher_env = launcher_env or {}
+        self.sidecar_env = sidecar_env or {}
+        self.snapshot_root = snapshot_root
         self.nproc = nproc
         self.warm_spares = warm_spares
         self.hosts = hosts
@@ -59,6 +66,7 @@ class Pods:
             SUPERVISOR_BIND=self.bind(node),
             SUPERVISOR_TOKEN=TOKEN,
             SUPERVISOR_HEARTBEAT_TIMEOUT_S=str(self.heartbeat_timeout_s),
+            **self.sidecar_env,
         )
         if self.tls is not None:
             cert, key = self.tls
@@ -91,6 +99,8 @@ class Pods:
             str(TOY_DDP), *self.script_args,
         ]  # fmt: skip
         env = job_env(SUPERVISOR_TOKEN=TOKEN, **self.launcher_env)
+        if self.snapshot_root is not None:
+            env["TRAIN_SUPERVISOR_SNAPSHOT_DIR"] = str(self.snapshot_dir(node))
         if self.hosts:  # gloo finds its interface by hostname otherwise: the host's, not the pod's
             env["GLOO_SOCKET_IFNAME"] = self.hosts[node].interface
         return RunningJob(self.command(node, argv), env)
@@ -106,12 +116,21 @@ class Pods:
         status: dict[str, Any] = json.loads(done.stdout)
         return status
 
-    def replace_pod(self, node: int) -> None:
-        """SIGKILL the pod's sidecar, launcher and workers; start new ones (same index)."""
+    def snapshot_dir(self, node: int) -> Path:
+        assert self.snapshot_root is not None, "Pods(snapshot_root=...) gives each pod its own"
+        return self.snapshot_root / f"pod-{node}"
+
+    def replace_pod(self, node: int, wipe_memory: bool = False) -> None:
+        """SIGKILL the pod's sidecar, launcher and workers; start new ones (same index).
+
+        wipe_memory: the new pod is on another node: its snapshot directory starts empty.
+        """
         self.launchers[node].kill_tree()
         self.sidecars[node].kill_tree()
         self.launchers[node].wait(30)
         self.sidecars[node].wait(30)
+        if wipe_memory:
+            shutil.rmtree(self.snapshot_dir(node))
         self.sidecars[node] = self.start_sidecar(node)
         self.launchers[node] = self.start_launcher(node)
 

@@ -145,6 +145,8 @@ def test_nothing_starts_until_every_pod_is_ready(nnodes: int) -> None:
         world_size=nnodes * NPROC,
         nnodes=nnodes,
         history=(),
+        restore_step=-1,
+        restore_reason="no step has a copy for every pod: fresh start",
     )
     assert leader.phase is Phase.RUNNING
 

@@ -583,7 +583,7 @@ class OpenGenerationMsg(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., reason: _Optional[str] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ...) -> None: ...
 
 class StartGenerationMsg(_message.Message):
-    __slots__ = ("generation", "restart_count", "master_addr", "master_port", "world_size", "nnodes", "history", "restore_step")
+    __slots__ = ("generation", "restart_count", "master_addr", "master_port", "world_size", "nnodes", "history", "restore_step", "restore_reason")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
     MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
@@ -592,6 +592,7 @@ class StartGenerationMsg(_message.Message):
     NNODES_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     RESTORE_STEP_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_REASON_FIELD_NUMBER: _ClassVar[int]
     generation: int
     restart_count: int
     master_addr: str
@@ -600,15 +601,32 @@ class StartGenerationMsg(_message.Message):
     nnodes: int
     history: _containers.RepeatedCompositeFieldContainer[PolicyFailure]
     restore_step: int
-    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., world_size: _Optional[int] = ..., nnodes: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., restore_step: _Optional[int] = ...) -> None: ...
+    restore_reason: str
+    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., world_size: _Optional[int] = ..., nnodes: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., restore_step: _Optional[int] = ..., restore_reason: _Optional[str] = ...) -> None: ...
+
+class OffloadRoundMsg(_message.Message):
+    __slots__ = ("step", "replicate", "persist")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    REPLICATE_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    replicate: bool
+    persist: bool
+    def __init__(self, step: _Optional[int] = ..., replicate: bool = ..., persist: bool = ...) -> None: ...
 
 class CommitMsg(_message.Message):
-    __slots__ = ("generation", "step")
+    __slots__ = ("generation", "step", "offload", "replicated_step", "persisted_step")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_FIELD_NUMBER: _ClassVar[int]
+    REPLICATED_STEP_FIELD_NUMBER: _ClassVar[int]
+    PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
     generation: int
     step: int
-    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+    offload: OffloadRoundMsg
+    replicated_step: int
+    persisted_step: int
+    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., offload: _Optional[_Union[OffloadRoundMsg, _Mapping]] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ...) -> None: ...
 
 class EndJobMsg(_message.Message):
     __slots__ = ("exit_code", "report")
@@ -638,8 +656,45 @@ class PodSnapshots(_message.Message):
     held: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, generation: _Optional[int] = ..., held: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class PodCopies(_message.Message):
+    __slots__ = ("shm", "replicas", "persisted")
+    class Replica(_message.Message):
+        __slots__ = ("node_rank", "steps")
+        NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+        STEPS_FIELD_NUMBER: _ClassVar[int]
+        node_rank: int
+        steps: _containers.RepeatedScalarFieldContainer[int]
+        def __init__(self, node_rank: _Optional[int] = ..., steps: _Optional[_Iterable[int]] = ...) -> None: ...
+    SHM_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PERSISTED_FIELD_NUMBER: _ClassVar[int]
+    shm: _containers.RepeatedScalarFieldContainer[int]
+    replicas: _containers.RepeatedCompositeFieldContainer[PodCopies.Replica]
+    persisted: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, shm: _Optional[_Iterable[int]] = ..., replicas: _Optional[_Iterable[_Union[PodCopies.Replica, _Mapping]]] = ..., persisted: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class OffloadDone(_message.Message):
+    __slots__ = ("step", "replica_error", "persist_error")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    replica_error: str
+    persist_error: str
+    def __init__(self, step: _Optional[int] = ..., replica_error: _Optional[str] = ..., persist_error: _Optional[str] = ...) -> None: ...
+
+class RestoreFailed(_message.Message):
+    __slots__ = ("generation", "step", "problem")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    step: int
+    problem: str
+    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
+
 class PodReport(_message.Message):
-    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "ranks", "last_failure")
+    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "offloaded", "restore_failed", "copies", "ranks", "last_failure")
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -647,6 +702,9 @@ class PodReport(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    OFFLOADED_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FAILED_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
     node_rank: int
@@ -656,9 +714,12 @@ class PodReport(_message.Message):
     failure: PolicyFailure
     heartbeat: bool
     snapshots: PodSnapshots
+    offloaded: OffloadDone
+    restore_failed: RestoreFailed
+    copies: PodCopies
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
     last_failure: FailureRecord
-    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ...) -> None: ...
+    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., offloaded: _Optional[_Union[OffloadDone, _Mapping]] = ..., restore_failed: _Optional[_Union[RestoreFailed, _Mapping]] = ..., copies: _Optional[_Union[PodCopies, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ...) -> None: ...
 
 class PodReportReply(_message.Message):
     __slots__ = ("rejoin",)

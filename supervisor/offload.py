@@ -1,0 +1,291 @@
+"""Copies of committed snapshots outside the ranks' arenas: staging, replica, durable (I/O).
+
+Called from one worker thread (never the event loop): a round (stage, push
+to the next pod, persist) and a restore's copy into a rank's arena never run
+at the same time. What to do and when is decided elsewhere
+(supervisor/offload_rounds.py, supervisor/restore.py).
+
+Shared-memory layout under the pod's snapshot directory:
+  rank-<r>.slot{0,1}            the ranks' own arenas (the workers write them)
+  staged/rank-<r>.slot{0,1}     this sidecar's copy of the last two rounds' steps
+  replicas/rank-<r>.slot{0,1}   the previous pod's ranks, as pushed to us
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import grpc
+
+from supervisor.commit import NONE
+from supervisor.durable import DurableError, DurableStore
+from supervisor.offload_config import OffloadConfig
+from supervisor.offload_rounds import OffloadRound
+from supervisor.replica import fetch_replica, push_replica
+from supervisor.restore import DURABLE, PEER, SHM, NodeCopies
+from supervisor.throttle import Throttle
+from train_supervisor.arena import CorruptSnapshot, RankArena, SlotState, SnapshotImage
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+STAGED, REPLICAS = "staged", "replicas"
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    step: int
+    stage_error: str = ""
+    replica_error: str = ""
+    persist_error: str = ""
+    bytes: int = 0
+    stage_s: float = 0.0
+    replica_s: float = 0.0
+    persist_s: float = 0.0
+
+
+@dataclass
+class Materialized:
+    """How a restore of one step went on this pod."""
+
+    step: int
+    sources: dict[int, str] = field(default_factory=dict)  # rank -> where it came from
+    problems: list[str] = field(default_factory=list)  # sources passed over, and why
+
+    @property
+    def complete(self) -> bool:
+        return all(self.sources.values())
+
+
+def complete_steps(arena: RankArena) -> set[int]:
+    """Steps whose slot header says COMPLETE (no checksum)."""
+    return {s.step for s in arena.slots() if s.state is SlotState.COMPLETE}
+
+
+def _ranks_in(directory: Path) -> list[int]:
+    """The ranks with slot files in `directory`."""
+    names = (p.name for p in directory.glob("rank-*.slot*"))
+    return sorted({int(n[5:].split(".")[0]) for n in names if n[5:].split(".")[0].isdigit()})
+
+
+def _free_slot(arena: RankArena, keep: int) -> int:
+    """A slot to write, never the one holding `keep` complete."""
+    slots = arena.slots()
+    for info in slots:
+        if not (info.state is SlotState.COMPLETE and info.step == keep):
+            return info.slot
+    raise RuntimeError(f"{arena.directory}: both slots hold step {keep}")
+
+
+class Offloader:
+    def __init__(
+        self,
+        run_id: str,
+        node_rank: int,
+        ranks: Iterable[int],
+        snapshot_dir: Path,
+        config: OffloadConfig,
+        holder: Optional[Callable[[], pb_grpc.ReplicaServiceStub]] = None,
+    ) -> None:
+        self.run_id, self.node_rank, self.ranks = run_id, node_rank, sorted(ranks)
+        self.directory = snapshot_dir
+        self.config = config
+        self.holder = holder  # the next pod's replica service; None: no replica
+        self.store = (
+            DurableStore(config.durable_dir, run_id, node_rank) if config.durable_dir else None
+        )
+        self.kept = NONE  # the last round every pod finished: its staged copies stay whole
+
+    def _arena(self, rank: int, where: str = "") -> RankArena:
+        return RankArena(self.directory / where if where else self.directory, rank)
+
+    # -------------------------------------------------------------- rounds
+    def run_round(self, rnd: OffloadRound, generation: int) -> RoundResult:
+        began = time.perf_counter()
+        try:
+            images = self._stage(rnd.step)
+        except (CorruptSnapshot, OSError) as err:
+            why = f"staging step {rnd.step}: {err}"
+            return RoundResult(
+                rnd.step, why, why if rnd.replicate else "", why if rnd.persist else ""
+            )
+        staged_s = time.perf_counter() - began
+        size = sum(len(i.manifest) + len(i.payload) for i in images)
+        replica_error, persist_error = "", ""
+        replica_s = persist_s = 0.0
+        if rnd.replicate:
+            began = time.perf_counter()
+            replica_error = self._replicate(images)
+            replica_s = time.perf_counter() - began
+        if rnd.persist:
+            began = time.perf_counter()
+            persist_error = self._persist(rnd.step, generation, images)
+            persist_s = time.perf_counter() - began
+        return RoundResult(
+            rnd.step, "", replica_error, persist_error, size, staged_s, replica_s, persist_s
+        )
+
+    def _stage(self, step: int) -> list[SnapshotImage]:
+        """Copy every local rank's `step` into the staged arenas, checksum verified."""
+        images = []
+        for rank in self.ranks:
+            source, staged = self._arena(rank), self._arena(rank, STAGED)
+            try:
+                slot = source.find(step)
+                if slot is None:
+                    raise CorruptSnapshot(f"rank {rank}: step {step} is not in {self.directory}")
+                # A worker that overwrote the slot meanwhile makes the copy's checksum differ.
+                dst = _free_slot(staged, self.kept)
+                staged.store(dst, source.image(slot, verify=False))
+                images.append(staged.image(dst, verify=False))
+            finally:
+                source.close()
+                staged.close()
+        return images
+
+    def _replicate(self, images: list[SnapshotImage]) -> str:
+        if self.holder is None:
+            return "no pod to replicate to"
+        throttle = Throttle(self.config.replica_bytes_per_s)
+        try:
+            stub = self.holder()
+            for image in images:
+                push_replica(stub, self.run_id, self.node_rank, image, throttle.pace)
+        except grpc.RpcError as err:
+            return f"replica of step {images[0].step}: {err.code().name}: {err.details()}"
+        return ""
+
+    def _persist(self, step: int, generation: int, images: list[SnapshotImage]) -> str:
+        assert self.store is not None
+        try:
+            self.store.persist(
+                step, generation, images, Throttle(self.config.persist_bytes_per_s).pace
+            )
+            self.store.prune(self.config.persist_keep)
+        except (DurableError, OSError) as err:
+            return str(err)
+        return ""
+
+    def persist_committed(self, step: int, generation: int) -> str:
+        """Persist `step` straight from the ranks' arenas (shutdown: the ranks are gone)."""
+        if self.store is None or step == NONE:
+            return ""
+        if step in self.store.steps():
+            return ""
+        try:
+            images = self._stage(step)
+        except (CorruptSnapshot, OSError) as err:
+            return f"staging step {step}: {err}"
+        return self._persist(step, generation, images)
+
+    # ------------------------------------------------------------- copies
+    def copies(self) -> NodeCopies:
+        """What this pod holds for all of its ranks (headers only; restore verifies)."""
+        shm: Optional[set[int]] = None
+        for rank in self.ranks:
+            held = set()
+            for where in ("", STAGED):
+                arena = self._arena(rank, where)
+                held |= complete_steps(arena)
+                arena.close()
+            shm = held if shm is None else shm & held
+        return NodeCopies(
+            shm=frozenset(shm or ()),
+            replicas=self._replica_copies(),
+            persisted=frozenset(self.store.steps()) if self.store else frozenset(),
+        )
+
+    def _replica_copies(self) -> dict[int, frozenset[int]]:
+        directory = self.directory / REPLICAS
+        if not directory.is_dir():
+            return {}
+        by_rank: dict[int, set[int]] = {}
+        for rank in _ranks_in(directory):
+            arena = RankArena(directory, rank)
+            by_rank[rank] = complete_steps(arena)
+            arena.close()
+        nproc = len(self.ranks)
+        by_node: dict[int, frozenset[int]] = {}
+        for node in {r // nproc for r in by_rank}:
+            members = [by_rank.get(r, set()) for r in range(node * nproc, (node + 1) * nproc)]
+            by_node[node] = frozenset(set.intersection(*members))
+        return by_node
+
+    def discard_after(self, step: int) -> list[str]:
+        """Steps past `step` are void once a generation restores `step` (the ranks redo
+        them with new contents): drop every copy of them here. Returns what went."""
+        dropped = []
+        replica_dir = self.directory / REPLICAS
+        arenas = [self._arena(r, where) for r in self.ranks for where in ("", STAGED)]
+        if replica_dir.is_dir():
+            arenas += [RankArena(replica_dir, r) for r in _ranks_in(replica_dir)]
+        for arena in arenas:
+            for info in arena.slots():
+                if info.state is SlotState.COMPLETE and info.step > step:
+                    arena.discard(info.slot)
+                    dropped.append(f"{arena.path(info.slot).name} (step {info.step})")
+            arena.close()
+        if self.store is not None:
+            for old in self.store.steps():
+                if old > step:
+                    self.store.remove(old)
+                    dropped.append(f"durable step {old}")
+        return dropped
+
+    # ------------------------------------------------------------- restore
+    def materialize(self, step: int, order: list[str]) -> Materialized:
+        """Put `step` in every local rank's own arena, trying `order`'s sources in turn."""
+        done = Materialized(step)
+        configured = {SHM: True, PEER: self.holder is not None, DURABLE: self.store is not None}
+        order = [source for source in order if configured[source]]
+        for rank in self.ranks:
+            done.sources[rank] = ""
+            for source in order:
+                try:
+                    self._place(rank, step, source)
+                except (CorruptSnapshot, DurableError, OSError, grpc.RpcError) as err:
+                    text = (
+                        f"{err.code().name}: {err.details()}"
+                        if isinstance(err, grpc.RpcError)
+                        else str(err)
+                    )
+                    done.problems.append(f"rank {rank}: {source}: {text}")
+                    continue
+                done.sources[rank] = source
+                break
+        return done
+
+    def _place(self, rank: int, step: int, source: str) -> None:
+        arena = self._arena(rank)
+        try:
+            if source == SHM:
+                slot = arena.find(step)
+                if slot is not None:
+                    arena.read(slot, verify=True)
+                    return
+                staged = self._arena(rank, STAGED)
+                try:
+                    slot = staged.find(step)
+                    if slot is None:
+                        raise CorruptSnapshot(
+                            f"rank {rank}: step {step} is not in this pod's memory"
+                        )
+                    arena.store(_free_slot(arena, NONE), staged.image(slot, verify=True))
+                finally:
+                    staged.close()
+            elif source == PEER:
+                if self.holder is None:
+                    raise CorruptSnapshot("no peer holds a replica")
+                fetch_replica(
+                    self.holder(), self.run_id, rank, step, arena, _free_slot(arena, NONE)
+                )
+            elif source == DURABLE:
+                if self.store is None:
+                    raise CorruptSnapshot("no durable directory configured")
+                arena.store(_free_slot(arena, NONE), self.store.load(step, rank))
+            else:
+                raise ValueError(f"unknown restore source {source!r}")
+        finally:
+            arena.close()

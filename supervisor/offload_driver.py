@@ -1,0 +1,227 @@
+"""Runs one pod's offload rounds and restores off the event loop, and keeps their outcome.
+
+The Offloader (supervisor/offload.py) does the copying on one worker thread;
+this adapter decides nothing itself: a single-pod job's rounds come from its
+OffloadRounds (supervisor/offload_rounds.py), a larger job's from the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import grpc
+
+from supervisor.commit import NONE
+from supervisor.job import JobState
+from supervisor.offload import Materialized, Offloader, RoundResult
+from supervisor.offload_config import OffloadConfig
+from supervisor.offload_rounds import OffloadRound, OffloadRounds
+from supervisor.peer_wire import copies_to_wire
+from supervisor.restore import SOURCE_ORDER, NodeCopies, RestoreChoice, choose_restore
+from train_supervisor.credentials import client_channel
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+log = logging.getLogger("train_supervisor")
+
+
+@dataclass(frozen=True)
+class ReplicaTarget:
+    """The next pod's supervisor, which keeps this pod's replica."""
+
+    address: str
+    token: Optional[str]
+    tls_ca: Optional[bytes] = None
+
+
+class OffloadDriver:
+    def __init__(
+        self,
+        job: JobState,
+        config: OffloadConfig,
+        target: Optional[ReplicaTarget],
+        on_change: Callable[[], None],
+        to_leader: Callable[[pb.PodReport], None] = lambda report: None,
+    ) -> None:
+        spec = job.spec
+        self.job = job
+        self.on_change = on_change  # wakes waiters, logs new events
+        self.to_leader = to_leader  # a job of several pods: the leader runs the rounds
+        first = spec.node_rank * spec.nproc_per_node
+        self._channel: Optional[grpc.Channel] = None
+        self.target = target if config.replicate else None
+        self.offloader = Offloader(
+            spec.run_id,
+            spec.node_rank,
+            range(first, first + spec.nproc_per_node),
+            Path(spec.snapshot_dir),
+            config,
+            holder=self._holder if self.target is not None else None,
+        )
+        self.rounds = OffloadRounds(
+            replicate=self.target is not None,
+            persist=config.durable_dir is not None,
+            every_steps=config.persist_every_steps,
+            every_s=config.persist_every_s,
+        )
+        self.last_result: Optional[RoundResult] = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="offload")
+        self._restores: dict[int, asyncio.Task[Materialized]] = {}
+
+    def _holder(self) -> pb_grpc.ReplicaServiceStub:
+        assert self.target is not None
+        if self._channel is None:
+            t = self.target
+            self._channel = client_channel(t.address, t.token, tls_ca=t.tls_ca)
+        return pb_grpc.ReplicaServiceStub(self._channel)
+
+    async def _in_thread(self, call: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
+    # -------------------------------------------------------------- rounds
+    def committed(self, step: int) -> None:
+        """Single pod: a step was committed; start a round if one is due."""
+        rnd = self.rounds.next_round(step, time.monotonic())
+        if rnd is not None:
+            asyncio.get_running_loop().create_task(self._local_round(rnd))
+
+    async def _local_round(self, rnd: OffloadRound) -> None:
+        result = await self.run_round(rnd)
+        self.rounds.finished(rnd.step, result.replica_error, result.persist_error, time.monotonic())
+        self.on_change()
+        self.committed(self.job.snapshots.committed)  # the next step may be due already
+
+    def leader_round(self, commit: pb.CommitMsg) -> None:
+        """Several pods: the leader's commit news, maybe with a round to run now."""
+        self.rounds.replicated = commit.replicated_step
+        self.rounds.persisted = commit.persisted_step
+        if commit.HasField("offload"):
+            o = commit.offload
+            rnd = OffloadRound(o.step, o.replicate, o.persist)
+            asyncio.get_running_loop().create_task(self._pod_round(rnd))
+
+    async def _pod_round(self, rnd: OffloadRound) -> None:
+        result = await self.run_round(rnd)
+        for part, error in (("replica", result.replica_error), ("persist", result.persist_error)):
+            if error:
+                self.rounds.errors[part] = error
+            elif (part == "replica" and rnd.replicate) or (part == "persist" and rnd.persist):
+                self.rounds.errors.pop(part, None)
+        done = pb.OffloadDone(
+            step=rnd.step, replica_error=result.replica_error, persist_error=result.persist_error
+        )
+        self.to_leader(pb.PodReport(offloaded=done, copies=copies_to_wire(await self.copies())))
+
+    async def run_round(self, rnd: OffloadRound) -> RoundResult:
+        generation = self.job.generation
+        # The last round every pod finished stays whole in the staged copies.
+        self.offloader.kept = self.rounds.replicated
+        result = await self._in_thread(self.offloader.run_round, rnd, generation)
+        assert isinstance(result, RoundResult)
+        self.last_result = result
+        for part, error in (("replica", result.replica_error), ("persist", result.persist_error)):
+            if error:
+                self.job.record(f"{part}_error", error)
+        if rnd.persist and not result.persist_error:
+            self.job.record(
+                "persisted",
+                f"step {rnd.step}: {result.bytes / 1e6:.1f} MB in {result.persist_s:.2f}s",
+            )
+        self.on_change()
+        return result
+
+    # ------------------------------------------------------------- restore
+    async def copies(self) -> NodeCopies:
+        found = await self._in_thread(self.offloader.copies)
+        assert isinstance(found, NodeCopies)
+        return found
+
+    async def restore_here(self) -> Materialized:
+        """Single pod: choose the step (committed, or the newest persisted) and place it."""
+        unusable: set[int] = set()
+        node = self.job.spec.node_rank
+        while True:
+            copies = await self.copies()
+            newest = max([self.job.snapshots.committed, *copies.persisted])
+            choice = choose_restore([node], {node: copies}, newest, {node: frozenset(unusable)})
+            self.job.record("snapshot_restore_choice", choice.why())
+            if choice.step == NONE:
+                return Materialized(NONE)
+            done = await self.place(choice)
+            if done.complete:
+                return done
+            unusable.add(choice.step)
+
+    async def place(self, choice: RestoreChoice) -> Materialized:
+        """Every local rank's copy of `choice.step` into its arena, shm -> peer -> durable."""
+        done = await self._in_thread(self.offloader.materialize, choice.step, list(SOURCE_ORDER))
+        assert isinstance(done, Materialized)
+        for problem in done.problems:
+            self.job.record("snapshot_problem", problem)
+        if done.complete:
+            where = ", ".join(f"rank {r}: {s}" for r, s in sorted(done.sources.items()))
+            self.job.record("snapshot_restore", f"step {choice.step} in place ({where})")
+            dropped = await self._in_thread(self.offloader.discard_after, choice.step)
+            if dropped:
+                self.job.record("snapshot_void", f"past step {choice.step}: {dropped}")
+        else:
+            self.job.record(
+                "snapshot_fallback", f"step {choice.step} has no usable copy for every rank"
+            )
+        self.rounds.restart_from(choice.step if done.complete else NONE)
+        self.on_change()
+        return done
+
+    async def restore_leaders_step(self, step: int, generation: int) -> Materialized:
+        """Several pods: put the leader's choice in place, or tell it that it failed here."""
+        if step == NONE:
+            await self._in_thread(self.offloader.discard_after, NONE)
+            return Materialized(NONE)
+        done = await self.place(RestoreChoice(step))
+        if not done.complete:
+            problem = "; ".join(done.problems) or "no copy"
+            failed = pb.RestoreFailed(generation=generation, step=step, problem=problem)
+            self.to_leader(pb.PodReport(restore_failed=failed))
+        return done
+
+    def copies_now(self) -> NodeCopies:
+        """On the event loop: header reads only (a few pages per rank)."""
+        return self.offloader.copies()
+
+    # ------------------------------------------------------------ shutdown
+    async def flush(self) -> None:
+        """Persist the newest committed step before exit (SIGTERM), if not persisted yet."""
+        step = self.job.snapshots.committed
+        if self.offloader.store is None or step == NONE or step <= self.rounds.persisted:
+            return
+        began = time.perf_counter()
+        error = await self._in_thread(self.offloader.persist_committed, step, self.job.generation)
+        if error:
+            self.job.record("persist_error", f"flush at shutdown: {error}")
+        else:
+            self.rounds.persisted = step
+            self.job.record(
+                "persisted",
+                f"step {step} flushed at shutdown in {time.perf_counter() - began:.2f}s",
+            )
+        self.on_change()
+
+    def status(self, status: pb.JobStatus) -> None:
+        status.replicated_step = self.rounds.replicated
+        status.persisted_step = self.rounds.persisted
+        status.offload_errors.extend(f"{k}: {v}" for k, v in sorted(self.rounds.errors.items()))
+        for rank in status.ranks:
+            rank.replicated_step = self.rounds.replicated
+            rank.persisted_step = self.rounds.persisted
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._channel is not None:
+            self._channel.close()

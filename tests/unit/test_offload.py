@@ -1,0 +1,157 @@
+"""supervisor/offload.py on real arenas, a real replica server on loopback and real files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_replica import RUN, Peer
+
+from launcher.snapshot import read_state, write_state
+from supervisor.offload import REPLICAS, STAGED, Offloader
+from supervisor.offload_config import OffloadConfig
+from supervisor.offload_rounds import OffloadRound
+from supervisor.ports import free_port
+from supervisor.restore import DURABLE, PEER, SHM, SOURCE_ORDER
+from train_supervisor.arena import HEADER_SIZE, RankArena, SlotState
+from train_supervisor.credentials import client_channel
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+RANKS = (2, 3)  # pod 1 of a job with 2 ranks per pod
+
+
+def state(rank: int, step: int) -> dict[str, Any]:
+    return {"w": torch.full((4096,), float(step * 10 + rank)), "step": step}
+
+
+def save(directory: Path, step: int) -> None:
+    """What the workers do: each rank writes `step` into its own arena."""
+    for rank in RANKS:
+        with RankArena(directory, rank) as arena:
+            write_state(arena, step % 2, step, generation=0, state=state(rank, step))
+
+
+def restored(directory: Path, rank: int, step: int) -> Any:
+    with RankArena(directory, rank) as arena:
+        slot = arena.find(step)
+        assert slot is not None, f"rank {rank}: step {step} is not in place"
+        return read_state(arena, slot)
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[Peer]:
+    """The next pod's supervisor, keeping our replicas."""
+    server = Peer(tmp_path / "next-pod" / REPLICAS)
+    yield server
+    server.close()
+
+
+def offloader(tmp_path: Path, peer: Peer, **config: Any) -> Offloader:
+    settings = OffloadConfig(durable_dir=tmp_path / "durable", persist_every_steps=1, **config)
+    return Offloader(
+        RUN,
+        1,
+        RANKS,
+        tmp_path / "pod",
+        settings,
+        holder=lambda: pb_grpc.ReplicaServiceStub(peer.channel),
+    )
+
+
+def test_a_round_stages_replicates_and_persists_every_rank(tmp_path: Path, peer: Peer) -> None:
+    pod = offloader(tmp_path, peer)
+    save(pod.directory, 4)
+    result = pod.run_round(OffloadRound(4, replicate=True, persist=True), generation=0)
+    assert (result.stage_error, result.replica_error, result.persist_error) == ("", "", "")
+    assert result.bytes > 2 * 4096 * 4
+    assert peer.inventory() == {2: [4], 3: [4]}
+    copies = pod.copies()
+    assert copies.shm == {4} and copies.persisted == {4}
+    for rank in RANKS:  # the staged copy is the rank's, bitwise
+        assert torch.equal(restored(pod.directory / STAGED, rank, 4)["w"], state(rank, 4)["w"])
+
+
+def test_the_last_complete_round_stays_staged_while_the_next_is_written(
+    tmp_path: Path, peer: Peer
+) -> None:
+    pod = offloader(tmp_path, peer)
+    for step in (4, 5, 6):
+        save(pod.directory, step)
+        pod.kept = step - 1 if step > 4 else -1
+        assert pod.run_round(OffloadRound(step, True, False), 0).replica_error == ""
+    with RankArena(pod.directory / STAGED, 2) as staged:
+        assert sorted(s.step for s in staged.slots()) == [5, 6], "4 went; 5 was kept"
+
+
+def test_a_replaced_pod_restores_from_the_peer_and_then_from_disk(
+    tmp_path: Path, peer: Peer
+) -> None:
+    pod = offloader(tmp_path, peer)
+    save(pod.directory, 7)
+    pod.run_round(OffloadRound(7, replicate=True, persist=True), generation=0)
+    for rank in RANKS:  # the pod is gone with its memory
+        for where in ("", STAGED):
+            for slot in (0, 1):
+                (pod.directory / where / f"rank-{rank}.slot{slot}").unlink(missing_ok=True)
+    done = pod.materialize(7, list(SOURCE_ORDER))
+    assert done.complete and done.sources == {2: PEER, 3: PEER}, done.problems
+    assert torch.equal(restored(pod.directory, 3, 7)["w"], state(3, 7)["w"])
+
+    # Every memory copy corrupt, the peer's included: the durable one, checksum verified.
+    for rank in RANKS:
+        corrupt(pod.directory, rank)
+    with client_channel(f"127.0.0.1:{free_port()}") as nobody:  # the peer pod is gone too
+        pod.holder = lambda: pb_grpc.ReplicaServiceStub(nobody)
+        done = pod.materialize(7, list(SOURCE_ORDER))
+    assert done.sources == {2: DURABLE, 3: DURABLE}
+    assert any("checksum" in p for p in done.problems), done.problems
+    assert any(f"{PEER}:" in p for p in done.problems), done.problems
+    assert restored(pod.directory, 2, 7)["step"] == 7
+
+
+def corrupt(directory: Path, rank: int) -> None:
+    with RankArena(directory, rank) as arena:
+        slot = arena.find(7)
+        assert slot is not None
+        path = arena.path(slot)
+    with open(path, "r+b") as handle:
+        handle.seek(HEADER_SIZE + 8)
+        byte = handle.read(1)
+        handle.seek(HEADER_SIZE + 8)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_nothing_usable_anywhere_leaves_the_restore_incomplete(tmp_path: Path, peer: Peer) -> None:
+    pod = offloader(tmp_path, peer)
+    save(pod.directory, 3)
+    corrupt_step = 3
+    for rank in RANKS:
+        with RankArena(pod.directory, rank) as arena:
+            slot = arena.find(corrupt_step)
+            assert slot is not None
+            path = arena.path(slot)
+        with open(path, "r+b") as handle:
+            handle.seek(HEADER_SIZE + 8)
+            handle.write(b"\xff\xfe")
+    done = pod.materialize(3, list(SOURCE_ORDER))
+    assert not done.complete
+    assert [p.split(":")[1].strip() for p in done.problems[:3]] == [SHM, PEER, DURABLE]
+
+
+def test_steps_past_the_restored_one_are_void_everywhere(tmp_path: Path, peer: Peer) -> None:
+    pod = offloader(tmp_path, peer)
+    for step in (4, 5):
+        save(pod.directory, step)
+        pod.kept = 4 if step == 5 else -1
+        pod.run_round(OffloadRound(step, replicate=False, persist=True), generation=0)
+    peer_pod = Offloader(RUN, 0, (0, 1), tmp_path / "next-pod", OffloadConfig())
+    dropped = pod.discard_after(4)
+    assert any("durable step 5" in d for d in dropped), dropped
+    assert pod.copies().shm == {4} and pod.copies().persisted == {4}
+    for rank in RANKS:
+        with RankArena(pod.directory, rank) as arena:
+            assert {s.state for s in arena.slots() if s.step == 5} <= {SlotState.EMPTY}
+    assert peer_pod.copies().replicas == {}
