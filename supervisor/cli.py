@@ -55,7 +55,8 @@ def render_table(status: pb.JobStatus) -> str:
         f"restarts {status.restart_count}/{status.max_restarts}  world {status.world_size}  "
         f"leader {status.leader}",
         f"{'RANK':>4} {'NODE':>4} {'PID':>8} {'STATE':<10} {'STEP':>8} {'STEP_S':>8} "
-        f"{'HB_AGE_S':>8} {'STARTS':>6} {'SAVED':>6} {'SAVE_S':>7} {'RESTORED':>10}",
+        f"{'HB_AGE_S':>8} {'STARTS':>6} {'SAVED':>6} {'COMMIT':>6} {'REPL':>6} {'PERSIST':>7} "
+        f"{'MB':>8} {'SAVE_S':>7} {'RESTORED':>10}",
     ]
     for r in status.ranks:
         age = "-" if r.heartbeat_age_s < 0 else f"{r.heartbeat_age_s:.1f}"
@@ -63,10 +64,17 @@ def render_table(status: pb.JobStatus) -> str:
             f"{r.rank:>4} {r.node_rank:>4} {r.pid:>8} "
             f"{_enum_name(pb.WorkerState, r.state, 'WORKER_STATE_'):<10} {r.step:>8} "
             f"{r.step_time_s:>8.3f} {age:>8} {r.process_starts:>6} {_step(r.saved_step):>6} "
+            f"{_step(r.committed_step):>6} {_step(r.replicated_step):>6} "
+            f"{_step(r.persisted_step):>7} {r.snapshot_bytes / 1e6:>8.1f} "
             f"{r.save_blocking_s:>7.3f} {_restored(r):>10}"
         )
     if status.committed_step >= 0:
-        lines.append(f"snapshots: step {status.committed_step} committed")
+        lines.append(
+            f"snapshots: step {status.committed_step} committed, "
+            f"{_step(status.replicated_step)} replicated, {_step(status.persisted_step)} persisted"
+        )
+    for error in status.offload_errors:
+        lines.append(f"offload error: {error}")
     if status.spare_pids:
         lines.append(f"warm spares: {', '.join(str(p) for p in status.spare_pids)}")
     if status.HasField("last_failure"):

@@ -25,7 +25,7 @@ from supervisor.commit import NONE
 from supervisor.durable import DurableError, DurableStore
 from supervisor.offload_config import OffloadConfig
 from supervisor.offload_rounds import OffloadRound
-from supervisor.replica import fetch_replica, push_replica
+from supervisor.replica_client import fetch_replica, push_replica
 from supervisor.restore import DURABLE, PEER, SHM, NodeCopies
 from supervisor.throttle import Throttle
 from train_supervisor.arena import CorruptSnapshot, RankArena, SlotState, SnapshotImage

@@ -6,8 +6,8 @@ them back. One stream carries one rank's snapshot: a header, then payload chunks
 
 A push goes into the slot that does not hold the newest complete copy, and that slot reads as
 WRITING until the whole copy verified against the sender's checksum: an interrupted or corrupt
-push never costs the previous good replica. The server is grpc.aio; the client functions are
-sync gRPC, for a worker thread.
+push never costs the previous good replica. The server is grpc.aio; the client side (push,
+fetch) is supervisor/replica_client.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Union
+from typing import Any, NoReturn, Optional
 
 import crc32c
 import grpc
@@ -31,9 +31,7 @@ from train_supervisor.arena import (
     RankArena,
     SlotInfo,
     SlotState,
-    SnapshotImage,
 )
-from train_supervisor.credentials import MAX_MESSAGE_BYTES
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -116,7 +114,7 @@ def _verifies(arena: RankArena, slot: int) -> bool:
 
 
 @dataclass
-class _Copy:
+class IncomingCopy:
     """One copy coming in (a push here, or a fetch): its slot reads WRITING until verified."""
 
     header: pb.ReplicaHeader
@@ -210,7 +208,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
 
     async def _push(self, chunks: AsyncIterable[pb.ReplicaChunk]) -> pb.ReplicaAck:
         with contextlib.ExitStack() as stack:
-            copy: Optional[_Copy] = None
+            copy: Optional[IncomingCopy] = None
             arena: Optional[RankArena] = None
             async for chunk in chunks:
                 if copy is None:
@@ -229,7 +227,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
 
     async def _begin(
         self, first: pb.ReplicaChunk, stack: contextlib.ExitStack
-    ) -> tuple[RankArena, _Copy]:
+    ) -> tuple[RankArena, IncomingCopy]:
         if not first.HasField("header"):
             raise Refused(
                 Code.INVALID_ARGUMENT,
@@ -262,7 +260,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         except ArenaFull as err:
             raise Refused(Code.RESOURCE_EXHAUSTED, f"rank {header.rank}: {err}") from None
         stack.callback(view.release)
-        return arena, _Copy(header, slot, view)
+        return arena, IncomingCopy(header, slot, view)
 
     def _stored(self, rank: int, step: int) -> None:
         log.info("stored the replica of rank %d step %d", rank, step)
@@ -334,124 +332,3 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         return pb.ReplicaInventory(
             ranks=[pb.ReplicaInventory.Held(rank=r, steps=steps) for r, steps in held.items()]
         )
-
-
-# ------------------------------------------------------------------ client
-
-Target = Union[grpc.Channel, pb_grpc.ReplicaServiceStub]
-
-
-def _stub(target: Target) -> pb_grpc.ReplicaServiceStub:
-    return (
-        target
-        if isinstance(target, pb_grpc.ReplicaServiceStub)
-        else pb_grpc.ReplicaServiceStub(target)
-    )
-
-
-def replica_chunks(
-    run_id: str,
-    node_rank: int,
-    image: SnapshotImage,
-    pace: Callable[[int], None],
-    chunk_bytes: int = CHUNK_BYTES,
-) -> Iterator[pb.ReplicaChunk]:
-    """The messages of one push: the header, then payload chunks; pace(n) after each is taken.
-
-    Checks its arguments now (ValueError), not when gRPC's thread starts iterating.
-    """
-    limit = MAX_MESSAGE_BYTES - ENVELOPE_BYTES
-    if not 0 < chunk_bytes <= limit:
-        raise ValueError(f"chunk_bytes must be in 1..{limit}, not {chunk_bytes}")
-    if len(image.manifest) > limit:
-        raise ValueError(
-            f"rank {image.rank} step {image.step}: a manifest of {len(image.manifest)} bytes "
-            f"does not fit one message (at most {limit})"
-        )
-    header = pb.ReplicaHeader(
-        run_id=run_id,
-        node_rank=node_rank,
-        rank=image.rank,
-        step=image.step,
-        generation=image.generation,
-        manifest=image.manifest,
-        payload_len=image.payload.nbytes,
-        checksum=image.checksum,
-    )
-    return _paced(header, image.payload, pace, chunk_bytes)
-
-
-def _paced(
-    header: pb.ReplicaHeader,
-    payload: memoryview,
-    pace: Callable[[int], None],
-    chunk_bytes: int,
-) -> Iterator[pb.ReplicaChunk]:
-    yield pb.ReplicaChunk(header=header)
-    for chunk in payload_chunks(payload, chunk_bytes):
-        yield chunk
-        pace(len(chunk.data))  # runs when gRPC asks for the next: this one was handed over
-
-
-def push_replica(
-    target: Target,
-    run_id: str,
-    node_rank: int,
-    image: SnapshotImage,
-    pace: Callable[[int], None],
-    chunk_bytes: int = CHUNK_BYTES,
-    timeout_s: Optional[float] = TRANSFER_TIMEOUT_S,
-) -> pb.ReplicaAck:
-    """Push one rank's snapshot to a peer; grpc.RpcError when the peer refuses it.
-
-    pace: e.g. supervisor.throttle.Throttle(rate).pace to cap the bandwidth.
-    """
-    chunks = replica_chunks(run_id, node_rank, image, pace, chunk_bytes)
-    ack: pb.ReplicaAck = _stub(target).PushReplica(chunks, timeout=timeout_s)
-    return ack
-
-
-def fetch_replica(
-    target: Target,
-    run_id: str,
-    rank: int,
-    step: int,
-    into: RankArena,
-    slot: int,
-    timeout_s: Optional[float] = TRANSFER_TIMEOUT_S,
-) -> SlotInfo:
-    """Copy a peer's replica of `rank` (`step`, or NEWEST) into `slot` of `into`, verified.
-
-    CorruptSnapshot when the bytes that came are not the snapshot the header describes (the
-    slot then stays WRITING); grpc.RpcError when the peer refuses (NOT_FOUND, DATA_LOSS, ...).
-    """
-    if rank != into.rank:
-        raise ValueError(f"replica of rank {rank} asked into rank {into.rank}'s arena")
-    request = pb.ReplicaRequest(run_id=run_id, rank=rank, step=step)
-    responses = _stub(target).FetchReplica(request, timeout=timeout_s)
-    try:
-        return _receive(responses, rank, step, into, slot)
-    finally:
-        responses.cancel()  # a no-op once the stream is over; stops the peer after an error
-
-
-def _receive(
-    responses: Iterator[pb.ReplicaChunk], rank: int, step: int, into: RankArena, slot: int
-) -> SlotInfo:
-    what = f"replica of rank {rank} step {step} from the peer"
-    first = next(responses, None)
-    if first is None or not first.HasField("header"):
-        raise CorruptSnapshot(f"{what}: the stream did not start with a header")
-    h = first.header
-    if h.rank != rank or step not in (NEWEST, h.step) or header_problem(h) is not None:
-        problem = header_problem(h) or f"got rank {h.rank} step {h.step} instead"
-        raise CorruptSnapshot(f"{what}: {problem}")
-    copy = _Copy(h, slot, into.begin_write(slot, h.step, h.generation, h.manifest, h.payload_len))
-    try:
-        for chunk in responses:
-            copy.write(chunk)
-        return into.finish_write(*copy.done())
-    except Refused as refused:
-        raise CorruptSnapshot(f"{refused} (from the peer)") from None
-    finally:
-        copy.view.release()

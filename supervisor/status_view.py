@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.commit import RankSnapshots
+from supervisor.commit import NONE, RankSnapshots
 from supervisor.job import JobState
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -19,6 +19,8 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
         leader=leader,
         recent_events=list(job.events)[-20:],
         committed_step=job.snapshots.committed,
+        replicated_step=NONE,  # supervisor/offload_driver.py fills these in when it runs
+        persisted_step=NONE,
     )
     for slot in sorted(job.ranks.values(), key=lambda s: s.rank):
         age = -1.0 if slot.last_heartbeat is None else max(0.0, now - slot.last_heartbeat)
@@ -40,6 +42,8 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
                 save_blocking_s=snap.blocking_s,
                 restored_step=snap.restored_step,
                 restored_from=snap.restored_from,
+                replicated_step=NONE,
+                persisted_step=NONE,
             )
         )
     if job.failures:

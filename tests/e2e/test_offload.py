@@ -203,8 +203,16 @@ def test_a_replaced_pod_with_empty_memory_restores_from_the_peer_replica(
         pods.replace_pod(1, wipe_memory=True)
         for launcher in pods.launchers:
             assert launcher.wait(240) == 0, pods.logs()
+        # The trainer containers are done; Kubernetes now stops the sidecars: each persists
+        # its pod's newest committed step first.
+        for sidecar in pods.sidecars:
+            sidecar.proc.send_signal(signal.SIGTERM)
+        for sidecar in pods.sidecars:
+            assert sidecar.wait(60) == 0, pods.logs()
     finally:
         pods.stop()
+    flushed = [max(durable_steps(durable, node)) for node in (0, 1)]
+    assert flushed[0] == flushed[1] >= 59, f"the last committed step on both pods: {flushed}"
     records = read_events(events)
     resumes = [e for e in records if e["event"] == "resumed" and e["gen"]]
     [step] = {e["from_step"] for e in resumes}
@@ -215,3 +223,25 @@ def test_a_replaced_pod_with_empty_memory_restores_from_the_peer_replica(
     logs = pods.logs()
     assert "rank 2 restored step" in logs and "from peer" in logs, logs
     assert "from durable" not in logs
+
+
+def test_sigterm_persists_the_newest_committed_step_before_exit(
+    tmp_path: Path, shm_dir: Path
+) -> None:
+    durable, events = tmp_path / "durable", tmp_path / "events"
+    job = start(
+        events, shm_dir, durable, "--steps", "400", "--step-sleep", "0.05",
+        SUPERVISOR_PERSIST_EVERY_S="3600",  # rounds persist only the first committed step
+    )  # fmt: skip
+    address = job.supervisor_address()
+    wait_until(lambda: int(snapshot_status(address)["committedStep"]) >= 20, 120, "step 20")
+    before = int(snapshot_status(address)["committedStep"])
+    os.kill(job.proc.pid, signal.SIGTERM)
+    assert job.wait(120) == 143, job.stderr
+    newest = max(durable_steps(durable))
+    assert newest >= before, f"committed {before} before SIGTERM; persisted {newest}"
+    assert "flushed at shutdown" in job.stderr
+    files = [durable_steps(durable)[newest] / f"rank-{rank}.pt" for rank in range(NPROC)]
+    loaded = plain_torch_load(files, cwd=tmp_path)
+    expected = traced_states(events)
+    assert [loaded[str(f)] for f in files] == [expected[(r, newest)] for r in range(NPROC)]

@@ -17,14 +17,8 @@ import crc32c
 import grpc
 import pytest
 
-from supervisor.replica import (
-    CHUNK_BYTES,
-    NEWEST,
-    ReplicaServicer,
-    fetch_replica,
-    push_replica,
-    replica_chunks,
-)
+from supervisor.replica import CHUNK_BYTES, NEWEST, ReplicaServicer
+from supervisor.replica_client import fetch_replica, push_replica, replica_chunks
 from supervisor.server import start_server
 from supervisor.service import Supervisor, SupervisorSettings
 from supervisor.throttle import Throttle

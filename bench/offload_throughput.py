@@ -1,0 +1,375 @@
+"""Offload throughput: staging, replication and persistence of snapshots against their caps.
+
+One pod of --ranks ranks holds --gb GB of state (random float32 tensors of ~64 MiB each) in real
+arenas under /dev/shm. supervisor/offload.py's Offloader.run_round, configured as the
+SUPERVISOR_*_MAX_MBPS variables would, measures: staging (memcpy + CRC-32C into the staged
+arena), replication to a replica server in another process (loopback gRPC, token on) and
+persistence (torch.save-format files, fsynced) to local disk, each uncapped, at 400 and at
+100 MB/s; torch.save of the same state to the same disk is the baseline. Then the /dev/shm a
+pod uses per GB of state.
+
+    python bench/offload_throughput.py   # writes bench/results/offload_throughput.{json,md}, README
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from readme_quote import quote_in_readme, write_results
+from snapshot_stall import busy_cpu_s, machine
+
+from launcher.snapshot import write_state
+from supervisor.durable import DurableStore
+from supervisor.offload import REPLICAS, STAGED, Offloader, RoundResult
+from supervisor.offload_config import parse_offload
+from supervisor.offload_rounds import OffloadRound
+from train_supervisor.arena import RankArena
+from train_supervisor.credentials import client_channel
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "bench" / "results" / "offload_throughput"
+RUN = "bench-offload"
+GB, MB = 1e9, 1e6
+TENSOR_BYTES = 1 << 26  # ~64 MiB per tensor
+CAPS_MBPS = (0, 400, 100)  # 0: no cap
+TOLERANCE = 0.10  # a cap counts as met when achieved is within ±10% of it
+# The next pod's supervisor, in its own process as in production: its CRC and copy of every
+# chunk do not share our interpreter. Prints its port; stops when stdin closes.
+SERVER = """
+import asyncio, os, sys
+from pathlib import Path
+from supervisor.replica import ReplicaServicer
+from supervisor.server import start_server
+from supervisor.service import Supervisor, SupervisorSettings
+
+async def main():
+    job = (sys.argv[1], Path(sys.argv[2]))
+    server, port = await start_server(
+        Supervisor(SupervisorSettings()), "127.0.0.1:0", token=os.environ["BENCH_TOKEN"],
+        replicas=ReplicaServicer(lambda: job))
+    print(port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(None)
+
+asyncio.run(main())
+"""
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gb", type=float, default=1.0, help="state of the pod, GB (1e9 B)")
+    p.add_argument("--ranks", type=int, default=2, help="ranks of the pod")
+    p.add_argument("--repeat", type=int, default=3, help="of each timed measurement")
+    p.add_argument("--durable-dir", default=None, help="parent of the durable temp dir (/tmp)")
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    return p.parse_args()
+
+
+def make_states(gb: float, ranks: int) -> list[dict[str, torch.Tensor]]:
+    per_rank = int(gb * GB / ranks)
+    count = max(1, round(per_rank / TENSOR_BYTES))
+    gen = torch.Generator().manual_seed(0)
+    numel = per_rank // 4 // count
+    return [{f"t{i}": torch.rand(numel, generator=gen) for i in range(count)} for _ in range(ranks)]
+
+
+def own_cpu_s(server_pid: int) -> float:
+    """CPU seconds of this process and of the replica server (before it exits)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    fields = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    server_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return me.ru_utime + me.ru_stime + server_s
+
+
+class Pod:
+    """One pod: its ranks' arenas, and rounds as the offload driver runs them."""
+
+    def __init__(
+        self, shm: Path, disk: Path, states: list[dict[str, torch.Tensor]], port: int, token: str
+    ) -> None:
+        self.directory, self.replicas = shm / "pod", shm / "next-pod" / REPLICAS
+        self.durable = disk / "durable"  # local disk, not /dev/shm
+        self.states, self.ranks = states, list(range(len(states)))
+        self.channel = client_channel(f"127.0.0.1:{port}", token)
+        self.step, self.kept = 0, -1
+
+    def commit(self) -> int:
+        """What the workers do: each rank writes the next step into its own arena (untimed)."""
+        self.step += 1
+        for rank, state in zip(self.ranks, self.states):
+            with RankArena(self.directory, rank) as arena:
+                write_state(arena, self.step % 2, self.step, 0, state)
+        return self.step
+
+    def round(self, replicate: bool, persist: bool, cap: int = 0) -> RoundResult:
+        capped = "SUPERVISOR_REPLICA_MAX_MBPS" if replicate else "SUPERVISOR_PERSIST_MAX_MBPS"
+        env = {
+            "SUPERVISOR_DURABLE_DIR": str(self.durable),
+            "SUPERVISOR_PERSIST_EVERY_STEPS": "1",
+            capped: str(cap),
+        }
+        stub = pb_grpc.ReplicaServiceStub(self.channel)
+        pod = Offloader(RUN, 0, self.ranks, self.directory, parse_offload(env), lambda: stub)
+        pod.kept = self.kept  # the driver keeps the last finished round's staged copy whole
+        step = self.commit()
+        if persist:
+            os.sync()  # start from clean page cache: earlier writes are not ours to pay for
+        result = pod.run_round(OffloadRound(step, replicate, persist), generation=0)
+        if result.stage_error or result.replica_error or result.persist_error:
+            sys.exit(f"offload_throughput: round {step} failed: {result}")
+        self.kept = step
+        return result
+
+
+def torch_save_s(states: list[dict[str, torch.Tensor]], directory: Path, fsync: bool) -> float:
+    """torch.save of every rank's state, one file each, as a torchrun job checkpoints."""
+    os.sync()
+    began = time.perf_counter()
+    for rank, state in enumerate(states):
+        with open(directory / f"rank-{rank}.pt", "wb") as f:
+            torch.save(state, f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+    took = time.perf_counter() - began
+    os.sync()  # untimed: the next measurement starts clean
+    for rank in range(len(states)):
+        (directory / f"rank-{rank}.pt").unlink()
+    return took
+
+
+def verify_persisted(pod: Pod) -> str:
+    """torch.load the last persisted step's rank-0 file; it must equal the state bitwise."""
+    path = DurableStore(pod.durable, RUN, 0).step_dir(pod.step) / "rank-0.pt"
+    loaded = torch.load(path, weights_only=True)
+    want = pod.states[0]
+    same = loaded.keys() == want.keys() and all(
+        loaded[k].dtype == want[k].dtype
+        and loaded[k].shape == want[k].shape
+        and torch.equal(loaded[k].view(torch.int32), want[k].view(torch.int32))
+        for k in want
+    )
+    if not same:
+        raise SystemExit(f"offload_throughput: {path} does not torch.load to the state bitwise")
+    return str(path.relative_to(pod.durable))
+
+
+def shm_bytes(directory: Path) -> tuple[int, int]:
+    """Bytes the slot files in `directory` hold in /dev/shm (allocated blocks), and the count."""
+    files = list(directory.glob("rank-*.slot*"))
+    return sum(p.stat().st_blocks * 512 for p in files), len(files)
+
+
+def rate(nbytes: int, seconds: list[float], cap: int) -> dict[str, Any]:
+    median = statistics.median(seconds)
+    mbps = nbytes / median / MB
+    return {
+        "cap_mbps": cap,
+        "all_s": seconds,
+        "median_s": median,
+        "mbps": mbps,
+        "ratio": mbps / cap if cap else None,
+    }
+
+
+def measure(pod: Pod, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    # Two rounds fill both staged slots here and both replica slots on the server: fresh
+    # slots pay for page allocation, so these are reported apart, not in the medians.
+    first = [pod.round(replicate=True, persist=False) for _ in range(2)]
+    memory = {}
+    for name, directory in (
+        ("own", pod.directory),
+        ("staged", pod.directory / STAGED),
+        ("replicas", pod.replicas),
+    ):
+        nbytes, files = shm_bytes(directory)
+        memory[name] = {"bytes": nbytes, "files": files}
+    stage_s: list[float] = []
+    size = first[0].bytes
+    results: dict[str, Any] = {"replication": [], "persistence": []}
+    for kind in results:
+        for cap in CAPS_MBPS:
+            replicate = kind == "replication"
+            runs = [pod.round(replicate, not replicate, cap) for _ in range(args.repeat)]
+            stage_s += [r.stage_s for r in runs]
+            took = [r.replica_s if replicate else r.persist_s for r in runs]
+            results[kind].append(rate(size, took, cap))
+    baseline = {
+        name: rate(size, [torch_save_s(pod.states, scratch, fsync) for _ in range(args.repeat)], 0)
+        for name, fsync in (("fsync", True), ("no_fsync", False))
+    }
+    return {
+        "bytes": size,
+        "state_bytes": sum(t.nbytes for s in pod.states for t in s.values()),
+        "tensors_per_rank": len(pod.states[0]),
+        "first_rounds": [{"stage_s": r.stage_s, "replica_s": r.replica_s} for r in first],
+        "staging": rate(size, stage_s, 0),
+        **results,
+        "torch_save": baseline,
+        "shm": memory,
+        "verified": verify_persisted(pod),
+    }
+
+
+def row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def transfer_rows(kind: str, label: str, runs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Table rows of one path under every cap, and a finding per cap."""
+    rows, findings, uncapped = [], [], runs[0]["mbps"]
+    for r in runs:
+        cap, ratio = r["cap_mbps"], r["ratio"]
+        rows.append(
+            row(
+                label,
+                f"{cap} MB/s" if cap else "none",
+                f"{r['median_s']:.2f} s",
+                f"{r['mbps']:.0f} MB/s",
+                f"{ratio:.2f}" if cap else "",
+            )
+        )
+        if not cap:
+            continue
+        met = "within" if abs(ratio - 1) <= TOLERANCE else "NOT within"
+        text = f"{kind} capped at {cap} MB/s: {ratio:.2f} of the cap, {met} ±{TOLERANCE:.0%}"
+        if uncapped < cap * (1 - TOLERANCE):  # the path itself is slower than the cap
+            text += f" (uncapped it does {uncapped:.0f} MB/s: this cap does not bind)"
+        findings.append(text + ".")
+    return rows, findings
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m, cfg, load = report["measured"], report["config"], report["load"]
+    state, st, ts = m["state_bytes"], m["staging"], m["torch_save"]
+    rows = [
+        row(
+            "staging: memcpy + CRC-32C of the committed step into the staged arena",
+            "",
+            f"{st['median_s']:.3f} s",
+            f"{st['mbps'] / 1000:.2f} GB/s",
+            "",
+        )
+    ]
+    findings = []
+    for kind, label in (
+        ("replication", "replication to the next pod (own process, loopback gRPC, token)"),
+        ("persistence", "persistence to local disk (torch.save format, fsynced)"),
+    ):
+        more_rows, more = transfer_rows(kind, label, m[kind])
+        rows, findings = rows + more_rows, findings + more
+    for name, how in (("fsync", "with fsync"), ("no_fsync", "no fsync")):
+        rows.append(
+            row(
+                f"baseline: torch.save of the same state, a file per rank, {how}",
+                "",
+                f"{ts[name]['median_s']:.2f} s",
+                f"{ts[name]['mbps']:.0f} MB/s",
+                "",
+            )
+        )
+    total = sum(v["bytes"] for v in m["shm"].values()) / state
+    rows.append(
+        row(
+            "/dev/shm of one pod per GB of state (own + staged + replicas)",
+            "",
+            "",
+            f"**{total:.2f} GB**",
+            "",
+        )
+    )
+    per = ", ".join(
+        f"{k} {v['bytes'] / state:.2f} GB ({v['files']} slot files)" for k, v in m["shm"].items()
+    )
+    persist, first = m["persistence"][0]["median_s"], m["first_rounds"][0]
+    findings += [
+        f"Uncapped persistence takes {persist / ts['fsync']['median_s']:.2f}× the time of "
+        f"torch.save + fsync, {persist / ts['no_fsync']['median_s']:.2f}× that of torch.save "
+        "alone (which leaves the data in the page cache).",
+        f"/dev/shm per GB of state, st_blocks of the slot files after two rounds: {per}; "
+        f"{total:.2f} GB in all (replicas: what the next pod holds for this one, as much as "
+        "this pod holds for the previous one).",
+        f"The first rounds, into fresh slots: staging {first['stage_s']:.2f} s, replication "
+        f"{first['replica_s']:.2f} s (page allocation; not in the medians).",
+        f"The last persisted file, {m['verified']}, torch.loads (weights_only) to the rank's "
+        "state bitwise.",
+        f"Load average (1 min) {load['before'][0]:.2f} before the run, {load['after'][0]:.2f} "
+        f"after; other processes used {report['others_cpu_share']:.0%} of the machine's CPU "
+        "during it.",
+    ]
+    head = (
+        f"Offload throughput for {state / GB:.2f} GB of state ({cfg['ranks']} ranks × "
+        f"{m['tensors_per_rank']} random float32 tensors), one pod, {report['machine']}, "
+        f"measured {report['date']}. Medians of {cfg['repeat']} rounds of Offloader.run_round; "
+        "caps set as SUPERVISOR_REPLICA_MAX_MBPS / SUPERVISOR_PERSIST_MAX_MBPS would."
+    )
+    lines = [head, "", row("measurement", "cap", "time", "throughput", "achieved / cap")]
+    lines += ["|---|---|---|---|---|", *rows, "", *(f"- {f}" for f in findings), ""]
+    return "\n".join([*lines, "Reproduce: `python bench/offload_throughput.py`."]) + "\n"
+
+
+def main() -> None:
+    args = parse()
+    cores, load_before = os.cpu_count() or 1, os.getloadavg()
+    root = Path(tempfile.mkdtemp(prefix="ts-bench-offload-", dir="/dev/shm"))
+    disk = Path(tempfile.mkdtemp(prefix="ts-bench-offload-", dir=args.durable_dir))
+    token = secrets.token_hex(16)
+    env = dict(os.environ, BENCH_TOKEN=token)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    argv = [sys.executable, "-c", SERVER, RUN, str(root / "next-pod" / REPLICAS)]  # Pod.replicas
+    server: Optional[subprocess.Popen[str]] = None
+    pod: Optional[Pod] = None
+    try:
+        states = make_states(args.gb, args.ranks)
+        server = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line.strip().isdigit():
+            sys.exit(f"offload_throughput: the replica server did not start ({line!r})")
+        port = int(line)
+        (busy, _), own, began = busy_cpu_s(), own_cpu_s(server.pid), time.monotonic()
+        pod = Pod(root, disk, states, port, token)
+        measured = measure(pod, args, disk)
+        wall = time.monotonic() - began
+        others = busy_cpu_s()[0] - busy - (own_cpu_s(server.pid) - own)
+    finally:
+        if pod is not None:
+            pod.channel.close()
+        if server is not None:
+            server.communicate(timeout=30)  # closes stdin: the server stops
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(disk, ignore_errors=True)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        # Other work on the machine skews every figure: how much of it there was.
+        "load": {"before": load_before, "after": os.getloadavg()},
+        "others_cpu_share": others / (wall * cores),
+        "config": vars(args),
+        "measured": measured,
+    }
+    text = markdown(report)
+    out = Path(args.out)
+    write_results(out, report, text)
+    if out.resolve() == DEFAULT_OUT.resolve():  # quick runs with --out leave README alone
+        quote_in_readme("offload_throughput", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The leader's snapshot bookkeeping: commits, job-wide offload rounds, the restore choice."""
+
+from __future__ import annotations
+
+import itertools
+
+from supervisor.commit import NONE
+from supervisor.leader import LeaderState
+from supervisor.leader_snapshots import JobSnapshots
+from supervisor.leader_types import CommitStep, OpenGeneration, StartGeneration
+from supervisor.offload_rounds import OffloadRound, OffloadRounds
+from supervisor.restart_policy import RestartPolicy
+from supervisor.restore import DURABLE, PEER, SHM, NodeCopies
+
+
+def snapshots(nnodes: int = 2, persist: bool = False) -> JobSnapshots:
+    rounds = OffloadRounds(replicate=True, persist=persist, every_steps=10)
+    return JobSnapshots(nnodes, rounds)
+
+
+def test_a_commit_starts_a_round_and_the_round_ends_when_every_pod_reported() -> None:
+    job = snapshots(persist=True)
+    assert job.held(0, [3], now=0.0) is None, "pod 1 has not reported: nothing committed"
+    news = job.held(1, [3], now=0.0)
+    assert news is not None and news.committed == 3
+    assert news.offload == OffloadRound(3, replicate=True, persist=True), "the first is persisted"
+    moved = job.held(0, [3, 4], now=0.1)
+    assert moved is None, "pod 1 lacks step 4"
+    news = job.held(1, [3, 4], now=0.1)
+    assert news is not None and news.committed == 4 and news.offload is None, "one round at a time"
+    assert job.offloaded(0, 3, "", "", now=0.2) is None, "pod 1 has not finished it"
+    done = job.offloaded(1, 3, "UNAVAILABLE: pod 0 gone", "", now=0.3)
+    assert done is not None and done.offload == OffloadRound(4, True, False), "the newest next"
+    assert (done.replicated, done.persisted) == (NONE, 3)
+    assert job.rounds.errors == {"replica": "node 1: UNAVAILABLE: pod 0 gone"}
+
+
+def test_a_lost_pod_restores_the_step_its_replica_holds_and_the_rest_from_memory() -> None:
+    job = snapshots()
+    for node in (0, 1):
+        job.held(node, [5, 6], now=0.0)
+    job.pod_copies(0, NodeCopies(shm=frozenset({4, 5, 6}), replicas={1: frozenset({3, 4})}))
+    job.pod_copies(1, NodeCopies(shm=frozenset({4, 5, 6}), replicas={0: frozenset({3, 4})}))
+    job.lost(1)
+    # The replacement holds nothing in memory, and pod 0's replica is gone with the old pod 1.
+    job.pod_copies(1, NodeCopies(persisted=frozenset({2})))
+    choice = job.choose([0, 1])
+    assert (choice.step, choice.sources) == (4, {0: SHM, 1: PEER})
+    assert job.committed == 4, "the commit moves back to what every rank restores"
+
+
+def test_a_step_that_failed_on_a_pod_is_not_chosen_again() -> None:
+    job = snapshots()
+    copies = NodeCopies(shm=frozenset({6}), persisted=frozenset({2}))
+    for node in (0, 1):
+        job.held(node, [6], now=0.0)
+        job.pod_copies(node, copies)
+    assert job.choose([0, 1]).step == 6
+    job.restore_failed(1, 6)
+    choice = job.choose([0, 1])
+    assert (choice.step, choice.sources) == (2, {0: DURABLE, 1: DURABLE})
+
+
+def test_the_leader_restarts_a_generation_whose_restore_failed_without_that_step() -> None:
+    ports = itertools.count(40000)
+    leader = LeaderState(2, 2, RestartPolicy(max_restarts=3), lambda: next(ports), "node-0")
+    for node in (0, 1):
+        leader.join(node, 2, None, now=0.0)
+        leader.pod_copies(node, NodeCopies(persisted=frozenset({5})))
+    for node in (0, 1):
+        start = [b.message for b in leader.pod_ready(node, 0)]
+    [first] = start
+    assert isinstance(first, StartGeneration) and first.restore_step == 5
+    assert "durable: nodes 0,1" in first.restore_reason
+    [opened] = [b.message for b in leader.restore_failed(1, 0, 5, "checksum mismatch")]
+    assert isinstance(opened, OpenGeneration) and "could not restore step 5" in opened.reason
+    for node in (0, 1):
+        start = [b.message for b in leader.pod_ready(node, 1)]
+    [second] = start
+    assert isinstance(second, StartGeneration) and second.restore_step == NONE
+
+
+def test_rounds_reach_the_pods_in_the_commit_message() -> None:
+    ports = itertools.count(40000)
+    rounds = OffloadRounds(replicate=True, persist=False)
+    leader = LeaderState(
+        2, 2, RestartPolicy(max_restarts=3), lambda: next(ports), "node-0", rounds=rounds
+    )
+    for node in (0, 1):
+        leader.join(node, 2, None, now=0.0)
+    for node in (0, 1):
+        leader.pod_ready(node, 0)
+    leader.pod_snapshots(0, 0, [1], now=0.0)
+    [commit] = [b.message for b in leader.pod_snapshots(1, 0, [1], now=0.0)]
+    assert commit == CommitStep(0, 1, OffloadRound(1, True, False), NONE, NONE)
+    leader.pod_offloaded(0, 1, "", "", now=0.1)
+    leader.pod_snapshots(0, 0, [1, 2], now=0.1)
+    leader.pod_snapshots(1, 0, [1, 2], now=0.1)
+    [done] = [b.message for b in leader.pod_offloaded(1, 1, "", "", now=0.2)]
+    assert done == CommitStep(0, 2, OffloadRound(2, True, False), 1, NONE)
