@@ -1,12 +1,10 @@
 """Offload throughput: staging, replication and persistence of snapshots against their caps.
 
-One pod of --ranks ranks holds --gb GB of state (random float32 tensors of ~64 MiB each) in real
-arenas under /dev/shm. supervisor/offload.py's Offloader.run_round, configured as the
-SUPERVISOR_*_MAX_MBPS variables would, measures: staging (memcpy + CRC-32C into the staged
-arena), replication to a replica server in another process (loopback gRPC, token on) and
-persistence (torch.save-format files, fsynced) to local disk, each uncapped, at 400 and at
-100 MB/s; torch.save of the same state to the same disk is the baseline. Then the /dev/shm a
-pod uses per GB of state.
+One pod of --ranks ranks holds --gb GB of state (random float32 tensors of ~64 MiB) in real
+arenas under /dev/shm. Offloader.run_round, capped as SUPERVISOR_*_MAX_MBPS would, stages
+(memcpy + CRC-32C), replicates to a replica server in another process (loopback gRPC, token) and
+persists to local disk (torch.save format, fsynced), uncapped, at 400 and at 100 MB/s; torch.save
+of the same state is the baseline. Then the /dev/shm a pod uses per GB of state.
 
     python bench/offload_throughput.py   # writes bench/results/offload_throughput.{json,md}, README
 """
@@ -46,6 +44,13 @@ GB, MB = 1e9, 1e6
 TENSOR_BYTES = 1 << 26  # ~64 MiB per tensor
 CAPS_MBPS = (0, 400, 100)  # 0: no cap
 TOLERANCE = 0.10  # a cap counts as met when achieved is within ±10% of it
+ROWS = {  # measured key -> table label
+    "staging": "staging: memcpy + CRC-32C of the committed step into the staged arena",
+    "replication": "replication to the next pod (own process, loopback gRPC, token)",
+    "persistence": "persistence to local disk (torch.save format, fsynced)",
+    "torch_save": "baseline: torch.save of the same state, a file per rank, fsynced",
+    "torch_save_no_fsync": "baseline: the same torch.save, no fsync",
+}
 # The next pod's supervisor, in its own process as in production: its CRC and copy of every
 # chunk do not share our interpreter. Prints its port; stops when stdin closes.
 SERVER = """
@@ -115,12 +120,8 @@ class Pod:
         return self.step
 
     def round(self, replicate: bool, persist: bool, cap: int = 0) -> RoundResult:
-        capped = "SUPERVISOR_REPLICA_MAX_MBPS" if replicate else "SUPERVISOR_PERSIST_MAX_MBPS"
-        env = {
-            "SUPERVISOR_DURABLE_DIR": str(self.durable),
-            "SUPERVISOR_PERSIST_EVERY_STEPS": "1",
-            capped: str(cap),
-        }
+        env = {"SUPERVISOR_DURABLE_DIR": str(self.durable), "SUPERVISOR_PERSIST_EVERY_STEPS": "1"}
+        env[f"SUPERVISOR_{'REPLICA' if replicate else 'PERSIST'}_MAX_MBPS"] = str(cap)
         stub = pb_grpc.ReplicaServiceStub(self.channel)
         pod = Offloader(RUN, 0, self.ranks, self.directory, parse_offload(env), lambda: stub)
         pod.kept = self.kept  # the driver keeps the last finished round's staged copy whole
@@ -156,47 +157,36 @@ def verify_persisted(pod: Pod) -> str:
     path = DurableStore(pod.durable, RUN, 0).step_dir(pod.step) / "rank-0.pt"
     loaded = torch.load(path, weights_only=True)
     want = pod.states[0]
-    same = loaded.keys() == want.keys() and all(
-        loaded[k].dtype == want[k].dtype
-        and loaded[k].shape == want[k].shape
-        and torch.equal(loaded[k].view(torch.int32), want[k].view(torch.int32))
-        for k in want
+    same = loaded.keys() == want.keys() and all(  # bitwise: compare the bits as int32
+        loaded[k].dtype == t.dtype and torch.equal(loaded[k].view(torch.int32), t.view(torch.int32))
+        for k, t in want.items()
     )
     if not same:
         raise SystemExit(f"offload_throughput: {path} does not torch.load to the state bitwise")
     return str(path.relative_to(pod.durable))
 
 
-def shm_bytes(directory: Path) -> tuple[int, int]:
+def shm_bytes(directory: Path) -> dict[str, int]:
     """Bytes the slot files in `directory` hold in /dev/shm (allocated blocks), and the count."""
     files = list(directory.glob("rank-*.slot*"))
-    return sum(p.stat().st_blocks * 512 for p in files), len(files)
+    return {"bytes": sum(p.stat().st_blocks * 512 for p in files), "files": len(files)}
 
 
 def rate(nbytes: int, seconds: list[float], cap: int) -> dict[str, Any]:
     median = statistics.median(seconds)
     mbps = nbytes / median / MB
-    return {
-        "cap_mbps": cap,
-        "all_s": seconds,
-        "median_s": median,
-        "mbps": mbps,
-        "ratio": mbps / cap if cap else None,
-    }
+    return {"cap_mbps": cap, "all_s": seconds, "median_s": median, "mbps": mbps,
+            "ratio": mbps / cap if cap else None}  # fmt: skip
 
 
 def measure(pod: Pod, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     # Two rounds fill both staged slots here and both replica slots on the server: fresh
     # slots pay for page allocation, so these are reported apart, not in the medians.
     first = [pod.round(replicate=True, persist=False) for _ in range(2)]
-    memory = {}
-    for name, directory in (
-        ("own", pod.directory),
-        ("staged", pod.directory / STAGED),
-        ("replicas", pod.replicas),
-    ):
-        nbytes, files = shm_bytes(directory)
-        memory[name] = {"bytes": nbytes, "files": files}
+    own, staged = pod.directory, pod.directory / STAGED
+    memory = {
+        k: shm_bytes(d) for k, d in (("own", own), ("staged", staged), ("replicas", pod.replicas))
+    }
     stage_s: list[float] = []
     size = first[0].bytes
     results: dict[str, Any] = {"replication": [], "persistence": []}
@@ -208,96 +198,61 @@ def measure(pod: Pod, args: argparse.Namespace, scratch: Path) -> dict[str, Any]
             took = [r.replica_s if replicate else r.persist_s for r in runs]
             results[kind].append(rate(size, took, cap))
     baseline = {
-        name: rate(size, [torch_save_s(pod.states, scratch, fsync) for _ in range(args.repeat)], 0)
-        for name, fsync in (("fsync", True), ("no_fsync", False))
+        key: [rate(size, [torch_save_s(pod.states, scratch, sync) for _ in range(args.repeat)], 0)]
+        for key, sync in (("torch_save", True), ("torch_save_no_fsync", False))
     }
     return {
         "bytes": size,
         "state_bytes": sum(t.nbytes for s in pod.states for t in s.values()),
         "tensors_per_rank": len(pod.states[0]),
         "first_rounds": [{"stage_s": r.stage_s, "replica_s": r.replica_s} for r in first],
-        "staging": rate(size, stage_s, 0),
+        "staging": [rate(size, stage_s, 0)],
         **results,
-        "torch_save": baseline,
+        **baseline,
         "shm": memory,
         "verified": verify_persisted(pod),
     }
 
 
-def row(*cells: str) -> str:
-    return "| " + " | ".join(cells) + " |"
+def table_row(key: str, r: dict[str, Any]) -> str:
+    capped = key in ("replication", "persistence")
+    cap = f"{r['cap_mbps']} MB/s" if r["cap_mbps"] else "none" if capped else ""
+    ratio = f"{r['ratio']:.2f}" if r["ratio"] else ""
+    return f"| {ROWS[key]} | {cap} | {r['median_s']:.3f} s | {r['mbps']:.0f} MB/s | {ratio} |"
 
 
-def transfer_rows(kind: str, label: str, runs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """Table rows of one path under every cap, and a finding per cap."""
-    rows, findings, uncapped = [], [], runs[0]["mbps"]
-    for r in runs:
-        cap, ratio = r["cap_mbps"], r["ratio"]
-        rows.append(
-            row(
-                label,
-                f"{cap} MB/s" if cap else "none",
-                f"{r['median_s']:.2f} s",
-                f"{r['mbps']:.0f} MB/s",
-                f"{ratio:.2f}" if cap else "",
-            )
-        )
-        if not cap:
-            continue
-        met = "within" if abs(ratio - 1) <= TOLERANCE else "NOT within"
-        text = f"{kind} capped at {cap} MB/s: {ratio:.2f} of the cap, {met} ±{TOLERANCE:.0%}"
-        if uncapped < cap * (1 - TOLERANCE):  # the path itself is slower than the cap
-            text += f" (uncapped it does {uncapped:.0f} MB/s: this cap does not bind)"
-        findings.append(text + ".")
-    return rows, findings
+def cap_finding(kind: str, r: dict[str, Any], uncapped: float) -> str:
+    cap, ratio = r["cap_mbps"], r["ratio"]
+    met = "within" if abs(ratio - 1) <= TOLERANCE else "NOT within"
+    text = f"{kind} capped at {cap} MB/s: {ratio:.2f} of the cap, {met} ±{TOLERANCE:.0%}"
+    if uncapped < cap * (1 - TOLERANCE):  # the path itself is slower: the cap cannot be reached
+        text += f" (uncapped it does {uncapped:.0f} MB/s: this cap does not bind)"
+    return text + "."
 
 
 def markdown(report: dict[str, Any]) -> str:
     m, cfg, load = report["measured"], report["config"], report["load"]
-    state, st, ts = m["state_bytes"], m["staging"], m["torch_save"]
-    rows = [
-        row(
-            "staging: memcpy + CRC-32C of the committed step into the staged arena",
-            "",
-            f"{st['median_s']:.3f} s",
-            f"{st['mbps'] / 1000:.2f} GB/s",
-            "",
-        )
+    state, fsync, no_fsync = m["state_bytes"], m["torch_save"][0], m["torch_save_no_fsync"][0]
+    lines = [
+        "| measurement | cap | time (median) | throughput | achieved / cap |",
+        "|---|---|---|---|---|",
+        *(table_row(key, r) for key in ROWS for r in m[key]),
     ]
-    findings = []
-    for kind, label in (
-        ("replication", "replication to the next pod (own process, loopback gRPC, token)"),
-        ("persistence", "persistence to local disk (torch.save format, fsynced)"),
-    ):
-        more_rows, more = transfer_rows(kind, label, m[kind])
-        rows, findings = rows + more_rows, findings + more
-    for name, how in (("fsync", "with fsync"), ("no_fsync", "no fsync")):
-        rows.append(
-            row(
-                f"baseline: torch.save of the same state, a file per rank, {how}",
-                "",
-                f"{ts[name]['median_s']:.2f} s",
-                f"{ts[name]['mbps']:.0f} MB/s",
-                "",
-            )
-        )
     total = sum(v["bytes"] for v in m["shm"].values()) / state
-    rows.append(
-        row(
-            "/dev/shm of one pod per GB of state (own + staged + replicas)",
-            "",
-            "",
-            f"**{total:.2f} GB**",
-            "",
-        )
-    )
+    lines.append(f"| /dev/shm of one pod per GB of state | | | **{total:.2f} GB** | |")
     per = ", ".join(
         f"{k} {v['bytes'] / state:.2f} GB ({v['files']} slot files)" for k, v in m["shm"].items()
     )
+    findings = [
+        cap_finding(kind, r, m[kind][0]["mbps"])
+        for kind in ("replication", "persistence")
+        for r in m[kind]
+        if r["cap_mbps"]
+    ]
     persist, first = m["persistence"][0]["median_s"], m["first_rounds"][0]
     findings += [
-        f"Uncapped persistence takes {persist / ts['fsync']['median_s']:.2f}× the time of "
-        f"torch.save + fsync, {persist / ts['no_fsync']['median_s']:.2f}× that of torch.save "
+        f"Uncapped persistence takes {persist / fsync['median_s']:.2f}× the time of "
+        f"torch.save + fsync, {persist / no_fsync['median_s']:.2f}× that of torch.save "
         "alone (which leaves the data in the page cache).",
         f"/dev/shm per GB of state, st_blocks of the slot files after two rounds: {per}; "
         f"{total:.2f} GB in all (replicas: what the next pod holds for this one, as much as "
@@ -316,9 +271,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"measured {report['date']}. Medians of {cfg['repeat']} rounds of Offloader.run_round; "
         "caps set as SUPERVISOR_REPLICA_MAX_MBPS / SUPERVISOR_PERSIST_MAX_MBPS would."
     )
-    lines = [head, "", row("measurement", "cap", "time", "throughput", "achieved / cap")]
-    lines += ["|---|---|---|---|---|", *rows, "", *(f"- {f}" for f in findings), ""]
-    return "\n".join([*lines, "Reproduce: `python bench/offload_throughput.py`."]) + "\n"
+    tail = "Reproduce: `python bench/offload_throughput.py`."
+    return "\n".join([head, "", *lines, "", *(f"- {f}" for f in findings), "", tail]) + "\n"
 
 
 def main() -> None:
@@ -327,8 +281,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="ts-bench-offload-", dir="/dev/shm"))
     disk = Path(tempfile.mkdtemp(prefix="ts-bench-offload-", dir=args.durable_dir))
     token = secrets.token_hex(16)
-    env = dict(os.environ, BENCH_TOKEN=token)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env = dict(os.environ, BENCH_TOKEN=token)  # not in argv, where ps shows it
     argv = [sys.executable, "-c", SERVER, RUN, str(root / "next-pod" / REPLICAS)]  # Pod.replicas
     server: Optional[subprocess.Popen[str]] = None
     pod: Optional[Pod] = None

@@ -1,4 +1,4 @@
-"""supervisor/offload.py on real arenas, a real replica server on loopback and real files."""
+"""The Offloader (supervisor/offload.py) on real arenas, a real replica server and real files."""
 
 from __future__ import annotations
 
