@@ -110,4 +110,6 @@ class JobSnapshots:
 
     def _news(self, now: float) -> RoundNews:
         offload = self.rounds.next_round(self.committed, now)
+        if offload is not None:
+            self._reported.clear()  # reports of a round given up count for nothing
         return RoundNews(self.committed, offload, self.rounds.replicated, self.rounds.persisted)

@@ -32,6 +32,7 @@ from train_supervisor.arena import CorruptSnapshot, RankArena, SlotState, Snapsh
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 STAGED, REPLICAS = "staged", "replicas"
+SLOWEST_LINK_BYTES_PER_S = 50e6
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class Materialized:
 def complete_steps(arena: RankArena) -> set[int]:
     """Steps whose slot header says COMPLETE (no checksum)."""
     return {s.step for s in arena.slots() if s.state is SlotState.COMPLETE}
+
+
+def transfer_deadline_s(size: int, rate_bytes_per_s: float) -> float:
+    """How long one copy may take before the peer counts as hung: twice its time at the cap
+    (or at a slow 50 MB/s without one), plus a minute."""
+    return 60.0 + 2 * size / (rate_bytes_per_s or SLOWEST_LINK_BYTES_PER_S)
 
 
 def _ranks_in(directory: Path) -> list[int]:
@@ -152,7 +159,11 @@ class Offloader:
         try:
             stub = self.holder()
             for image in images:
-                push_replica(stub, self.run_id, self.node_rank, image, throttle.pace)
+                size = len(image.manifest) + len(image.payload)
+                deadline = transfer_deadline_s(size, self.config.replica_bytes_per_s)
+                push_replica(
+                    stub, self.run_id, self.node_rank, image, throttle.pace, timeout_s=deadline
+                )
         except grpc.RpcError as err:
             return f"replica of step {images[0].step}: {err.code().name}: {err.details()}"
         return ""

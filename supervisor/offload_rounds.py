@@ -21,6 +21,9 @@ from supervisor.persist_policy import persist_due
 # After a failed persist (a full or read-only disk), try again this much later
 # rather than on every step.
 PERSIST_RETRY_S = 5.0
+# A round whose end never came (a report lost with its pod's stream) is given up after
+# this long, so that replication does not stop for good.
+ROUND_LIMIT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class OffloadRounds:
     every_steps: int = 0
     every_s: float = 0.0
     in_flight: Optional[OffloadRound] = None
+    started_at: float = -math.inf
     last_round: int = NONE  # step of the newest round that ended, well or not
     replicated: int = NONE  # newest step every pod's replica holds
     persisted: int = NONE  # newest step every pod persisted
@@ -46,6 +50,9 @@ class OffloadRounds:
 
     def next_round(self, committed: int, now: float) -> Optional[OffloadRound]:
         """The round to start now for `committed`, if any (then it is in flight)."""
+        if self.in_flight is not None and now - self.started_at > ROUND_LIMIT_S:
+            self.errors["round"] = f"the round of step {self.in_flight.step} never ended"
+            self.in_flight = None
         if self.in_flight is not None or committed == NONE or committed <= self.last_round:
             return None
         persist = (
@@ -57,7 +64,7 @@ class OffloadRounds:
         )
         if not (self.replicate or persist):
             return None
-        self.in_flight = OffloadRound(committed, self.replicate, persist)
+        self.in_flight, self.started_at = OffloadRound(committed, self.replicate, persist), now
         return self.in_flight
 
     def finished(self, step: int, replica_error: str, persist_error: str, now: float) -> bool:
@@ -66,6 +73,7 @@ class OffloadRounds:
         if current is None or current.step != step:
             return False
         self.in_flight, self.last_round = None, step
+        self.errors.pop("round", None)
         if current.replicate:
             self._outcome("replica", replica_error)
             if not replica_error:

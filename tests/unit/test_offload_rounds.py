@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from supervisor.commit import NONE
-from supervisor.offload_rounds import PERSIST_RETRY_S, OffloadRounds
+from supervisor.offload_rounds import PERSIST_RETRY_S, ROUND_LIMIT_S, OffloadRounds
 
 
 def test_one_round_at_a_time_and_the_newest_committed_step_next() -> None:
@@ -40,3 +40,14 @@ def test_restoring_an_older_step_voids_later_copies() -> None:
     assert (rounds.replicated, rounds.persisted, rounds.last_round) == (NONE, NONE, 5)
     again = rounds.next_round(6, now=2.0)
     assert again is not None and again.step == 6
+
+
+def test_a_round_whose_end_never_comes_is_given_up_and_reported() -> None:
+    rounds = OffloadRounds(replicate=True, persist=False)
+    assert rounds.next_round(3, now=0.0) is not None
+    assert rounds.next_round(4, now=ROUND_LIMIT_S) is None, "still within the limit"
+    later = rounds.next_round(5, now=ROUND_LIMIT_S + 1)
+    assert later is not None and later.step == 5
+    assert "never ended" in rounds.errors["round"]
+    rounds.finished(5, "", "", now=ROUND_LIMIT_S + 2)
+    assert "round" not in rounds.errors
