@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from jobs import RunningJob, job_env, max_step, pids_by_rank, read_events, train_launch, wait_until
+from mounts import remount, tmpfs
 from pods import Pods
 from test_snapshots import snapshot_status
 
@@ -105,22 +106,11 @@ def test_persisted_steps_load_with_plain_torch_load_bitwise(tmp_path: Path, shm_
     assert "persisted: step" in job.stderr
 
 
-def mount_tmpfs(directory: Path, options: str) -> None:
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], check=True)
-
-
-def remount(directory: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(directory)], check=True)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs as the durable directory")
 def test_a_full_or_read_only_durable_directory_never_stops_training(
     tmp_path: Path, shm_dir: Path
 ) -> None:
     durable, events = tmp_path / "durable", tmp_path / "events"
-    durable.mkdir()
-    mount_tmpfs(durable, "size=64k,ro")
-    try:
+    with tmpfs(durable, "size=64k,ro"):
         job = start(
             events, shm_dir, durable, "--steps", "400", "--step-sleep", "0.05",
             SUPERVISOR_PERSIST_EVERY_STEPS="5",
@@ -142,8 +132,6 @@ def test_a_full_or_read_only_durable_directory_never_stops_training(
         assert errors() == "", "the error clears once persistence works again"
         job.wait_for(lambda: durable_steps(durable) != {}, 30, "a step on disk")
         assert job.wait(240) == 0, job.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(durable)], check=False)
     assert "persist_error" in job.stderr and "Read-only file system" in job.stderr
     done = {e["rank"]: e["step"] for e in read_events(events) if e["event"] == "done"}
     assert done == dict.fromkeys(range(NPROC), 400)

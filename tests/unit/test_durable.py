@@ -10,12 +10,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from mounts import remount, tmpfs
 from test_torch_format import assert_same, training_state
 
 from launcher.snapshot import read_state, write_state
@@ -168,27 +168,6 @@ def test_a_truncated_manifest_or_a_missing_file_is_never_restored(tmp_path: Path
     with pytest.raises(CorruptSnapshot, match="no entry for rank 5"):
         store.load(1, 5)
     assert store.load(1, 0).step == 1
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str = "256k") -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
-
-
-def remount(where: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], check=True)
 
 
 def test_a_full_disk_fails_cleanly_and_older_steps_stay(tmp_path: Path) -> None:
