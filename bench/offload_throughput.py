@@ -250,7 +250,14 @@ def markdown(report: dict[str, Any]) -> str:
         if r["cap_mbps"]
     ]
     persist, first = m["persistence"][0]["median_s"], m["first_rounds"][0]
+    slow = m["persistence"][-1]  # the lowest cap
+    over = slow["median_s"] - m["bytes"] / (slow["cap_mbps"] * MB)
+    runs = "; ".join(f"{r['cap_mbps'] or 'uncapped'}: {[round(x, 2) for x in r['all_s']]}"
+                     for r in m["replication"])  # fmt: skip
     findings += [
+        f"Every replication round (s), by cap: {runs}.",
+        f"Persistence at {slow['cap_mbps']} MB/s took {over:.2f} s longer than size / cap: "
+        "the cap paces writes into the page cache, and each file's fsync then writes it out.",
         f"Uncapped persistence takes {persist / fsync['median_s']:.2f}× the time of "
         f"torch.save + fsync, {persist / no_fsync['median_s']:.2f}× that of torch.save "
         "alone (which leaves the data in the page cache).",

@@ -45,6 +45,7 @@ MANIFEST = "MANIFEST.json"
 _STEP = re.compile(r"step-(\d{12})")
 _TEMP = re.compile(r"step-\d{12}\.tmp-(\d+)")
 _READ_CHUNK = 4 << 20
+SYNC_EVERY_BYTES = 64 << 20
 _RANK_INTS = ("rank", "bytes", "crc32c", "image_checksum", "manifest_len", "payload_len")
 
 
@@ -169,7 +170,20 @@ class DurableStore:
         self, path: Path, image: SnapshotImage, pace: Callable[[int], None]
     ) -> dict[str, Any]:
         with open(path, "xb") as f:
-            crc = write_torch_zip(f, image, pace)
+            unsynced = 0
+
+            def pace_on_disk(nbytes: int) -> None:
+                # To the disk as it goes, not the page cache: else the cap paces memory
+                # copies and the final fsync writes the whole file at full speed.
+                nonlocal unsynced
+                unsynced += nbytes
+                if unsynced >= SYNC_EVERY_BYTES:
+                    f.flush()
+                    os.fdatasync(f.fileno())
+                    unsynced = 0
+                pace(nbytes)
+
+            crc = write_torch_zip(f, image, pace_on_disk)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()

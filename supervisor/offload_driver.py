@@ -222,6 +222,7 @@ class OffloadDriver:
             rank.persisted_step = self.rounds.persisted
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.submit(self.offloader.close)  # on its thread, after what is queued
+        self._executor.shutdown(wait=False, cancel_futures=False)
         if self._channel is not None:
             self._channel.close()
