@@ -233,7 +233,7 @@ def main() -> None:
         steady_runs.append(run)
     torch.set_num_threads(cores)
     after = memory_status()
-    files = [f.stat() for f in snapshots.arena.directory.iterdir()]
+    files = [f.stat() for f in snapshots.arena.directory.glob("rank-*.slot*")]
     result = {
         "torch": torch.__version__,
         "threads": cores,

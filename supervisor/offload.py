@@ -119,6 +119,10 @@ class Offloader:
             arena.close()
         self._mapped.clear()
 
+    def _present(self, places: tuple[str, ...]) -> list[str]:
+        """Those of `places` that exist: reading never creates a directory."""
+        return [w for w in places if (self.directory / w).is_dir()]
+
     def _arena(self, rank: int, where: str = "") -> RankArena:
         return RankArena(self.directory / where if where else self.directory, rank)
 
@@ -207,7 +211,7 @@ class Offloader:
         shm: Optional[set[int]] = None
         for rank in self.ranks:
             held = set()
-            for where in ("", STAGED):
+            for where in self._present(("", STAGED)):
                 arena = self._arena(rank, where)
                 held |= complete_steps(arena)
                 arena.close()
@@ -239,7 +243,8 @@ class Offloader:
         them with new contents): drop every copy of them here. Returns what went."""
         dropped = []
         replica_dir = self.directory / REPLICAS
-        arenas = [self._arena(r, where) for r in self.ranks for where in ("", STAGED)]
+        present = self._present(("", STAGED))
+        arenas = [self._arena(r, where) for r in self.ranks for where in present]
         if replica_dir.is_dir():
             arenas += [RankArena(replica_dir, r) for r in _ranks_in(replica_dir)]
         for arena in arenas:
