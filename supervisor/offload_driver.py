@@ -71,9 +71,7 @@ class OffloadDriver:
             every_steps=config.persist_every_steps,
             every_s=config.persist_every_s,
         )
-        self.last_result: Optional[RoundResult] = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="offload")
-        self._restores: dict[int, asyncio.Task[Materialized]] = {}
 
     def _holder(self) -> pb_grpc.ReplicaServiceStub:
         assert self.target is not None
@@ -109,11 +107,7 @@ class OffloadDriver:
 
     async def _pod_round(self, rnd: OffloadRound) -> None:
         result = await self.run_round(rnd)
-        for part, error in (("replica", result.replica_error), ("persist", result.persist_error)):
-            if error:
-                self.rounds.errors[part] = error
-            elif (part == "replica" and rnd.replicate) or (part == "persist" and rnd.persist):
-                self.rounds.errors.pop(part, None)
+        self.rounds.note_errors(rnd, result.replica_error, result.persist_error)  # for status
         done = pb.OffloadDone(
             step=rnd.step, replica_error=result.replica_error, persist_error=result.persist_error
         )
@@ -125,7 +119,6 @@ class OffloadDriver:
         self.offloader.kept = self.rounds.replicated
         result = await self._in_thread(self.offloader.run_round, rnd, generation)
         assert isinstance(result, RoundResult)
-        self.last_result = result
         for part, error in (("replica", result.replica_error), ("persist", result.persist_error)):
             if error:
                 self.job.record(f"{part}_error", error)

@@ -74,17 +74,26 @@ class OffloadRounds:
             return False
         self.in_flight, self.last_round = None, step
         self.errors.pop("round", None)
-        if current.replicate:
-            self._outcome("replica", replica_error)
-            if not replica_error:
-                self.replicated = step
+        self.note_errors(current, replica_error, persist_error)
+        if current.replicate and not replica_error:
+            self.replicated = step
         if current.persist:
-            self._outcome("persist", persist_error)
             if persist_error:
                 self.persist_failed_at = now
             else:
                 self.persisted, self.persisted_at = step, now
         return True
+
+    def note_errors(self, rnd: OffloadRound, replica_error: str, persist_error: str) -> None:
+        """What went wrong in the parts `rnd` ran; a part that went well clears its error."""
+        for part, ran, error in (
+            ("replica", rnd.replicate, replica_error),
+            ("persist", rnd.persist, persist_error),
+        ):
+            if error:
+                self.errors[part] = error
+            elif ran:
+                self.errors.pop(part, None)
 
     def abandon(self) -> None:
         """A pod was lost or a generation ended mid-round: its result will not come."""
@@ -98,9 +107,3 @@ class OffloadRounds:
             self.replicated = NONE  # which older steps a peer still holds is not known here
         if self.persisted > step:
             self.persisted = NONE
-
-    def _outcome(self, part: str, error: str) -> None:
-        if error:
-            self.errors[part] = error
-        else:
-            self.errors.pop(part, None)
