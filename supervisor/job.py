@@ -247,7 +247,7 @@ class JobState:
             self.record("respawn", f"rank {slot.rank} pid {pid} replaced after an abort")
             return self._fill_vacancies() + self._maybe_start()
         self.failures.append(record)
-        self.record("failure", describe_failure(record))
+        self.record("failure", describe_failure(record, output_tail))
         return self._on_failure(record, now)
 
     def tick(self, now: float) -> list[Effect]:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from supervisor.classify import Evidence, classify
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
@@ -117,11 +118,24 @@ def failure_record(
     )
 
 
-def describe_failure(record: pb.FailureRecord) -> str:
+def describe_failure(record: pb.FailureRecord, output_tail: str = "") -> str:
+    """One line: who died how, and the class the evidence so far gives (supervisor/classify.py)."""
     what = (
         f"signal {signal_name(record.signal)}" if record.signal else f"exit code {record.exit_code}"
     )
-    return f"rank {record.rank} pid {record.pid} {what} after step {record.step}"
+    found = classify(
+        Evidence(
+            exit_code=record.exit_code,
+            signum=record.signal,
+            exception_type=record.detail.exception_type,
+            message=record.detail.message,
+            output_tail=output_tail,
+        )
+    )
+    return (
+        f"rank {record.rank} pid {record.pid} {what} after step {record.step}; "
+        f"looks like {found.kind.value} ({found.reason})"
+    )
 
 
 def give_up_report(reason: str, record: pb.FailureRecord) -> str:

@@ -257,6 +257,16 @@ def test_sigkilled_rank_opens_the_next_generation(sim: Sim) -> None:
     assert (record.generation, record.rank, record.pid, record.signal) == (0, 1, victim, 9)
     assert record.detail.signature == "SIGKILL"
     assert record.action == "restart"
+    [failure] = [e.message for e in sim.job.events if e.kind == "failure"]
+    assert "looks like transient (killed by SIGKILL from outside)" in failure
+
+
+def test_the_failure_event_names_the_class_the_output_points_at(sim: Sim) -> None:
+    sim.launch()
+    tail = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    sim.job.process_exited(sim.pid(1), 1, 0, tail, sim.now)
+    [failure] = [e.message for e in sim.job.events if e.kind == "failure"]
+    assert "looks like out_of_memory (output: 'OutOfMemoryError')" in failure
 
 
 def test_without_a_spare_the_failed_rank_gets_a_new_process() -> None:

@@ -1,0 +1,161 @@
+"""Why a rank failed, and what to do about it: a pure rule from evidence to a class and an action.
+
+Evidence comes from several places, gathered by adapters: the exit code and
+signal, the torchelastic error file (`@record`: exception type and message),
+the cgroup v2 `memory.events` oom_kill count (a kernel OOM kill is a SIGKILL
+like any other without it), the tail of the worker's output, the GPU probe,
+whether the supervisor itself killed the rank as hung, and what happened
+before (same class on this rank, faults on this pod).
+
+When evidence conflicts the more specific, less recoverable cause wins:
+hardware over OOM over hang over network over a user's exception, because
+restarting on a sick GPU only fails again, and an OOM kill also shows up as
+"Connection reset" on the rank's peers.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import signal
+from dataclasses import dataclass, field
+
+
+class FailureClass(enum.Enum):
+    HARDWARE = "hardware"  # ECC uncorrectable, lost device, Xid, repeated faults on one pod
+    OUT_OF_MEMORY = "out_of_memory"  # kernel OOM kill, CUDA out of memory, MemoryError
+    HUNG = "hung"  # no step for longer than the hang threshold; the supervisor killed it
+    TRANSIENT = "transient"  # NCCL/gloo/socket errors, a kill from outside
+    USER_BUG = "user_bug"  # an exception in the training script
+    UNKNOWN = "unknown"  # a non-zero exit with nothing else to go on
+
+
+class Action(enum.Enum):
+    RESTART_IN_PLACE = "restart the rank in place"
+    KILL_AND_RESTART = "kill the rank, then restart it in place"
+    REPLACE_POD = "exit the pod with the replace-this-pod code"
+    STOP_JOB = "stop the job with a report"
+
+
+@dataclass(frozen=True)
+class GpuHealth:
+    """What the accelerator probe says about this rank's device (absent: no GPU)."""
+
+    present: bool = False
+    ecc_uncorrectable: int = 0  # volatile uncorrectable ECC errors since the last reset
+    lost: bool = False  # the device stopped answering
+
+
+@dataclass(frozen=True)
+class Evidence:
+    exit_code: int = 0
+    signum: int = 0  # 0: the process exited by itself
+    exception_type: str = ""  # from the torchelastic error file
+    message: str = ""
+    output_tail: str = ""
+    oom_kills: int = 0  # increase of memory.events oom_kill while the rank ran
+    killed_as_hung: bool = False
+    gpu: GpuHealth = field(default_factory=GpuHealth)
+    same_class_before: int = 0  # earlier failures of the class this one gets, on this rank
+    pod_unexplained_before: int = 0  # earlier transient/unknown faults on this pod
+
+
+@dataclass(frozen=True)
+class Classification:
+    kind: FailureClass
+    action: Action
+    reason: str  # the evidence that decided it, for the event and the report
+
+
+# Output lines that name a cause; the first match of the strongest class decides.
+_HARDWARE_LINES = re.compile(
+    r"uncorrectable ECC|ECC error|Xid \d+|GPU has fallen off the bus|"
+    r"CUDA error: (?:an illegal memory access|unspecified launch failure|uncorrectable ECC)",
+    re.IGNORECASE,
+)
+_OOM_LINES = re.compile(r"CUDA out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory")
+_NETWORK_LINES = re.compile(
+    r"NCCL error|ncclSystemError|ncclRemoteError|Connection reset by peer|Connection refused|"
+    r"Socket Timeout|timed out|Gloo.*(?:closed|reset|timeout)|Broken pipe|ProcessGroupNCCL",
+    re.IGNORECASE,
+)
+_OOM_EXCEPTIONS = ("OutOfMemoryError", "MemoryError")
+_NETWORK_EXCEPTIONS = (
+    "DistBackendError",
+    "DistNetworkError",
+    "ConnectionResetError",
+    "TimeoutError",
+)
+
+# Repeats after which restarting is pointless: stop (OOM) or give the pod back (hardware).
+OOM_REPEATS_TO_STOP = 3
+POD_FAULTS_TO_REPLACE = 3
+
+
+def _first(pattern: re.Pattern[str], text: str) -> str:
+    found = pattern.search(text)
+    return found.group(0) if found else ""
+
+
+def classify(e: Evidence) -> Classification:
+    text = f"{e.exception_type}: {e.message}\n{e.output_tail}"
+    hardware = _hardware(e, text)
+    if hardware:
+        return Classification(FailureClass.HARDWARE, Action.REPLACE_POD, hardware)
+    oom = _oom(e, text)
+    if oom:
+        if e.same_class_before + 1 >= OOM_REPEATS_TO_STOP:
+            why = f"{oom}; out of memory {e.same_class_before + 1} times on this rank"
+            return Classification(FailureClass.OUT_OF_MEMORY, Action.STOP_JOB, why)
+        return Classification(FailureClass.OUT_OF_MEMORY, Action.RESTART_IN_PLACE, oom)
+    if e.killed_as_hung:
+        return Classification(
+            FailureClass.HUNG, Action.KILL_AND_RESTART, "no step within the hang threshold"
+        )
+    network = _network(e, text)
+    if network:
+        return Classification(FailureClass.TRANSIENT, Action.RESTART_IN_PLACE, network)
+    if e.exception_type:
+        # The crash-loop rule (supervisor/restart_policy.py) stops a repeat without progress.
+        return Classification(
+            FailureClass.USER_BUG, Action.RESTART_IN_PLACE, f"{e.exception_type}: {e.message}"
+        )
+    if e.signum:
+        name = signal.Signals(e.signum).name if e.signum in signal.valid_signals() else e.signum
+        return _unexplained(e, FailureClass.TRANSIENT, f"killed by {name} from outside")
+    return _unexplained(e, FailureClass.UNKNOWN, f"exit code {e.exit_code}, no other evidence")
+
+
+def _unexplained(e: Evidence, kind: FailureClass, why: str) -> Classification:
+    """Faults nothing explains, again and again on one pod, point at its hardware."""
+    count = e.pod_unexplained_before + 1
+    if count >= POD_FAULTS_TO_REPLACE:
+        why = f"{why}; {count} unexplained faults on this pod"
+        return Classification(FailureClass.HARDWARE, Action.REPLACE_POD, why)
+    return Classification(kind, Action.RESTART_IN_PLACE, why)
+
+
+def _hardware(e: Evidence, text: str) -> str:
+    gpu = e.gpu
+    if gpu.present and gpu.lost:
+        return "the GPU stopped answering (probe)"
+    if gpu.present and gpu.ecc_uncorrectable > 0:
+        return f"{gpu.ecc_uncorrectable} uncorrectable ECC errors (probe)"
+    line = _first(_HARDWARE_LINES, text)
+    return f"output: {line!r}" if line else ""
+
+
+def _oom(e: Evidence, text: str) -> str:
+    if e.oom_kills > 0:
+        return f"the kernel OOM killer (memory.events oom_kill +{e.oom_kills})"
+    if e.exception_type in _OOM_EXCEPTIONS:
+        return f"{e.exception_type}: {e.message}"
+    line = _first(_OOM_LINES, text)
+    return f"output: {line!r}" if line else ""
+
+
+def _network(e: Evidence, text: str) -> str:
+    if e.exception_type in _NETWORK_EXCEPTIONS:
+        return f"{e.exception_type}: {e.message}"
+    line = _first(_NETWORK_LINES, text)
+    return f"output: {line!r}" if line else ""
