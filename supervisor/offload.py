@@ -287,17 +287,18 @@ class Offloader:
         arena = self._arena(rank)
         try:
             if source == SHM:
-                slot = arena.find(step)
-                if slot is not None:
-                    arena.read(slot, verify=True)
-                    return
+                own, why = arena.find(step), f"step {step} is not in this pod's memory"
+                if own is not None:
+                    try:
+                        arena.read(own, verify=True)
+                        return
+                    except CorruptSnapshot as err:  # the staged copy may still be good
+                        why = str(err)
                 staged = self._arena(rank, STAGED)
                 try:
                     slot = staged.find(step)
                     if slot is None:
-                        raise CorruptSnapshot(
-                            f"rank {rank}: step {step} is not in this pod's memory"
-                        )
+                        raise CorruptSnapshot(f"rank {rank}: {why}")
                     arena.store(_free_slot(arena, NONE), staged.image(slot, verify=True))
                 finally:
                     staged.close()

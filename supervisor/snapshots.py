@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -80,15 +79,12 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
         done = await asyncio.shield(point)
         if not done.complete:
             # The leader opens the next generation without this step; the abort unwinds
-            # the rank right after this answer.
-            await self._wait_for(lambda: job.generation != generation or job.over)
+            # the rank right after this answer. Never sooner: a rank that went on from
+            # nothing would train beside ranks that restored the step.
+            async with self.sup.changed:
+                await self.sup.changed.wait_for(lambda: job.generation != generation or job.over)
             return pb.RestorePoint(step=NONE)
         return pb.RestorePoint(step=done.step, source=done.sources.get(request.rank, ""))
-
-    async def _wait_for(self, done: Callable[[], bool]) -> None:
-        async with self.sup.changed:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.sup.changed.wait_for(done), self.commit_wait_s)
 
     async def _restore(self, job: JobState, offload: OffloadDriver) -> Materialized:
         """Every local rank's copy of one step in place (shm -> peer -> durable), or none.

@@ -155,3 +155,14 @@ def test_steps_past_the_restored_one_are_void_everywhere(tmp_path: Path, peer: P
         with RankArena(pod.directory, rank) as arena:
             assert {s.state for s in arena.slots() if s.step == 5} <= {SlotState.EMPTY}
     assert peer_pod.copies().replicas == {}
+
+
+def test_a_corrupt_own_copy_is_replaced_from_the_staged_one(tmp_path: Path, peer: Peer) -> None:
+    pod = offloader(tmp_path, peer)
+    save(pod.directory, 7)
+    pod.run_round(OffloadRound(7, replicate=False, persist=False), generation=0)
+    corrupt(pod.directory, 2)
+    done = pod.materialize(7, list(SOURCE_ORDER))
+    assert done.sources == {2: SHM, 3: SHM}, done.problems
+    assert torch.equal(restored(pod.directory, 2, 7)["w"], state(2, 7)["w"])
+    assert peer.inventory() == {}, "nothing came from the peer"
