@@ -270,7 +270,7 @@ class Offloader:
             done.sources[rank] = ""
             for source in order:
                 try:
-                    self._place(rank, step, source)
+                    done.problems += self._place(rank, step, source)
                 except (CorruptSnapshot, DurableError, OSError, grpc.RpcError) as err:
                     text = (
                         f"{err.code().name}: {err.details()}"
@@ -283,7 +283,9 @@ class Offloader:
                 break
         return done
 
-    def _place(self, rank: int, step: int, source: str) -> None:
+    def _place(self, rank: int, step: int, source: str) -> list[str]:
+        """Put rank's `step` from `source` in its arena (raises when it cannot); returns the
+        copies passed over on the way."""
         arena = self._arena(rank)
         try:
             if source == SHM:
@@ -291,7 +293,7 @@ class Offloader:
                 if own is not None:
                     try:
                         arena.read(own, verify=True)
-                        return
+                        return []
                     except CorruptSnapshot as err:  # the staged copy may still be good
                         why = str(err)
                 staged = self._arena(rank, STAGED)
@@ -300,6 +302,7 @@ class Offloader:
                     if slot is None:
                         raise CorruptSnapshot(f"rank {rank}: {why}")
                     arena.store(_free_slot(arena, NONE), staged.image(slot, verify=True))
+                    return [] if own is None else [f"rank {rank}: shm: {why}; the staged copy used"]
                 finally:
                     staged.close()
             elif source == PEER:
@@ -314,5 +317,6 @@ class Offloader:
                 arena.store(_free_slot(arena, NONE), self.store.load(step, rank))
             else:
                 raise ValueError(f"unknown restore source {source!r}")
+            return []
         finally:
             arena.close()

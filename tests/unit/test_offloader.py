@@ -164,5 +164,7 @@ def test_a_corrupt_own_copy_is_replaced_from_the_staged_one(tmp_path: Path, peer
     corrupt(pod.directory, 2)
     done = pod.materialize(7, list(SOURCE_ORDER))
     assert done.sources == {2: SHM, 3: SHM}, done.problems
+    [problem] = done.problems
+    assert "rank 2: shm:" in problem and "checksum" in problem and "staged copy used" in problem
     assert torch.equal(restored(pod.directory, 2, 7)["w"], state(2, 7)["w"])
     assert peer.inventory() == {}, "nothing came from the peer"
