@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from readme_quote import quote_in_readme, write_results
+from readme_quote import publish
 from snapshot_stall import busy_cpu_s, machine
 
 from launcher.snapshot import write_state
@@ -337,11 +337,7 @@ def main() -> None:
         "measured": measured,
     }
     text = markdown(report)
-    out = Path(args.out)
-    write_results(out, report, text)
-    if out.resolve() == DEFAULT_OUT.resolve():  # quick runs with --out leave README alone
-        quote_in_readme("offload_throughput", text)
-    print(text)
+    publish("offload_throughput", Path(args.out), DEFAULT_OUT, report, text)
 
 
 if __name__ == "__main__":

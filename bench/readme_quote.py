@@ -25,3 +25,12 @@ def quote_in_readme(name: str, markdown: str, readme: Path = README) -> bool:
         return False
     readme.write_text(pattern.sub(lambda _: f"{begin}\n{markdown.rstrip()}\n{end}", text))
     return True
+
+
+def publish(name: str, out: Path, default_out: Path, report: dict[str, Any], text: str) -> None:
+    """Write the results; quote them in the README only from a run with the default --out
+    (quick runs elsewhere leave it alone); print them."""
+    write_results(out, report, text)
+    if out.resolve() == default_out.resolve():
+        quote_in_readme(name, text)
+    print(text)

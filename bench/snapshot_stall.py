@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from readme_quote import quote_in_readme, write_results
+from readme_quote import publish
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "snapshot_stall_worker.py"
@@ -250,11 +250,7 @@ def main() -> None:
     }
     report["summary"] = summarize(worker)
     text = markdown(report)
-    out = Path(args.out)
-    write_results(out, report, text)
-    if out.resolve() == DEFAULT_OUT.resolve():  # quick runs with --out leave README alone
-        quote_in_readme("snapshot_stall", text)
-    print(text)
+    publish("snapshot_stall", Path(args.out), DEFAULT_OUT, report, text)
 
 
 if __name__ == "__main__":
