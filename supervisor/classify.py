@@ -20,6 +20,8 @@ import re
 import signal
 from dataclasses import dataclass, field
 
+HUNG_SIGNATURE = "hung"  # the failure signature of a rank the supervisor killed as hung
+
 
 class FailureClass(enum.Enum):
     HARDWARE = "hardware"  # ECC uncorrectable, lost device, Xid, repeated faults on one pod

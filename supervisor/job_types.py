@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from supervisor.classify import Evidence, classify
+from supervisor.classify import HUNG_SIGNATURE, Evidence, classify
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
@@ -130,6 +130,7 @@ def describe_failure(record: pb.FailureRecord, output_tail: str = "") -> str:
             exception_type=record.detail.exception_type,
             message=record.detail.message,
             output_tail=output_tail,
+            killed_as_hung=record.detail.signature == HUNG_SIGNATURE,
         )
     )
     return (

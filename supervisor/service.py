@@ -14,6 +14,8 @@ from typing import Any, Optional, Protocol
 import grpc
 
 from supervisor import restart_policy
+from supervisor.hang import HangSettings
+from supervisor.hang_watch import HangWatch
 from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
 from supervisor.job_types import ToLeader
 from supervisor.offload import REPLICAS
@@ -42,6 +44,7 @@ class SupervisorSettings:
     failure_settle_s: float = 1.0
     tick_s: float = 0.1
     offload: OffloadConfig = field(default_factory=OffloadConfig)
+    hang: HangSettings = field(default_factory=HangSettings)
 
 
 class Coordination(Protocol):
@@ -79,6 +82,7 @@ class Supervisor:
         self._ticker: Optional[asyncio.Task[None]] = None
         self.replica_target: Optional[ReplicaTarget] = None  # the next pod (multi-pod only)
         self.offload: Optional[OffloadDriver] = None  # once a job with snapshots attached
+        self.hang_watch = HangWatch(settings.hang)
 
     # ------------------------------------------------------------- plumbing
     def apply(self, effects: list[Effect]) -> None:
@@ -160,7 +164,8 @@ class Supervisor:
         while True:
             await asyncio.sleep(self.settings.tick_s)
             if self.job is not None:
-                self.apply(self.job.tick(time.monotonic()))
+                now = time.monotonic()
+                self.apply(self.job.tick(now) + self.hang_watch.check(self.job, now))
 
     async def require_job(self, context: grpc.aio.ServicerContext[Any, Any]) -> JobState:
         if self.job is None:
