@@ -9,8 +9,7 @@ collective, so every rank soon looks overdue: the culprit is the one whose
 process evidence differs — stopped (SIGSTOP, a debugger), burning CPU while
 the rest sleep, or a stack unlike the waiting majority's (py-spy dumps).
 
-Not wired into the supervisor yet (P4 in progress): these are the rules the
-detector will apply.
+supervisor/hang_watch.py applies these rules each tick.
 """
 
 from __future__ import annotations
