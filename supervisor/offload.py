@@ -28,7 +28,13 @@ from supervisor.offload_rounds import OffloadRound
 from supervisor.replica_client import fetch_replica, push_replica
 from supervisor.restore import DURABLE, PEER, SHM, NodeCopies
 from supervisor.throttle import Throttle
-from train_supervisor.arena import CorruptSnapshot, RankArena, SlotState, SnapshotImage
+from train_supervisor.arena import (
+    CorruptSnapshot,
+    RankArena,
+    SlotState,
+    SnapshotImage,
+    ranks_in,
+)
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 STAGED, REPLICAS = "staged", "replicas"
@@ -69,12 +75,6 @@ def transfer_deadline_s(size: int, rate_bytes_per_s: float) -> float:
     """How long one copy may take before the peer counts as hung: twice its time at the cap
     (or at a slow 50 MB/s without one), plus a minute."""
     return 60.0 + 2 * size / (rate_bytes_per_s or SLOWEST_LINK_BYTES_PER_S)
-
-
-def _ranks_in(directory: Path) -> list[int]:
-    """The ranks with slot files in `directory`."""
-    names = (p.name for p in directory.glob("rank-*.slot*"))
-    return sorted({int(n[5:].split(".")[0]) for n in names if n[5:].split(".")[0].isdigit()})
 
 
 def _free_slot(arena: RankArena, keep: int) -> int:
@@ -227,7 +227,7 @@ class Offloader:
         if not directory.is_dir():
             return {}
         by_rank: dict[int, set[int]] = {}
-        for rank in _ranks_in(directory):
+        for rank in ranks_in(directory):
             arena = RankArena(directory, rank)
             by_rank[rank] = complete_steps(arena)
             arena.close()
@@ -246,7 +246,7 @@ class Offloader:
         present = self._present(("", STAGED))
         arenas = [self._arena(r, where) for r in self.ranks for where in present]
         if replica_dir.is_dir():
-            arenas += [RankArena(replica_dir, r) for r in _ranks_in(replica_dir)]
+            arenas += [RankArena(replica_dir, r) for r in ranks_in(replica_dir)]
         for arena in arenas:
             for info in arena.slots():
                 if info.state is SlotState.COMPLETE and info.step > step:
@@ -306,14 +306,12 @@ class Offloader:
                 finally:
                     staged.close()
             elif source == PEER:
-                if self.holder is None:
-                    raise CorruptSnapshot("no peer holds a replica")
+                assert self.holder is not None  # materialize tries only configured sources
                 fetch_replica(
                     self.holder(), self.run_id, rank, step, arena, _free_slot(arena, NONE)
                 )
             elif source == DURABLE:
-                if self.store is None:
-                    raise CorruptSnapshot("no durable directory configured")
+                assert self.store is not None
                 arena.store(_free_slot(arena, NONE), self.store.load(step, rank))
             else:
                 raise ValueError(f"unknown restore source {source!r}")

@@ -16,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from train_supervisor.arena import (
     RankArena,
     SlotInfo,
     SlotState,
+    ranks_in,
 )
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -47,7 +47,6 @@ TRANSFER_TIMEOUT_S = 600.0
 # The current job's (run_id, replica directory), or None before a job attaches.
 ReplicaJob = Callable[[], Optional[tuple[str, Path]]]
 OnStored = Callable[[int, int], None]  # (rank, step) of a replica just stored
-_SLOT_FILE = re.compile(r"rank-(\d+)\.slot[01]")
 Code = grpc.StatusCode
 
 
@@ -93,9 +92,8 @@ def payload_chunks(payload: memoryview, chunk_bytes: int) -> Iterator[pb.Replica
 
 def inventory(directory: Path, verify: bool) -> dict[int, list[int]]:
     """Every rank with a complete copy in `directory` and its steps (verify: checksum ok)."""
-    files = (_SLOT_FILE.fullmatch(p.name) for p in directory.glob("rank-*.slot*"))
     held: dict[int, list[int]] = {}
-    for rank in sorted({int(m.group(1)) for m in files if m}):
+    for rank in ranks_in(directory):
         with RankArena(directory, rank) as arena:
             complete = [s for s in arena.slots() if s.state is SlotState.COMPLETE]
             steps = {s.step for s in complete if not verify or _verifies(arena, s.slot)}

@@ -21,6 +21,7 @@ import enum
 import errno
 import mmap
 import os
+import re
 import shutil
 import struct
 import zlib
@@ -348,6 +349,15 @@ class RankArena:
         if info.end > len(mm):
             return blank(SlotState.CORRUPT, f"header needs {info.end} bytes, file has {len(mm)}")
         return info, mm
+
+
+_SLOT_FILE = re.compile(r"rank-(\d+)\.slot[01]")
+
+
+def ranks_in(directory: Path) -> list[int]:
+    """The ranks that have slot files in `directory` (none when it does not exist)."""
+    found = (_SLOT_FILE.fullmatch(p.name) for p in directory.glob("rank-*.slot*"))
+    return sorted({int(m.group(1)) for m in found if m})
 
 
 SNAPSHOT_DIR_ENV = "TRAIN_SUPERVISOR_SNAPSHOT_DIR"
