@@ -146,6 +146,7 @@ class OffloadDriver:
             choice = choose_restore([node], {node: copies}, newest, {node: frozenset(unusable)})
             self.job.record("snapshot_restore_choice", choice.why())
             if choice.step == NONE:
+                await self._start_from(NONE)
                 return Materialized(NONE)
             done = await self.place(choice)
             if done.complete:
@@ -161,21 +162,27 @@ class OffloadDriver:
         if done.complete:
             where = ", ".join(f"rank {r}: {s}" for r, s in sorted(done.sources.items()))
             self.job.record("snapshot_restore", f"step {choice.step} in place ({where})")
-            dropped = await self._in_thread(self.offloader.discard_after, choice.step)
-            if dropped:
-                self.job.record("snapshot_void", f"past step {choice.step}: {dropped}")
+            await self._start_from(choice.step)
         else:
             self.job.record(
                 "snapshot_fallback", f"step {choice.step} has no usable copy for every rank"
             )
-        self.rounds.restart_from(choice.step if done.complete else NONE)
+            self.rounds.restart_from(NONE)
         self.on_change()
         return done
+
+    async def _start_from(self, step: int) -> None:
+        """The ranks redo every step past `step` with new contents: drop the old copies of
+        them, one pod or several alike (else a later restore could take one for a new step)."""
+        dropped = await self._in_thread(self.offloader.discard_after, step)
+        if dropped:
+            self.job.record("snapshot_void", f"past step {step}: {dropped}")
+        self.rounds.restart_from(step)
 
     async def restore_leaders_step(self, step: int, generation: int) -> Materialized:
         """Several pods: put the leader's choice in place, or tell it that it failed here."""
         if step == NONE:
-            await self._in_thread(self.offloader.discard_after, NONE)
+            await self._start_from(NONE)
             return Materialized(NONE)
         done = await self.place(RestoreChoice(step))
         if not done.complete:

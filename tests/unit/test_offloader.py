@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from effects import make_spec
 from test_replica import RUN, Peer
 
 from launcher.snapshot import read_state, write_state
+from supervisor.commit import NONE
+from supervisor.job import JobState
 from supervisor.offload import REPLICAS, STAGED, Offloader
 from supervisor.offload_config import OffloadConfig
+from supervisor.offload_driver import OffloadDriver
 from supervisor.offload_rounds import OffloadRound
 from supervisor.ports import free_port
-from supervisor.restore import DURABLE, PEER, SHM, SOURCE_ORDER
+from supervisor.restart_policy import RestartPolicy
+from supervisor.restore import DURABLE, PEER, SHM, SOURCE_ORDER, NodeCopies
 from train_supervisor.arena import HEADER_SIZE, RankArena, SlotState
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -168,3 +174,24 @@ def test_a_corrupt_own_copy_is_replaced_from_the_staged_one(tmp_path: Path, peer
     assert "rank 2: shm:" in problem and "checksum" in problem and "staged copy used" in problem
     assert torch.equal(restored(pod.directory, 2, 7)["w"], state(2, 7)["w"])
     assert peer.inventory() == {}, "nothing came from the peer"
+
+
+def test_a_fresh_start_drops_every_older_copy_on_one_pod_as_on_several(tmp_path: Path) -> None:
+    """Nothing committed: the ranks redo step 1.. with new contents, so a leftover COMPLETE
+    step in memory must not be restorable later under the same number."""
+    spec = make_spec(nproc=2)
+    spec.node_rank, spec.nnodes, spec.snapshot_dir = 1, 2, str(tmp_path / "pod")
+    job = JobState(spec=spec, policy=RestartPolicy(max_restarts=3), allocate_port=lambda: 1)
+    driver = OffloadDriver(job, OffloadConfig(), target=None, on_change=lambda: None)
+    save(Path(spec.snapshot_dir), 4)  # the ranks' own arenas, and the staged copy
+    driver.offloader.run_round(OffloadRound(4, replicate=False, persist=False), generation=0)
+    assert driver.offloader.copies().shm == {4}
+
+    async def restore() -> int:
+        done = await driver.restore_here()
+        driver.close()
+        return done.step
+
+    assert asyncio.run(restore()) == NONE, "nothing is committed: a fresh start"
+    assert driver.offloader.copies() == NodeCopies(), "no copy of the old step 4 is left"
+    assert any(e.kind == "snapshot_void" for e in job.events)
