@@ -189,16 +189,18 @@ class ProcessStarted(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., spare: bool = ...) -> None: ...
 
 class ProcessExit(_message.Message):
-    __slots__ = ("pid", "exit_code", "signal", "output_tail")
+    __slots__ = ("pid", "exit_code", "signal", "output_tail", "oom_kills")
     PID_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TAIL_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     exit_code: int
     signal: int
     output_tail: str
-    def __init__(self, pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., output_tail: _Optional[str] = ...) -> None: ...
+    oom_kills: int
+    def __init__(self, pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., output_tail: _Optional[str] = ..., oom_kills: _Optional[int] = ...) -> None: ...
 
 class AttachWorkerRequest(_message.Message):
     __slots__ = ("pid", "rank", "spare")
@@ -254,18 +256,20 @@ class WorkerCommand(_message.Message):
     def __init__(self, start: _Optional[_Union[StartGeneration, _Mapping]] = ..., abort: _Optional[_Union[AbortGeneration, _Mapping]] = ..., exit: _Optional[_Union[ExitWorker, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("pid", "rank", "generation", "step", "step_time_s")
+    __slots__ = ("pid", "rank", "generation", "step", "step_time_s", "compute_s")
     PID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     STEP_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     pid: int
     rank: int
     generation: int
     step: int
     step_time_s: float
-    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ...) -> None: ...
+    compute_s: float
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ..., compute_s: _Optional[float] = ...) -> None: ...
 
 class WorkerOutcome(_message.Message):
     __slots__ = ("pid", "rank", "generation", "kind", "failure", "step")
@@ -350,7 +354,7 @@ class RestoreReport(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., source: _Optional[str] = ..., problem: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class RankStatus(_message.Message):
-    __slots__ = ("rank", "local_rank", "node_rank", "pid", "state", "step", "step_time_s", "heartbeat_age_s", "process_starts", "saved_step", "committed_step", "snapshot_bytes", "save_blocking_s", "restored_step", "restored_from", "replicated_step", "persisted_step")
+    __slots__ = ("rank", "local_rank", "node_rank", "pid", "state", "step", "step_time_s", "heartbeat_age_s", "process_starts", "saved_step", "committed_step", "snapshot_bytes", "save_blocking_s", "restored_step", "restored_from", "replicated_step", "persisted_step", "compute_s")
     RANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +372,7 @@ class RankStatus(_message.Message):
     RESTORED_FROM_FIELD_NUMBER: _ClassVar[int]
     REPLICATED_STEP_FIELD_NUMBER: _ClassVar[int]
     PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     rank: int
     local_rank: int
     node_rank: int
@@ -385,10 +390,11 @@ class RankStatus(_message.Message):
     restored_from: str
     replicated_step: int
     persisted_step: int
-    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ..., heartbeat_age_s: _Optional[float] = ..., process_starts: _Optional[int] = ..., saved_step: _Optional[int] = ..., committed_step: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., save_blocking_s: _Optional[float] = ..., restored_step: _Optional[int] = ..., restored_from: _Optional[str] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ...) -> None: ...
+    compute_s: float
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ..., heartbeat_age_s: _Optional[float] = ..., process_starts: _Optional[int] = ..., saved_step: _Optional[int] = ..., committed_step: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., save_blocking_s: _Optional[float] = ..., restored_step: _Optional[int] = ..., restored_from: _Optional[str] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., compute_s: _Optional[float] = ...) -> None: ...
 
 class FailureRecord(_message.Message):
-    __slots__ = ("generation", "rank", "pid", "exit_code", "signal", "detail", "step", "action", "time_unix")
+    __slots__ = ("generation", "rank", "pid", "exit_code", "signal", "detail", "step", "action", "time_unix", "failure_class", "reason")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -398,6 +404,8 @@ class FailureRecord(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     generation: int
     rank: int
     pid: int
@@ -407,24 +415,93 @@ class FailureRecord(_message.Message):
     step: int
     action: str
     time_unix: float
-    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., detail: _Optional[_Union[FailureDetail, _Mapping]] = ..., step: _Optional[int] = ..., action: _Optional[str] = ..., time_unix: _Optional[float] = ...) -> None: ...
+    failure_class: str
+    reason: str
+    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., detail: _Optional[_Union[FailureDetail, _Mapping]] = ..., step: _Optional[int] = ..., action: _Optional[str] = ..., time_unix: _Optional[float] = ..., failure_class: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("time_unix", "kind", "message")
+    __slots__ = ("time_unix", "kind", "message", "seq", "node_rank")
     TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     time_unix: float
     kind: str
     message: str
-    def __init__(self, time_unix: _Optional[float] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    seq: int
+    node_rank: int
+    def __init__(self, time_unix: _Optional[float] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ..., seq: _Optional[int] = ..., node_rank: _Optional[int] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("after", "follow")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    after: int
+    follow: bool
+    def __init__(self, after: _Optional[int] = ..., follow: bool = ...) -> None: ...
+
+class Finding(_message.Message):
+    __slots__ = ("kind", "node_rank", "since_unix", "windows", "score", "summary", "values", "medians", "slowdown")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class MediansEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    MEDIANS_FIELD_NUMBER: _ClassVar[int]
+    SLOWDOWN_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    node_rank: int
+    since_unix: float
+    windows: int
+    score: float
+    summary: str
+    values: _containers.ScalarMap[str, float]
+    medians: _containers.ScalarMap[str, float]
+    slowdown: float
+    def __init__(self, kind: _Optional[str] = ..., node_rank: _Optional[int] = ..., since_unix: _Optional[float] = ..., windows: _Optional[int] = ..., score: _Optional[float] = ..., summary: _Optional[str] = ..., values: _Optional[_Mapping[str, float]] = ..., medians: _Optional[_Mapping[str, float]] = ..., slowdown: _Optional[float] = ...) -> None: ...
+
+class PodSample(_message.Message):
+    __slots__ = ("node_rank", "time_unix", "window_s", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    node_rank: int
+    time_unix: float
+    window_s: float
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, node_rank: _Optional[int] = ..., time_unix: _Optional[float] = ..., window_s: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class JobStatus(_message.Message):
-    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events", "committed_step", "replicated_step", "persisted_step", "offload_errors")
+    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events", "committed_step", "replicated_step", "persisted_step", "offload_errors", "findings", "samples")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -440,6 +517,8 @@ class JobStatus(_message.Message):
     REPLICATED_STEP_FIELD_NUMBER: _ClassVar[int]
     PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     generation: int
     world_size: int
@@ -455,7 +534,9 @@ class JobStatus(_message.Message):
     replicated_step: int
     persisted_step: int
     offload_errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., committed_step: _Optional[int] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., offload_errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    findings: _containers.RepeatedCompositeFieldContainer[Finding]
+    samples: _containers.RepeatedCompositeFieldContainer[PodSample]
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., committed_step: _Optional[int] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., offload_errors: _Optional[_Iterable[str]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[PodSample, _Mapping]]] = ...) -> None: ...
 
 class ReplicaHeader(_message.Message):
     __slots__ = ("run_id", "node_rank", "rank", "step", "generation", "manifest", "payload_len", "checksum")
@@ -531,16 +612,22 @@ class InventoryRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., verify: bool = ...) -> None: ...
 
 class PolicyFailure(_message.Message):
-    __slots__ = ("generation", "rank", "signature", "step")
+    __slots__ = ("generation", "rank", "signature", "step", "failure_class", "action", "reason")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     generation: int
     rank: int
     signature: str
     step: int
-    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., signature: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+    failure_class: str
+    action: str
+    reason: str
+    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., signature: _Optional[str] = ..., step: _Optional[int] = ..., failure_class: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PodView(_message.Message):
     __slots__ = ("generation", "restart_count", "history", "finished")
@@ -694,7 +781,7 @@ class RestoreFailed(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class PodReport(_message.Message):
-    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "offloaded", "restore_failed", "copies", "ranks", "last_failure")
+    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "offloaded", "restore_failed", "copies", "ranks", "last_failure", "sample")
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -707,6 +794,7 @@ class PodReport(_message.Message):
     COPIES_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
     node_rank: int
     incarnation: int
     ready: int
@@ -719,7 +807,8 @@ class PodReport(_message.Message):
     copies: PodCopies
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
     last_failure: FailureRecord
-    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., offloaded: _Optional[_Union[OffloadDone, _Mapping]] = ..., restore_failed: _Optional[_Union[RestoreFailed, _Mapping]] = ..., copies: _Optional[_Union[PodCopies, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ...) -> None: ...
+    sample: PodSample
+    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., offloaded: _Optional[_Union[OffloadDone, _Mapping]] = ..., restore_failed: _Optional[_Union[RestoreFailed, _Mapping]] = ..., copies: _Optional[_Union[PodCopies, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., sample: _Optional[_Union[PodSample, _Mapping]] = ...) -> None: ...
 
 class PodReportReply(_message.Message):
     __slots__ = ("rejoin",)

@@ -533,6 +533,11 @@ class StatusServiceStub(object):
                 request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.JobStatus.FromString,
                 )
+        self.WatchEvents = channel.unary_stream(
+                '/train_supervisor.v1.StatusService/WatchEvents',
+                request_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.JobEvent.FromString,
+                )
 
 
 class StatusServiceServicer(object):
@@ -544,6 +549,13 @@ class StatusServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """This supervisor's events in order; with follow, new ones as they come.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StatusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -551,6 +563,11 @@ def add_StatusServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.GetStatusRequest.FromString,
                     response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.JobStatus.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=train__supervisor_dot_v1_dot_supervisor__pb2.WatchEventsRequest.FromString,
+                    response_serializer=train__supervisor_dot_v1_dot_supervisor__pb2.JobEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +593,23 @@ class StatusService(object):
         return grpc.experimental.unary_unary(request, target, '/train_supervisor.v1.StatusService/GetStatus',
             train__supervisor_dot_v1_dot_supervisor__pb2.GetStatusRequest.SerializeToString,
             train__supervisor_dot_v1_dot_supervisor__pb2.JobStatus.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/train_supervisor.v1.StatusService/WatchEvents',
+            train__supervisor_dot_v1_dot_supervisor__pb2.WatchEventsRequest.SerializeToString,
+            train__supervisor_dot_v1_dot_supervisor__pb2.JobEvent.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
