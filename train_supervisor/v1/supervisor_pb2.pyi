@@ -724,16 +724,26 @@ class EndJobMsg(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ..., report: _Optional[str] = ...) -> None: ...
 
 class LeaderMessage(_message.Message):
-    __slots__ = ("open", "start", "end", "commit")
+    __slots__ = ("open", "start", "end", "commit", "replace")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     open: OpenGenerationMsg
     start: StartGenerationMsg
     end: EndJobMsg
     commit: CommitMsg
-    def __init__(self, open: _Optional[_Union[OpenGenerationMsg, _Mapping]] = ..., start: _Optional[_Union[StartGenerationMsg, _Mapping]] = ..., end: _Optional[_Union[EndJobMsg, _Mapping]] = ..., commit: _Optional[_Union[CommitMsg, _Mapping]] = ...) -> None: ...
+    replace: ReplacePodMsg
+    def __init__(self, open: _Optional[_Union[OpenGenerationMsg, _Mapping]] = ..., start: _Optional[_Union[StartGenerationMsg, _Mapping]] = ..., end: _Optional[_Union[EndJobMsg, _Mapping]] = ..., commit: _Optional[_Union[CommitMsg, _Mapping]] = ..., replace: _Optional[_Union[ReplacePodMsg, _Mapping]] = ...) -> None: ...
+
+class ReplacePodMsg(_message.Message):
+    __slots__ = ("node_rank", "reason")
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_rank: int
+    reason: str
+    def __init__(self, node_rank: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PodSnapshots(_message.Message):
     __slots__ = ("generation", "held")
