@@ -117,7 +117,9 @@ class Worker:
         self.unwound = False  # the supervisor knows this generation is over for us
         self.steps = StepCounter(self._send_heartbeat)
 
-    def _send_heartbeat(self, generation: int, step: int, step_time: float) -> None:
+    def _send_heartbeat(
+        self, generation: int, step: int, step_time: float, compute: float
+    ) -> None:
         self.stub.Heartbeat(
             pb.HeartbeatRequest(
                 pid=self.pid,
@@ -125,6 +127,7 @@ class Worker:
                 generation=generation,
                 step=step,
                 step_time_s=step_time,
+                compute_s=compute,
             ),
             timeout=5,
         )

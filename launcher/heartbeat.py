@@ -1,4 +1,10 @@
-"""Zero-code progress heartbeats: a global optimizer step hook feeds a reporter thread."""
+"""Zero-code progress heartbeats: a global optimizer step hook feeds a reporter thread.
+
+Global module forward hooks also time each rank's own work per step (data
+loading + forward, until the outermost forward returns): in synchronous
+training every rank has the same step period, because the backward's gradient
+all-reduce waits for the slowest rank, so only this part tells a straggler.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from typing import Any
 # Coalesce: one heartbeat RPC per interval at most, whatever the step rate.
 MIN_INTERVAL_S = 0.05
 
-SendHeartbeat = Callable[[int, int, float], None]  # generation, step, step time
+SendHeartbeat = Callable[[int, int, float, float], None]  # generation, step, step time, compute
 
 
 class StepCounter:
@@ -23,6 +29,9 @@ class StepCounter:
         self._step = 0
         self._step_time = 0.0
         self._last_step_at = 0.0
+        self._forward_depth = 0  # nesting of module forwards: 0 outside any
+        self._forward_end = 0.0  # when the outermost forward of this step last returned
+        self._compute = 0.0
         self._sent = (-1, -1)
         threading.Thread(target=self._report_forever, name="heartbeat", daemon=True).start()
 
@@ -37,8 +46,22 @@ class StepCounter:
         with self._cond:
             self._step += 1
             self._step_time = now - self._last_step_at
+            forward_seen = self._forward_end > self._last_step_at
+            self._compute = self._forward_end - self._last_step_at if forward_seen else 0.0
             self._last_step_at = now
+            self._forward_depth = 0  # a forward that raised never returned: start clean
             self._cond.notify()
+
+    # Called for every module call: no lock (the main thread runs forwards; a
+    # torn read by the reporter only skews one heartbeat's compute time).
+    def on_forward_start(self, *_: Any) -> None:
+        self._forward_depth += 1
+
+    def on_forward_end(self, *_: Any) -> None:
+        self._forward_depth -= 1
+        if self._forward_depth <= 0:
+            self._forward_depth = 0
+            self._forward_end = time.monotonic()
 
     def step(self) -> int:
         with self._cond:
@@ -49,20 +72,30 @@ class StepCounter:
             with self._cond:
                 self._cond.wait_for(lambda: (self._generation, self._step) != self._sent)
                 current = (self._generation, self._step)
-                step_time = self._step_time
+                step_time, compute = self._step_time, self._compute
             try:
-                self._send(current[0], current[1], step_time)
+                self._send(current[0], current[1], step_time, compute)
                 self._sent = current
             except Exception:  # the supervisor may be gone for a moment; try the next step
                 self._sent = current
             time.sleep(MIN_INTERVAL_S)
 
 
-def install_optimizer_hook(counter: StepCounter) -> bool:
-    """Register the global post-step hook; False when torch is not importable."""
+def install_optimizer_hook(counter: StepCounter, time_forward: bool = True) -> list[Any]:
+    """Register the global post-step hook (and forward timing hooks).
+
+    Returns the hooks' removable handles; none without torch.
+    """
     try:
+        from torch.nn.modules.module import (
+            register_module_forward_hook,
+            register_module_forward_pre_hook,
+        )
         from torch.optim.optimizer import register_optimizer_step_post_hook
     except ImportError:
-        return False
-    register_optimizer_step_post_hook(counter.on_step)
-    return True
+        return []
+    handles = [register_optimizer_step_post_hook(counter.on_step)]
+    if time_forward:
+        handles.append(register_module_forward_pre_hook(counter.on_forward_start))
+        handles.append(register_module_forward_hook(counter.on_forward_end))
+    return handles

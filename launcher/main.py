@@ -21,10 +21,13 @@ from launcher.processes import WorkerProcesses
 from launcher.sidecar import SupervisorUnreachable, wait_for_supervisor
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
+from train_supervisor.termination import record_ending
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("train_launch")
+# Where the reason of a GAVE_UP / REPLACE_POD ending goes (train_supervisor/termination.py).
+TERMINATION_LOG_ENV = "TRAIN_LAUNCH_TERMINATION_LOG"
 
 
 @dataclass
@@ -76,10 +79,14 @@ class Launcher:
         except grpc.RpcError as err:
             log.error("could not report start of pid %d: %s", pid, err)
 
-    def _report_exit(self, pid: int, exit_code: int, signum: int, tail: str) -> None:
+    def _report_exit(
+        self, pid: int, exit_code: int, signum: int, tail: str, oom_kills: int
+    ) -> None:
         if self.stopping:
             return
-        exit_report = pb.ProcessExit(pid=pid, exit_code=exit_code, signal=signum, output_tail=tail)
+        exit_report = pb.ProcessExit(
+            pid=pid, exit_code=exit_code, signal=signum, output_tail=tail, oom_kills=oom_kills
+        )
         try:
             self.stub.ReportProcessExit(exit_report, timeout=30)
         except grpc.RpcError as err:
@@ -160,17 +167,25 @@ def _serve_standalone(config: LaunchConfig) -> RunResult:
             f"error: the 'supervisor' package imported from {where} is not train-supervisor's "
             "(supervisord uses the same name); see 'supervisord' in the README",
         )
+    from supervisor.detect_config import parse_detect
     from supervisor.env_values import ConfigError
+    from supervisor.logs import use_log_format
+    from supervisor.metrics import MetricsPortError
     from supervisor.offload_config import parse_offload
+    from supervisor.outputs_config import outputs_from_env
     from supervisor.server import EmbeddedSupervisor
     from supervisor.service import SupervisorSettings
 
     try:
         offload = parse_offload(os.environ)
+        detect = parse_detect(os.environ)
+        outputs = outputs_from_env(os.environ)  # SUPERVISOR_METRICS_PORT, SUPERVISOR_LOG_FORMAT
     except ConfigError as err:
         return RunResult(exit_codes.USAGE_ERROR, f"error: {err}")
+    use_log_format(outputs.log_format)
     settings = SupervisorSettings(
         offload=offload,
+        detect=detect,
         crash_loop_threshold=config.crash_loop_threshold,
         unwind_timeout_s=config.unwind_timeout,
         failure_settle_s=config.failure_settle,
@@ -178,9 +193,16 @@ def _serve_standalone(config: LaunchConfig) -> RunResult:
     )
     # A fresh token per run: other local users cannot drive this job's workers.
     token = secrets.token_urlsafe(24)
-    embedded = EmbeddedSupervisor(settings, f"127.0.0.1:{config.supervisor_port}", token=token)
+    embedded = EmbeddedSupervisor(
+        settings,
+        f"127.0.0.1:{config.supervisor_port}",
+        token=token,
+        metrics_port=outputs.metrics_port,
+    )
     try:
         address = embedded.start()
+    except MetricsPortError as err:
+        return RunResult(exit_codes.USAGE_ERROR, f"error: {err}")
     except OSError as err:
         return RunResult(exit_codes.USAGE_ERROR, f"--supervisor-port: {err}")
     launcher = Launcher(config, address, token, _error_dir(config))
@@ -228,6 +250,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     result = _serve_standalone(config) if config.standalone else _attach_sidecar(config)
     if result.exit_code != exit_codes.SUCCEEDED and result.report:
         print(f"train-launch: {result.report}", file=sys.stderr)
+    termination_log = os.environ.get(TERMINATION_LOG_ENV) or None
+    record_ending(result.exit_code, result.report, termination_log, log)
     logging.shutdown()
     sys.exit(result.exit_code)
 

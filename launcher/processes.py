@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import IO, Optional
 
 from launcher.args import LaunchConfig
+from launcher.oom import OomBaseline, OomCounters
 from train_supervisor.credentials import TOKEN_ENV
 
 # Variables the bootstrap reads and removes before the user's script runs.
@@ -32,7 +33,7 @@ SCRIPT_GENERATION_ENV = "TRAIN_SUPERVISOR_GENERATION"
 TAIL_BYTES = 16 * 1024
 PUMP_DRAIN_S = 0.2
 
-ExitCallback = Callable[[int, int, int, str], None]  # pid, exit code, signal, output tail
+ExitCallback = Callable[[int, int, int, str, int], None]  # pid, code, signal, tail, OOM kills
 StartedCallback = Callable[[int, int, bool], None]  # pid, rank, spare
 
 
@@ -44,6 +45,7 @@ class WorkerProcess:
     tail: collections.deque[bytes] = field(default_factory=lambda: collections.deque(maxlen=64))
     lock: threading.Lock = field(default_factory=threading.Lock)
     pumps: list[threading.Thread] = field(default_factory=list)
+    oom: Optional[OomBaseline] = None  # its memory cgroup's OOM kill count at spawn
 
     def output_tail(self) -> str:
         with self.lock:
@@ -77,6 +79,7 @@ class WorkerProcesses:
         self.procs: dict[int, WorkerProcess] = {}
         self.lock = threading.Lock()
         self.all_exited = threading.Condition(self.lock)
+        self.oom = OomCounters()
 
     def spawn(self, rank: int, local_rank: int, env_overrides: dict[str, str], spare: bool) -> int:
         env = dict(os.environ)
@@ -89,6 +92,7 @@ class WorkerProcesses:
         env.pop(TOKEN_ENV, None)
         if self.token:
             env[ENV_TOKEN] = self.token
+        inherited = self.oom.baseline("self")  # the child's cgroup, before it can run
         popen = subprocess.Popen(
             worker_command(self.config),
             env=env,
@@ -97,6 +101,7 @@ class WorkerProcesses:
             stdin=subprocess.DEVNULL,
         )
         proc = WorkerProcess(popen=popen, rank=rank, local_rank=local_rank)
+        proc.oom = self.oom.baseline(str(popen.pid), inherited)
         with self.lock:
             self.procs[popen.pid] = proc
         assert popen.stdout is not None and popen.stderr is not None
@@ -163,7 +168,8 @@ class WorkerProcesses:
             pump.join(timeout=PUMP_DRAIN_S)
         signum, exit_code = (-code, 0) if code < 0 else (0, code)
         try:
-            self.on_exit(proc.popen.pid, exit_code, signum, proc.output_tail())
+            oom_kills = self.oom.kills(proc.oom, signum)
+            self.on_exit(proc.popen.pid, exit_code, signum, proc.output_tail(), oom_kills)
         finally:
             with self.lock:
                 self.procs.pop(proc.popen.pid, None)

@@ -2,10 +2,11 @@
 
 Evidence comes from several places, gathered by adapters: the exit code and
 signal, the torchelastic error file (`@record`: exception type and message),
-the cgroup v2 `memory.events` oom_kill count (a kernel OOM kill is a SIGKILL
-like any other without it), the tail of the worker's output, the GPU probe,
-whether the supervisor itself killed the rank as hung, and what happened
-before (same class on this rank, faults on this pod).
+the memory cgroup's oom_kill count (v2 `memory.events`, v1 `memory.oom_control`:
+a kernel OOM kill is a SIGKILL like any other without it; launcher/oom.py), the
+tail of the worker's output, the GPU probe, whether the supervisor itself
+killed the rank as hung, and what happened before (same class on this rank,
+faults on this pod: supervisor/failure_evidence.py).
 
 When evidence conflicts the more specific, less recoverable cause wins:
 hardware over OOM over hang over network over a user's exception, because
@@ -55,7 +56,7 @@ class Evidence:
     exception_type: str = ""  # from the torchelastic error file
     message: str = ""
     output_tail: str = ""
-    oom_kills: int = 0  # increase of memory.events oom_kill while the rank ran
+    oom_kills: int = 0  # increase of the memory cgroup's oom_kill count while the rank ran
     killed_as_hung: bool = False
     gpu: GpuHealth = field(default_factory=GpuHealth)
     same_class_before: int = 0  # earlier failures of the class this one gets, on this rank
@@ -67,11 +68,13 @@ class Classification:
     kind: FailureClass
     action: Action
     reason: str  # the evidence that decided it, for the event and the report
+    # False: nothing but an exit code or a signal; repeats of those on one pod point at it.
+    explained: bool = True
 
 
 # Output lines that name a cause; the first match of the strongest class decides.
 _HARDWARE_LINES = re.compile(
-    r"uncorrectable ECC|ECC error|Xid \d+|GPU has fallen off the bus|"
+    r"uncorrectable ECC|ECC error|Xid (?:\(PCI:[0-9a-fA-F:.]+\): )?\d+|GPU has fallen off the bus|"
     r"CUDA error: (?:an illegal memory access|unspecified launch failure|uncorrectable ECC)",
     re.IGNORECASE,
 )
@@ -107,7 +110,7 @@ def classify(e: Evidence) -> Classification:
     oom = _oom(e, text)
     if oom:
         if e.same_class_before + 1 >= OOM_REPEATS_TO_STOP:
-            why = f"{oom}; out of memory {e.same_class_before + 1} times on this rank"
+            why = f"out of memory {e.same_class_before + 1} times on this rank (last: {oom})"
             return Classification(FailureClass.OUT_OF_MEMORY, Action.STOP_JOB, why)
         return Classification(FailureClass.OUT_OF_MEMORY, Action.RESTART_IN_PLACE, oom)
     if e.killed_as_hung:
@@ -133,8 +136,8 @@ def _unexplained(e: Evidence, kind: FailureClass, why: str) -> Classification:
     count = e.pod_unexplained_before + 1
     if count >= POD_FAULTS_TO_REPLACE:
         why = f"{why}; {count} unexplained faults on this pod"
-        return Classification(FailureClass.HARDWARE, Action.REPLACE_POD, why)
-    return Classification(kind, Action.RESTART_IN_PLACE, why)
+        return Classification(FailureClass.HARDWARE, Action.REPLACE_POD, why, explained=False)
+    return Classification(kind, Action.RESTART_IN_PLACE, why, explained=False)
 
 
 def _hardware(e: Evidence, text: str) -> str:
@@ -149,7 +152,7 @@ def _hardware(e: Evidence, text: str) -> str:
 
 def _oom(e: Evidence, text: str) -> str:
     if e.oom_kills > 0:
-        return f"the kernel OOM killer (memory.events oom_kill +{e.oom_kills})"
+        return f"the kernel OOM killer (memory cgroup oom_kill +{e.oom_kills})"
     if e.exception_type in _OOM_EXCEPTIONS:
         return f"{e.exception_type}: {e.message}"
     line = _first(_OOM_LINES, text)

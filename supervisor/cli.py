@@ -26,14 +26,20 @@ from supervisor.config import (
     unknown_variables,
 )
 from supervisor.env_values import ConfigError
+from supervisor.events_cli import add_events_command, run_events
+from supervisor.follower import FollowerLink
+from supervisor.gpu_probe import default_probes, report_to_dict
 from supervisor.leader_types import LeaderTimings
+from supervisor.logs import use_log_format
+from supervisor.metrics import MetricsPortError, start_metrics
 from supervisor.offload_driver import ReplicaTarget
-from supervisor.peers import FollowerLink, LeaderHub, PeerServicer
+from supervisor.peers import LeaderHub, PeerServicer
 from supervisor.replica import ReplicaServicer
 from supervisor.server import start_server
 from supervisor.service import Supervisor, SupervisorSettings
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
+from train_supervisor.termination import record_ending
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -82,7 +88,7 @@ def render_table(status: pb.JobStatus) -> str:
         what = f.detail.exception_type or f.detail.signature
         lines.append(
             f"last failure: rank {f.rank} pid {f.pid} generation {f.generation} step {f.step}: "
-            f"{what} {f.detail.message} -> {f.action}"
+            f"{what} {f.detail.message} ({f.failure_class or 'unclassified'}) -> {f.action}"
         )
     return "\n".join(lines)
 
@@ -134,7 +140,8 @@ def _status_token(args: argparse.Namespace, env: Mapping[str, str]) -> Optional[
     return None
 
 
-def _status(args: argparse.Namespace) -> None:
+def _client_credentials(args: argparse.Namespace) -> tuple[Optional[str], Optional[bytes]]:
+    """(token, TLS CA) for `status` and `events`."""
     token = _status_token(args, os.environ)
     ca_path = args.tls_ca or os.environ.get("SUPERVISOR_TLS_CA")
     tls_ca = None
@@ -146,6 +153,11 @@ def _status(args: argparse.Namespace) -> None:
             fail(f"CA file {ca_path!r}: cannot read ({err.strerror})")
     elif args.server_name:
         fail("--server-name needs --tls-ca (or SUPERVISOR_TLS_CA): it names a TLS certificate")
+    return token, tls_ca
+
+
+def _status(args: argparse.Namespace) -> None:
+    token, tls_ca = _client_credentials(args)
     try:
         status = fetch_status(args.address, args.timeout, token, tls_ca, args.server_name)
     except grpc.RpcError as err:
@@ -165,6 +177,7 @@ def settings_from(config: SidecarConfig) -> SupervisorSettings:
         unwind_timeout_s=config.unwind_timeout_s,
         failure_settle_s=config.failure_settle_s,
         offload=config.offload,
+        detect=config.detect,
     )
 
 
@@ -210,6 +223,9 @@ async def _serve(config: SidecarConfig) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
     sup = Supervisor(settings_from(config))
     peers = coordinate(sup, config)
+    # Before the gRPC server: a port in use then leaves nothing running to stop.
+    metrics = start_metrics(config.bind, config.outputs.metrics_port)  # None: off
+    sup.metrics_board = metrics.board if metrics is not None else None
     server, port = await start_server(
         sup,
         config.bind_address,
@@ -232,7 +248,11 @@ async def _serve(config: SidecarConfig) -> None:
     # The job is marked stopped (status, events) before the server drains.
     sup.stop(f"train-supervisor stopped by {received.name}")
     await sup.finish_offload()  # the newest committed step to the durable directory
+    if sup.ended is not None:  # the pod's containers stop: say why, if the job failed
+        record_ending(sup.ended.exit_code, sup.ended.report, config.termination_log, log)
     await server.stop(grace=STOP_GRACE_S)
+    if metrics is not None:
+        metrics.close()
 
 
 def _serve_command(args: argparse.Namespace) -> None:
@@ -245,16 +265,28 @@ def _serve_command(args: argparse.Namespace) -> None:
         config = parse_config(os.environ, overrides)
     except ConfigError as err:
         fail(str(err))
+    use_log_format(config.outputs.log_format)
     for name in unknown_variables(os.environ):
         log.warning("ignoring %s: no train-supervisor setting has that name", name)
     try:
         asyncio.run(_serve(config))
+    except MetricsPortError as err:
+        fail(str(err))
     except OSError as err:
         fail(f"SUPERVISOR_BIND/SUPERVISOR_PORT: {err}")
 
 
 def _dest(flag: str) -> str:
     return flag.removeprefix("--").replace("-", "_")
+
+
+def _probe() -> None:
+    """Each probe's reading: devices and their health, or why the accelerator is absent."""
+    reports = []
+    for probe in default_probes():
+        reports.append(report_to_dict(probe.read()))
+        probe.close()
+    print(json.dumps(reports, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,16 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
         if variable.flag:
             serve.add_argument(variable.flag, help=f"{variable.help} [${variable.name}]")
     status_cmd = commands.add_parser("status", help="show the job's ranks, steps and failures")
+    commands.add_parser("probe", help="print what the accelerator health probes read (JSON)")
     default_address = DEFAULT_ADDRESS
     if os.environ.get("SUPERVISOR_PORT", "").isdigit():  # inside the sidecar's container
         default_address = f"127.0.0.1:{os.environ['SUPERVISOR_PORT']}"
-    status_cmd.add_argument("--address", default=default_address, help="supervisor host:port")
     status_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status_cmd.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
-    status_cmd.add_argument("--token", help=f"job token (default ${TOKEN_ENV})")
-    status_cmd.add_argument("--token-file", help="file holding the job token")
-    status_cmd.add_argument("--tls-ca", help="PEM CA of the supervisor's certificate: use TLS")
-    status_cmd.add_argument("--server-name", help="name the TLS certificate must carry")
+    for client in (status_cmd, add_events_command(commands)):
+        client.add_argument("--address", default=default_address, help="supervisor host:port")
+        client.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+        client.add_argument("--token", help=f"job token (default ${TOKEN_ENV})")
+        client.add_argument("--token-file", help="file holding the job token")
+        client.add_argument("--tls-ca", help="PEM CA of the supervisor's certificate: use TLS")
+        client.add_argument("--server-name", help="name the TLS certificate must carry")
     return parser
 
 
@@ -287,6 +321,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         _serve_command(args)
+    elif args.command == "probe":
+        _probe()
+    elif args.command == "events":
+        code = run_events(args, *_client_credentials(args))
+        logging.shutdown()
+        sys.exit(code)
     else:
         _status(args)
     logging.shutdown()

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
+from supervisor.detect_config import DETECT_VARIABLES, DetectConfig, parse_detect
 from supervisor.env_values import (
     DIGITS,
     ConfigError,
@@ -24,6 +25,7 @@ from supervisor.env_values import (
     seconds,
 )
 from supervisor.offload_config import OFFLOAD_VARIABLES, OffloadConfig, parse_offload
+from supervisor.outputs_config import OutputsConfig, parse_outputs
 
 PREFIX = "SUPERVISOR_"
 DEFAULT_PORT = 29400
@@ -56,6 +58,13 @@ VARIABLES = (
     Variable("SUPERVISOR_UNWIND_TIMEOUT_S", "--unwind-timeout", "seconds (default 10)"),
     Variable("SUPERVISOR_FAILURE_SETTLE_S", "--failure-settle", "seconds (default 1.0)"),
     Variable("SUPERVISOR_CRASH_LOOP_THRESHOLD", "--crash-loop-threshold", "count (default 3)"),
+    Variable("SUPERVISOR_METRICS_PORT", "--metrics-port", "/metrics HTTP port (default 0: off)"),
+    Variable("SUPERVISOR_LOG_FORMAT", "--log-format", "text or json (default text)"),
+    Variable(
+        "SUPERVISOR_TERMINATION_LOG",
+        "--termination-log",
+        "file for why a job ended with 3 or 4 (default /dev/termination-log, if it exists)",
+    ),
 )
 # SUPERVISOR_* names that are someone else's: train-launch's, and what
 # supervisord sets in its children's environment.
@@ -98,6 +107,9 @@ class SidecarConfig:
     failure_settle_s: float = 1.0
     crash_loop_threshold: int = 3
     offload: OffloadConfig = field(default_factory=OffloadConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)  # /metrics, log format
+    termination_log: Optional[str] = None  # None: Kubernetes' default path, where mounted
 
     @property
     def bind_address(self) -> str:
@@ -166,6 +178,7 @@ def read_token_file(path: str) -> str:
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """SUPERVISOR_* names that no setting reads (typos, most likely)."""
     known = {v.name for v in VARIABLES} | {name for name, _ in OFFLOAD_VARIABLES}
+    known |= {name for name, _ in DETECT_VARIABLES}
     known |= FOREIGN_VARIABLES
     return sorted(n for n in env if n.startswith(PREFIX) and n not in known)
 
@@ -367,4 +380,7 @@ def parse_config(
         failure_settle_s=seconds(src, "SUPERVISOR_FAILURE_SETTLE_S", 1.0, True),
         crash_loop_threshold=integer(src, "SUPERVISOR_CRASH_LOOP_THRESHOLD", 3, 1, 1_000_000),
         offload=parse_offload(env, overrides),
+        detect=parse_detect(env, overrides),
+        outputs=parse_outputs(src),
+        termination_log=(src.get("SUPERVISOR_TERMINATION_LOG") or ("", None))[1],
     )

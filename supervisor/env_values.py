@@ -66,3 +66,14 @@ def number(src: Source, name: str, default: float, unit: str, allow_zero: bool) 
 
 def seconds(src: Source, name: str, default: float, allow_zero: bool) -> float:
     return number(src, name, default, "seconds", allow_zero)
+
+
+def boolean(src: Source, name: str, default: bool) -> bool:
+    """1/0 (or true/false)."""
+    found = src.get(name)
+    if found is None:
+        return default
+    label, value = found
+    if value.strip().lower() not in ("0", "1", "true", "false"):
+        raise bad_value(label, value, "must be 0 or 1")
+    return value.strip().lower() in ("1", "true")

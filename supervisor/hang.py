@@ -91,3 +91,17 @@ def culprit(evidence: Mapping[int, ProcessEvidence]) -> Optional[Culprit]:
                 f"{len(majority)} ranks waiting in {waiting}",
             )
     return None
+
+
+def describe_stacks(stacks: Mapping[int, str]) -> str:
+    """Ranks grouped by stack, largest group first, one "; "-separated part a group:
+    "3 ranks (0, 1, 3) in f (a.py) < g (b.py); rank 2 in h (c.py)"."""
+    groups: dict[str, list[int]] = {}
+    for rank, stack in sorted(stacks.items()):
+        groups.setdefault(stack, []).append(rank)
+    parts = []
+    for stack, ranks in sorted(groups.items(), key=lambda group: (-len(group[1]), group[1][0])):
+        who = f"rank {ranks[0]}" if len(ranks) == 1 else f"{len(ranks)} ranks {tuple(ranks)}"
+        where = "in " + " < ".join(stack.splitlines()) if stack else "with no stack"
+        parts.append(f"{who} {where}")
+    return "; ".join(parts)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from supervisor import restart_policy
+from supervisor.classify import Classification, GpuHealth
 from supervisor.commit import CommitTracker
+from supervisor.failure_evidence import NO_GPU, FailureMemory, policy_failure
 from supervisor.job_types import (
     Effect,
     EventLog,
@@ -22,8 +24,11 @@ from supervisor.job_types import (
     ToLauncher,
     ToWorker,
     describe_failure,
+    end_job,
     failure_record,
     give_up_report,
+    kill,
+    spawn,
 )
 from supervisor.spares import SparePool
 from supervisor.worker_env import spec_env
@@ -31,6 +36,8 @@ from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
+JS = pb.JobState
+ENDED = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_STOPPED)  # over: no restarts
 __all__ = ["Effect", "JobState", "RankSlot", "Timings", "ToLauncher", "ToWorker"]
 
 
@@ -49,6 +56,7 @@ class JobState:
     killed_by_us: set[int] = field(default_factory=set)
     history: list[restart_policy.Failure] = field(default_factory=list)
     failures: list[pb.FailureRecord] = field(default_factory=list)
+    failure_memory: FailureMemory = field(default_factory=FailureMemory)  # for classify's history
     events: EventLog = field(default_factory=EventLog)
     master_port: int = 0
     master_addr: str = ""  # the spec's in standalone; the leader's otherwise
@@ -63,6 +71,7 @@ class JobState:
         self.master_addr = self.master_addr or self.spec.master_addr
         self.spares = SparePool(self.spec.warm_spares, self.timings.max_spare_failures)
         self.snapshots = CommitTracker(self.world_size)
+        self.events.node_rank = self.spec.node_rank
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -71,11 +80,7 @@ class JobState:
 
     @property
     def over(self) -> bool:
-        return self.state in (
-            pb.JobState.JOB_STATE_SUCCEEDED,
-            pb.JobState.JOB_STATE_FAILED,
-            pb.JobState.JOB_STATE_STOPPED,
-        )
+        return self.state in ENDED
 
     def record(self, kind: str, message: str) -> None:
         self.events.add(kind, message)
@@ -88,28 +93,11 @@ class JobState:
         return []
 
     def slot_of(self, pid: int) -> Optional[RankSlot]:
-        for slot in self.ranks.values():
-            if slot.pid == pid and pid:
-                return slot
-        return None
-
-    def _env(self, slot: RankSlot) -> dict[str, str]:
-        return spec_env(
-            self.spec,
-            slot.rank,
-            slot.local_rank,
-            self.generation,
-            self.master_addr,
-            self.master_port,
-        )
+        return next((s for s in self.ranks.values() if s.pid == pid and pid), None)
 
     def _spawn_rank(self, slot: RankSlot, env: Optional[dict[str, str]] = None) -> Effect:
         slot.spawning = True
-        return ToLauncher(
-            pb.LauncherCommand(
-                spawn=pb.SpawnWorker(rank=slot.rank, local_rank=slot.local_rank, env=env or {})
-            )
-        )
+        return spawn(slot.rank, slot.local_rank, env)
 
     def _replenish_spares(self) -> list[Effect]:
         if self.over or not self.spec.bootstrapped:
@@ -117,9 +105,7 @@ class JobState:
         effects: list[Effect] = []
         for _ in range(self.spares.deficit()):
             self.spares.spawned()
-            effects.append(
-                ToLauncher(pb.LauncherCommand(spawn=pb.SpawnWorker(rank=-1, spare=True)))
-            )
+            effects.append(spawn(-1))
         return effects
 
     def _stepping(self) -> bool:
@@ -172,12 +158,19 @@ class JobState:
         slot.process_starts += 1
 
     def heartbeat(
-        self, pid: int, generation: int, step: int, step_time_s: float, now: float
+        self,
+        pid: int,
+        generation: int,
+        step: int,
+        step_time_s: float,
+        now: float,
+        compute_s: float = 0.0,
     ) -> list[Effect]:
         slot = self.slot_of(pid)
         if slot is None or generation != slot.generation:
             return []
         slot.step, slot.step_time_s, slot.last_heartbeat = step, step_time_s, now
+        slot.compute_s = compute_s
         # Spares used up by a recovery are replaced once every rank steps again.
         return self._replenish_spares() if self._stepping() else []
 
@@ -221,8 +214,16 @@ class JobState:
         return pb.Verdict.VERDICT_EXIT_FAILED, []
 
     def process_exited(
-        self, pid: int, exit_code: int, signum: int, output_tail: str, now: float
+        self,
+        pid: int,
+        exit_code: int,
+        signum: int,
+        tail: str,
+        now: float,
+        oom_kills: int = 0,
+        gpu: GpuHealth = NO_GPU,
     ) -> list[Effect]:
+        """A process ended: its last output, its cgroup's OOM kills, its device's health."""
         slot = self.slot_of(pid)
         if self.spares.exited(pid, holds_rank=slot is not None):
             self.record("spare_lost", f"spare pid {pid} exited ({exit_code}, signal {signum})")
@@ -247,8 +248,8 @@ class JobState:
             self.record("respawn", f"rank {slot.rank} pid {pid} replaced after an abort")
             return self._fill_vacancies() + self._maybe_start()
         self.failures.append(record)
-        self.record("failure", describe_failure(record, output_tail))
-        return self._on_failure(record, now)
+        found = self.failure_memory.judge(record, tail, oom_kills, gpu)
+        return self._on_failure(record, found, now)
 
     def tick(self, now: float) -> list[Effect]:
         """Enforce the unwind grace period; replenish spares if no heartbeat ever does."""
@@ -265,8 +266,7 @@ class JobState:
                 self.killed_by_us.add(slot.pid)
                 reason = f"rank {slot.rank} did not unwind within {self.timings.unwind_timeout_s}s"
                 self.record("unwind_timeout", f"{reason}; killing pid {slot.pid}")
-                kill = pb.KillProcess(pid=slot.pid, signal=signal.SIGKILL, reason=reason)
-                effects.append(ToLauncher(pb.LauncherCommand(kill=kill)))
+                effects.append(kill(slot.pid, signal.SIGKILL, reason))
         return effects
 
     def stop(self, report: str) -> list[Effect]:
@@ -276,16 +276,19 @@ class JobState:
         return []
 
     # --------------------------------------------------------------- decisions
-    def _on_failure(self, record: pb.FailureRecord, now: float) -> list[Effect]:
-        failure = restart_policy.Failure(
-            record.generation, record.rank, record.detail.signature, record.step
-        )
-        self.history.append(failure)
+    def _on_failure(
+        self, record: pb.FailureRecord, found: Classification, now: float
+    ) -> list[Effect]:
+        """Decide with the failure's class (`found`); one event says what and why."""
+        self.history.append(policy_failure(record, found))
         decision = restart_policy.decide(self.policy, self.history, self.restart_count)
         record.action = decision.action.value
-        self.record("decision", decision.reason)
+        self.record("failure", describe_failure(record, f"{record.action}: {decision.reason}"))
+        if decision.action is restart_policy.Action.REPLACE_POD:
+            return self._replace_pod(decision.reason, record)
         if decision.action is not restart_policy.Action.RESTART:
-            return self._give_up(give_up_report(decision.reason, record))
+            report = give_up_report(decision.reason, record)
+            return self._fail(exit_codes.GAVE_UP, "gave_up", report)
         self.restart_count += 1
         self.master_port = self.allocate_port()
         return (
@@ -321,8 +324,7 @@ class JobState:
                 effects.append(ToWorker(slot.pid, pb.WorkerCommand(abort=abort)))
             else:
                 self.killed_by_us.add(slot.pid)
-                kill = pb.KillProcess(pid=slot.pid, signal=signal.SIGTERM, reason="restart all")
-                effects.append(ToLauncher(pb.LauncherCommand(kill=kill)))
+                effects.append(kill(slot.pid, signal.SIGTERM, "restart all"))
         return effects
 
     def _fill_vacancies(self) -> list[Effect]:
@@ -361,8 +363,9 @@ class JobState:
         self.state = pb.JobState.JOB_STATE_RUNNING
         self.record("generation_started", f"generation {self.generation}, port {self.master_port}")
         effects: list[Effect] = []
+        master = (self.master_addr, self.master_port)
         for slot in slots:
-            env = self._env(slot)
+            env = spec_env(self.spec, slot.rank, slot.local_rank, self.generation, *master)
             slot.generation = self.generation
             # Steps count per generation, for survivors too.
             slot.step, slot.step_time_s, slot.last_heartbeat = 0, 0.0, None
@@ -388,15 +391,15 @@ class JobState:
         )
         return self._end(exit_codes.SUCCEEDED, "all ranks finished")
 
-    def _give_up(self, report: str) -> list[Effect]:
+    def _replace_pod(self, reason: str, record: pb.FailureRecord) -> list[Effect]:
+        report = give_up_report(reason, record, heading="this pod must be replaced")
+        return self._fail(exit_codes.REPLACE_POD, "replace_pod", report)
+
+    def _fail(self, exit_code: int, kind: str, report: str) -> list[Effect]:
         self.state = pb.JobState.JOB_STATE_FAILED
-        self.record("gave_up", report.splitlines()[0])
-        return self._end(exit_codes.GAVE_UP, report)
+        self.record(kind, report.splitlines()[0])
+        return self._end(exit_code, report)
 
     def _end(self, exit_code: int, report: str) -> list[Effect]:
-        bye = pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0))
         pids = [s.pid for s in self.ranks.values() if s.pid] + self.spares.idle
-        effects: list[Effect] = [ToWorker(pid, bye) for pid in pids]
-        shutdown = pb.Shutdown(exit_code=exit_code, report=report)
-        effects.append(ToLauncher(pb.LauncherCommand(shutdown=shutdown)))
-        return effects
+        return end_job(pids, exit_code, report)

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from supervisor.classify import HUNG_SIGNATURE, Evidence, classify
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
@@ -36,6 +35,25 @@ class ToLeader:
 Effect = Union[ToWorker, ToLauncher, ToLeader]
 
 
+def spawn(rank: int, local_rank: int = 0, env: Optional[dict[str, str]] = None) -> ToLauncher:
+    """A new process for `rank` (-1: a warm spare)."""
+    command = pb.SpawnWorker(rank=rank, local_rank=local_rank, env=env or {}, spare=rank < 0)
+    return ToLauncher(pb.LauncherCommand(spawn=command))
+
+
+def kill(pid: int, signum: int, reason: str) -> ToLauncher:
+    command = pb.KillProcess(pid=pid, signal=signum, reason=reason)
+    return ToLauncher(pb.LauncherCommand(kill=command))
+
+
+def end_job(pids: list[int], exit_code: int, report: str) -> list[Effect]:
+    """Every process leaves, then the launcher exits with `exit_code` and `report`."""
+    bye = pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0))
+    shutdown = pb.Shutdown(exit_code=exit_code, report=report)
+    goodbyes: list[Effect] = [ToWorker(pid, bye) for pid in pids]
+    return [*goodbyes, ToLauncher(pb.LauncherCommand(shutdown=shutdown))]
+
+
 @dataclass
 class RankSlot:
     rank: int
@@ -46,6 +64,7 @@ class RankSlot:
     generation: int = -1  # generation the holding process last started
     step: int = 0
     step_time_s: float = 0.0
+    compute_s: float = 0.0  # own work in the last step (launcher/heartbeat.py)
     last_heartbeat: Optional[float] = None
     process_starts: int = 0
     evidence: Optional[pb.FailureDetail] = None
@@ -70,20 +89,34 @@ def signal_name(signum: int) -> str:
 
 @dataclass
 class EventLog:
-    """The job's recent events, for status; `recorded` counts all, kept or not."""
+    """The job's recent events, for status and WatchEvents; `recorded` counts all, kept or not.
+
+    Events are numbered 1, 2, ... (`seq` = how many were recorded up to and
+    including it), so a watcher resumes with `since(last seq it got)`.
+    """
 
     kept: collections.deque[pb.JobEvent] = field(
         default_factory=lambda: collections.deque(maxlen=200)
     )
     recorded: int = 0
+    node_rank: int = 0  # stamped on every event: the pod whose supervisor recorded it
+    by_kind: collections.Counter[str] = field(default_factory=collections.Counter)  # all recorded
 
     def add(self, kind: str, message: str) -> None:
-        self.kept.append(pb.JobEvent(time_unix=time.time(), kind=kind, message=message))
         self.recorded += 1
+        self.by_kind[kind] += 1
+        event = pb.JobEvent(
+            time_unix=time.time(),
+            kind=kind,
+            message=message,
+            seq=self.recorded,
+            node_rank=self.node_rank,
+        )
+        self.kept.append(event)
 
-    def since(self, count: int) -> list[pb.JobEvent]:
-        """Events recorded after the first `count` (as many as are still kept)."""
-        new = min(self.recorded - count, len(self.kept))
+    def since(self, seq: int) -> list[pb.JobEvent]:
+        """Kept events with a seq above `seq` (those recorded after the first `seq`)."""
+        new = min(self.recorded - seq, len(self.kept))
         return list(self.kept)[len(self.kept) - new :] if new > 0 else []
 
     def __iter__(self) -> Iterator[pb.JobEvent]:
@@ -118,32 +151,23 @@ def failure_record(
     )
 
 
-def describe_failure(record: pb.FailureRecord, output_tail: str = "") -> str:
-    """One line: who died how, and the class the evidence so far gives (supervisor/classify.py)."""
+def describe_failure(record: pb.FailureRecord, then: str) -> str:
+    """One line: who died how, the class and its evidence (supervisor/classify.py), what follows."""
     what = (
         f"signal {signal_name(record.signal)}" if record.signal else f"exit code {record.exit_code}"
     )
-    found = classify(
-        Evidence(
-            exit_code=record.exit_code,
-            signum=record.signal,
-            exception_type=record.detail.exception_type,
-            message=record.detail.message,
-            output_tail=output_tail,
-            killed_as_hung=record.detail.signature == HUNG_SIGNATURE,
-        )
-    )
     return (
         f"rank {record.rank} pid {record.pid} {what} after step {record.step}; "
-        f"looks like {found.kind.value} ({found.reason})"
+        f"looks like {record.failure_class} ({record.reason}) -> {then}"
     )
 
 
-def give_up_report(reason: str, record: pb.FailureRecord) -> str:
-    """The report a given-up job ends with: what, where, and the traceback."""
+def give_up_report(reason: str, record: pb.FailureRecord, heading: str = "job given up") -> str:
+    """The report a job (or a pod) ends with: why, where, the class's evidence, the traceback."""
     detail = record.detail
     return (
-        f"job given up: {reason}\n  rank: {record.rank}\n  step: {record.step}\n"
+        f"{heading}: {reason}\n  rank: {record.rank}\n  step: {record.step}\n"
         f"  error: {detail.exception_type or detail.signature}: {detail.message}\n"
+        f"  class: {record.failure_class} ({record.reason})\n"
         f"{detail.traceback}"
     )

@@ -42,6 +42,10 @@ Rules where the design leaves room, and why:
   If every pod was replaced at once nothing is left to give back: the job
   starts over at generation 0 (no external store, by design).
 - Once EndJob is sent nothing changes; a pod that joins later gets it again.
+- Pods classify their failures (they hold the evidence); a class that calls for
+  stopping (action STOP_JOB: out of memory again and again on one rank) gives
+  the job up with the pod's reason (restart_policy.decide). A pod with a
+  hardware fault reports nothing and exits (REPLACE_POD): a lost pod, as above.
 - Snapshots (supervisor/leader_snapshots.py): commits, one offload round at a
   time, and at each start the one step every pod has a copy of.
 """
@@ -67,6 +71,8 @@ from supervisor.leader_types import (
     Phase,
     PodView,
     StartGeneration,
+    give_up_report,
+    policy_history,
 )
 from supervisor.offload_rounds import OffloadRounds
 from supervisor.restart_policy import Failure
@@ -80,22 +86,6 @@ MAX_FAILURES_PER_GENERATION = 8
 
 class JoinRefused(ValueError):
     """A pod that cannot be part of this job (node rank out of range, other nproc)."""
-
-
-def policy_history(history: Iterable[Failure]) -> list[Failure]:
-    """What the restart policy decides on: the first failure of each generation.
-
-    Lost pods appear with the signature "" (nothing known about the error): they
-    spend the budget but neither make nor continue a crash loop.
-    """
-    seen: set[int] = set()
-    decisive: list[Failure] = []
-    for f in history:
-        if f.generation in seen:
-            continue
-        seen.add(f.generation)
-        decisive.append(dataclasses.replace(f, signature="") if f.signature == POD_LOST else f)
-    return decisive
 
 
 @dataclass
@@ -398,17 +388,8 @@ class LeaderState:
         )
 
     def _give_up(self, node: int, failure: Failure, reason: str) -> list[Broadcast]:
-        lost = failure.signature == POD_LOST
-        report = (
-            f"job given up: {reason}\n"
-            f"  rank: {failure.rank}\n"
-            f"  node: {node}\n"
-            f"  step: {'unknown' if lost else failure.step}\n"
-            f"  error: {failure.signature or 'unknown'}\n"
-            f"  generation: {failure.generation}; restarts used: {self.restart_count} "
-            f"of {self.policy.max_restarts}"
-        )
-        return self._end(exit_codes.GAVE_UP, report)
+        used = (self.restart_count, self.policy.max_restarts)
+        return self._end(exit_codes.GAVE_UP, give_up_report(reason, node, failure, *used))
 
     def _end(self, exit_code: int, report: str) -> list[Broadcast]:
         self.phase = Phase.ENDED

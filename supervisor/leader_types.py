@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -16,8 +17,42 @@ from supervisor.restart_policy import Failure
 
 #: Signature of the Failure recorded when a pod is lost (stream loss, heartbeat
 #: timeout, re-join of a live pod, or the leader's own pod replaced). It spends
-#: a restart but never makes a crash loop: see leader.policy_history.
+#: a restart but never makes a crash loop: see policy_history.
 POD_LOST = "pod lost"
+
+
+def policy_history(history: Iterable[Failure]) -> list[Failure]:
+    """What the restart policy decides on: the first failure of each generation.
+
+    Lost pods appear with the signature "" (nothing known about the error): they
+    spend the budget but neither make nor continue a crash loop.
+    """
+    seen: set[int] = set()
+    decisive: list[Failure] = []
+    for f in history:
+        if f.generation in seen:
+            continue
+        seen.add(f.generation)
+        decisive.append(dataclasses.replace(f, signature="") if f.signature == POD_LOST else f)
+    return decisive
+
+
+def give_up_report(
+    reason: str, node: int, failure: Failure, restarts_used: int, max_restarts: int
+) -> str:
+    """The report of a job the leader gives up: why, where, the failure's class and evidence."""
+    lost = failure.signature == POD_LOST
+    classified = failure.failure_class
+    found = f"  class: {classified} ({failure.reason})\n" if classified else ""
+    return (
+        f"job given up: {reason}\n"
+        f"  rank: {failure.rank}\n"
+        f"  node: {node}\n"
+        f"  step: {'unknown' if lost else failure.step}\n"
+        f"  error: {failure.signature or 'unknown'}\n"
+        f"{found}"
+        f"  generation: {failure.generation}; restarts used: {restarts_used} of {max_restarts}"
+    )
 
 
 class Phase(enum.Enum):

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from supervisor.env_values import ConfigError, Source, bad_value, integer, number, seconds
+from supervisor.env_values import (
+    ConfigError,
+    Source,
+    bad_value,
+    boolean,
+    integer,
+    number,
+    seconds,
+)
 
 MB = 1_000_000
 
@@ -38,16 +46,6 @@ class OffloadConfig:
     replica_bytes_per_s: float = 0.0
 
 
-def _flag(src: Source, name: str, default: bool) -> bool:
-    found = src.get(name)
-    if found is None:
-        return default
-    label, value = found
-    if value.strip().lower() not in ("0", "1", "true", "false"):
-        raise bad_value(label, value, "must be 0 or 1")
-    return value.strip().lower() in ("1", "true")
-
-
 def parse_offload(
     env: Mapping[str, str], overrides: Optional[Mapping[str, str]] = None
 ) -> OffloadConfig:
@@ -72,6 +70,6 @@ def parse_offload(
         persist_every_s=every_s,
         persist_keep=integer(src, "SUPERVISOR_PERSIST_KEEP", 3, 1, 1_000_000),
         persist_bytes_per_s=number(src, "SUPERVISOR_PERSIST_MAX_MBPS", 0, "MB/s", True) * MB,
-        replicate=_flag(src, "SUPERVISOR_REPLICATE", True),
+        replicate=boolean(src, "SUPERVISOR_REPLICATE", True),
         replica_bytes_per_s=number(src, "SUPERVISOR_REPLICA_MAX_MBPS", 0, "MB/s", True) * MB,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Optional
 
+from supervisor.classify import Action
 from supervisor.leader_types import (
     CommitStep,
     EndJob,
@@ -25,11 +26,23 @@ def failure_to_wire(failure: Failure) -> pb.PolicyFailure:
         rank=failure.rank,
         signature=failure.signature,
         step=failure.step,
+        failure_class=failure.failure_class,
+        action=failure.action.name if failure.action is not None else "",
+        reason=failure.reason,
     )
 
 
 def failure_from_wire(failure: pb.PolicyFailure) -> Failure:
-    return Failure(failure.generation, failure.rank, failure.signature, failure.step)
+    """An action this version does not know (a newer pod's) reads as none: the policy decides."""
+    return Failure(
+        failure.generation,
+        failure.rank,
+        failure.signature,
+        failure.step,
+        failure_class=failure.failure_class,
+        action=Action.__members__.get(failure.action),
+        reason=failure.reason,
+    )
 
 
 def _history(history: Iterable[pb.PolicyFailure]) -> tuple[Failure, ...]:

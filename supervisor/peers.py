@@ -1,17 +1,16 @@
-"""Supervisors of a multi-pod job over gRPC: node 0 hosts the leader, the others follow.
+"""Node 0 of a multi-pod job over gRPC: the leader's hub (followers: supervisor/follower.py).
 
-Thin I/O around supervisor/leader.py (the rules) and supervisor/pod_job.py
-(one pod carrying them out). Changes are pushed on each follower's Join
-stream; followers report ready/finished/failures and heartbeat with unary
-Report calls. A follower keeps the job view from every message and gives it
-back when it re-joins, which is how a replacement leader rebuilds the job.
+Thin I/O around supervisor/leader.py (the rules), supervisor/job_health.py
+(the pods compared) and supervisor/pod_job.py (one pod carrying them out).
+Changes are pushed on each follower's Join stream; followers report
+ready/finished/failures with unary Report calls and heartbeat (with their
+ranks and metrics sample) on one stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Optional
@@ -19,20 +18,19 @@ from typing import Any, Optional
 import grpc
 
 from supervisor import restart_policy
+from supervisor.anomaly import AnomalyTracker
+from supervisor.job_health import JobHealth
 from supervisor.leader import JoinRefused, LeaderState
-from supervisor.leader_types import Broadcast, LeaderTimings, PodView, follow, mark_finished
+from supervisor.leader_types import Broadcast, LeaderTimings
 from supervisor.offload_rounds import OffloadRounds
 from supervisor.peer_wire import (
     copies_from_wire,
     failure_from_wire,
-    message_from_wire,
     message_to_wire,
     view_from_wire,
-    view_to_wire,
 )
 from supervisor.ports import free_port
 from supervisor.service import Supervisor
-from train_supervisor.credentials import MAX_MESSAGE_BYTES, TOKEN_METADATA_KEY, bearer
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -41,7 +39,7 @@ TICK_S = 0.2
 KEEPALIVE_TIME_MS = 1000
 
 
-def _check_spec(spec: pb.WorkerSpec, nnodes: int, node_rank: int) -> Optional[str]:
+def spec_mismatch(spec: pb.WorkerSpec, nnodes: int, node_rank: int) -> Optional[str]:
     if spec.nnodes != nnodes or spec.node_rank != node_rank:
         return (
             f"train-launch has --nnodes {spec.nnodes} --node-rank {spec.node_rank}, but this "
@@ -66,10 +64,12 @@ class LeaderHub:
         self.pod_failures: dict[int, pb.FailureRecord] = {}
         self._ticker: Optional[asyncio.Task[None]] = None
         self.run_id = ""
+        detect = local.settings.detect
+        self.health = JobHealth(AnomalyTracker(detect.anomaly), detect.sample_s)
 
     # -------------------------------------------------- Coordination (node 0)
     def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
-        return _check_spec(spec, self.nnodes, 0)
+        return spec_mismatch(spec, self.nnodes, 0)
 
     def launcher_attached(self, spec: pb.WorkerSpec) -> None:
         self.run_id = spec.run_id
@@ -114,6 +114,7 @@ class LeaderHub:
         failures = [f for f in (local.last_failure, *self.pod_failures.values()) if f.time_unix]
         if failures:
             status.last_failure.CopyFrom(max(failures, key=lambda f: f.time_unix))
+        self.health.to_status(status)
         return status
 
     # ------------------------------------------------------------ PeerService
@@ -151,6 +152,7 @@ class LeaderHub:
         except JoinRefused as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         log.info("node %d joined (incarnation %d)", node, request.incarnation)
+        self.health.drop(node)  # a new incarnation starts a new series
         # Answer at once: the follower counts itself joined (and heartbeats)
         # even while the leader waits for the other pods.
         await context.send_initial_metadata(())
@@ -188,6 +190,8 @@ class LeaderHub:
             self.pod_ranks[node] = list(report.ranks)
         if report.HasField("last_failure") and node != 0:
             self.pod_failures[node] = report.last_failure
+        if report.HasField("sample"):
+            self.health.add(node, report.sample, time.monotonic())
         if report.HasField("copies"):  # before "ready": the restore choice needs them
             leader.pod_copies(node, copies_from_wire(report.copies))
         kind = report.WhichOneof("report")
@@ -229,150 +233,24 @@ class LeaderHub:
             now = time.monotonic()
             self.leader.heartbeat(0, now)  # our own pod is alive while this loop runs
             self._deliver(self.leader.tick(now))
+            self._check_health(now)
 
-
-class FollowerLink:
-    """Nodes 1..N-1: join the leader, apply what it pushes, report and heartbeat."""
-
-    def __init__(
-        self,
-        local: Supervisor,
-        nnodes: int,
-        node_rank: int,
-        leader_address: str,
-        token: Optional[str],
-        heartbeat_s: float,
-        tls_ca: Optional[bytes] = None,
-    ) -> None:
-        self.local = local
-        self.nnodes = nnodes
-        self.node_rank = node_rank
-        self.leader_address = leader_address
-        self.metadata = ((TOKEN_METADATA_KEY, bearer(token)),) if token else ()
-        self.heartbeat_s = heartbeat_s
-        self.incarnation = random.getrandbits(62)
-        self.view: Optional[PodView] = None
-        self.spec: Optional[pb.WorkerSpec] = None
-        options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            # A silent leader (partition, dead node) breaks the Join stream in
-            # seconds instead of waiting for TCP to give up (minutes).
-            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-            ("grpc.keepalive_timeout_ms", max(1000, int(heartbeat_s * 4000))),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-        ]
-        if tls_ca is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca)
-            self.channel = grpc.aio.secure_channel(leader_address, credentials, options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(leader_address, options=options)
-        self.stub = pb_grpc.PeerServiceStub(self.channel)
-        self.status_stub = pb_grpc.StatusServiceStub(self.channel)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._joined = asyncio.Event()
-
-    def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
-        return _check_spec(spec, self.nnodes, self.node_rank)
-
-    def launcher_attached(self, spec: pb.WorkerSpec) -> None:
-        self.spec = spec
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._follow()), loop.create_task(self._heartbeat())]
-
-    async def job_status(self, local: pb.JobStatus) -> pb.JobStatus:
-        """The leader's view of the whole job; this pod's own when it is unreachable."""
-        try:
-            status: pb.JobStatus = await self.status_stub.GetStatus(
-                pb.GetStatusRequest(), metadata=self.metadata, timeout=2
-            )
-        except grpc.RpcError as err:
-            local.leader = f"{self.leader_address} (unreachable: {err.code().name})"
-            return local
-        status.leader = self.leader_address
-        return status
-
-    def report(self, report: pb.PodReport) -> None:
-        report.node_rank, report.incarnation = self.node_rank, self.incarnation
-        if report.HasField("finished") and self.view is not None:
-            self.view = mark_finished(self.view)
-        asyncio.get_running_loop().create_task(self._send(report))
-
-    async def _send(self, report: pb.PodReport) -> None:
-        for delay in (0.1, 0.2, 0.5, 1.0, 2.0):
-            await self._joined.wait()
-            try:
-                reply = await self.stub.Report(report, metadata=self.metadata, timeout=5)
-                if not reply.rejoin:
-                    return
-            except grpc.RpcError as err:
-                log.warning("report to the leader failed: %s", err.code().name)
-            await asyncio.sleep(delay)
-        # A later re-join re-sends ready/finished (rejoined()); failures are in the view.
-
-    async def _follow(self) -> None:
-        assert self.spec is not None
-        delay = 0.1
-        while True:
-            request = pb.JoinRequest(
-                run_id=self.spec.run_id,
-                node_rank=self.node_rank,
-                nproc=self.spec.nproc_per_node,
-                incarnation=self.incarnation,
-                has_view=self.view is not None,
-                view=view_to_wire(self.view) if self.view is not None else None,
-            )
-            try:
-                stream = self.stub.Join(request, metadata=self.metadata)
-                await stream.wait_for_connection()
-                # Joined (the leader may still be forming): heartbeat from now on,
-                # and give a new leader the reports it never had.
-                delay = 0.1
-                self._joined.set()
-                self.local.rejoined()
-                async for message in stream:
-                    self.view = follow(self.view, message_from_wire(message))
-                    self.local.on_leader_message(message)
-            except grpc.RpcError as err:
-                log.warning("leader at %s: %s; re-joining", self.leader_address, err.code().name)
-            if self._joined.is_set():
-                self.local.leader_lost()
-            self._joined.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def _heartbeat(self) -> None:
-        """One Heartbeats stream per join; a beat (with this pod's ranks) every heartbeat_s."""
-        while True:
-            await self._joined.wait()
-            call = self.stub.Heartbeats(metadata=self.metadata)
-            try:
-                while self._joined.is_set() and not call.done():
-                    beat = pb.PodReport(
-                        node_rank=self.node_rank,
-                        incarnation=self.incarnation,
-                        heartbeat=True,
-                        ranks=self.local.local_ranks(),
-                    )
-                    await call.write(beat)
-                    await asyncio.sleep(self.heartbeat_s)
-                if not call.done():  # the Join stream broke: beat again once re-joined
-                    call.cancel()
-                    continue
-                reply = await call
-            except (grpc.RpcError, asyncio.InvalidStateError) as err:
-                code = err.code().name if isinstance(err, grpc.RpcError) else "ended"
-                log.warning("heartbeats to the leader: %s", code)
-                call.cancel()
-                await asyncio.sleep(self.heartbeat_s)
-                continue
-            if reply.rejoin:  # the leader no longer counts this pod (it was lost)
-                log.warning("the leader no longer counts this pod; re-joining")
-                self.local.leader_lost()
-                self._joined.clear()
-                self._tasks[0].cancel()
-                self._tasks[0] = asyncio.get_running_loop().create_task(self._follow())
+    def _check_health(self, now: float) -> None:
+        own = self.local.pod_health
+        if own is not None and own.latest is not None:
+            self.health.add(0, own.latest, now)
+        news = self.health.tick(now)
+        if self.local.job is not None:
+            for kind, message in news.events:
+                self.local.job.record(kind, message)
+        for replace in news.replace:
+            leave = pb.LeaderMessage(replace=replace)
+            if replace.node_rank == 0:
+                asyncio.get_running_loop().call_soon(self.local.on_leader_message, leave)
+            elif replace.node_rank in self.streams:
+                self.streams[replace.node_rank].put_nowait(leave)
+        if news.events:
+            self.local.apply([])  # logs the events, wakes status watchers
 
 
 class PeerServicer(pb_grpc.PeerServiceServicer):

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from supervisor import restart_policy
+from supervisor.classify import Classification
 from supervisor.commit import CommitTracker
+from supervisor.failure_evidence import policy_failure
 from supervisor.job import JobState
-from supervisor.job_types import Effect, ToLeader
+from supervisor.job_types import Effect, ToLeader, describe_failure
+from supervisor.peer_wire import failure_to_wire
+from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 
@@ -46,16 +51,25 @@ class CoordinatedJobState(JobState):
         return message.generation == self.generation and self.snapshots.commit(message.step)
 
     # ------------------------------------------------- decisions: the leader's
-    def _on_failure(self, record: pb.FailureRecord, now: float) -> list[Effect]:
+    def _on_failure(
+        self, record: pb.FailureRecord, found: Classification, now: float
+    ) -> list[Effect]:
+        """The pod classifies (it has the evidence); the leader decides, except on a pod
+        replacement: then this pod reports nothing more and goes (its launcher exits with
+        REPLACE_POD), which the leader handles as a lost pod that will come back."""
+        failure = policy_failure(record, found)
+        # This pod's own failures: enough for the one rule decided here (a crash loop
+        # is no hardware fault); the job-wide history is the leader's.
+        self.history.append(failure)
+        local = restart_policy.decide(self.policy, self.history, self.restart_count)
+        if local.action is restart_policy.Action.REPLACE_POD:
+            record.action = local.action.value
+            self.record("failure", describe_failure(record, f"{record.action}: {local.reason}"))
+            return self._replace_pod(local.reason, record)
         record.action = "reported to the leader"
-        failure = pb.PolicyFailure(
-            generation=record.generation,
-            rank=record.rank,
-            signature=record.detail.signature,
-            step=record.step,
-        )
+        self.record("failure", describe_failure(record, f"{record.action}: {found.action.value}"))
         # The failed rank gets its process now; the leader opens the generation.
-        report = pb.PodReport(failure=failure, last_failure=record)
+        report = pb.PodReport(failure=failure_to_wire(failure), last_failure=record)
         return [ToLeader(report), *self._fill_vacancies()]
 
     def _maybe_start(self) -> list[Effect]:
@@ -122,3 +136,10 @@ class CoordinatedJobState(JobState):
         """A new leader knows nothing of our reports: give them again."""
         self.ready_reported = self.finished_reported = -1
         return self._maybe_start() + self._maybe_finish()
+
+    def asked_to_leave(self, reason: str) -> list[Effect]:
+        """The leader wants this pod replaced (a straggler past the policy): end it so."""
+        if self.over:
+            return []
+        report = f"this pod must be replaced: {reason}"
+        return self._fail(exit_codes.REPLACE_POD, "replace_pod", report)

@@ -14,13 +14,9 @@ from grpc_reflection.v1alpha import reflection
 
 from supervisor.auth import TokenAuthInterceptor
 from supervisor.config import TlsConfig
-from supervisor.service import (
-    LauncherServicer,
-    StatusServicer,
-    Supervisor,
-    SupervisorSettings,
-    WorkerServicer,
-)
+from supervisor.metrics import MetricsPortError, start_metrics
+from supervisor.service import Supervisor, SupervisorSettings
+from supervisor.servicers import LauncherServicer, StatusServicer, WorkerServicer
 from supervisor.snapshots import SnapshotServicer
 from train_supervisor.credentials import MAX_MESSAGE_BYTES
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -143,10 +139,12 @@ class EmbeddedSupervisor:
         address: str = "127.0.0.1:0",
         *,
         token: Optional[str] = None,
+        metrics_port: int = 0,
     ) -> None:
         self.settings = settings
         self.address = address
         self.token = token
+        self.metrics_port = metrics_port  # 0: no /metrics
         self.port = 0
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.sup: Optional[Supervisor] = None
@@ -174,10 +172,19 @@ class EmbeddedSupervisor:
         self.sup = Supervisor(self.settings)
         self._stop = asyncio.Event()
         server, self.port = await start_server(self.sup, self.address, token=self.token)
+        try:
+            # Any interface, as a sidecar's: a scraper is rarely on this host's loopback.
+            metrics = start_metrics("0.0.0.0", self.metrics_port)
+        except MetricsPortError:
+            await server.stop(grace=None)
+            raise
+        self.sup.metrics_board = metrics.board if metrics is not None else None
         self._ready.set()
         await self._stop.wait()
         await self.sup.finish_offload()
         await server.stop(grace=0.5)
+        if metrics is not None:
+            metrics.close()
 
     def stop_job(self, report: str) -> None:
         """Tell the state machine no more restarts will happen (SIGTERM)."""

@@ -14,24 +14,28 @@ from typing import Any, Optional, Protocol
 import grpc
 
 from supervisor import restart_policy
-from supervisor.hang import HangSettings
-from supervisor.hang_watch import HangWatch
+from supervisor.classify import GpuHealth
+from supervisor.detect_config import DetectConfig
+from supervisor.gpu_probe import default_probes, device_health
+from supervisor.hang_watch import hang_watch_for
 from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
 from supervisor.job_types import ToLeader
+from supervisor.metrics import REFRESH_S, MetricsBoard, snapshot_of
 from supervisor.offload import REPLICAS
 from supervisor.offload_config import OffloadConfig
 from supervisor.offload_driver import OffloadDriver, ReplicaTarget
 from supervisor.peer_wire import copies_to_wire
+from supervisor.pod_health import PodHealth
 from supervisor.pod_job import CoordinatedJobState
+from supervisor.pod_metrics import PodSampler
 from supervisor.ports import free_port
 from supervisor.status_view import job_status
 from train_supervisor.arena import remove_arena
 from train_supervisor.v1 import supervisor_pb2 as pb
-from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("train_supervisor")
 NOTABLE_EVENTS = frozenset(
-    {"failure", "unwind_timeout", "gave_up", "spare_lost", "snapshot_problem"}
+    {"failure", "unwind_timeout", "gave_up", "replace_pod", "spare_lost", "snapshot_problem"}
 )
 
 
@@ -44,7 +48,7 @@ class SupervisorSettings:
     failure_settle_s: float = 1.0
     tick_s: float = 0.1
     offload: OffloadConfig = field(default_factory=OffloadConfig)
-    hang: HangSettings = field(default_factory=HangSettings)
+    detect: DetectConfig = field(default_factory=DetectConfig)
 
 
 class Coordination(Protocol):
@@ -78,11 +82,17 @@ class Supervisor:
         self.worker_queues: dict[int, asyncio.Queue[Optional[pb.WorkerCommand]]] = {}
         self.changed = asyncio.Condition()
         self.finished = asyncio.Event()
+        self.ended: Optional[pb.Shutdown] = None  # how the job ended, once it did
         self.events_logged = 0
         self._ticker: Optional[asyncio.Task[None]] = None
         self.replica_target: Optional[ReplicaTarget] = None  # the next pod (multi-pod only)
         self.offload: Optional[OffloadDriver] = None  # once a job with snapshots attached
-        self.hang_watch = HangWatch(settings.hang)
+        self.hang_watch = hang_watch_for(settings.detect)
+        self.pod_health: Optional[PodHealth] = None  # once a launcher attached
+        self.probes = default_probes()  # accelerator health (supervisor/gpu_probe.py)
+        self.closing = False  # stopping: event streams end (supervisor/event_watch.py)
+        self.metrics_board: Optional[MetricsBoard] = None  # set when /metrics is served
+        self._metrics_at = -REFRESH_S
 
     # ------------------------------------------------------------- plumbing
     def apply(self, effects: list[Effect]) -> None:
@@ -94,6 +104,7 @@ class Supervisor:
             elif isinstance(effect, ToLauncher):
                 self.launcher_queue.put_nowait(effect.command)
                 if effect.command.HasField("shutdown"):
+                    self.ended = effect.command.shutdown
                     self.finished.set()
             elif isinstance(effect, ToLeader) and self.coordination is not None:
                 if effect.report.HasField("ready") and self.offload is not None:
@@ -109,7 +120,8 @@ class Supervisor:
             return
         for event in self.job.events.since(self.events_logged):
             level = logging.WARNING if event.kind in NOTABLE_EVENTS else logging.INFO
-            log.log(level, "%s: %s", event.kind, event.message)
+            fields = {"kind": event.kind, "seq": event.seq, "node_rank": event.node_rank}
+            log.log(level, "%s: %s", event.kind, event.message, extra=fields)
         self.events_logged = self.job.events.recorded
 
     def on_leader_message(self, message: pb.LeaderMessage) -> None:
@@ -124,6 +136,8 @@ class Supervisor:
             self.apply(job.start_generation(message.start))
         elif kind == "end":
             self.apply(job.end_job(message.end))
+        elif kind == "replace" and message.replace.node_rank == job.spec.node_rank:
+            self.apply(job.asked_to_leave(message.replace.reason))
         elif kind == "commit":
             if job.commit_snapshot(message.commit):
                 self.apply([])  # wakes the ranks waiting for this commit
@@ -146,6 +160,8 @@ class Supervisor:
         status = job_status(self.job, time.monotonic(), self.leader)
         if self.offload is not None:
             self.offload.status(status)
+        if self.pod_health is not None and self.pod_health.latest is not None:
+            status.samples.append(self.pod_health.latest)
         return status
 
     def leader_lost(self) -> None:
@@ -166,6 +182,23 @@ class Supervisor:
             if self.job is not None:
                 now = time.monotonic()
                 self.apply(self.job.tick(now) + self.hang_watch.check(self.job, now))
+                if self.pod_health is not None:
+                    self.pod_health.tick(self.job, now)
+            await self._publish_metrics()
+
+    async def _publish_metrics(self) -> None:
+        """Rebuild what /metrics shows (supervisor/metrics.py), at most every REFRESH_S."""
+        job, now = self.job, time.monotonic()
+        if self.metrics_board is None or job is None or now - self._metrics_at < REFRESH_S:
+            return
+        self._metrics_at = now
+        job_wide = None
+        if self.coordination is not None and job.spec.node_rank == 0:
+            # The leader's pod also exports the job's findings and every pod's sample.
+            job_wide = await self.coordination.job_status(self.local_status())
+        self.metrics_board.publish(
+            snapshot_of(self.local_status(), job.failures, job.events.by_kind, job_wide)
+        )
 
     async def require_job(self, context: grpc.aio.ServicerContext[Any, Any]) -> JobState:
         if self.job is None:
@@ -209,6 +242,8 @@ class Supervisor:
                 on_change=lambda: self.apply([]),
                 to_leader=lambda report: self.apply([ToLeader(report)]),
             )
+        sampler = PodSampler(self.probes)
+        self.pod_health = PodHealth(request.spec.node_rank, sampler, self.settings.detect.sample_s)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         job = self.job
         self.apply(job.attach_launcher())
@@ -246,13 +281,23 @@ class Supervisor:
                 request.signal,
                 request.output_tail,
                 time.monotonic(),
+                request.oom_kills,
+                self._device_health(job, request.pid),
             )
         )
         return pb.Ack()
 
+    def _device_health(self, job: JobState, pid: int) -> GpuHealth:
+        """The exited rank's accelerator (by local rank), for the failure's classification."""
+        slot = job.slot_of(pid)
+        return device_health(self.probes, slot.local_rank) if slot is not None else GpuHealth()
+
     def stop(self, report: str) -> None:
+        self.closing = True
         if self.job is not None:
             self.apply(self.job.stop(report))
+        else:
+            asyncio.get_running_loop().create_task(self._notify())  # wakes event watchers
 
     async def finish_offload(self) -> None:
         """Before exit: persist the newest committed step, then free the shared memory of a
@@ -293,6 +338,8 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.HeartbeatRequest, pb.Ack],
     ) -> pb.Ack:
         job = await self.require_job(context)
+        if self.pod_health is not None:
+            self.pod_health.on_heartbeat(request.rank, request.step_time_s, request.compute_s)
         self.apply(
             job.heartbeat(
                 request.pid,
@@ -300,6 +347,7 @@ class Supervisor:
                 request.step,
                 request.step_time_s,
                 time.monotonic(),
+                compute_s=request.compute_s,
             )
         )
         return pb.Ack()
@@ -341,41 +389,3 @@ class Supervisor:
         if self.coordination is None:
             return local
         return await self.coordination.job_status(local)
-
-
-class LauncherServicer(pb_grpc.LauncherServiceServicer):
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
-
-    async def AttachLauncher(self, request, context):  # type: ignore[no-untyped-def]
-        async for command in self.sup.attach_launcher(request, context):
-            yield command
-
-    async def ReportProcessStarted(self, request, context):  # type: ignore[no-untyped-def]
-        return await self.sup.report_process_started(request, context)
-
-    async def ReportProcessExit(self, request, context):  # type: ignore[no-untyped-def]
-        return await self.sup.report_process_exit(request, context)
-
-
-class WorkerServicer(pb_grpc.WorkerServiceServicer):
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
-
-    async def AttachWorker(self, request, context):  # type: ignore[no-untyped-def]
-        async for command in self.sup.attach_worker(request, context):
-            yield command
-
-    async def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
-        return await self.sup.heartbeat(request, context)
-
-    async def ReportOutcome(self, request, context):  # type: ignore[no-untyped-def]
-        return await self.sup.report_outcome(request, context)
-
-
-class StatusServicer(pb_grpc.StatusServiceServicer):
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
-
-    async def GetStatus(self, request, context):  # type: ignore[no-untyped-def]
-        return await self.sup.get_status(request, context)

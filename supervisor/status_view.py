@@ -34,6 +34,7 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
                 state=slot.state,
                 step=slot.step,
                 step_time_s=slot.step_time_s,
+                compute_s=slot.compute_s,
                 heartbeat_age_s=age,
                 process_starts=slot.process_starts,
                 saved_step=snap.saved_step,

@@ -101,6 +101,13 @@ TABLE = [
         "Xid 79",
     ),
     (
+        "output: the kernel's NVRM Xid line",
+        Evidence(exit_code=1, output_tail="NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python"),
+        HW,
+        REPLACE,
+        "Xid (PCI:0000:3b:00): 79",
+    ),
+    (
         "output: illegal memory access",
         Evidence(exit_code=1, output_tail="CUDA error: an illegal memory access was encountered"),
         HW,
@@ -189,3 +196,22 @@ def test_every_class_and_action_is_in_the_table() -> None:
     kinds = {row[2] for row in TABLE}
     actions = {row[3] for row in TABLE}
     assert kinds == set(FailureClass) and actions == set(Action)
+
+
+@pytest.mark.parametrize(
+    ("evidence", "explained"),
+    [
+        (Evidence(signum=KILL), False),  # a kill nothing explains
+        (Evidence(exit_code=3), False),
+        (Evidence(signum=KILL, pod_unexplained_before=POD_FAULTS_TO_REPLACE - 1), False),
+        (Evidence(signum=KILL, oom_kills=1), True),
+        (Evidence(exit_code=1, exception_type="KeyError"), True),
+        (Evidence(exit_code=1, output_tail="NCCL error"), True),
+        (Evidence(signum=KILL, killed_as_hung=True), True),
+    ],
+)
+def test_only_a_bare_exit_code_or_signal_is_unexplained(
+    evidence: Evidence, explained: bool
+) -> None:
+    # What supervisor/failure_evidence.py counts towards "faults on this pod".
+    assert classify(evidence).explained is explained

@@ -56,6 +56,15 @@ def test_defaults_on_loopback_need_no_token() -> None:
     assert config.peer_address(0) == "127.0.0.1:29400"
 
 
+def test_the_termination_log_defaults_to_kubernetes_path_and_a_flag_overrides_it() -> None:
+    assert parse(SUPERVISOR_BIND="127.0.0.1").termination_log is None  # /dev/termination-log
+    env = {"SUPERVISOR_BIND": "127.0.0.1", "SUPERVISOR_TERMINATION_LOG": "/run/why"}
+    assert parse_config(env).termination_log == "/run/why"
+    overridden = parse_config(env, {"SUPERVISOR_TERMINATION_LOG": "/tmp/why"})
+    assert overridden.termination_log == "/tmp/why"
+    assert unknown_variables(env) == []
+
+
 @pytest.mark.parametrize("bind", ["localhost", "::1", "[::1]", "127.0.0.2"])
 def test_every_loopback_bind_may_go_without_token(bind: str) -> None:
     assert parse(SUPERVISOR_BIND=bind).token is None

@@ -7,6 +7,7 @@ from supervisor.hang import (
     ProcessEvidence,
     RankProgress,
     culprit,
+    describe_stacks,
     overdue,
     threshold_s,
 )
@@ -77,3 +78,15 @@ def test_no_culprit_when_nothing_stands_out() -> None:
     split = {0: ProcessEvidence(stack="a"), 1: ProcessEvidence(stack="a"),
              2: ProcessEvidence(stack="b"), 3: ProcessEvidence(stack="b")}  # fmt: skip
     assert culprit(split) is None, "no majority to differ from"
+
+
+def test_stack_groups_largest_first() -> None:
+    wait = "allreduce (distributed_c10d.py)\nstep (train.py)"
+    assert describe_stacks({3: wait, 0: wait, 1: wait, 2: "sleep (data.py)"}) == (
+        "3 ranks (0, 1, 3) in allreduce (distributed_c10d.py) < step (train.py); "
+        "rank 2 in sleep (data.py)"
+    )
+    assert describe_stacks({0: "a (a.py)", 1: "b (b.py)", 2: ""}) == (
+        "rank 0 in a (a.py); rank 1 in b (b.py); rank 2 with no stack"
+    ), "ties in rank order; a failed dump is said"
+    assert describe_stacks({}) == ""

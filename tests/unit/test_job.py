@@ -988,3 +988,101 @@ def test_tick_fallback_never_replenishes_during_a_recovery(sim: Sim) -> None:
     sim.job.process_exited(sim.pid(1), 0, signal.SIGKILL, "", sim.now)
     assert not sim.job.started  # the survivor is unwinding; the spare was promoted
     assert spare_spawns(sim.job.tick(sim.now + 10 * fallback)) == 0
+
+
+# ------------------------------------------------- classified failures decide
+def oom_kill(sim: Sim, rank: int) -> list[Effect]:
+    """The kernel OOM killer takes `rank`: a SIGKILL, and its cgroup's oom_kill count rose."""
+    effects = sim.job.process_exited(sim.pid(rank), 0, signal.SIGKILL, "", sim.now, oom_kills=1)
+    return sim.play(effects)
+
+
+def failure_events(sim: Sim) -> list[str]:
+    return [e.message for e in sim.job.events if e.kind == "failure"]
+
+
+def test_an_oom_kill_is_classified_from_the_cgroup_and_restarts_the_rank() -> None:
+    sim = Sim(spares=0, max_restarts=5)
+    sim.launch()
+    victim = sim.pid(1)
+    effects = oom_kill(sim, 1)
+    assert shutdowns(effects) == [] and rank_spawns(effects) == [1]
+    assert sim.job.generation == 1 and sim.job.restart_count == 1 and sim.job.started
+    record = sim.job.failures[-1]
+    assert (record.pid, record.failure_class, record.action) == (victim, "out_of_memory", "restart")
+    assert record.reason == "the kernel OOM killer (memory cgroup oom_kill +1)"
+    # One event per failure: who, how, the class with its evidence, and what follows.
+    [event] = failure_events(sim)
+    assert event.endswith(
+        "looks like out_of_memory (the kernel OOM killer (memory cgroup oom_kill +1)) "
+        "-> restart: restart 1 of 5"
+    ), event
+
+
+def test_the_third_oom_on_one_rank_gives_the_job_up_with_a_report() -> None:
+    sim = Sim(spares=0, max_restarts=10)
+    sim.launch()
+    # Rank 0's OOM is not rank 1's: only repeats on one rank stop the job. (Steps
+    # between them: three SIGKILLs at one step would be a crash loop first.)
+    for step, rank in enumerate((1, 0, 1)):
+        sim.step_all(step + 1)
+        assert shutdowns(oom_kill(sim, rank)) == []
+    survivor = sim.pid(0)
+    sim.step_all(4)
+    effects = oom_kill(sim, 1)
+    [shutdown] = shutdowns(effects)
+    assert shutdown.exit_code == exit_codes.GAVE_UP
+    first_line = shutdown.report.splitlines()[0]
+    assert first_line == (
+        "job given up: rank 1: out of memory 3 times on this rank "
+        "(last: the kernel OOM killer (memory cgroup oom_kill +1))"
+    )
+    assert "  rank: 1\n" in shutdown.report
+    assert "  class: out_of_memory (out of memory 3 times" in shutdown.report
+    assert sim.job.failures[-1].action == "give_up_classified"
+    assert sim.job.restart_count == 3 and sim.job.state == pb.JobState.JOB_STATE_FAILED
+    assert exits(effects) == {survivor: pb.ExitWorker(exit_code=0)}
+    assert [e.message for e in sim.job.events if e.kind == "gave_up"] == [first_line]
+
+
+def test_an_ecc_error_in_the_output_replaces_the_pod_without_a_restart() -> None:
+    sim = Sim(spares=1, max_restarts=0)  # no budget: a hardware fault needs none
+    sim.launch()
+    survivor, spare = sim.pid(0), sim.job.spares.idle[0]
+    tail = "RuntimeError: uncorrectable ECC error encountered\n"
+    effects = sim.job.process_exited(sim.pid(1), 1, 0, tail, sim.now)
+    [shutdown] = shutdowns(effects)
+    assert shutdown.exit_code == exit_codes.REPLACE_POD == 4
+    assert shutdown.report.startswith(
+        "this pod must be replaced: hardware fault on rank 1: output: 'uncorrectable ECC'"
+    ), shutdown.report
+    assert "  class: hardware (output: 'uncorrectable ECC')" in shutdown.report
+    assert set(exits(effects)) == {survivor, spare}
+    assert aborts(effects) == {} and rank_spawns(effects) == []
+    assert sim.job.restart_count == 0 and sim.job.state == pb.JobState.JOB_STATE_FAILED
+    assert sim.job.failures[-1].action == "replace_pod"
+    assert any(e.kind == "replace_pod" for e in sim.job.events)
+    assert "-> replace_pod: hardware fault on rank 1" in failure_events(sim)[0]
+
+
+def test_unexplained_kills_at_different_steps_replace_the_pod() -> None:
+    sim = Sim(spares=0, max_restarts=10)
+    sim.launch()
+    for attempt, rank in enumerate((0, 1, 0)):
+        sim.step_all(attempt + 1)  # progress: no crash loop
+        effects = sim.play(sim.job.process_exited(sim.pid(rank), 0, signal.SIGKILL, "", sim.now))
+    [shutdown] = shutdowns(effects)
+    assert shutdown.exit_code == exit_codes.REPLACE_POD
+    assert "3 unexplained faults on this pod" in shutdown.report
+    assert [f.failure_class for f in sim.job.failures] == ["transient", "transient", "hardware"]
+
+
+def test_a_crash_loop_is_never_blamed_on_the_pod() -> None:
+    # The same death at the same step: deterministic, the script's, not the node's.
+    sim = Sim(spares=0, max_restarts=10)
+    sim.launch()
+    for _ in range(3):
+        effects = sim.play(sim.job.process_exited(sim.pid(1), 0, signal.SIGKILL, "", sim.now))
+    [shutdown] = shutdowns(effects)
+    assert shutdown.exit_code == exit_codes.GAVE_UP
+    assert "crash loop" in shutdown.report

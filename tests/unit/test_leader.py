@@ -13,6 +13,7 @@ from typing import Optional
 
 import pytest
 
+from supervisor.classify import Action
 from supervisor.leader import (
     MAX_FAILURES_PER_GENERATION,
     JoinRefused,
@@ -345,6 +346,23 @@ def test_progress_between_failures_is_no_crash_loop() -> None:
         opened(leader.failure(1, generation, fail(rank=3, step=step)))
         started(ready_all(leader, generation + 1))
     assert leader.end is None
+
+
+def test_a_failure_whose_class_says_stop_gives_the_job_up_with_the_pods_reason() -> None:
+    leader = formed(2, max_restarts=10)
+    why = "out of memory 3 times on this rank (last: the kernel OOM killer)"
+    oom = dataclasses.replace(
+        fail(rank=3, signature="SIGKILL"),
+        failure_class="out_of_memory",
+        action=Action.STOP_JOB,
+        reason=why,
+    )
+    end = ended(leader.failure(1, 0, oom))
+    assert end.exit_code == exit_codes.GAVE_UP
+    assert end.report.startswith(f"job given up: rank 3: {why}\n")
+    for part in ("node: 1", "error: SIGKILL", f"class: out_of_memory ({why})"):
+        assert part in end.report
+    assert leader.restart_count == 0 and leader.phase is Phase.ENDED
 
 
 def test_a_spent_budget_gives_up() -> None:

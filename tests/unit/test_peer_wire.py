@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from supervisor.classify import Action
 from supervisor.leader_types import (
     POD_LOST,
     CommitStep,
@@ -54,6 +55,22 @@ def test_failure_round_trip(failure: Failure) -> None:
     )
     again = pb.PolicyFailure.FromString(wire.SerializeToString())
     assert failure_from_wire(again) == failure
+
+
+def test_the_pods_classification_goes_on_the_wire_by_action_name() -> None:
+    failure = Failure(1, 3, "SIGKILL", 7, "out_of_memory", Action.STOP_JOB, "oom_kill +1")
+    wire = pb.PolicyFailure.FromString(failure_to_wire(failure).SerializeToString())
+    assert (wire.failure_class, wire.action, wire.reason) == (
+        "out_of_memory",
+        "STOP_JOB",
+        "oom_kill +1",
+    )
+    assert failure_from_wire(wire) == failure
+
+
+def test_an_action_this_version_does_not_know_reads_as_none() -> None:
+    wire = pb.PolicyFailure(generation=1, rank=3, signature="x", action="REBOOT_THE_MOON")
+    assert failure_from_wire(wire).action is None
 
 
 def test_failure_from_a_pod_report() -> None:

@@ -26,6 +26,7 @@ from effects import (
     starts,
 )
 
+from supervisor.classify import Action
 from supervisor.job_types import Effect, Timings, ToLeader
 from supervisor.leader import LeaderState
 from supervisor.leader_types import Broadcast, EndJob, Phase, StartGeneration
@@ -280,7 +281,15 @@ def test_sigkilled_rank_is_reported_and_respawned_without_a_local_restart() -> N
     effects = sim.kill(3)
     [report] = reports(effects)
     assert report.WhichOneof("report") == "failure"
-    assert report.failure == pb.PolicyFailure(generation=0, rank=3, signature="SIGKILL", step=7)
+    assert report.failure == pb.PolicyFailure(
+        generation=0,
+        rank=3,
+        signature="SIGKILL",
+        step=7,
+        failure_class="transient",
+        action="RESTART_IN_PLACE",
+        reason="killed by SIGKILL from outside",
+    )
     record = report.last_failure
     assert (record.generation, record.rank, record.pid, record.signal) == (0, 3, victim, 9)
     assert record.detail.signature == "SIGKILL"
@@ -290,7 +299,8 @@ def test_sigkilled_rank_is_reported_and_respawned_without_a_local_restart() -> N
     # new generation, no restart spent; the leader decides.
     assert rank_spawns(effects) == [3]
     assert aborts(effects) == {}
-    assert (sim.job.generation, sim.job.restart_count, sim.job.history) == (0, 0, [])
+    assert (sim.job.generation, sim.job.restart_count) == (0, 0)
+    assert [f.signature for f in sim.job.history] == ["SIGKILL"]  # the pod's own, for its rules
     assert sim.job.started
     assert sim.job.ranks[2].pid == survivor
     assert sim.job.ranks[2].state == WS.WORKER_STATE_HEALTHY
@@ -323,7 +333,15 @@ def test_raised_error_is_reported_with_its_signature_and_step() -> None:
     assert (verdict, effects) == (pb.Verdict.VERDICT_EXIT_FAILED, [])
     effects = sim.job.process_exited(pid, 1, 0, "Traceback ...", sim.now)
     [report] = reports(effects)
-    assert report.failure == pb.PolicyFailure(generation=0, rank=2, signature=SIG, step=12)
+    assert report.failure == pb.PolicyFailure(
+        generation=0,
+        rank=2,
+        signature=SIG,
+        step=12,
+        failure_class="user_bug",
+        action="RESTART_IN_PLACE",
+        reason="ValueError: bad batch",
+    )
     assert report.last_failure.detail.exception_type == "ValueError"
     assert report.last_failure.exit_code == 1
 
@@ -332,9 +350,10 @@ def test_a_rank_dying_before_the_start_is_reported_for_the_open_generation() -> 
     sim = PodSim()
     sim.launch()  # ready, not started
     effects = sim.kill(2)
-    assert kinds(effects) == [
-        ("failure", pb.PolicyFailure(generation=0, rank=2, signature="SIGKILL", step=0))
-    ]
+    [(kind, failure)] = kinds(effects)
+    assert kind == "failure" and isinstance(failure, pb.PolicyFailure)
+    where = (failure.generation, failure.rank, failure.signature, failure.step)
+    assert where == (0, 2, "SIGKILL", 0)
     assert rank_spawns(effects) == [2]
 
 
@@ -672,7 +691,9 @@ def test_two_pods_and_a_leader_form_recover_one_rank_and_finish() -> None:
     # ---------------------------------------- SIGKILL of rank 3 on node 1
     c.pod(1, c.pods[1].kill(3))
     log = c.take_log()
-    assert c.leader.history == [Failure(0, 3, "SIGKILL", 7)]
+    # With the pod's classification, through the wire.
+    transient = ("transient", Action.RESTART_IN_PLACE, "killed by SIGKILL from outside")
+    assert c.leader.history == [Failure(0, 3, "SIGKILL", 7, *transient)]
     # Both pods abort their survivors, in place.
     assert set(aborts(log[0])) == {before[0], before[1]}
     assert set(aborts(log[1])) == {before[2]}
@@ -729,3 +750,59 @@ def test_ranks_ready_before_the_job_forms_still_start(bootstrapped: bool) -> Non
     c.pod(1, c.pods[1].job.attach_launcher())
     assert c.phase() is Phase.RUNNING
     assert all(pod.job.started for pod in c.pods.values())
+
+
+# ------------------------------------------------ classified failures decide
+XID = "NVRM: Xid (PCI:0000:3b:00): 79, GPU has fallen off the bus\n"
+
+
+def formed_cluster() -> Cluster:
+    c = Cluster()
+    for node in (0, 1):
+        c.join(node)
+        c.pod(node, c.pods[node].job.attach_launcher())
+    assert c.phase() is Phase.RUNNING
+    c.take_log()
+    return c
+
+
+def test_a_hardware_fault_ends_the_pod_with_replace_and_tells_the_leader_nothing() -> None:
+    c = formed_cluster()
+    pod = c.pods[1]
+    survivor = pod.pid(2)
+    c.pod(1, pod.job.process_exited(pod.pid(3), 1, 0, XID, c.now))
+    log = c.take_log()
+    [shutdown] = shutdowns(log[1])
+    assert shutdown.exit_code == exit_codes.REPLACE_POD
+    assert "hardware fault on rank 3: output: 'Xid (PCI:0000:3b:00): 79'" in shutdown.report
+    assert set(exits(log[1])) == {survivor}
+    assert reports(log[1]) == [] and pod.job.over
+    assert pod.job.failures[-1].failure_class == "hardware"
+    # The leader heard nothing; when the pod's sidecar goes too, its stream breaks:
+    # a lost pod, one restart, and the job waits for the replacement.
+    assert c.phase() is Phase.RUNNING and c.leader.history == []
+    c.deliver(c.leader.pod_lost(1, c.now))
+    assert (c.phase(), c.leader.generation, c.leader.view(c.now).missing) == (Phase.OPEN, 1, (1,))
+    c.pods[1] = PodSim(node_rank=1, first_pid=5000)
+    c.join(1)
+    c.pod(1, c.pods[1].job.attach_launcher())
+    assert c.phase() is Phase.RUNNING and c.leader.generation == 1
+
+
+def test_out_of_memory_again_on_one_rank_gives_the_job_up_through_the_leader() -> None:
+    c = formed_cluster()
+    for attempt in range(3):
+        for pod in c.pods.values():
+            pod.step_all(attempt + 1)
+        pod = c.pods[1]
+        c.pod(1, pod.job.process_exited(pod.pid(3), 0, signal.SIGKILL, "", c.now, oom_kills=1))
+        failure = c.leader.history[-1]
+        assert (failure.rank, failure.failure_class) == (3, "out_of_memory")
+    assert failure.action is Action.STOP_JOB
+    end = c.leader.end
+    assert end is not None and end.exit_code == exit_codes.GAVE_UP
+    assert end.report.startswith("job given up: rank 3: out of memory 3 times on this rank")
+    assert "class: out_of_memory" in end.report and "node: 1" in end.report
+    assert c.leader.restart_count == 2
+    for pod in c.pods.values():
+        assert pod.job.state == pb.JobState.JOB_STATE_FAILED

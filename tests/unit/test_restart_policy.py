@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from supervisor.classify import Action as ClassAction
 from supervisor.restart_policy import Action, Failure, RestartPolicy, decide, is_crash_loop
 
 SIG = "ValueError: bad batch @ train.py:42"
@@ -128,3 +131,47 @@ def test_crash_loop_reason_names_the_newest_failure() -> None:
     decision = decide(RestartPolicy(max_restarts=10), history, restart_count=2)
     assert decision.action is Action.GIVE_UP_CRASH_LOOP
     assert "rank 2" in decision.reason
+
+
+# ------------------------------------------------- the failure's class decides
+def classified(action: ClassAction, *steps: int, reason: str = "evidence") -> list[Failure]:
+    """Failures as `failures` makes them, the newest classified with `action`."""
+    history = failures(*steps, signature="SIGKILL", rank=1)
+    history[-1] = dataclasses.replace(
+        history[-1], failure_class="some_class", action=action, reason=reason
+    )
+    return history
+
+
+@pytest.mark.parametrize(
+    ("history", "restart_count", "expected"),
+    [
+        # The class says stop: before the crash loop and the budget, with its own reason.
+        (classified(ClassAction.STOP_JOB, 1), 0, Action.GIVE_UP_CLASSIFIED),
+        (classified(ClassAction.STOP_JOB, 5, 5, 5), 2, Action.GIVE_UP_CLASSIFIED),
+        (classified(ClassAction.STOP_JOB, 1), 9, Action.GIVE_UP_CLASSIFIED),
+        # The class says replace the pod: with or without budget ...
+        (classified(ClassAction.REPLACE_POD, 1), 0, Action.REPLACE_POD),
+        (classified(ClassAction.REPLACE_POD, 1, 2), 9, Action.REPLACE_POD),
+        # ... but a crash loop is the script's, not the node's.
+        (classified(ClassAction.REPLACE_POD, 5, 5, 5), 2, Action.GIVE_UP_CRASH_LOOP),
+        # A class that calls for a restart leaves it to the budget and the loop rule.
+        (classified(ClassAction.RESTART_IN_PLACE, 1), 0, Action.RESTART),
+        (classified(ClassAction.KILL_AND_RESTART, 1), 9, Action.GIVE_UP_BUDGET),
+        (classified(ClassAction.RESTART_IN_PLACE, 5, 5, 5), 2, Action.GIVE_UP_CRASH_LOOP),
+    ],
+)
+def test_the_class_takes_part_in_the_decision(
+    history: list[Failure], restart_count: int, expected: Action
+) -> None:
+    policy = RestartPolicy(max_restarts=9, crash_loop_threshold=3)
+    assert decide(policy, history, restart_count).action is expected
+
+
+def test_a_classified_decision_names_the_rank_and_the_evidence() -> None:
+    policy = RestartPolicy(max_restarts=9)
+    why = "out of memory 3 times on this rank (last: the kernel OOM killer)"
+    stop = decide(policy, classified(ClassAction.STOP_JOB, 1, reason=why), 0)
+    assert stop.reason == f"rank 1: {why}"
+    replace = decide(policy, classified(ClassAction.REPLACE_POD, 1, reason="output: 'Xid 79'"), 0)
+    assert replace.reason == "some_class fault on rank 1: output: 'Xid 79'"

@@ -138,7 +138,7 @@ def test_table_names_every_rank_pid_step_and_the_last_failure() -> None:
     assert "rank 1" in last and "pid 501" in last and "generation 0" in last
     assert "step 77" in last
     assert "ZeroDivisionError division by zero" in last
-    assert last.endswith("-> restart")
+    assert last.endswith("(user_bug) -> restart")
 
 
 def test_table_without_failures_or_spares() -> None:

@@ -39,8 +39,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--raise-rank", type=int, default=1)
     p.add_argument("--hang-rank", type=int, default=-1, help="this rank sleeps, uninterruptibly")
     p.add_argument("--hang-at-step", type=int, default=-1)
+    p.add_argument("--hang-once", action="store_true", help="hang in the first generation only")
     p.add_argument("--kill-self-rank", type=int, default=-1, help="SIGKILLs itself, first run only")
     p.add_argument("--kill-self-at-step", type=int, default=-1)
+    p.add_argument("--slow-rank", type=int, default=-1, help="a straggler: its data comes late")
+    p.add_argument("--slow-from-step", type=int, default=0)
+    p.add_argument("--slow-extra-s", type=float, default=0.0, help="the straggler's extra per step")
     p.add_argument("--snapshot", action="store_true", help="save every step with the worker API")
     p.add_argument("--trace-state", action="store_true", help="log a hash of the state per step")
     p.add_argument("--dump-env", default="", help="write each rank's environment here and exit")
@@ -145,9 +149,14 @@ def main() -> None:
         if first_run and rank == args.kill_self_rank and step == args.kill_self_at_step:
             print(f"rank {rank} (pid {os.getpid()}): SIGKILL to myself at step {step}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
-        if rank == args.hang_rank and step == args.hang_at_step:
+        hangs = first_run or not args.hang_once
+        if hangs and rank == args.hang_rank and step == args.hang_at_step:
             log.write("hanging", step=step)
             time.sleep(3600)  # a C-level sleep: the unwind cannot interrupt it
+        if rank == args.slow_rank and step >= args.slow_from_step:
+            if step == args.slow_from_step:
+                log.write("slow", step=step)
+            time.sleep(args.slow_extra_s)
         gen = torch.Generator().manual_seed(step * world + rank)
         batch = torch.randn(args.batch, args.hidden, generator=gen)
         loss = model(batch).pow(2).mean()

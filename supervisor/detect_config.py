@@ -1,0 +1,91 @@
+"""Detection settings: SUPERVISOR_HANG_*, the pod metrics window, anomaly scoring (pure).
+
+Read by `train-supervisor serve` and by `train-launch --standalone`, whose
+embedded supervisor detects the same way. Environment only, no flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Optional
+
+from supervisor.anomaly import AnomalySettings
+from supervisor.env_values import Source, bad_value, boolean, integer, number, seconds
+from supervisor.hang import HangSettings
+
+_HANG = HangSettings()
+_ANOMALY = AnomalySettings()
+SAMPLE_S = 5.0
+
+# (name, help), as OFFLOAD_VARIABLES.
+DETECT_VARIABLES = (
+    ("SUPERVISOR_HANG_FLOOR_S", f"no rank is hung sooner, seconds (default {_HANG.floor_s:g})"),
+    (
+        "SUPERVISOR_HANG_FACTOR",
+        f"hung after this many median step times without a step (default {_HANG.factor:g})",
+    ),
+    (
+        "SUPERVISOR_HANG_STARTUP_S",
+        f"allowance before a rank's first step, seconds (default {_HANG.startup_s:g})",
+    ),
+    ("SUPERVISOR_HANG_STACKS", "1: name the hung rank from py-spy stacks too (default 1)"),
+    ("SUPERVISOR_SAMPLE_S", f"pod metrics window, seconds (default {SAMPLE_S:g})"),
+    (
+        "SUPERVISOR_ANOMALY_Z",
+        f"robust z-score beyond which a pod stands out (default {_ANOMALY.z_threshold:g})",
+    ),
+    (
+        "SUPERVISOR_ANOMALY_WINDOWS",
+        f"consecutive windows a pod must stand out in (default {_ANOMALY.windows})",
+    ),
+    (
+        "SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN",
+        "ask a straggler pod this many times slower to leave (default 0: never)",
+    ),
+    (
+        "SUPERVISOR_STRAGGLER_REPLACE_AFTER_S",
+        f"... once that slow for this long, seconds (default {_ANOMALY.replace_after_s:g})",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    hang: HangSettings = field(default_factory=HangSettings)
+    hang_stacks: bool = True  # py-spy dumps when process state and CPU name no culprit
+    sample_s: float = SAMPLE_S  # the pod metrics window (supervisor/pod_health.py)
+    anomaly: AnomalySettings = field(default_factory=AnomalySettings)
+
+
+def parse_detect(
+    env: Mapping[str, str], overrides: Optional[Mapping[str, str]] = None
+) -> DetectConfig:
+    src = Source(env, overrides or {}, {})
+    factor = number(src, "SUPERVISOR_HANG_FACTOR", _HANG.factor, "step times", False)
+    found = src.get("SUPERVISOR_HANG_FACTOR")
+    if found is not None and factor < 1:  # under one step time, ranks are hung mid-step
+        raise bad_value(*found, "must be a number >= 1 (of median step times)")
+    hang = HangSettings(
+        floor_s=seconds(src, "SUPERVISOR_HANG_FLOOR_S", _HANG.floor_s, False),
+        factor=factor,
+        startup_s=seconds(src, "SUPERVISOR_HANG_STARTUP_S", _HANG.startup_s, False),
+    )
+    slowdown = number(src, "SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN", 0.0, "times", True)
+    found = src.get("SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN")
+    if found is not None and 0 < slowdown <= 1:  # 1x is every pod
+        raise bad_value(*found, "must be 0 (never) or a slowdown > 1")
+    anomaly = AnomalySettings(
+        z_threshold=number(src, "SUPERVISOR_ANOMALY_Z", _ANOMALY.z_threshold, "z", False),
+        windows=integer(src, "SUPERVISOR_ANOMALY_WINDOWS", _ANOMALY.windows, 1, 1000),
+        replace_slowdown=slowdown,
+        replace_after_s=seconds(
+            src, "SUPERVISOR_STRAGGLER_REPLACE_AFTER_S", _ANOMALY.replace_after_s, True
+        ),
+    )
+    return DetectConfig(
+        hang=hang,
+        hang_stacks=boolean(src, "SUPERVISOR_HANG_STACKS", True),
+        sample_s=seconds(src, "SUPERVISOR_SAMPLE_S", SAMPLE_S, False),
+        anomaly=anomaly,
+    )

@@ -1,0 +1,90 @@
+"""From what a pod knows of a rank's death to supervisor/classify.py's Evidence, and back.
+
+The history rules of the classification need memory: how often this rank
+failed with the same class (out of memory again and again stops the job) and
+how many faults nothing explained on this pod (again and again: its hardware).
+FailureMemory keeps exactly that. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from supervisor import restart_policy
+from supervisor.classify import (
+    HUNG_SIGNATURE,
+    Classification,
+    Evidence,
+    FailureClass,
+    GpuHealth,
+    classify,
+)
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+NO_GPU = GpuHealth()  # frozen: what a pod without a GPU probe knows
+
+
+def evidence_of(
+    record: pb.FailureRecord,
+    output_tail: str,
+    oom_kills: int,
+    same_class_before: int = 0,
+    pod_unexplained_before: int = 0,
+    gpu: GpuHealth = NO_GPU,
+) -> Evidence:
+    """Everything known of one death: the record (exit, error file), the output, the cgroup."""
+    detail = record.detail
+    return Evidence(
+        exit_code=record.exit_code,
+        signum=record.signal,
+        exception_type=detail.exception_type,
+        message=detail.message,
+        output_tail=output_tail,
+        oom_kills=oom_kills,
+        killed_as_hung=detail.signature == HUNG_SIGNATURE,
+        gpu=gpu,
+        same_class_before=same_class_before,
+        pod_unexplained_before=pod_unexplained_before,
+    )
+
+
+@dataclass
+class FailureMemory:
+    """This pod's earlier classified failures, as the history rules count them."""
+
+    by_rank: dict[int, collections.Counter[FailureClass]] = field(default_factory=dict)
+    unexplained: int = 0
+
+    def judge(
+        self,
+        record: pb.FailureRecord,
+        output_tail: str,
+        oom_kills: int,
+        gpu: GpuHealth = NO_GPU,
+    ) -> Classification:
+        """Classify the failure in `record`, store its class and reason there, remember it."""
+        # The class decides which earlier failures count: find it first without history.
+        kind = classify(evidence_of(record, output_tail, oom_kills, gpu=gpu)).kind
+        seen = self.by_rank.setdefault(record.rank, collections.Counter())
+        found = classify(
+            evidence_of(record, output_tail, oom_kills, seen[kind], self.unexplained, gpu)
+        )
+        seen[found.kind] += 1
+        if not found.explained:
+            self.unexplained += 1
+        record.failure_class, record.reason = found.kind.value, found.reason
+        return found
+
+
+def policy_failure(record: pb.FailureRecord, found: Classification) -> restart_policy.Failure:
+    """The failure as the restart policy (and the leader) sees it: where, what, which class."""
+    return restart_policy.Failure(
+        record.generation,
+        record.rank,
+        record.detail.signature,
+        record.step,
+        failure_class=found.kind.value,
+        action=found.action,
+        reason=found.reason,
+    )

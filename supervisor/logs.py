@@ -1,0 +1,48 @@
+"""The supervisor's JSON log lines (SUPERVISOR_LOG_FORMAT=json, supervisor/outputs_config.py).
+
+One object per line: time, level, logger, message, and for job events
+kind/seq/node_rank, for log pipelines that index fields instead of parsing
+text. `use_log_format` sets the root handlers' formatter, which is global by
+nature (Python's logging is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+# A job event's fields, passed as `extra=` by Supervisor._log_new_events.
+EVENT_FIELDS = ("kind", "seq", "node_rank")
+
+
+def iso_utc(time_unix: float) -> str:
+    """2026-11-23T18:00:01.123Z"""
+    moment = datetime.fromtimestamp(time_unix, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": iso_utc(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in EVENT_FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def use_log_format(name: str) -> None:
+    """json: every root handler writes JsonFormatter lines; text: leave them as they are."""
+    if name == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())

@@ -1,0 +1,45 @@
+"""What the supervisor puts out besides gRPC: SUPERVISOR_METRICS_PORT, SUPERVISOR_LOG_FORMAT (pure).
+
+Read by `train-supervisor serve` (where --metrics-port/--log-format override
+them) and by `train-launch --standalone`, whose embedded supervisor serves
+/metrics and logs the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from supervisor.env_values import Source, bad_value, integer
+
+METRICS_PORT_ENV = "SUPERVISOR_METRICS_PORT"
+LOG_FORMAT_ENV = "SUPERVISOR_LOG_FORMAT"
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    metrics_port: int = 0  # 0: no /metrics (many supervisors may share a host)
+    log_format: str = "text"
+
+
+def _log_format(src: Source) -> str:
+    found = src.get(LOG_FORMAT_ENV)
+    if found is None:
+        return "text"
+    label, value = found
+    if value.strip().lower() not in LOG_FORMATS:
+        raise bad_value(label, value, "must be text or json")
+    return value.strip().lower()
+
+
+def parse_outputs(src: Source) -> OutputsConfig:
+    return OutputsConfig(
+        metrics_port=integer(src, METRICS_PORT_ENV, 0, 0, 65535),
+        log_format=_log_format(src),
+    )
+
+
+def outputs_from_env(env: Mapping[str, str]) -> OutputsConfig:
+    """For train-launch --standalone: the environment only, no flags."""
+    return parse_outputs(Source(env, {}, {}))

@@ -1,0 +1,72 @@
+"""supervisor/detect_config.py: SUPERVISOR_HANG_* values, and one clear line for a bad one."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.anomaly import AnomalySettings
+from supervisor.config import unknown_variables
+from supervisor.detect_config import DETECT_VARIABLES, DetectConfig, parse_detect
+from supervisor.env_values import ConfigError
+from supervisor.hang import HangSettings
+
+
+def test_defaults() -> None:
+    assert parse_detect({}) == DetectConfig(HangSettings(10.0, 5.0, 300.0), hang_stacks=True)
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        "SUPERVISOR_HANG_FLOOR_S": "3",
+        "SUPERVISOR_HANG_FACTOR": "2.5",
+        "SUPERVISOR_HANG_STARTUP_S": "60",
+        "SUPERVISOR_HANG_STACKS": "0",
+        "SUPERVISOR_SAMPLE_S": "2",
+        "SUPERVISOR_ANOMALY_Z": "5",
+        "SUPERVISOR_ANOMALY_WINDOWS": "4",
+        "SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN": "1.5",
+        "SUPERVISOR_STRAGGLER_REPLACE_AFTER_S": "120",
+    }
+    anomaly = AnomalySettings(
+        z_threshold=5.0, windows=4, replace_slowdown=1.5, replace_after_s=120.0
+    )
+    assert parse_detect(env) == DetectConfig(
+        HangSettings(3.0, 2.5, 60.0), hang_stacks=False, sample_s=2.0, anomaly=anomaly
+    )
+    assert {name for name, _ in DETECT_VARIABLES} == set(env)
+
+
+def test_empty_values_count_as_unset() -> None:
+    assert parse_detect({"SUPERVISOR_HANG_FLOOR_S": "", "SUPERVISOR_HANG_STACKS": ""}) == (
+        DetectConfig()
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("SUPERVISOR_HANG_FLOOR_S", "0", "seconds > 0"),
+        ("SUPERVISOR_HANG_FLOOR_S", "ten", "seconds > 0"),
+        ("SUPERVISOR_HANG_FLOOR_S", "inf", "seconds > 0"),
+        ("SUPERVISOR_HANG_STARTUP_S", "-5", "seconds > 0"),
+        ("SUPERVISOR_HANG_FACTOR", "0.5", ">= 1"),
+        ("SUPERVISOR_HANG_FACTOR", "nan", "step times > 0"),
+        ("SUPERVISOR_HANG_STACKS", "yes", "must be 0 or 1"),
+        ("SUPERVISOR_SAMPLE_S", "0", "seconds > 0"),
+        ("SUPERVISOR_ANOMALY_Z", "-1", "z > 0"),
+        ("SUPERVISOR_ANOMALY_WINDOWS", "0", "1"),
+        ("SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN", "1", "slowdown > 1"),
+        ("SUPERVISOR_STRAGGLER_REPLACE_AFTER_S", "-3", "seconds >= 0"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_detect({name: value})
+    message = str(caught.value)
+    assert message.startswith(f"{name}={value!r}: ") and problem in message
+    assert "\n" not in message
+
+
+def test_detection_variables_are_not_reported_as_unknown() -> None:
+    env = {name: "1" for name, _ in DETECT_VARIABLES}
+    assert unknown_variables({**env, "SUPERVISOR_HANG_FLOR_S": "3"}) == ["SUPERVISOR_HANG_FLOR_S"]
