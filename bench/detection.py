@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,15 +97,31 @@ def first_event(events: Path, kind: str, timeout: float, job: RunningJob) -> dic
     return next(e for e in read_events(events) if e["event"] == kind)
 
 
+def status_or_error(pods: Pods) -> dict[str, Any]:
+    try:
+        return pods.status(0)
+    except subprocess.CalledProcessError as err:
+        return {"status_error": f"exit {err.returncode}: {err.stderr.strip()}"}
+
+
 # ------------------------------------------------------------------ scenarios
-def hang_sigstop(work: Path) -> Run:
+def signal_rank(work: Path, nproc: int, rank: int, signum: int, expected: str, name: str) -> Run:
+    """A signal from outside to one rank of a stepping standalone job."""
     events = work / "events"
-    job = standalone(4, ["--steps", "300", *STEPPING, "--events", str(events)])
-    job.wait_for(lambda: max_step(read_events(events), 2) >= 10, 180, "rank 2 to step")
-    os.kill(pids_by_rank(read_events(events), 0)[2], signal.SIGSTOP)
-    injected = Injected("hung", 2, time.time())
+    job = standalone(nproc, ["--steps", "300", *STEPPING, "--events", str(events)])
+    job.wait_for(lambda: max_step(read_events(events), rank) >= 10, 180, f"rank {rank} to step")
+    os.kill(pids_by_rank(read_events(events), 0)[rank], signum)
+    injected = Injected(expected, rank, time.time())
     finish(job, 120)
-    return Run("hang_sigstop", injected, detections_from(events_in(job.stderr)))
+    return Run(name, injected, detections_from(events_in(job.stderr)))
+
+
+def hang_sigstop(work: Path) -> Run:
+    return signal_rank(work, 4, 2, signal.SIGSTOP, "hung", "hang_sigstop")
+
+
+def transient(work: Path) -> Run:
+    return signal_rank(work, 2, 1, signal.SIGKILL, "transient", "transient")
 
 
 def hang_sleep(work: Path) -> Run:
@@ -126,7 +143,8 @@ def straggler(work: Path) -> Run:
                               "--slow-rank", "2", "--slow-from-step", "60", "--slow-extra-s",
                               "0.15"])  # fmt: skip
         slow = first_event(events, "slow", 180, pods.launchers[0])
-        wait_until(lambda: bool(pods.status(0).get("findings")), 90, "a finding")
+        finding = '"kind": "finding"'  # the leader's event, in its JSON log
+        wait_until(lambda: finding in pods.sidecars[0].stderr, 90, "a finding")
     except AssertionError:
         pass  # scored as a miss
     finally:
@@ -140,13 +158,12 @@ def oom(work: Path) -> Run:
 
     pid_dir = work / "pids"
     pid_dir.mkdir()
-    script = [str(MEMORY_HOG), "--pid-dir", str(pid_dir), "--hog-rank", "1", "--idle-s", "60"]
-    argv = [sys.executable, "-m", "launcher.main", "--supervisor-port", "0", "--standalone",
-            "--nproc-per-node", "2", "--max-restarts", "3", "--warm-spares", "0",
-            *script]  # fmt: skip
+    script = ["--pid-dir", str(pid_dir), "--hog-rank", "1", "--idle-s", "60"]
+    flags = ["--standalone", "--nproc-per-node", "2", "--max-restarts", "3", "--warm-spares", "0"]
     # Room for the launcher and an idle rank (torch imported): the hog is the one to go.
     with memory_cgroup(512 << 20) as group:
-        job = RunningJob(group.command(argv), job_env(**JSON_LOGS))
+        prefix = group.command([])
+        job = train_launch(flags, script, job_env(**JSON_LOGS), script=MEMORY_HOG, prefix=prefix)
         job.wait_for((pid_dir / "gen0_rank1").exists, 120, "rank 1 to start")
         injected = Injected("out_of_memory", 1, (pid_dir / "gen0_rank1").stat().st_mtime)
         with contextlib.suppress(AssertionError):  # no failure in time: scored as a miss
@@ -167,16 +184,6 @@ def user_bug(work: Path) -> Run:
     job.kill_tree()
     finish(job, 30)
     return Run("user_bug", injected, detections_from(events_in(job.stderr)))
-
-
-def transient(work: Path) -> Run:
-    events = work / "events"
-    job = standalone(2, ["--steps", "300", *STEPPING, "--events", str(events)])
-    job.wait_for(lambda: max_step(read_events(events), 1) >= 10, 180, "step 10")
-    os.kill(pids_by_rank(read_events(events), 0)[1], signal.SIGKILL)
-    injected = Injected("transient", 1, time.time())
-    finish(job, 120)
-    return Run("transient", injected, detections_from(events_in(job.stderr)))
 
 
 def lost_peer(work: Path) -> Run:
@@ -222,7 +229,7 @@ def clean(work: Path, minutes: float) -> Run:
             "sidecar_cpu_share_max": max(shares),
             "sidecar_cpu_share_mean": sum(shares) / len(shares),
             "sidecar_rss_max_bytes": rss_max,
-            "findings_at_end": pods.status(0).get("findings", []),
+            "findings_at_end": status_or_error(pods).get("findings", []),
         }
     finally:
         pods.stop()

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# Coalesce: one heartbeat RPC per interval at most, whatever the step rate.
-MIN_INTERVAL_S = 0.05
+# Coalesce: one heartbeat RPC per interval at most, whatever the step rate (each
+# costs the supervisor ~1 ms of CPU; the hang threshold's floor is 10 s).
+MIN_INTERVAL_S = 0.2
 
 SendHeartbeat = Callable[[int, int, float, float], None]  # generation, step, step time, compute
 
@@ -44,9 +45,11 @@ class StepCounter:
     def on_step(self, *_: Any) -> None:
         now = time.monotonic()
         with self._cond:
+            # The first step of a generation is timed from its start: set-up, not a step.
+            first = self._step == 0
             self._step += 1
-            self._step_time = now - self._last_step_at
-            forward_seen = self._forward_end > self._last_step_at
+            self._step_time = 0.0 if first else now - self._last_step_at
+            forward_seen = self._forward_end > self._last_step_at and not first
             self._compute = self._forward_end - self._last_step_at if forward_seen else 0.0
             self._last_step_at = now
             self._forward_depth = 0  # a forward that raised never returned: start clean

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -123,19 +123,15 @@ class RunningJob:
 
 
 def train_launch(
-    args: list[str], script_args: list[str], env: Optional[dict[str, str]] = None
+    args: list[str],
+    script_args: list[str],
+    env: Optional[dict[str, str]] = None,
+    script: Path = TOY_DDP,
+    prefix: Sequence[str] = (),
 ) -> RunningJob:
-    argv = [
-        sys.executable,
-        "-m",
-        "launcher.main",
-        "--supervisor-port",
-        "0",
-        *args,
-        str(TOY_DDP),
-        *script_args,
-    ]
-    return RunningJob(argv, env)
+    """`train-launch ARGS SCRIPT SCRIPT_ARGS`; `prefix` runs it under another command."""
+    argv = [sys.executable, "-m", "launcher.main", "--supervisor-port", "0", *args]
+    return RunningJob([*prefix, *argv, str(script), *script_args], env)
 
 
 def torchrun(

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cgroups import MemoryCgroup, NoMemoryCgroup
 from cgroups import memory_cgroup as make_memory_cgroup
-from jobs import REPO, RunningJob, job_env, wait_until
+from jobs import REPO, RunningJob, job_env, train_launch, wait_until
 
 from train_supervisor import exit_codes
 
@@ -35,29 +34,11 @@ def launch(
     """train-launch --standalone, 2 ranks, no spare (its torch import would not fit the limit)."""
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir(exist_ok=True)
-    argv = [
-        *prefix,
-        sys.executable,
-        "-m",
-        "launcher.main",
-        "--supervisor-port",
-        "0",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "--max-restarts",
-        str(max_restarts),
-        "--warm-spares",
-        "0",
-        "--failure-settle",
-        "0.2",
-        str(MEMORY_HOG),
-        "--pid-dir",
-        str(pid_dir),
-        *script_args,
-    ]
-    termination_log = str(tmp_path / "termination-log")
-    return RunningJob(argv, job_env(TRAIN_LAUNCH_TERMINATION_LOG=termination_log))
+    flags = ["--standalone", "--nproc-per-node", "2", "--max-restarts", str(max_restarts),
+             "--warm-spares", "0", "--failure-settle", "0.2"]  # fmt: skip
+    env = job_env(TRAIN_LAUNCH_TERMINATION_LOG=str(tmp_path / "termination-log"))
+    script = ["--pid-dir", str(pid_dir), *script_args]
+    return train_launch(flags, script, env, script=MEMORY_HOG, prefix=prefix)
 
 
 def pid_of(tmp_path: Path, generation: int, rank: int) -> int:
