@@ -14,6 +14,10 @@ from typing import NoReturn, Optional
 
 from train_supervisor.arena import snapshot_directory
 
+# The default of --supervisor-address (the pod's sidecar, on loopback).
+SUPERVISOR_ADDRESS_ENV = "SUPERVISOR_ADDRESS"
+DEFAULT_SUPERVISOR_ADDRESS = "127.0.0.1:29400"
+
 
 class UsageError(Exception):
     """A bad flag or value; the message is the whole explanation."""
@@ -130,7 +134,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "seconds between supervisor deadline checks",
     )
     flag(["--standalone"], "standalone", "single node with an embedded supervisor")
-    opt(["--rdzv-id", "--rdzv_id", "--run-id", "--run_id"], "rdzv_id", None, "job id")
+    opt(
+        ["--rdzv-id", "--rdzv_id", "--run-id", "--run_id"],
+        "rdzv_id",
+        None,
+        "job id (unset: a random UUID with --standalone, else none)",
+    )
     opt(["--role"], "role", "default", "worker role name")
     opt(["--log-dir", "--log_dir"], "log_dir", None, "directory for worker logs")
     opt(["-r", "--redirects"], "redirects", "0", "redirect worker std streams to files")
@@ -177,7 +186,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     opt(
         ["--supervisor-address"],
         "supervisor_address",
-        env.get("SUPERVISOR_ADDRESS", "127.0.0.1:29400"),
+        env.get(SUPERVISOR_ADDRESS_ENV, DEFAULT_SUPERVISOR_ADDRESS),
         "host:port of the pod's train-supervisor sidecar (without --standalone)",
     )
     opt(
@@ -196,7 +205,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             help=argparse.SUPPRESS,
         )
     p.add_argument("training_script", help="script, module or executable to run")
-    p.add_argument("training_script_args", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "training_script_args", nargs=argparse.REMAINDER, help="arguments for the training script"
+    )
     return p
 
 

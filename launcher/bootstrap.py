@@ -117,9 +117,7 @@ class Worker:
         self.unwound = False  # the supervisor knows this generation is over for us
         self.steps = StepCounter(self._send_heartbeat)
 
-    def _send_heartbeat(
-        self, generation: int, step: int, step_time: float, compute: float
-    ) -> None:
+    def _send_heartbeat(self, generation: int, step: int, step_time: float, compute: float) -> None:
         self.stub.Heartbeat(
             pb.HeartbeatRequest(
                 pid=self.pid,

@@ -15,7 +15,7 @@ from typing import Any
 
 # Coalesce: one heartbeat RPC per interval at most, whatever the step rate (each
 # costs the supervisor ~1 ms of CPU; the hang threshold's floor is 10 s).
-MIN_INTERVAL_S = 0.2
+MIN_INTERVAL_S = 0.5
 
 SendHeartbeat = Callable[[int, int, float, float], None]  # generation, step, step time, compute
 

@@ -16,8 +16,6 @@ import grpc
 from google.protobuf import json_format
 
 from supervisor.config import (
-    DEFAULT_PORT,
-    VARIABLES,
     SidecarConfig,
     join_host_port,
     parse_config,
@@ -37,6 +35,7 @@ from supervisor.peers import LeaderHub, PeerServicer
 from supervisor.replica import ReplicaServicer
 from supervisor.server import start_server
 from supervisor.service import Supervisor, SupervisorSettings
+from supervisor.sidecar_variables import DEFAULT_PORT, VARIABLES
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.termination import record_ending
@@ -289,7 +288,9 @@ def _probe() -> None:
     print(json.dumps(reports, indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(env: Optional[Mapping[str, str]] = None) -> argparse.ArgumentParser:
+    """`env` (default os.environ) sets the client's default address; docs pass {}."""
+    env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog="train-supervisor")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -299,19 +300,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for variable in VARIABLES:
         if variable.flag:
-            serve.add_argument(variable.flag, help=f"{variable.help} [${variable.name}]")
+            default = f" (default {variable.default})" if variable.default else ""
+            serve.add_argument(variable.flag, help=f"{variable.help}{default} [${variable.name}]")
     status_cmd = commands.add_parser("status", help="show the job's ranks, steps and failures")
     commands.add_parser("probe", help="print what the accelerator health probes read (JSON)")
     default_address = DEFAULT_ADDRESS
-    if os.environ.get("SUPERVISOR_PORT", "").isdigit():  # inside the sidecar's container
-        default_address = f"127.0.0.1:{os.environ['SUPERVISOR_PORT']}"
+    if env.get("SUPERVISOR_PORT", "").isdigit():  # inside the sidecar's container
+        default_address = f"127.0.0.1:{env['SUPERVISOR_PORT']}"
     status_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     for client in (status_cmd, add_events_command(commands)):
-        client.add_argument("--address", default=default_address, help="supervisor host:port")
+        client.add_argument(
+            "--address",
+            default=default_address,
+            help="supervisor host:port (127.0.0.1:$SUPERVISOR_PORT where that is set)",
+        )
         client.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
         client.add_argument("--token", help=f"job token (default ${TOKEN_ENV})")
-        client.add_argument("--token-file", help="file holding the job token")
-        client.add_argument("--tls-ca", help="PEM CA of the supervisor's certificate: use TLS")
+        client.add_argument(
+            "--token-file", help="file holding the job token (default $SUPERVISOR_TOKEN_FILE)"
+        )
+        client.add_argument(
+            "--tls-ca",
+            help="PEM CA of the supervisor's certificate: use TLS (default $SUPERVISOR_TLS_CA)",
+        )
         client.add_argument("--server-name", help="name the TLS certificate must carry")
     return parser
 

@@ -26,57 +26,15 @@ from supervisor.env_values import (
 )
 from supervisor.offload_config import OFFLOAD_VARIABLES, OffloadConfig, parse_offload
 from supervisor.outputs_config import OutputsConfig, parse_outputs
-
-PREFIX = "SUPERVISOR_"
-DEFAULT_PORT = 29400
-MIN_TOKEN_LENGTH = 16
-# Kubernetes sets this in the pods of an Indexed Job.
-JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"
-
-
-@dataclass(frozen=True)
-class Variable:
-    name: str
-    flag: str
-    help: str
-
-
-VARIABLES = (
-    Variable("SUPERVISOR_NNODES", "--nnodes", "number of pods in the job (default 1)"),
-    Variable("SUPERVISOR_NODE_RANK", "--node-rank", f"this pod's index (default ${JOB_INDEX_ENV})"),
-    Variable("SUPERVISOR_PEER_ADDRESS_TEMPLATE", "--peer-address-template", "e.g. pod-{index}:1"),
-    Variable("SUPERVISOR_PEERS", "--peers", "peer supervisors as a comma list of host:port"),
-    Variable("SUPERVISOR_PORT", "--port", f"gRPC port (default {DEFAULT_PORT}; 0: any free)"),
-    Variable("SUPERVISOR_BIND", "--bind", "address to listen on (default 0.0.0.0)"),
-    # No --token flag: a token on the command line shows in `ps`.
-    Variable("SUPERVISOR_TOKEN", "", "job token (at least 16 characters)"),
-    Variable("SUPERVISOR_TOKEN_FILE", "--token-file", "file holding the job token"),
-    Variable("SUPERVISOR_TLS_CERT", "--tls-cert", "PEM server certificate (chain)"),
-    Variable("SUPERVISOR_TLS_KEY", "--tls-key", "PEM private key of --tls-cert, unencrypted"),
-    Variable("SUPERVISOR_TLS_CA", "--tls-ca", "PEM CA that clients use to verify supervisors"),
-    Variable("SUPERVISOR_HEARTBEAT_TIMEOUT_S", "--heartbeat-timeout", "seconds (default 10)"),
-    Variable("SUPERVISOR_UNWIND_TIMEOUT_S", "--unwind-timeout", "seconds (default 10)"),
-    Variable("SUPERVISOR_FAILURE_SETTLE_S", "--failure-settle", "seconds (default 1.0)"),
-    Variable("SUPERVISOR_CRASH_LOOP_THRESHOLD", "--crash-loop-threshold", "count (default 3)"),
-    Variable("SUPERVISOR_METRICS_PORT", "--metrics-port", "/metrics HTTP port (default 0: off)"),
-    Variable("SUPERVISOR_LOG_FORMAT", "--log-format", "text or json (default text)"),
-    Variable(
-        "SUPERVISOR_TERMINATION_LOG",
-        "--termination-log",
-        "file for why a job ended with 3 or 4 (default /dev/termination-log, if it exists)",
-    ),
+from supervisor.sidecar_variables import (
+    DEFAULT_PORT,
+    FOREIGN_VARIABLES,
+    JOB_INDEX_ENV,
+    MIN_TOKEN_LENGTH,
+    PREFIX,
+    VARIABLES,
 )
-# SUPERVISOR_* names that are someone else's: train-launch's, and what
-# supervisord sets in its children's environment.
-FOREIGN_VARIABLES = frozenset(
-    {
-        "SUPERVISOR_ADDRESS",
-        "SUPERVISOR_ENABLED",
-        "SUPERVISOR_SERVER_URL",
-        "SUPERVISOR_PROCESS_NAME",
-        "SUPERVISOR_GROUP_NAME",
-    }
-)
+
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
@@ -177,8 +135,7 @@ def read_token_file(path: str) -> str:
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """SUPERVISOR_* names that no setting reads (typos, most likely)."""
-    known = {v.name for v in VARIABLES} | {name for name, _ in OFFLOAD_VARIABLES}
-    known |= {name for name, _ in DETECT_VARIABLES}
+    known = {v.name for v in (*VARIABLES, *OFFLOAD_VARIABLES, *DETECT_VARIABLES)}
     known |= FOREIGN_VARIABLES
     return sorted(n for n in env if n.startswith(PREFIX) and n not in known)
 

@@ -11,41 +11,65 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from supervisor.anomaly import AnomalySettings
-from supervisor.env_values import Source, bad_value, boolean, integer, number, seconds
+from supervisor.env_values import Source, Variable, bad_value, boolean, integer, number, seconds
 from supervisor.hang import HangSettings
 
 _HANG = HangSettings()
 _ANOMALY = AnomalySettings()
 SAMPLE_S = 5.0
 
-# (name, help), as OFFLOAD_VARIABLES.
+# Environment only, no flags.
 DETECT_VARIABLES = (
-    ("SUPERVISOR_HANG_FLOOR_S", f"no rank is hung sooner, seconds (default {_HANG.floor_s:g})"),
-    (
+    Variable(
+        "SUPERVISOR_HANG_FLOOR_S", "", "no rank is hung sooner, seconds", f"{_HANG.floor_s:g}"
+    ),
+    Variable(
         "SUPERVISOR_HANG_FACTOR",
-        f"hung after this many median step times without a step (default {_HANG.factor:g})",
+        "",
+        "a rank is hung after max(floor, this many median step times) without a step",
+        f"{_HANG.factor:g}",
     ),
-    (
+    Variable(
         "SUPERVISOR_HANG_STARTUP_S",
-        f"allowance before a rank's first step, seconds (default {_HANG.startup_s:g})",
+        "",
+        "allowance before a rank's first step, seconds",
+        f"{_HANG.startup_s:g}",
     ),
-    ("SUPERVISOR_HANG_STACKS", "1: name the hung rank from py-spy stacks too (default 1)"),
-    ("SUPERVISOR_SAMPLE_S", f"pod metrics window, seconds (default {SAMPLE_S:g})"),
-    (
+    Variable(
+        "SUPERVISOR_HANG_STACKS",
+        "",
+        "1: when process state and CPU name no hung rank, compare the ranks' py-spy stacks",
+        "1",
+    ),
+    Variable(
+        "SUPERVISOR_SAMPLE_S",
+        "",
+        "pod metrics window, seconds: each pod samples its workers this often",
+        f"{SAMPLE_S:g}",
+    ),
+    Variable(
         "SUPERVISOR_ANOMALY_Z",
-        f"robust z-score beyond which a pod stands out (default {_ANOMALY.z_threshold:g})",
+        "",
+        "robust z-score beyond which a pod stands out",
+        f"{_ANOMALY.z_threshold:g}",
     ),
-    (
+    Variable(
         "SUPERVISOR_ANOMALY_WINDOWS",
-        f"consecutive windows a pod must stand out in (default {_ANOMALY.windows})",
+        "",
+        "consecutive windows a pod must stand out in to be reported",
+        f"{_ANOMALY.windows}",
     ),
-    (
+    Variable(
         "SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN",
-        "ask a straggler pod this many times slower to leave (default 0: never)",
+        "",
+        "ask a straggler pod this many times slower than the median to leave, exit 4 (0: never)",
+        "0",
     ),
-    (
+    Variable(
         "SUPERVISOR_STRAGGLER_REPLACE_AFTER_S",
-        f"... once that slow for this long, seconds (default {_ANOMALY.replace_after_s:g})",
+        "",
+        "... once it has been that slow for this long, seconds",
+        f"{_ANOMALY.replace_after_s:g}",
     ),
 )
 

@@ -5,9 +5,25 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Optional
 
 DIGITS = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One setting, as docs/configuration.md lists it (tools/gen_config_doc.py).
+
+    `flag` overrides the variable ("" for none). `default` is the value that acts
+    as leaving the variable unset; "" when unset means something no value does,
+    which `help` then says.
+    """
+
+    name: str
+    flag: str
+    help: str
+    default: str = ""
 
 
 class ConfigError(ValueError):

@@ -14,6 +14,7 @@ from typing import Optional
 from supervisor.env_values import (
     ConfigError,
     Source,
+    Variable,
     bad_value,
     boolean,
     integer,
@@ -23,15 +24,24 @@ from supervisor.env_values import (
 
 MB = 1_000_000
 
-# (name, help): environment only, no flags.
+# Environment only, no flags.
 OFFLOAD_VARIABLES = (
-    ("SUPERVISOR_DURABLE_DIR", "durable directory for persisted steps (a PVC); unset: none"),
-    ("SUPERVISOR_PERSIST_EVERY_STEPS", "persist every K committed steps (default 0: off)"),
-    ("SUPERVISOR_PERSIST_EVERY_S", "persist every T seconds (default 300; 0: off)"),
-    ("SUPERVISOR_PERSIST_KEEP", "persisted steps to keep (default 3)"),
-    ("SUPERVISOR_PERSIST_MAX_MBPS", "persistence bandwidth cap, MB/s (default 0: none)"),
-    ("SUPERVISOR_REPLICATE", "1: keep a replica in the next pod's memory (default 1)"),
-    ("SUPERVISOR_REPLICA_MAX_MBPS", "replication bandwidth cap, MB/s (default 0: none)"),
+    Variable(
+        "SUPERVISOR_DURABLE_DIR",
+        "",
+        "durable directory (a PVC) for persisted steps, an absolute path (unset: no persistence)",
+    ),
+    Variable("SUPERVISOR_PERSIST_EVERY_STEPS", "", "persist every K committed steps (0: off)", "0"),
+    Variable("SUPERVISOR_PERSIST_EVERY_S", "", "persist every T seconds (0: off)", "300"),
+    Variable("SUPERVISOR_PERSIST_KEEP", "", "persisted steps kept; older ones are deleted", "3"),
+    Variable("SUPERVISOR_PERSIST_MAX_MBPS", "", "persistence bandwidth cap, MB/s (0: no cap)", "0"),
+    Variable(
+        "SUPERVISOR_REPLICATE",
+        "",
+        "1: keep a replica of this pod's committed step in the next pod's memory; 0: none",
+        "1",
+    ),
+    Variable("SUPERVISOR_REPLICA_MAX_MBPS", "", "replication bandwidth cap, MB/s (0: no cap)", "0"),
 )
 
 

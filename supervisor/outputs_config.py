@@ -10,11 +10,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from supervisor.env_values import Source, bad_value, integer
+from supervisor.env_values import Source, Variable, bad_value, integer
 
 METRICS_PORT_ENV = "SUPERVISOR_METRICS_PORT"
 LOG_FORMAT_ENV = "SUPERVISOR_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
+# In supervisor/config.py's VARIABLES too: the flags are `serve`'s.
+OUTPUTS_VARIABLES = (
+    Variable(
+        METRICS_PORT_ENV,
+        "--metrics-port",
+        "serve Prometheus /metrics on this port (0: off), at SUPERVISOR_BIND's address "
+        "(train-launch --standalone: every interface)",
+        "0",
+    ),
+    Variable(LOG_FORMAT_ENV, "--log-format", "text, or json: one JSON object per log line", "text"),
+)
 
 
 @dataclass(frozen=True)

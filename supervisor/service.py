@@ -181,7 +181,9 @@ class Supervisor:
             await asyncio.sleep(self.settings.tick_s)
             if self.job is not None:
                 now = time.monotonic()
-                self.apply(self.job.tick(now) + self.hang_watch.check(self.job, now))
+                effects = self.job.tick(now) + self.hang_watch.check(self.job, now)
+                if effects or self.job.events.recorded != self.events_logged:
+                    self.apply(effects)  # else nothing changed: wake no one (the sidecar's CPU)
                 if self.pod_health is not None:
                     self.pod_health.tick(self.job, now)
             await self._publish_metrics()

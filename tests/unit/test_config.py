@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from supervisor.config import (
-    VARIABLES,
     ConfigError,
     SidecarConfig,
     parse_config,
     split_host_port,
     unknown_variables,
 )
+from supervisor.sidecar_variables import VARIABLES
 
 TOKEN = "0123456789abcdef-token"
 

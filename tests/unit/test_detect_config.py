@@ -33,7 +33,7 @@ def test_every_variable_is_read() -> None:
     assert parse_detect(env) == DetectConfig(
         HangSettings(3.0, 2.5, 60.0), hang_stacks=False, sample_s=2.0, anomaly=anomaly
     )
-    assert {name for name, _ in DETECT_VARIABLES} == set(env)
+    assert {v.name for v in DETECT_VARIABLES} == set(env)
 
 
 def test_empty_values_count_as_unset() -> None:
@@ -68,5 +68,5 @@ def test_bad_values_name_the_variable(name: str, value: str, problem: str) -> No
 
 
 def test_detection_variables_are_not_reported_as_unknown() -> None:
-    env = {name: "1" for name, _ in DETECT_VARIABLES}
+    env = {v.name: "1" for v in DETECT_VARIABLES}
     assert unknown_variables({**env, "SUPERVISOR_HANG_FLOR_S": "3"}) == ["SUPERVISOR_HANG_FLOR_S"]

@@ -1,0 +1,80 @@
+"""The environment train-launch reads and sets besides its flags and torchrun's variables.
+
+Each name is defined where it is used; this module says what each one means, for
+docs/configuration.md (tools/gen_config_doc.py). train-launch's flags and their
+PET_* forms are documented from its parser (launcher/args.py), the SUPERVISOR_*
+settings an embedded supervisor reads from supervisor/*_config.py.
+"""
+
+from __future__ import annotations
+
+from launcher.args import DEFAULT_SUPERVISOR_ADDRESS, SUPERVISOR_ADDRESS_ENV
+from launcher.main import TERMINATION_LOG_ENV
+from launcher.processes import (
+    ENV_PARENT_PID,
+    ENV_RANK,
+    ENV_SUPERVISOR,
+    ENV_TOKEN,
+    SCRIPT_ADDRESS_ENV,
+    SCRIPT_GENERATION_ENV,
+    SCRIPT_TOKEN_ENV,
+)
+from supervisor.env_values import Variable
+from train_supervisor.arena import SNAPSHOT_DIR_ENV
+from train_supervisor.credentials import TOKEN_ENV
+from train_supervisor.termination import DEFAULT_PATH
+
+# Read by train-launch.
+LAUNCHER_VARIABLES = (
+    Variable(
+        SUPERVISOR_ADDRESS_ENV,
+        "--supervisor-address",
+        "host:port of the pod's train-supervisor sidecar (without --standalone)",
+        DEFAULT_SUPERVISOR_ADDRESS,
+    ),
+    Variable(
+        TOKEN_ENV,
+        "",
+        "the job token sent to the sidecar (without --standalone); the training script "
+        "does not see it",
+    ),
+    Variable(
+        TERMINATION_LOG_ENV,
+        "",
+        "file for the report when the job ends with 3 or 4 "
+        f"(unset: {DEFAULT_PATH}, only where the kubelet mounted it)",
+    ),
+    Variable(
+        SNAPSHOT_DIR_ENV,
+        "",
+        "directory of the job's snapshot arenas, in memory shared by the sidecar and the "
+        "trainer container (unset: /dev/shm/train-supervisor/<run id>)",
+    ),
+    Variable(
+        "OMP_NUM_THREADS",
+        "",
+        "passed on to the workers when set; unset: 1 when a pod runs more than one worker "
+        "(as torchrun)",
+    ),
+)
+
+# Set by train-launch in the training script's environment, next to torchrun's.
+SCRIPT_VARIABLES = (
+    Variable(
+        SCRIPT_ADDRESS_ENV, "", "this pod's supervisor, for the worker API (launcher/snapshot.py)"
+    ),
+    Variable(SCRIPT_TOKEN_ENV, "", "the job token, for the worker API (set when there is one)"),
+    Variable(
+        SCRIPT_GENERATION_ENV,
+        "",
+        "the generation the script runs in (as TORCHELASTIC_RESTART_COUNT)",
+    ),
+)
+
+# Between train-launch and its worker bootstrap: removed before the script runs.
+BOOTSTRAP_VARIABLES = (
+    Variable(ENV_SUPERVISOR, "", "the supervisor's address"),
+    Variable(ENV_RANK, "", "the rank the process was spawned for (-1: a warm spare)"),
+    Variable(ENV_PARENT_PID, "", "train-launch's PID: the worker dies with it"),
+    Variable(ENV_TOKEN, "", "the job token"),
+)
