@@ -164,10 +164,12 @@ def main() -> None:
         loss.backward()
         optim.step()
         step += 1
-        if snapshots is not None:
-            snapshots.save(step, {"model": model.module.state_dict(), "optim": optim.state_dict()})
+        # Logged before the save: a step the supervisor can commit (and persist on a SIGTERM that
+        # arrives a moment later) has always been traced.
         trace = {"state": state_sha256(model, optim)} if args.trace_state else {}
         log.write("step", step=step, loss=loss.item(), **trace)
+        if snapshots is not None:
+            snapshots.save(step, {"model": model.module.state_dict(), "optim": optim.state_dict()})
         if args.ckpt_dir and rank == 0 and step % args.ckpt_every == 0:
             save_checkpoint(args.ckpt_dir, step, model.module, optim)
             log.write("checkpoint", step=step)
