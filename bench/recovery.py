@@ -159,6 +159,7 @@ def measure(
         "finished": len(done) == world,
         "script_restarted_at_s": max(after_kill(events, kill_t, "start")) - kill_t,
         "pg_ready_at_s": max(after_kill(events, kill_t, "pg_ready")) - kill_t,
+        "model_ready_at_s": max(after_kill(events, kill_t, "model_ready")) - kill_t,
         "checkpoint_loaded_at_s": max(after_kill(events, kill_t, "resumed")) - kill_t,
     }
 
@@ -181,7 +182,16 @@ def probe_breakdown(
         "unwind_and_spare_handover": started - detected,
         "spare_promoted_after_detect": None if spare is None else spare - detected,
         "script_reentry_and_pg_init": result["pg_ready_at_s"] - (started - kill_t),
-        "checkpoint_load": result["checkpoint_loaded_at_s"] - result["pg_ready_at_s"],
+        **script_phases(result),
+    }
+
+
+def script_phases(result: dict[str, Any]) -> dict[str, float]:
+    """The script's own part of a recovery, the same under either launcher."""
+    return {
+        # Building the model and DDP, which broadcasts rank 0's parameters.
+        "model_and_ddp_build": result["model_ready_at_s"] - result["pg_ready_at_s"],
+        "checkpoint_load": result["checkpoint_loaded_at_s"] - result["model_ready_at_s"],
         "first_step": result["recovery_s"] - result["checkpoint_loaded_at_s"],
     }
 
@@ -191,8 +201,7 @@ def events_breakdown(result: dict[str, Any], first_phase: str) -> dict[str, floa
     return {
         first_phase: result["script_restarted_at_s"],
         "pg_init": result["pg_ready_at_s"] - result["script_restarted_at_s"],
-        "checkpoint_load": result["checkpoint_loaded_at_s"] - result["pg_ready_at_s"],
-        "first_step": result["recovery_s"] - result["checkpoint_loaded_at_s"],
+        **script_phases(result),
     }
 
 
@@ -239,7 +248,7 @@ def _run_train_launch(
     if breakdown is not None:
         result["breakdown_s"] = breakdown
     restores = probe.restore_seconds(kill_t)
-    if restores:  # the worker API's load(), inside "checkpoint_load" (which has the model build)
+    if restores:  # the worker API's load(), inside "checkpoint_load"
         result["snapshot_restore_s"] = max(restores)
     latencies = sorted(probe.latencies_ms)
     result.update(

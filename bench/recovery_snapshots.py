@@ -51,11 +51,13 @@ def markdown(report: dict[str, Any]) -> str:
         *breakdown_lines(report),
         f"Targets: {verdict}.",
         "",
-        "checkpoint_load is the time from the process group to the state loaded: the script "
-        "builds its model and DDP (which broadcasts rank 0's parameters), then loads; for "
-        "train-launch the load itself, the worker API restoring from shared memory (checksum "
-        f"verified), took {ours.get('snapshot_restore_s', float('nan')):.2f} s on the slowest "
-        "rank. Everything else in a recovery is the script re-entering, as under torchrun.",
+        "model_and_ddp_build is the script building its model and DDP (which broadcasts rank "
+        "0's parameters); checkpoint_load is its state load after that: for train-launch the "
+        "worker API restoring from shared memory (checksum verified), which took "
+        f"{ours.get('snapshot_restore_s', float('nan')):.2f} s on the slowest rank. first_step "
+        f"is one training step (steady state: {ours['steady_step_s']:.2f} s). The script's own "
+        "phases cost the same under either launcher; train-launch's own part is detect, "
+        "unwind_and_spare_handover and script_reentry_and_pg_init.",
         "",
         "torchrun ran with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torch 2.13 + gloo "
         "does not recover). Reproduce: `python bench/recovery_snapshots.py`.",

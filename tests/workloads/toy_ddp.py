@@ -125,12 +125,14 @@ def main() -> None:
         layers += [nn.Linear(args.hidden, args.hidden), nn.Tanh()]
     model = DistributedDataParallel(nn.Sequential(*layers))
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    log.write("model_ready")  # where a recovery's time goes (bench/recovery.py)
     step, state, snapshots = 0, None, None
     if args.snapshot:  # the worker API: memory first (and the import below)
         from launcher.snapshot import Snapshots
 
         snapshots = Snapshots()
         step, state = snapshots.load()
+        log.write("snapshot_loaded")
     path = newest_checkpoint(args.ckpt_dir) if args.ckpt_dir and state is None else ""
     if path:  # then the script's own checkpoint on disk
         state = torch.load(path, map_location="cpu")
@@ -140,6 +142,7 @@ def main() -> None:
         optim.load_state_dict(state["optim"])
     else:
         step = 0
+    log.write("state_applied")
     trace = {"state": state_sha256(model, optim)} if args.trace_state else {}
     log.write("resumed", from_step=step, **trace)
     while step < args.steps:
