@@ -34,6 +34,7 @@ from launcher.processes import (
     SCRIPT_GENERATION_ENV,
     SCRIPT_TOKEN_ENV,
 )
+from launcher.store_wait import store_endpoint, wait_until_listening
 from launcher.unwind import (
     Connection,
     GenerationAborted,
@@ -197,6 +198,9 @@ class Worker:
         os.environ.update(start.env)
         os.environ[SCRIPT_GENERATION_ENV] = str(start.generation)
         self.steps.reset(start.generation)
+        endpoint = store_endpoint(os.environ)
+        if endpoint is not None:  # else torch's refused client backs off for up to a second
+            wait_until_listening(endpoint)
         error: Optional[BaseException] = None
         self.connections_before = tcp_connections()
         self.interrupter.script_started()

@@ -47,6 +47,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--slow-extra-s", type=float, default=0.0, help="the straggler's extra per step")
     p.add_argument("--snapshot", action="store_true", help="save every step with the worker API")
     p.add_argument("--trace-state", action="store_true", help="log a hash of the state per step")
+    p.add_argument("--late-store-s", type=float, default=0.0, help="rank 0 opens its store late")
     p.add_argument("--dump-env", default="", help="write each rank's environment here and exit")
     return p.parse_args()
 
@@ -117,6 +118,9 @@ def main() -> None:
     log.write("start")
     if args.ckpt_dir:
         os.makedirs(args.ckpt_dir, exist_ok=True)
+    if rank == 0 and args.late_store_s:
+        time.sleep(args.late_store_s)  # the slow rank 0 under test, not a wait for anything
+        log.write("store_opening")
     dist.init_process_group("gloo")
     log.write("pg_ready")
     torch.manual_seed(0)
