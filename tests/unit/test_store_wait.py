@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from launcher.store_wait import store_endpoint, wait_until_listening
+from supervisor.ports import free_port
 
 GENERATION = {"RANK": "3", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 
@@ -31,15 +32,8 @@ def test_no_wait_without_a_store_to_wait_for(change: dict[str, str]) -> None:
     assert store_endpoint({**GENERATION, **change}) is None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_the_wait_ends_when_the_store_starts_listening() -> None:
-    port = free_port()
+    port = free_port("127.0.0.1")
     answers: list[bool] = []
     waiter = threading.Thread(
         target=lambda: answers.append(wait_until_listening(("127.0.0.1", port), 60))
@@ -53,4 +47,4 @@ def test_the_wait_ends_when_the_store_starts_listening() -> None:
 
 
 def test_the_wait_gives_up_when_no_store_ever_listens() -> None:
-    assert wait_until_listening(("127.0.0.1", free_port()), timeout_s=0.1) is False
+    assert wait_until_listening(("127.0.0.1", free_port("127.0.0.1")), timeout_s=0.1) is False

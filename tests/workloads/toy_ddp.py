@@ -136,7 +136,6 @@ def main() -> None:
 
         snapshots = Snapshots()
         step, state = snapshots.load()
-        log.write("snapshot_loaded")
     path = newest_checkpoint(args.ckpt_dir) if args.ckpt_dir and state is None else ""
     if path:  # then the script's own checkpoint on disk
         state = torch.load(path, map_location="cpu")
@@ -146,7 +145,6 @@ def main() -> None:
         optim.load_state_dict(state["optim"])
     else:
         step = 0
-    log.write("state_applied")
     trace = {"state": state_sha256(model, optim)} if args.trace_state else {}
     log.write("resumed", from_step=step, **trace)
     while step < args.steps:
