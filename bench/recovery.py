@@ -187,7 +187,7 @@ def probe_breakdown(
 
 
 def script_phases(result: dict[str, Any]) -> dict[str, float]:
-    """The script's own part of a recovery, the same under either launcher."""
+    """The script's own part of a recovery (cheaper where its imports are warm already)."""
     return {
         # Building the model and DDP, which broadcasts rank 0's parameters.
         "model_and_ddp_build": result["model_ready_at_s"] - result["pg_ready_at_s"],

@@ -55,9 +55,12 @@ def markdown(report: dict[str, Any]) -> str:
         "0's parameters); checkpoint_load is its state load after that: for train-launch the "
         "worker API restoring from shared memory (checksum verified), which took "
         f"{ours.get('snapshot_restore_s', float('nan')):.2f} s on the slowest rank. first_step "
-        f"is one training step (steady state: {ours['steady_step_s']:.2f} s). The script's own "
-        "phases cost the same under either launcher; train-launch's own part is detect, "
-        "unwind_and_spare_handover and script_reentry_and_pg_init.",
+        f"is one training step (steady state: {ours['steady_step_s']:.2f} s). The script's "
+        "phases are its own code, yet cheaper under train-launch: the surviving ranks keep "
+        "their imports, and the warm spare that takes the failed rank imported, while idle, "
+        "what local rank 0 had (DDP's first construction imports torch._dynamo: over a "
+        "second here). train-launch's own part is detect, unwind_and_spare_handover and "
+        "script_reentry_and_pg_init.",
         "",
         "torchrun ran with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torch 2.13 + gloo "
         "does not recover). Reproduce: `python bench/recovery_snapshots.py`.",

@@ -17,6 +17,7 @@ from train_supervisor.arena import snapshot_directory
 # The default of --supervisor-address (the pod's sidecar, on loopback).
 SUPERVISOR_ADDRESS_ENV = "SUPERVISOR_ADDRESS"
 DEFAULT_SUPERVISOR_ADDRESS = "127.0.0.1:29400"
+SPARE_IMPORTS = ("workers", "torch")
 
 
 class UsageError(Exception):
@@ -83,6 +84,7 @@ class LaunchConfig:
     supervisor_wait: float
     base_env: dict[str, str] = field(default_factory=dict)
     snapshot_dir: str = ""  # the pod's shared memory for the job's snapshots
+    spare_imports: str = "workers"  # launcher/warm_imports.py
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,6 +159,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "warm_spares",
         "1",
         "idle interpreters with torch imported, ready to take a failed rank",
+    )
+    opt(
+        ["--spare-imports"],
+        "spare_imports",
+        "workers",
+        "what a warm spare imports while idle: 'workers' (every module local rank 0 has "
+        "loaded) or 'torch' (torch.distributed only)",
     )
     opt(
         ["--unwind-timeout"],
@@ -320,6 +329,10 @@ def parse_args(
         ) from None
     if (ns.redirects != "0" or ns.tee != "0") and not ns.log_dir:
         raise UsageError("--redirects and --tee need --log-dir")
+    if ns.spare_imports not in SPARE_IMPORTS:
+        raise UsageError(
+            f"--spare-imports must be one of {', '.join(SPARE_IMPORTS)}, got {ns.spare_imports!r}"
+        )
     base_env = {} if "OMP_NUM_THREADS" in env or nproc == 1 else {"OMP_NUM_THREADS": "1"}
     run_id = ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none")
     return LaunchConfig(
@@ -351,4 +364,5 @@ def parse_args(
         supervisor_wait=_float("--supervisor-wait", ns.supervisor_wait, 0.0),
         base_env=base_env,
         snapshot_dir=str(snapshot_directory(run_id, env)),
+        spare_imports=ns.spare_imports,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import grpc
 from launcher.args import LaunchConfig, UsageError, parse_args
 from launcher.processes import WorkerProcesses
 from launcher.sidecar import SupervisorUnreachable, wait_for_supervisor
+from launcher.warm_imports import MANIFEST_NAME
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.termination import record_ending
@@ -65,8 +67,12 @@ class Launcher:
         self.error_dir = error_dir
         self.channel = client_channel(address, token)
         self.stub = pb_grpc.LauncherServiceStub(self.channel)
+        # Private to this launcher: what local rank 0 has imported, for the warm spares.
+        warm = config.warm_spares > 0 and config.spare_imports == "workers"
+        self.imports_dir = tempfile.mkdtemp(prefix="train-launch-imports-") if warm else ""
+        manifest = os.path.join(self.imports_dir, MANIFEST_NAME) if warm else ""
         self.procs = WorkerProcesses(
-            config, address, token, self._report_started, self._report_exit
+            config, address, token, self._report_started, self._report_exit, manifest
         )
         self.done = threading.Event()
         self.result: Optional[RunResult] = None
@@ -130,6 +136,8 @@ class Launcher:
         # Workers were told to exit; give them a moment, then make sure.
         if not self.procs.wait_all(self.config.term_timeout):
             self.procs.terminate_all(grace=5.0)
+        if self.imports_dir:
+            shutil.rmtree(self.imports_dir, ignore_errors=True)
         return result
 
     def terminate(self, signum: int) -> None:

@@ -16,6 +16,7 @@ from typing import IO, Optional
 
 from launcher.args import LaunchConfig
 from launcher.oom import OomBaseline, OomCounters
+from launcher.warm_imports import MANIFEST_ENV
 from train_supervisor.credentials import TOKEN_ENV
 
 # Variables the bootstrap reads and removes before the user's script runs.
@@ -70,8 +71,10 @@ class WorkerProcesses:
         token: Optional[str],
         on_started: StartedCallback,
         on_exit: ExitCallback,
+        imports_manifest: str = "",
     ) -> None:
         self.config = config
+        self.imports_manifest = imports_manifest  # launcher/warm_imports.py
         self.supervisor_address = supervisor_address
         self.token = token
         self.on_started = on_started
@@ -88,6 +91,8 @@ class WorkerProcesses:
         env[ENV_SUPERVISOR] = self.supervisor_address
         env[ENV_RANK] = str(rank)
         env[ENV_PARENT_PID] = str(os.getpid())
+        if self.imports_manifest:
+            env[MANIFEST_ENV] = self.imports_manifest
         # The job token reaches the bootstrap only, never the user's script.
         env.pop(TOKEN_ENV, None)
         if self.token:

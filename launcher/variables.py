@@ -19,6 +19,7 @@ from launcher.processes import (
     SCRIPT_GENERATION_ENV,
     SCRIPT_TOKEN_ENV,
 )
+from launcher.warm_imports import MANIFEST_ENV
 from supervisor.env_values import Variable
 from train_supervisor.arena import SNAPSHOT_DIR_ENV
 from train_supervisor.credentials import TOKEN_ENV
@@ -77,4 +78,5 @@ BOOTSTRAP_VARIABLES = (
     Variable(ENV_RANK, "", "the rank the process was spawned for (-1: a warm spare)"),
     Variable(ENV_PARENT_PID, "", "train-launch's PID: the worker dies with it"),
     Variable(ENV_TOKEN, "", "the job token"),
+    Variable(MANIFEST_ENV, "", "the file where local rank 0 lists its modules for the spares"),
 )

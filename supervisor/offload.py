@@ -13,8 +13,10 @@ Shared-memory layout under the pod's snapshot directory:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -262,26 +264,37 @@ class Offloader:
 
     # ------------------------------------------------------------- restore
     def materialize(self, step: int, order: list[str]) -> Materialized:
-        """Put `step` in every local rank's own arena, trying `order`'s sources in turn."""
+        """Put `step` in every local rank's own arena, trying `order`'s sources in turn.
+
+        Ranks in parallel: each has its own arenas, and the checksums and copies
+        release the GIL (8 ranks of 10 GB: ~10 s of CRC-32C one after another)."""
         done = Materialized(step)
         configured = {SHM: True, PEER: self.holder is not None, DURABLE: self.store is not None}
         order = [source for source in order if configured[source]]
-        for rank in self.ranks:
-            done.sources[rank] = ""
-            for source in order:
-                try:
-                    done.problems += self._place(rank, step, source)
-                except (CorruptSnapshot, DurableError, OSError, grpc.RpcError) as err:
-                    text = (
-                        f"{err.code().name}: {err.details()}"
-                        if isinstance(err, grpc.RpcError)
-                        else str(err)
-                    )
-                    done.problems.append(f"rank {rank}: {source}: {text}")
-                    continue
-                done.sources[rank] = source
-                break
+        threads = max(1, min(len(self.ranks), os.cpu_count() or 1))
+        with ThreadPoolExecutor(threads, thread_name_prefix="materialize") as pool:
+            placed = list(pool.map(lambda rank: self._first_source(rank, step, order), self.ranks))
+        for rank, (source, problems) in zip(self.ranks, placed):
+            done.sources[rank] = source
+            done.problems += problems
         return done
+
+    def _first_source(self, rank: int, step: int, order: list[str]) -> tuple[str, list[str]]:
+        """The first of `order` that put rank's `step` in place ("" for none), and the problems."""
+        problems: list[str] = []
+        for source in order:
+            try:
+                problems += self._place(rank, step, source)
+            except (CorruptSnapshot, DurableError, OSError, grpc.RpcError) as err:
+                text = (
+                    f"{err.code().name}: {err.details()}"
+                    if isinstance(err, grpc.RpcError)
+                    else str(err)
+                )
+                problems.append(f"rank {rank}: {source}: {text}")
+                continue
+            return source, problems
+        return "", problems
 
     def _place(self, rank: int, step: int, source: str) -> list[str]:
         """Put rank's `step` from `source` in its arena (raises when it cannot); returns the

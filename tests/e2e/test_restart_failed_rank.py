@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from jobs import RunningJob, max_step, pids_by_rank, read_events, train_launch
+from jobs import RunningJob, job_env, max_step, pids_by_rank, read_events, train_launch
 
 from train_supervisor import exit_codes
 
@@ -108,6 +108,60 @@ def test_warm_spare_takes_the_failed_rank(tmp_path: Path) -> None:
     assert job.wait(240) == 0, job.stderr
     after = assert_resumed_in_place(tmp_path, before, victim=1, checkpoint=checkpoint)
     assert after[1] == spares.pop(), "the warm spare's PID must become rank 1's"
+
+
+def importers(marker: Path) -> list[int]:
+    return [int(line) for line in marker.read_text().split()] if marker.exists() else []
+
+
+def test_a_warm_spare_imports_what_the_ranks_imported_before_it_takes_a_rank(
+    tmp_path: Path,
+) -> None:
+    """Else the new rank imports the script's modules (and DDP's torch._dynamo) while every
+    survivor waits for it at the first collective."""
+    marker, events = tmp_path / "imported_by", tmp_path / "events"
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--warm-spares", "1"],
+        ["--steps", "150", "--step-sleep", "0.05", "--events", str(events), "--import-marker"],
+        job_env(IMPORT_MARKER=str(marker)),
+    )
+    job.wait_for(lambda: len(pids_by_rank(read_events(events), 0)) == 2, 120, "both ranks")
+    before = pids_by_rank(read_events(events), 0)
+
+    def spares() -> list[int]:
+        children = [p for p in job.children() if p.ppid() == job.proc.pid]
+        return [p.pid for p in children if p.pid not in before.values()]
+
+    job.wait_for(lambda: len(spares()) == 1, 60, "the warm spare")
+    [spare] = spares()
+    job.wait_for(lambda: spare in importers(marker), 60, "the idle spare to import the module")
+    os.kill(before[1], signal.SIGKILL)
+    assert job.wait(120) == 0, job.stderr
+    assert pids_by_rank(read_events(events), 1)[1] == spare
+    # Imported once per process: the spare's import served it as rank 1. (The spare started
+    # after the recovery may have imported it as well.)
+    imported = importers(marker)
+    assert len(imported) == len(set(imported)), imported
+    assert {before[0], before[1], spare} <= set(imported), imported
+
+
+def test_the_dead_generations_cycles_are_freed_before_a_survivor_reenters(tmp_path: Path) -> None:
+    """The unwind's full collection frees them, though what outlives a generation is frozen
+    out of that collection (gc.freeze) to keep it short."""
+    events = tmp_path / "events"
+    rank_1_dies = ["--kill-self-rank", "1", "--kill-self-at-step", "3"]
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--warm-spares", "0"],
+        ["--steps", "6", "--events", str(events), "--cyclic-garbage", *rank_1_dies],
+    )
+    assert job.wait(120) == 0, job.stderr
+    records = read_events(events)
+    assert pids_by_rank(records, 0)[0] == pids_by_rank(records, 1)[0], "rank 0 re-entered"
+    [freed] = [e["t"] for e in records if e["event"] == "cycle_freed" and e["rank"] == 0]
+    [reentered] = [
+        e["t"] for e in records if e["event"] == "start" and e["gen"] == 1 and e["rank"] == 0
+    ]
+    assert freed < reentered, "generation 0's cycle must be gone before generation 1 begins"
 
 
 def test_a_rank_that_cannot_unwind_is_killed_and_respawned(tmp_path: Path) -> None:

@@ -411,3 +411,13 @@ def test_relative_script_path_is_kept(
     monkeypatch.chdir(tmp_path)
     assert parse(["train.py"]).script == "train.py"
     assert os.path.exists(parse(["train.py"]).script)
+
+
+def test_spare_imports_defaults_to_the_workers_modules_and_refuses_other_words(
+    script: str,
+) -> None:
+    assert parse([script]).spare_imports == "workers"
+    assert parse(["--spare-imports", "torch", script]).spare_imports == "torch"
+    assert parse([script], {"PET_SPARE_IMPORTS": "torch"}).spare_imports == "torch"
+    error = usage_error(["--spare-imports", "all", script])
+    assert "--spare-imports" in error and "'all'" in error, error

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -48,6 +49,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--snapshot", action="store_true", help="save every step with the worker API")
     p.add_argument("--trace-state", action="store_true", help="log a hash of the state per step")
     p.add_argument("--late-store-s", type=float, default=0.0, help="rank 0 opens its store late")
+    p.add_argument("--cyclic-garbage", action="store_true", help="hold a tensor in a ref cycle")
+    p.add_argument("--import-marker", action="store_true", help="import import_marker.py")
     p.add_argument("--dump-env", default="", help="write each rank's environment here and exit")
     return p.parse_args()
 
@@ -73,6 +76,11 @@ class EventLog:
         }
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+class Cycle:
+    def __init__(self, payload: torch.Tensor) -> None:
+        self.payload, self.me = payload, self
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -116,6 +124,8 @@ def main() -> None:
         return
     log = EventLog(args.events, rank)
     log.write("start")
+    if args.import_marker:  # the script's own module, imported at run time
+        import import_marker  # noqa: F401
     if args.ckpt_dir:
         os.makedirs(args.ckpt_dir, exist_ok=True)
     if rank == 0 and args.late_store_s:
@@ -130,6 +140,9 @@ def main() -> None:
     model = DistributedDataParallel(nn.Sequential(*layers))
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
     log.write("model_ready")  # where a recovery's time goes (bench/recovery.py)
+    if args.cyclic_garbage:  # only the cyclic collector frees it once the run is over
+        cycle = Cycle(torch.zeros(1 << 20))
+        weakref.finalize(cycle, log.write, "cycle_freed")
     step, state, snapshots = 0, None, None
     if args.snapshot:  # the worker API: memory first (and the import below)
         from launcher.snapshot import Snapshots

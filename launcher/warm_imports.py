@@ -1,0 +1,111 @@
+"""A warm spare imports, while idle, what the pod's ranks have imported.
+
+A spare that takes a failed rank and only then imports what its peers loaded
+long ago holds every surviving rank at the first collective: DDP's first
+construction alone pulls in torch._dynamo (over a second on 2 busy cores), and
+a script's `import transformers` takes seconds. So local rank 0 lists its
+loaded modules in a file whenever that list has grown (from the heartbeat
+thread, at most every 0.5 s), and each spare polls the file and imports the
+names it does not have yet, until it is given a rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import threading
+from collections.abc import Callable, Container, Mapping, Sequence
+from typing import Optional
+
+# The manifest's path, for the bootstrap only (removed before the script runs).
+MANIFEST_ENV = "TRAIN_LAUNCH_IMPORTS_MANIFEST"
+MANIFEST_NAME = "modules.txt"
+POLL_S = 0.25
+
+
+def _is_main(name: str) -> bool:
+    return name in ("__main__", "__mp_main__") or name.endswith(".__main__")
+
+
+def importable_names(modules: Mapping[str, object]) -> list[str]:
+    """Loaded modules by name, in import order, that an import statement would load again.
+
+    Left out: aliases (os.path is posixpath), placeholders without a spec
+    (None entries, modules built at run time) and the script itself.
+    """
+    names = []
+    for name, module in list(modules.items()):  # a copy: the main thread may be importing
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and getattr(spec, "name", None) == name and not _is_main(name):
+            names.append(name)
+    return names
+
+
+def still_to_import(listed: Sequence[str], loaded: Container[str], target: str) -> list[str]:
+    """The listed names not loaded yet, never the script's own module (importing it runs it)."""
+    return [name for name in listed if name not in loaded and name != target and not _is_main(name)]
+
+
+class ManifestWriter:
+    """Local rank 0's side: rewrites the list (atomically) when more modules are loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._listed = 0
+
+    def update(self, modules: Mapping[str, object]) -> bool:
+        if len(modules) == self._listed:
+            return False
+        names = importable_names(modules)
+        partial = f"{self.path}.{os.getpid()}.partial"
+        with open(partial, "w") as handle:
+            handle.write("\n".join(names))
+        os.replace(partial, self.path)  # a spare never reads half a list
+        self._listed = len(modules)
+        return True
+
+
+def read_manifest(path: str) -> Optional[list[str]]:
+    try:
+        with open(path) as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except FileNotFoundError:
+        return None
+
+
+def warm_until_promoted(
+    path: str,
+    target: str,
+    promoted: threading.Event,
+    poll_s: float = POLL_S,
+    import_module: Callable[[str], object] = importlib.import_module,
+) -> None:
+    """A spare's background loop: import each newly listed module until `promoted` is set.
+
+    A module that fails to import is skipped: the script, if it needs it, gets
+    the same error itself, where it belongs.
+    """
+    seen: Optional[tuple[int, int, int]] = None
+    while not promoted.is_set():
+        with contextlib.suppress(FileNotFoundError):
+            stat = os.stat(path)
+            version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # each rewrite is a new file
+            listed = read_manifest(path) if version != seen else None
+            seen = version
+            for name in still_to_import(listed or [], sys.modules, target):
+                if promoted.is_set():
+                    return
+                with contextlib.suppress(Exception, SystemExit):
+                    import_module(name)
+        promoted.wait(poll_s)
+
+
+def start_warming(path: str, target: str) -> threading.Event:
+    """Run `warm_until_promoted` in a daemon thread; set the returned event to stop it."""
+    promoted = threading.Event()
+    threading.Thread(
+        target=warm_until_promoted, args=(path, target, promoted), name="warm-imports", daemon=True
+    ).start()
+    return promoted

@@ -1,0 +1,101 @@
+"""What a warm spare imports while idle (launcher/warm_imports.py), on real files and modules."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from launcher.warm_imports import (
+    ManifestWriter,
+    importable_names,
+    read_manifest,
+    still_to_import,
+    warm_until_promoted,
+)
+
+
+def module(name: str, spec_name: str | None = None) -> types.ModuleType:
+    made = types.ModuleType(name)
+    made.__spec__ = types.SimpleNamespace(name=spec_name or name)  # type: ignore[assignment]
+    return made
+
+
+def test_only_real_modules_are_listed_in_import_order() -> None:
+    loaded = {
+        "json": module("json"),
+        "os.path": module("posixpath"),  # an alias: os.path is posixpath
+        "__main__": module("__main__"),
+        "pkg.__main__": module("pkg.__main__"),
+        "placeholder": None,
+        "built_at_run_time": types.ModuleType("built_at_run_time"),  # no spec
+        "email.parser": module("email.parser"),
+    }
+    assert importable_names(loaded) == ["json", "email.parser"]
+
+
+def test_the_script_and_what_is_loaded_already_are_left_out() -> None:
+    listed = ["json", "train", "train.__main__", "mypkg.model", "__mp_main__"]
+    assert still_to_import(listed, {"json"}, target="train") == ["mypkg.model"]
+
+
+def test_the_manifest_is_rewritten_only_when_more_modules_are_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "modules.txt"
+    writer = ManifestWriter(str(path))
+    loaded = {"json": module("json")}
+    assert writer.update(loaded) and read_manifest(str(path)) == ["json"]
+    assert not writer.update(loaded), "nothing new: no rewrite"
+    loaded["email.parser"] = module("email.parser")
+    assert writer.update(loaded) and read_manifest(str(path)) == ["json", "email.parser"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["modules.txt"], "no partial file left"
+    assert read_manifest(str(tmp_path / "missing.txt")) is None
+
+
+@pytest.fixture
+def modules_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory of throwaway modules on sys.path; they are unloaded afterwards."""
+    sys.path.insert(0, str(tmp_path))
+    before = set(sys.modules)
+    yield tmp_path
+    sys.path.remove(str(tmp_path))
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_a_spare_imports_each_listed_module_until_it_is_promoted(modules_dir: Path) -> None:
+    (modules_dir / "warm_model_defs.py").write_text("LOADED = True\n")
+    (modules_dir / "warm_broken.py").write_text("raise RuntimeError('needs a GPU')\n")
+    (modules_dir / "warm_train.py").write_text("raise AssertionError('the script must not run')\n")
+    manifest = modules_dir / "modules.txt"
+    promoted = threading.Event()
+    imported: list[str] = []
+
+    def record(name: str) -> object:
+        imported.append(name)
+        return __import__(name)
+
+    spare = threading.Thread(
+        target=warm_until_promoted,
+        args=(str(manifest), "warm_train", promoted, 0.01, record),
+        daemon=True,
+    )
+    spare.start()  # no manifest yet: the spare waits for one
+    ManifestWriter(str(manifest)).update(
+        {name: module(name) for name in ("warm_broken", "warm_train", "warm_model_defs")}
+    )
+    deadline = threading.Event()
+    for _ in range(500):
+        if "warm_model_defs" in sys.modules:
+            break
+        deadline.wait(0.01)
+    promoted.set()
+    spare.join(5)
+    assert not spare.is_alive(), "promotion stops the warm-up"
+    assert sys.modules["warm_model_defs"].LOADED
+    # The broken module was tried and skipped; the script itself was never imported.
+    assert imported == ["warm_broken", "warm_model_defs"]
+    assert "warm_train" not in sys.modules
