@@ -109,6 +109,8 @@ class Offloader:
         # Kept open between rounds (this thread only): mapping a GB afresh each round made
         # staging 2.7x slower (bench/offload_throughput.py).
         self._mapped: dict[tuple[str, int], RankArena] = {}
+        # rank -> (slot, step, checksum) of its own copy checksummed since the last failure
+        self.verified: dict[int, tuple[int, int, int]] = {}
 
     def _mapped_arena(self, rank: int, where: str = "") -> RankArena:
         arena = self._mapped.get((where, rank))
@@ -279,6 +281,28 @@ class Offloader:
             done.problems += problems
         return done
 
+    def verify_own(self, step: int) -> None:
+        """Checksum every rank's own copy of `step` now: a failure just happened, and the
+        restore will want it once the ranks have unwound and rebuilt their models. The restore
+        then skips a copy verified here whose header is unchanged (a rewrite changes it)."""
+        self.verified.clear()
+        threads = max(1, min(len(self.ranks), os.cpu_count() or 1))
+        with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
+            list(pool.map(lambda rank: self._verify_own(rank, step), self.ranks))
+
+    def _verify_own(self, rank: int, step: int) -> None:
+        arena = self._arena(rank)
+        try:
+            slot = arena.find(step)
+            if slot is not None:
+                info, _, payload = arena.read(slot, verify=True)
+                del payload
+                self.verified[rank] = (slot, step, info.checksum)
+        except CorruptSnapshot:
+            pass  # the restore finds it again, and reports it
+        finally:
+            arena.close()
+
     def _first_source(self, rank: int, step: int, order: list[str]) -> tuple[str, list[str]]:
         """The first of `order` that put rank's `step` in place ("" for none), and the problems."""
         problems: list[str] = []
@@ -305,7 +329,10 @@ class Offloader:
                 own, why = arena.find(step), f"step {step} is not in this pod's memory"
                 if own is not None:
                     try:
-                        arena.read(own, verify=True)
+                        info, _, payload = arena.read(own, verify=False)
+                        del payload
+                        if self.verified.get(rank) != (own, step, info.checksum):
+                            arena.read(own, verify=True)
                         return []
                     except CorruptSnapshot as err:  # the staged copy may still be good
                         why = str(err)

@@ -72,6 +72,8 @@ class OffloadDriver:
             every_s=config.persist_every_s,
         )
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="offload")
+        self._generation = job.generation
+        self._preparing: Optional[asyncio.Task[object]] = None  # held: a task must be referenced
 
     def _holder(self) -> pb_grpc.ReplicaServiceStub:
         assert self.target is not None
@@ -131,6 +133,17 @@ class OffloadDriver:
         return result
 
     # ------------------------------------------------------------- restore
+    def generation_seen(self) -> None:
+        """Every generation after the one this driver began in follows a failure: checksum
+        this pod's copies of the committed step while the ranks unwind, rather than once they
+        ask for it (the restore skips a copy verified since, unchanged)."""
+        if self.job.generation <= self._generation:
+            return
+        self._generation = self.job.generation
+        if self.job.snapshots.committed != NONE:
+            verify = self._in_thread(self.offloader.verify_own, self.job.snapshots.committed)
+            self._preparing = asyncio.get_running_loop().create_task(verify)
+
     async def copies(self) -> NodeCopies:
         found = await self._in_thread(self.offloader.copies)
         assert isinstance(found, NodeCopies)

@@ -112,6 +112,8 @@ class Supervisor:
                     copies = copies_to_wire(self.offload.copies_now())
                     effect.report.copies.CopyFrom(copies)
                 self.coordination.report(effect.report)
+        if self.offload is not None:
+            self.offload.generation_seen()
         asyncio.get_running_loop().create_task(self._notify())
         self._log_new_events()
 

@@ -195,3 +195,66 @@ def test_a_fresh_start_drops_every_older_copy_on_one_pod_as_on_several(tmp_path:
     assert asyncio.run(restore()) == NONE, "nothing is committed: a fresh start"
     assert driver.offloader.copies() == NodeCopies(), "no copy of the old step 4 is left"
     assert any(e.kind == "snapshot_void" for e in job.events)
+
+
+def test_the_check_after_a_failure_spares_the_restore_a_second_checksum_of_the_same_copy(
+    tmp_path: Path, peer: Peer
+) -> None:
+    pod = offloader(tmp_path, peer)
+    save(pod.directory, 7)
+    pod.verify_own(7)  # while the ranks unwind
+    assert sorted(pod.verified) == [2, 3]
+    done = pod.materialize(7, list(SOURCE_ORDER))
+    assert done.sources == {2: SHM, 3: SHM} and done.problems == []
+    assert torch.equal(restored(pod.directory, 3, 7)["w"], state(3, 7)["w"])
+
+
+def test_a_copy_rewritten_after_that_check_is_checksummed_again(tmp_path: Path, peer: Peer) -> None:
+    pod = offloader(tmp_path, peer)
+    save(pod.directory, 7)
+    pod.run_round(OffloadRound(7, replicate=False, persist=False), generation=0)
+    pod.verify_own(7)
+    with RankArena(pod.directory, 2) as arena:  # new contents under the same step, then damage
+        write_state(arena, 7 % 2, 7, generation=0, state={"w": torch.zeros(4096), "step": 7})
+    corrupt(pod.directory, 2)
+    done = pod.materialize(7, list(SOURCE_ORDER))
+    [problem] = done.problems
+    assert "rank 2: shm:" in problem and "checksum" in problem and "staged copy used" in problem
+    assert torch.equal(restored(pod.directory, 2, 7)["w"], state(2, 7)["w"])
+
+
+def test_a_corrupt_copy_fails_that_check_and_the_restore_still_reports_it(
+    tmp_path: Path, peer: Peer
+) -> None:
+    pod = offloader(tmp_path, peer)
+    save(pod.directory, 7)
+    pod.run_round(OffloadRound(7, replicate=False, persist=False), generation=0)
+    corrupt(pod.directory, 2)
+    pod.verify_own(7)
+    assert sorted(pod.verified) == [3]
+    done = pod.materialize(7, list(SOURCE_ORDER))
+    [problem] = done.problems
+    assert "rank 2: shm:" in problem and "checksum" in problem
+    assert done.sources == {2: SHM, 3: SHM}
+
+
+def test_a_generation_opened_by_a_failure_checksums_the_committed_step_at_once(
+    tmp_path: Path,
+) -> None:
+    spec = make_spec(nproc=2)
+    spec.node_rank, spec.nnodes, spec.snapshot_dir = 1, 2, str(tmp_path / "pod")
+    job = JobState(spec=spec, policy=RestartPolicy(max_restarts=3), allocate_port=lambda: 1)
+    driver = OffloadDriver(job, OffloadConfig(), target=None, on_change=lambda: None)
+    save(Path(spec.snapshot_dir), 4)
+    job.snapshots.commit(4)
+
+    async def see(generation: int) -> list[int]:
+        job.generation = generation
+        driver.generation_seen()
+        if driver._preparing is not None:
+            await driver._preparing
+        return sorted(driver.offloader.verified)
+
+    assert asyncio.run(see(0)) == [], "the generation the job began in follows no failure"
+    assert asyncio.run(see(1)) == [2, 3]
+    driver.close()
