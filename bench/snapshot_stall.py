@@ -217,8 +217,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{ms(ov['hook_wait_s'])}) "
         f"(torch.save ÷ (b): {s['torch_save_over_ours_overlapped']:.0f}×) | |",
         f"| the writer thread's work per save, nothing else running: save() → reported "
-        f"(copy summed piece by piece with CRC-32C, header, RPC) | {ms(wr['cycle_s'])} (a "
-        f"separate CRC-32C pass over the payload instead: {ms(wr['crc_s'])}) | |",
+        f"(copy, CRC-32C, header, RPC) | {ms(wr['cycle_s'])}, of which CRC-32C of the payload "
+        f"{ms(wr['crc_s'])} | |",
         *steady_rows(w, cfg["steps"]),
         f"| arena in /dev/shm ({w['arena']['files']} slot files) per GB of state | "
         f"{s['arena_bytes_per_state_gb'] / GB:.2f} GB | |",

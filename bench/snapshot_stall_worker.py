@@ -23,9 +23,9 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from launcher.snapshot import Snapshots
-from launcher.snapshot_payload import ALIGN
 
 GB = 1e9
+ALIGN = 64  # the arena's per-tensor alignment, so the floor copies the same layout
 BLOCK = 6  # steady-state steps per block; blocks with and without saves alternate
 
 
@@ -85,7 +85,7 @@ def shm_targets(sources: list[torch.Tensor]) -> list[torch.Tensor]:
 
     The file is unlinked at once: its pages live as long as the mapping (this process).
     """
-    offsets = [0, *accumulate(-(-t.nbytes // ALIGN) * ALIGN for t in sources)]  # as the arena
+    offsets = [0, *accumulate(-(-t.nbytes // ALIGN) * ALIGN for t in sources)]
     path = Path("/dev/shm") / f"ts-bench-floor-{os.getpid()}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -135,9 +135,7 @@ def writer_busy(trainer: Trainer, snapshots: Snapshots, step: int) -> dict[str, 
     slot = snapshots.arena.find(step)
     assert slot is not None, f"step {step} is not in the arena after flush()"
     _, _, payload = snapshots.arena.read(slot, verify=False)
-    # A separate pass over the payload, as the writer summed it before it summed each piece
-    # right after copying it (launcher/snapshot_payload.py).
-    crc_s = timed(crc32c.crc32c, payload)
+    crc_s = timed(crc32c.crc32c, payload)  # what finish_write computes over the payload
     del payload
     return {"cycle_s": cycle_s, "crc_s": crc_s, "blocked_s": cycle_s}
 

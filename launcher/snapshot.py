@@ -28,19 +28,18 @@ import queue
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-import crc32c
 import grpc
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV, SCRIPT_TOKEN_ENV
-from launcher.snapshot_payload import as_bytes, fill, layout
 from supervisor.commit import NONE
 from train_supervisor.arena import (
     CorruptSnapshot,
@@ -54,6 +53,7 @@ from train_supervisor.torch_format import TensorEntry, decode_manifest, encode_m
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
+ALIGN = 64
 RESTORE_WAIT_S = 1800.0  # a peer's or the durable copy of a large state at a capped rate
 
 
@@ -164,24 +164,53 @@ def _data_pkl(skeleton: Any) -> bytes:
     return out.getvalue()
 
 
+def _layout(tensors: list[torch.Tensor]) -> tuple[list[TensorEntry], int]:
+    """Where each tensor goes in the payload (ALIGN-aligned), and the payload's size."""
+    entries, end = [], 0
+    for tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        entries.append(TensorEntry(dtype, tuple(tensor.shape), end, nbytes))
+        end += -(-nbytes // ALIGN) * ALIGN
+    return entries, end
+
+
+def _flat(payload: memoryview) -> torch.Tensor:
+    with warnings.catch_warnings():  # a read-only view: the caller only reads (and clones)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(payload, dtype=torch.uint8) if len(payload) else torch.empty(0)
+
+
+def _fill(payload: memoryview, entries: list[TensorEntry], tensors: list[torch.Tensor]) -> None:
+    """Copy the tensors into the payload and zero the padding: equal states, equal bytes."""
+    flat = _flat(payload)
+    ends = [entry.offset for entry in entries[1:]] + [len(payload)]
+    for entry, end, source in zip(entries, ends, tensors):
+        stop = entry.offset + entry.nbytes
+        target = flat[entry.offset : stop].view(getattr(torch, entry.dtype))
+        target.view(entry.shape).copy_(source)
+        if stop < end:
+            flat[stop:end].zero_()
+
+
 def decode_state(manifest: bytes, payload: memoryview) -> Any:
     """The state a manifest and payload hold, every tensor a copy (bitwise exact)."""
     entries, data_pkl = decode_manifest(manifest)
-    return _DataUnpickler(data_pkl, as_bytes(payload), entries).load()
+    return _DataUnpickler(data_pkl, _flat(payload), entries).load()
 
 
 def write_state(arena: RankArena, slot: int, step: int, generation: int, state: Any) -> SlotInfo:
     """Snapshot `state` into `slot` at once (tools, tests); `Snapshots.save` overlaps the copy."""
     tensors: list[torch.Tensor] = []
     skeleton = _flatten(state, tensors)
-    entries, payload_len = layout(tensors)
+    entries, payload_len = _layout(tensors)
     manifest = encode_manifest(entries, _data_pkl(skeleton))
     view = arena.begin_write(slot, step, generation, manifest, payload_len)
     try:
-        summed = fill(view, entries, tensors, crc32c.crc32c(manifest))
+        _fill(view, entries, tensors)
     finally:
         del view
-    return arena.finish_write(slot, summed=summed)
+    return arena.finish_write(slot)
 
 
 def read_state(arena: RankArena, slot: int, verify: bool = True) -> Any:
@@ -262,7 +291,7 @@ class Snapshots:
         # Only what the optimizer changes may be copied later; anything else
         # (buffers a forward pass updates, RNG states) is cloned now.
         tensors = [t if t.data_ptr() in self._optimized else t.clone() for t in tensors]
-        entries, payload_len = layout(tensors)
+        entries, payload_len = _layout(tensors)
         manifest = encode_manifest(entries, _data_pkl(skeleton))
         pending = _Pending(
             step, self.generation, manifest, tensors, entries, payload_len,
@@ -301,12 +330,12 @@ class Snapshots:
             slot, pending.step, pending.generation, pending.manifest, pending.payload_len
         )
         try:
-            summed = fill(view, pending.entries, pending.tensors, crc32c.crc32c(pending.manifest))
+            _fill(view, pending.entries, pending.tensors)
         finally:
             del view
             pending.tensors.clear()
             pending.copied.set()  # the optimizer may change parameters from here on
-        info = self.arena.finish_write(slot, summed=summed)
+        info = self.arena.finish_write(slot)
         self.written[slot] = pending.step
         headers = self.arena.slots()  # read once: both slots' states and steps
         held = {s for i, s in self.written.items() if headers[i].state == SlotState.COMPLETE

@@ -172,20 +172,17 @@ class RankArena:
         with memoryview(mm) as view:
             return view[info.payload_offset : info.end]
 
-    def finish_write(
-        self, slot: int, expect: Optional[int] = None, summed: Optional[int] = None
-    ) -> SlotInfo:
+    def finish_write(self, slot: int, expect: Optional[int] = None) -> SlotInfo:
         """Checksum manifest and payload, then write the header as COMPLETE (header last).
 
         `expect`: the checksum a copy must have; on a mismatch the slot stays WRITING
-        (never restored) and CorruptSnapshot says so. `summed`: the writer summed the
-        manifest and payload itself, piece by piece from the slot as it wrote them.
+        (never restored) and CorruptSnapshot says so.
         """
         info = self._writing[_check_slot(slot)]
         mm = self._map(slot)
         if info is None or mm is None:
             raise RuntimeError(f"{self.path(slot)}: finish_write without begin_write")
-        crc = _checksum(mm, info) if summed is None else summed
+        crc = _checksum(mm, info)
         if expect is not None and crc != expect:
             self._writing[slot] = None
             raise CorruptSnapshot(
