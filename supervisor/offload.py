@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypeVar
 
 import grpc
 
@@ -40,6 +40,7 @@ from train_supervisor.arena import (
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 STAGED, REPLICAS = "staged", "replicas"
+Done = TypeVar("Done")  # what a per-rank piece of work returns
 SLOWEST_LINK_BYTES_PER_S = 50e6
 
 
@@ -268,14 +269,11 @@ class Offloader:
     def materialize(self, step: int, order: list[str]) -> Materialized:
         """Put `step` in every local rank's own arena, trying `order`'s sources in turn.
 
-        Ranks in parallel: each has its own arenas, and the checksums and copies
-        release the GIL (8 ranks of 10 GB: ~10 s of CRC-32C one after another)."""
+        Ranks in parallel (8 ranks of 10 GB: ~10 s of CRC-32C one after another)."""
         done = Materialized(step)
         configured = {SHM: True, PEER: self.holder is not None, DURABLE: self.store is not None}
         order = [source for source in order if configured[source]]
-        threads = max(1, min(len(self.ranks), os.cpu_count() or 1))
-        with ThreadPoolExecutor(threads, thread_name_prefix="materialize") as pool:
-            placed = list(pool.map(lambda rank: self._first_source(rank, step, order), self.ranks))
+        placed = self._each_rank(lambda rank: self._first_source(rank, step, order))
         for rank, (source, problems) in zip(self.ranks, placed):
             done.sources[rank] = source
             done.problems += problems
@@ -286,9 +284,14 @@ class Offloader:
         restore will want it once the ranks have unwound and rebuilt their models. The restore
         then skips a copy verified here whose header is unchanged (a rewrite changes it)."""
         self.verified.clear()
+        self._each_rank(lambda rank: self._verify_own(rank, step))
+
+    def _each_rank(self, work: Callable[[int], Done]) -> list[Done]:
+        """`work(rank)` for every local rank, in parallel (up to the core count): each rank
+        has its own arenas, and checksums and copies release the GIL."""
         threads = max(1, min(len(self.ranks), os.cpu_count() or 1))
-        with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
-            list(pool.map(lambda rank: self._verify_own(rank, step), self.ranks))
+        with ThreadPoolExecutor(threads, thread_name_prefix="per-rank") as pool:
+            return list(pool.map(work, self.ranks))
 
     def _verify_own(self, rank: int, step: int) -> None:
         arena = self._arena(rank)
