@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import psutil
 
+from supervisor.stacks import PySpy
+
 REPO = Path(__file__).resolve().parents[2]
 TOY_DDP = REPO / "tests" / "workloads" / "toy_ddp.py"
 ADDRESS_LINE = re.compile(r"supervisor on (\S+?);")
@@ -98,9 +100,11 @@ class RunningJob:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            stacks = self.stacks()
             self.kill_tree()
             raise AssertionError(
-                f"job did not end within {timeout}s; stderr:\n{self.stderr}"
+                f"job did not end within {timeout}s; stderr:\n{self.stderr}\n"
+                f"stdout:\n{self.stdout}\nstacks:\n{stacks}"
             ) from None
         for reader in self._readers:
             reader.join(10)
@@ -109,6 +113,16 @@ class RunningJob:
     @property
     def stderr(self) -> str:
         return "".join(self.stderr_lines)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.stdout_lines)
+
+    def stacks(self) -> str:
+        """py-spy dumps of the job's processes: where a job that did not end is stuck."""
+        dumper = PySpy(timeout_s=20)
+        pids = [self.proc.pid, *(child.pid for child in self.children())]
+        return "\n".join(f"--- pid {pid}\n{dumper.dump(pid)}" for pid in pids)
 
     def children(self) -> list[psutil.Process]:
         try:
