@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ from train_supervisor.arena import snapshot_directory
 SUPERVISOR_ADDRESS_ENV = "SUPERVISOR_ADDRESS"
 DEFAULT_SUPERVISOR_ADDRESS = "127.0.0.1:29400"
 SPARE_IMPORTS = ("workers", "torch")
+# DDP's and FSDP's construction imports it (with sympy: ~800 modules); before the freeze, a
+# recovery's collection skips them (launcher/warm_imports.py).
+DEFAULT_PREIMPORT = "torch._dynamo"
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 class UsageError(Exception):
@@ -85,6 +90,7 @@ class LaunchConfig:
     base_env: dict[str, str] = field(default_factory=dict)
     snapshot_dir: str = ""  # the pod's shared memory for the job's snapshots
     spare_imports: str = "workers"  # launcher/warm_imports.py
+    preimport: tuple[str, ...] = (DEFAULT_PREIMPORT,)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,6 +172,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "workers",
         "what a warm spare imports while idle: 'workers' (every module local rank 0 has "
         "loaded) or 'torch' (torch.distributed only)",
+    )
+    opt(
+        ["--preimport"],
+        "preimport",
+        DEFAULT_PREIMPORT,
+        "modules every worker imports before the script first runs, comma-separated ('none': "
+        "nothing); imported then, they are out of the collection that ends a failed generation",
     )
     opt(
         ["--unwind-timeout"],
@@ -278,6 +291,16 @@ def parse_std_map(name: str, value: str, nproc: int) -> dict[int, int]:
     return mapping
 
 
+def _module_names(flag: str, text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if names == ("none",):
+        return ()
+    for name in names:
+        if not MODULE_NAME.fullmatch(name):
+            raise UsageError(f"{flag}: {name!r} is not a module name (comma-separated, or none)")
+    return names
+
+
 def _check_target(script: str, module: bool, no_python: bool) -> None:
     if module and no_python:
         raise UsageError("--module and --no-python cannot be used together")
@@ -333,6 +356,7 @@ def parse_args(
         raise UsageError(
             f"--spare-imports must be one of {', '.join(SPARE_IMPORTS)}, got {ns.spare_imports!r}"
         )
+    preimport = _module_names("--preimport", ns.preimport)
     base_env = {} if "OMP_NUM_THREADS" in env or nproc == 1 else {"OMP_NUM_THREADS": "1"}
     run_id = ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none")
     return LaunchConfig(
@@ -365,4 +389,5 @@ def parse_args(
         base_env=base_env,
         snapshot_dir=str(snapshot_directory(run_id, env)),
         spare_imports=ns.spare_imports,
+        preimport=preimport,
     )

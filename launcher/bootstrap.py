@@ -45,7 +45,13 @@ from launcher.unwind import (
     sever_generation_connections,
     tcp_connections,
 )
-from launcher.warm_imports import MANIFEST_ENV, ManifestWriter, start_warming
+from launcher.warm_imports import (
+    MANIFEST_ENV,
+    PREIMPORT_ENV,
+    ManifestWriter,
+    preimport,
+    start_warming,
+)
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -272,6 +278,8 @@ def main() -> None:
     if rank < 0:  # a warm spare pays the torch import now, not when it takes a rank
         with contextlib.suppress(ImportError):
             import torch.distributed  # noqa: F401
+    for problem in preimport([n for n in os.environ.pop(PREIMPORT_ENV, "").split(",") if n]):
+        print(f"train-launch: --preimport {problem}", file=sys.stderr, flush=True)
     manifest = os.environ.pop(MANIFEST_ENV, "")
     code = Worker(address, token, rank, target, manifest).run()
     sys.stdout.flush()

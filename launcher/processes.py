@@ -16,7 +16,7 @@ from typing import IO, Optional
 
 from launcher.args import LaunchConfig
 from launcher.oom import OomBaseline, OomCounters
-from launcher.warm_imports import MANIFEST_ENV
+from launcher.warm_imports import MANIFEST_ENV, PREIMPORT_ENV
 from train_supervisor.credentials import TOKEN_ENV
 
 # Variables the bootstrap reads and removes before the user's script runs.
@@ -93,6 +93,8 @@ class WorkerProcesses:
         env[ENV_PARENT_PID] = str(os.getpid())
         if self.imports_manifest:
             env[MANIFEST_ENV] = self.imports_manifest
+        if not self.config.no_python:  # the bootstrap's, removed before the script runs
+            env[PREIMPORT_ENV] = ",".join(self.config.preimport)
         # The job token reaches the bootstrap only, never the user's script.
         env.pop(TOKEN_ENV, None)
         if self.token:

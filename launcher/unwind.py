@@ -105,25 +105,39 @@ def _connections_to_sever(store_port: int, before: set[Connection], keep_port: i
     it outlives generations.
     """
     me = psutil.Process()
-    parent = me.ppid()
-    owners = {
-        (c.laddr.ip, c.laddr.port): c.pid
-        for c in psutil.net_connections(kind="tcp")
-        if c.laddr and c.pid
-    }
-    fds = []
+    fds, older = [], []
     for conn in me.net_connections(kind="tcp"):
         if not conn.raddr or conn.fd < 0 or conn.raddr.port == keep_port:
             continue
         endpoints = ((conn.laddr.ip, conn.laddr.port), (conn.raddr.ip, conn.raddr.port))
-        owner = owners.get(endpoints[1])
-        sibling = False
-        if owner and owner != me.pid:
-            with contextlib.suppress(psutil.Error):
-                sibling = psutil.Process(owner).ppid() == parent
-        if endpoints not in before or conn.raddr.port == store_port or sibling:
+        if endpoints not in before or conn.raddr.port == store_port:
             fds.append(conn.fd)
+        else:
+            older.append((conn.fd, endpoints[1]))
+    # Only a connection older than the generation needs its far end's owner, and finding
+    # owners reads every process's fds (~60 ms on a busy node, while a rank waits for this).
+    if older:
+        siblings = _sibling_endpoints(me)
+        fds += [fd for fd, remote in older if remote in siblings]
     return fds
+
+
+def _sibling_endpoints(me: psutil.Process) -> set[Endpoint]:
+    """Local endpoints of TCP sockets owned by the other workers of this launcher."""
+    parent = me.ppid()
+    sibling: dict[int, bool] = {me.pid: False}
+    found = set()
+    for conn in psutil.net_connections(kind="tcp"):
+        if not conn.laddr or not conn.pid:
+            continue
+        if conn.pid not in sibling:
+            try:
+                sibling[conn.pid] = psutil.Process(conn.pid).ppid() == parent
+            except psutil.Error:
+                sibling[conn.pid] = False
+        if sibling[conn.pid]:
+            found.add((conn.laddr.ip, conn.laddr.port))
+    return found
 
 
 def sever_generation_connections(before: set[Connection], keep_port: int) -> int:

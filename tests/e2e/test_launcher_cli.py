@@ -187,3 +187,23 @@ def test_a_foreign_supervisor_package_is_named_in_one_line(tmp_path: Path) -> No
     )
     assert done.returncode == exit_codes.USAGE_ERROR
     assert f"imported from {foreign / '__init__.py'} is not train-supervisor's" in done.stderr
+
+
+def test_preimported_modules_are_loaded_and_frozen_before_the_script_starts(
+    tmp_path: Path,
+) -> None:
+    """Frozen, they are out of the collection that ends a failed generation (launcher/bootstrap)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for preimport in ("torch._dynamo", "none"):
+        out = tmp_path / preimport
+        out.mkdir()
+        job = train_launch(
+            ["--standalone", "--nproc-per-node", "1", "--preimport", preimport],
+            [str(out)],
+            script=REPO / "tests" / "workloads" / "report_start.py",
+        )
+        assert job.wait(120) == 0, job.stderr
+        seen[preimport] = json.loads((out / "rank_0.json").read_text())
+    assert seen["torch._dynamo"]["dynamo"] and not seen["none"]["dynamo"]
+    # torch._dynamo and sympy are over 100k objects.
+    assert seen["torch._dynamo"]["frozen"] > seen["none"]["frozen"] + 50_000, seen

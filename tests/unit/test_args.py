@@ -421,3 +421,18 @@ def test_spare_imports_defaults_to_the_workers_modules_and_refuses_other_words(
     assert parse([script], {"PET_SPARE_IMPORTS": "torch"}).spare_imports == "torch"
     error = usage_error(["--spare-imports", "all", script])
     assert "--spare-imports" in error and "'all'" in error, error
+
+
+def test_preimport_defaults_to_torch_dynamo_takes_a_list_or_none_and_refuses_bad_names(
+    script: str,
+) -> None:
+    assert parse([script]).preimport == ("torch._dynamo",)
+    assert parse(["--preimport", "transformers, torch._dynamo", script]).preimport == (
+        "transformers",
+        "torch._dynamo",
+    )
+    assert parse(["--preimport", "none", script]).preimport == ()
+    assert parse(["--preimport", "", script]).preimport == ()
+    assert parse([script], {"PET_PREIMPORT": "none"}).preimport == ()
+    error = usage_error(["--preimport", "torch._dynamo,my-lib", script])
+    assert "--preimport" in error and "'my-lib'" in error, error

@@ -13,6 +13,7 @@ import pytest
 from launcher.warm_imports import (
     ManifestWriter,
     importable_names,
+    preimport,
     read_manifest,
     still_to_import,
     warm_until_promoted,
@@ -99,3 +100,15 @@ def test_a_spare_imports_each_listed_module_until_it_is_promoted(modules_dir: Pa
     # The broken module was tried and skipped; the script itself was never imported.
     assert imported == ["warm_broken", "warm_model_defs"]
     assert "warm_train" not in sys.modules
+
+
+def test_preimport_imports_each_module_and_reports_the_ones_that_fail(modules_dir: Path) -> None:
+    (modules_dir / "pre_first.py").write_text("LOADED = True\n")
+    (modules_dir / "pre_broken.py").write_text("raise RuntimeError('needs a GPU')\n")
+    (modules_dir / "pre_last.py").write_text("LOADED = True\n")
+    failed = preimport(["pre_first", "pre_broken", "pre_missing", "pre_last"])
+    assert "pre_first" in sys.modules and "pre_last" in sys.modules
+    assert failed == [
+        "pre_broken: RuntimeError: needs a GPU",
+        "pre_missing: ModuleNotFoundError: No module named 'pre_missing'",
+    ]
