@@ -19,7 +19,7 @@ from launcher.processes import (
     SCRIPT_GENERATION_ENV,
     SCRIPT_TOKEN_ENV,
 )
-from launcher.warm_imports import MANIFEST_ENV
+from launcher.warm_imports import MANIFEST_ENV, PREIMPORT_ENV
 from supervisor.env_values import Variable
 from train_supervisor.arena import SNAPSHOT_DIR_ENV
 from train_supervisor.credentials import TOKEN_ENV
@@ -79,4 +79,5 @@ BOOTSTRAP_VARIABLES = (
     Variable(ENV_PARENT_PID, "", "train-launch's PID: the worker dies with it"),
     Variable(ENV_TOKEN, "", "the job token"),
     Variable(MANIFEST_ENV, "", "the file where local rank 0 lists its modules for the spares"),
+    Variable(PREIMPORT_ENV, "", "--preimport's modules, comma-separated"),
 )

@@ -89,11 +89,16 @@ def preimport(
     recovery on 2 busy cores, on every surviving rank's critical path.
     """
     failed = []
+    environ = dict(os.environ)  # torch._inductor's import sets TORCHINDUCTOR_CACHE_DIR
     for name in names:
         try:
             import_module(name)
         except Exception as err:  # the script, if it needs the module, gets the error itself
             failed.append(f"{name}: {type(err).__name__}: {err}")
+    # The script sees the environment torchrun would give it, whatever it imports itself.
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update((k, v) for k, v in environ.items() if os.environ.get(k) != v)
     return failed
 
 

@@ -159,6 +159,13 @@ def _oom(e: Evidence, text: str) -> str:
     return f"output: {line!r}" if line else ""
 
 
+def peer_error(exception_type: str, message: str) -> bool:
+    """The exception says a collective's peer failed (connection closed, reset, timed out)
+    rather than what went wrong in this rank itself."""
+    text = f"{exception_type}: {message}"
+    return exception_type in _NETWORK_EXCEPTIONS or _NETWORK_LINES.search(text) is not None
+
+
 def _network(e: Evidence, text: str) -> str:
     if e.exception_type in _NETWORK_EXCEPTIONS:
         return f"{e.exception_type}: {e.message}"

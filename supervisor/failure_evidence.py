@@ -19,6 +19,7 @@ from supervisor.classify import (
     FailureClass,
     GpuHealth,
     classify,
+    peer_error,
 )
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -88,3 +89,8 @@ def policy_failure(record: pb.FailureRecord, found: Classification) -> restart_p
         action=found.action,
         reason=found.reason,
     )
+
+
+def peer_echo(detail: pb.FailureDetail | None) -> bool:
+    """A raised error that says a collective lost a peer, not what went wrong in the rank."""
+    return detail is not None and peer_error(detail.exception_type, detail.message)

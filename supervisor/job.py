@@ -15,7 +15,7 @@ from typing import Optional
 from supervisor import restart_policy
 from supervisor.classify import Classification, GpuHealth
 from supervisor.commit import CommitTracker
-from supervisor.failure_evidence import NO_GPU, FailureMemory, policy_failure
+from supervisor.failure_evidence import NO_GPU, FailureMemory, peer_echo, policy_failure
 from supervisor.job_types import (
     Effect,
     EventLog,
@@ -203,14 +203,24 @@ class JobState:
         slot.evidence = detail
         return None, []
 
-    def settle(self, pid: int) -> tuple[pb.Verdict, list[Effect]]:
-        """The settle window after a RAISED outcome is over: decide."""
+    def settle(self, pid: int, final: bool = True) -> tuple[Optional[pb.Verdict], list[Effect]]:
+        """The settle window after a RAISED outcome is over: decide (None: one more window).
+
+        A peer's error is not the failure while another rank raised one of its own: it waits
+        in place for the next generation; with none yet, a second window (`final` False).
+        Which rank's exit comes first must not decide the blame."""
         slot = self.slot_of(pid)
         if slot is None or self.over:
             return pb.Verdict.VERDICT_EXIT_FAILED, []
         if slot.generation < self.generation or not self.started:
             slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
             return pb.Verdict.VERDICT_WAIT, self._maybe_start()
+        if peer_echo(slot.evidence):
+            if any(s.evidence and not peer_echo(s.evidence) for s in self.ranks.values()):
+                slot.state, slot.evidence = WS.WORKER_STATE_INIT, None
+                return pb.Verdict.VERDICT_WAIT, []
+            if not final:
+                return None, []
         return pb.Verdict.VERDICT_EXIT_FAILED, []
 
     def process_exited(
@@ -367,8 +377,9 @@ class JobState:
         for slot in slots:
             env = spec_env(self.spec, slot.rank, slot.local_rank, self.generation, *master)
             slot.generation = self.generation
-            # Steps count per generation, for survivors too.
+            # Steps (and a raised error's evidence) count per generation, for survivors too.
             slot.step, slot.step_time_s, slot.last_heartbeat = 0, 0.0, None
+            slot.evidence = None
             if not self.spec.bootstrapped:
                 effects.append(self._spawn_rank(slot, env))
                 continue

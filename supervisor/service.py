@@ -367,10 +367,13 @@ class Supervisor:
             request.pid, request.generation, request.kind, failure, time.monotonic(), request.step
         )
         self.apply(effects)
-        if verdict is None:
+        for final in (False, True):  # a peer's error may wait a second window (JobState.settle)
+            if verdict is not None:
+                break
             await self._wait_for_abort(job, request.generation)
-            verdict, effects = job.settle(request.pid)
+            verdict, effects = job.settle(request.pid, final)
             self.apply(effects)
+        assert verdict is not None  # the final window always decides
         return pb.OutcomeVerdict(verdict=verdict)
 
     async def _wait_for_abort(self, job: JobState, generation: int) -> None:

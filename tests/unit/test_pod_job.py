@@ -463,6 +463,37 @@ def test_each_generation_starts_from_the_leaders_restore_step() -> None:
     assert sim.job.snapshots.committed == -1 and sim.job.snapshots.held(2) == frozenset()
 
 
+def peer_lost() -> pb.FailureDetail:
+    message = "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:16550"
+    return pb.FailureDetail(exception_type="RuntimeError", message=message)
+
+
+def test_a_peers_error_waits_in_place_while_the_rank_with_its_own_error_is_the_failure() -> None:
+    """Whichever settles (or exits) first: the ValueError is the failure, not the echo."""
+    sim = PodSim()
+    running(sim)
+    culprit, echo = sim.pid(3), sim.pid(2)
+    raised = pb.OutcomeKind.OUTCOME_RAISED
+    assert sim.job.outcome(echo, 0, raised, peer_lost(), sim.now) == (None, [])
+    assert sim.job.settle(echo, final=False) == (None, []), "no cause known yet: one more window"
+    assert sim.job.outcome(culprit, 0, raised, boom(), sim.now) == (None, [])
+    assert sim.job.settle(echo, final=True) == (pb.Verdict.VERDICT_WAIT, [])
+    assert sim.job.settle(culprit) == (pb.Verdict.VERDICT_EXIT_FAILED, [])
+    effects = sim.job.process_exited(culprit, 1, 0, "ValueError: bad batch", sim.now)
+    [report] = reports(effects)
+    assert (report.failure.rank, report.failure.failure_class) == (3, "user_bug")
+    assert sim.job.ranks[2].pid == echo, "the echo is not replaced: it re-enters in place"
+
+
+def test_a_peers_error_with_no_cause_in_the_pod_is_the_failure_after_a_second_window() -> None:
+    sim = PodSim()
+    running(sim)
+    echo = sim.pid(2)
+    assert sim.job.outcome(echo, 0, pb.OutcomeKind.OUTCOME_RAISED, peer_lost(), sim.now)[0] is None
+    assert sim.job.settle(echo, final=False) == (None, [])
+    assert sim.job.settle(echo, final=True) == (pb.Verdict.VERDICT_EXIT_FAILED, [])
+
+
 # ---------------------------------------------------------------- leader lost
 def test_leader_lost_stops_the_generation_and_ranks_wait_in_place() -> None:
     """A rank that raises because the leader's pod died waits instead of being replaced."""

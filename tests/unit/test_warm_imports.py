@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import types
@@ -112,3 +113,15 @@ def test_preimport_imports_each_module_and_reports_the_ones_that_fail(modules_di
         "pre_broken: RuntimeError: needs a GPU",
         "pre_missing: ModuleNotFoundError: No module named 'pre_missing'",
     ]
+
+
+def test_preimport_leaves_the_environment_as_it_found_it(
+    modules_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch._inductor's import sets TORCHINDUCTOR_CACHE_DIR: the script must not see it."""
+    (modules_dir / "pre_env.py").write_text(
+        "import os\nos.environ['PRE_ENV_ADDED'] = '1'\nos.environ['PRE_ENV_KEPT'] = 'changed'\n"
+    )
+    monkeypatch.setenv("PRE_ENV_KEPT", "original")
+    assert preimport(["pre_env"]) == []
+    assert "PRE_ENV_ADDED" not in os.environ and os.environ["PRE_ENV_KEPT"] == "original"
