@@ -131,8 +131,8 @@ class Worker:
         self.generation = -1
         self.aborted_generation = -1
         self.unwound = False  # the supervisor knows this generation is over for us
-        self.steps = StepCounter(self._send_heartbeat)
         self.manifest = ManifestWriter(imports_manifest) if imports_manifest else None
+        self.steps = StepCounter(self._send_heartbeat)  # its thread uses the manifest
         self.warming: Optional[threading.Event] = None  # set: a spare stops warming up
         if imports_manifest and rank < 0:
             self.warming = start_warming(imports_manifest, target.name if target.module else "")

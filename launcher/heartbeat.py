@@ -73,7 +73,10 @@ class StepCounter:
     def _report_forever(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: (self._generation, self._step) != self._sent)
+                # Nothing to report before the first generation starts (reset).
+                self._cond.wait_for(
+                    lambda: self._generation >= 0 and (self._generation, self._step) != self._sent
+                )
                 current = (self._generation, self._step)
                 step_time, compute = self._step_time, self._compute
             try:

@@ -71,3 +71,14 @@ def test_a_step_without_any_forward_reports_no_compute_time() -> None:
         for handle in handles:
             handle.remove()
     assert last[1] == 1 and last[3] == 0.0
+
+
+def test_the_first_heartbeat_is_the_generations_start_sent_at_once() -> None:
+    """Nothing is sent before a generation starts, so the start's report is not held back by
+    the pause after a send: a rank stopped a few fast steps later must be known to the
+    hang detector (it only weighs ranks it has heard from)."""
+    sent: queue.Queue[tuple[int, int, float, float]] = queue.Queue()
+    counter = StepCounter(lambda g, s, t, c: sent.put((g, s, t, c)))
+    counter.reset(generation=0)
+    assert sent.get(timeout=5)[:2] == (0, 0)
+    assert sent.empty(), "no report of the time before the generation (-1)"
