@@ -60,7 +60,8 @@ def markdown(report: dict[str, Any]) -> str:
         "their imports, and the warm spare that takes the failed rank imported, while idle, "
         "what local rank 0 had (DDP's first construction imports torch._dynamo: over a "
         "second here). train-launch's own part is detect, unwind_and_spare_handover and "
-        "script_reentry_and_pg_init.",
+        "script_reentry_and_pg_init; every worker imports torch._dynamo before the script "
+        "(--preimport), so a survivor's first unwind does not walk its ~120k objects.",
         "",
         "torchrun ran with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torch 2.13 + gloo "
         "does not recover). Reproduce: `python bench/recovery_snapshots.py`.",
