@@ -216,7 +216,8 @@ class JobState:
             slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
             return pb.Verdict.VERDICT_WAIT, self._maybe_start()
         if peer_echo(slot.evidence):
-            if any(s.evidence and not peer_echo(s.evidence) for s in self.ranks.values()):
+            raised = [s.evidence for s in self.ranks.values() if s.evidence is not None]
+            if any(not peer_echo(evidence) for evidence in raised):
                 slot.state, slot.evidence = WS.WORKER_STATE_INIT, None
                 return pb.Verdict.VERDICT_WAIT, []
             if not final:
