@@ -31,6 +31,7 @@ from supervisor.peer_wire import (
 )
 from supervisor.ports import free_port
 from supervisor.service import Supervisor
+from supervisor.status_view import job_wide_ranks
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -108,9 +109,9 @@ class LeaderHub:
         status.generation, status.restart_count = view.generation, view.restart_count
         status.world_size = view.world_size
         status.leader = "node 0 (this pod)"
-        ranks = [*local.ranks, *(r for n in sorted(self.pod_ranks) for r in self.pod_ranks[n])]
+        others = [r for n in sorted(self.pod_ranks) for r in self.pod_ranks[n]]
         del status.ranks[:]
-        status.ranks.extend(sorted(ranks, key=lambda r: r.rank))
+        status.ranks.extend(job_wide_ranks(local, others))
         failures = [f for f in (local.last_failure, *self.pod_failures.values()) if f.time_unix]
         if failures:
             status.last_failure.CopyFrom(max(failures, key=lambda f: f.time_unix))

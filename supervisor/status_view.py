@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from supervisor.commit import NONE, RankSnapshots
 from supervisor.job import JobState
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -50,3 +52,18 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
     if job.failures:
         status.last_failure.CopyFrom(job.failures[-1])
     return status
+
+
+def job_wide_ranks(leader: pb.JobStatus, others: Iterable[pb.RankStatus]) -> list[pb.RankStatus]:
+    """The leader's ranks and the followers' last reported ones, by rank. Commits and offload
+    rounds are job-wide and decided by the leader; a follower learns them with the next commit
+    and reports its ranks a beat later, so the leader's steps replace the follower's."""
+    ranks = []
+    for reported in [*leader.ranks, *others]:
+        rank = pb.RankStatus()
+        rank.CopyFrom(reported)
+        rank.committed_step = leader.committed_step
+        rank.replicated_step = leader.replicated_step
+        rank.persisted_step = leader.persisted_step
+        ranks.append(rank)
+    return sorted(ranks, key=lambda r: r.rank)

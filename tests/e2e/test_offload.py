@@ -190,7 +190,8 @@ def test_a_replaced_pod_with_empty_memory_restores_from_the_peer_replica(
         wait_until(lambda: max_step(read_events(events), 3) >= 12, 120, "rank 3 to step")
         status = pods.status(0)
         assert int(status["replicatedStep"]) >= 1, status
-        assert {int(r["replicatedStep"]) >= 1 for r in status["ranks"]} == {True}, status
+        # Rounds are job-wide: every rank shows the leader's step, a follower's lag or not.
+        assert {r["replicatedStep"] for r in status["ranks"]} == {status["replicatedStep"]}, status
         pods.replace_pod(1, wipe_memory=True)
         for launcher in pods.launchers:
             assert launcher.wait(240) == 0, pods.logs()

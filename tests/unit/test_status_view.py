@@ -8,7 +8,7 @@ import signal
 from supervisor.cli import render_table
 from supervisor.job import JobState, ToWorker
 from supervisor.restart_policy import RestartPolicy
-from supervisor.status_view import job_status
+from supervisor.status_view import job_status, job_wide_ranks
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
@@ -171,3 +171,19 @@ def test_finished_job_shows_succeeded() -> None:
     table = render_table(job_status(job, now=6.0, leader="local"))
     assert "state succeeded" in table
     assert table.splitlines()[2].split()[3] == "succeeded"
+
+
+def test_the_job_wide_view_gives_every_rank_the_leaders_commit_and_offload_steps() -> None:
+    leader = pb.JobStatus(committed_step=9, replicated_step=8, persisted_step=4)
+    leader.ranks.add(rank=1, saved_step=9, committed_step=9, replicated_step=8, persisted_step=4)
+    leader.ranks.add(rank=0, saved_step=9, committed_step=9, replicated_step=8, persisted_step=4)
+    # A follower's last report, made before it heard of the newest commit and round.
+    lagging = [
+        pb.RankStatus(rank=3, saved_step=9, committed_step=8, replicated_step=7, persisted_step=-1),
+        pb.RankStatus(rank=2, saved_step=9, committed_step=8, replicated_step=7, persisted_step=-1),
+    ]
+    ranks = job_wide_ranks(leader, lagging)
+    assert [r.rank for r in ranks] == [0, 1, 2, 3]
+    assert {(r.committed_step, r.replicated_step, r.persisted_step) for r in ranks} == {(9, 8, 4)}
+    assert [r.saved_step for r in ranks] == [9] * 4  # what each rank itself reported stays
+    assert lagging[0].committed_step == 8, "the follower's report is not changed in place"
