@@ -28,7 +28,7 @@ import torch
 from readme_quote import publish
 from snapshot_stall import busy_cpu_s, machine
 
-from launcher.snapshot import write_state
+from launcher.snapshot_payload import write_state
 from supervisor.durable import DurableStore
 from supervisor.offload import REPLICAS, STAGED, Offloader, RoundResult
 from supervisor.offload_config import OffloadConfig, parse_offload

@@ -11,6 +11,8 @@ The header goes WRITING before any manifest or payload byte changes and COMPLETE
 last one, so a rank killed mid-write never leaves a COMPLETE-looking slot. Files live in tmpfs:
 they outlive the process (a restarted rank reopens them), not the node. No torch, no numpy: the
 supervisor reads these files too. One writer per rank; readers elsewhere remap when a file grows.
+Writers of one slot that may overlap (a script re-entered in place while its previous run's
+writer thread still copies) take `exclusive(slot)`: an flock on the slot file, held per open file.
 Files never shrink, so an older, smaller mapping never touches a page past the end (SIGBUS).
 """
 
@@ -19,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import fcntl
 import mmap
 import os
 import re
 import shutil
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -236,6 +239,17 @@ class RankArena:
         mm = self._map(_check_slot(slot))
         if mm is not None and len(mm) >= HEADER_SIZE:
             mm[:HEADER_SIZE] = bytes(HEADER_SIZE)
+
+    @contextlib.contextmanager
+    def exclusive(self, slot: int) -> Iterator[None]:
+        """Hold `slot` against the writers of every other RankArena (this process or another)."""
+        fd = self._fd(_check_slot(slot), create=True)
+        assert fd is not None
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if the holder dies
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def find(self, step: int) -> Optional[int]:
         """The slot with a COMPLETE snapshot of `step` (header only, no checksum), or None."""

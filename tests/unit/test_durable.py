@@ -18,7 +18,7 @@ import torch
 from mounts import remount, tmpfs
 from test_torch_format import assert_same, training_state
 
-from launcher.snapshot import read_state, write_state
+from launcher.snapshot_payload import read_state, write_state
 from supervisor.durable import MANIFEST, DurableError, DurableStore, _file_crc
 from supervisor.throttle import Throttle
 from train_supervisor.arena import CorruptSnapshot, RankArena, SnapshotImage

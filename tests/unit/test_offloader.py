@@ -12,7 +12,7 @@ import torch
 from effects import make_spec
 from test_replica import RUN, Peer
 
-from launcher.snapshot import read_state, write_state
+from launcher.snapshot_payload import read_state, write_state
 from supervisor.commit import NONE
 from supervisor.job import JobState
 from supervisor.offload import REPLICAS, STAGED, Offloader

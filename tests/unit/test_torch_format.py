@@ -16,7 +16,7 @@ import crc32c
 import pytest
 import torch
 
-from launcher.snapshot import read_state, write_state
+from launcher.snapshot_payload import read_state, write_state
 from train_supervisor.arena import CorruptSnapshot, RankArena, SnapshotImage
 from train_supervisor.torch_format import (
     TensorEntry,

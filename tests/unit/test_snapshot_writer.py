@@ -1,0 +1,127 @@
+"""launcher/snapshot.py's writer thread across an in-place re-entry: a save of a run that a
+failure unwound never lands over the next run's snapshots.
+
+The scripts' side is real (Snapshots, its writer thread, shared memory in tmp); the supervisor's
+side is a gRPC server on loopback that records each ReportSaved and answers it as a one-rank job
+would (the step is committed) — except that it can hold an answer, as the real one holds it until
+the step commits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import torch
+
+from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV
+from launcher.snapshot import Snapshots
+from launcher.snapshot_payload import fill, layout, read_state
+from supervisor.ports import free_port
+from train_supervisor.arena import SNAPSHOT_DIR_ENV, RankArena, SlotState
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+
+class CommittingSupervisor(pb_grpc.SnapshotServiceServicer):
+    """Commits every reported step; `hold` keeps the answer to one generation's reports."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int]] = []  # (generation, step)
+        self.hold_generation = -1
+        self.release = threading.Event()
+        self.holding = threading.Event()
+
+    def ReportSaved(self, request: pb.SnapshotSaved, context: Any) -> pb.CommitReply:
+        self.reports.append((request.generation, request.step))
+        if request.generation == self.hold_generation:
+            self.holding.set()
+            self.release.wait(30)
+            return pb.CommitReply(committed_step=-1)  # its generation ended meanwhile
+        return pb.CommitReply(committed_step=request.step)
+
+
+@pytest.fixture
+def supervisor() -> Iterator[tuple[str, CommittingSupervisor]]:
+    servicer = CommittingSupervisor()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_SnapshotServiceServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(address)
+    server.start()
+    yield address, servicer
+    servicer.release.set()
+    server.stop(grace=None)
+
+
+def state(value: float) -> dict[str, Any]:
+    return {"weights": torch.full((64, 1024), value), "step_data": [value]}
+
+
+def test_a_queued_save_of_an_unwound_run_never_overwrites_the_next_runs_committed_step(
+    tmp_path: Path, supervisor: tuple[str, CommittingSupervisor]
+) -> None:
+    address, recorder = supervisor
+    env = {
+        "RANK": "0",
+        "TORCHELASTIC_RUN_ID": "writer-test",
+        SCRIPT_ADDRESS_ENV: address,
+        SCRIPT_GENERATION_ENV: "0",
+        SNAPSHOT_DIR_ENV: str(tmp_path),
+    }
+    recorder.hold_generation = 0
+    dead_run = Snapshots(env)
+    dead_run.save(1, state(1.0))
+    assert recorder.holding.wait(30), "the first run's step 1 waits for its commit"
+    dead_run.save(2, state(2.0))  # queued behind it; then a failure unwinds the script
+    env[SCRIPT_GENERATION_ENV] = "1"  # as the bootstrap does when the next run starts in place
+    next_run = Snapshots(env)
+    next_run.save(1, state(10.0))
+    next_run.flush()
+    assert next_run.committed == 1
+    recorder.release.set()  # the dead run's writer goes on with its queued step 2
+    dead_run.flush()
+
+    assert recorder.reports == [(0, 1), (1, 1)], "the dead run's step 2 was dropped, not reported"
+    arena = RankArena(tmp_path, 0)
+    slot = arena.find(1)
+    assert slot is not None, [info for info in arena.slots()]
+    header = arena.slots()[slot]
+    assert (header.state, header.step, header.generation) == (SlotState.COMPLETE, 1, 1)
+    assert torch.equal(read_state(arena, slot)["weights"], torch.full((64, 1024), 10.0))
+
+
+def test_a_copy_stops_between_two_tensors_once_it_is_no_longer_wanted() -> None:
+    tensors = [torch.full((16,), 1.0), torch.full((16,), 2.0), torch.full((16,), 3.0)]
+    entries, size = layout(tensors)
+    payload = bytearray(b"\xee" * size)
+    answers = iter([True, False])
+    assert not fill(memoryview(payload), entries, tensors, lambda: next(answers))
+    first, second = entries[0], entries[1]
+    copied = payload[first.offset : first.offset + first.nbytes]
+    assert copied == bytes(tensors[0].untyped_storage())
+    assert payload[second.offset :] == b"\xee" * (size - second.offset), "nothing after it"
+    assert fill(memoryview(payload), entries, tensors)
+
+
+def test_the_slot_lock_excludes_a_writer_in_another_arena_until_released(tmp_path: Path) -> None:
+    holder = RankArena(tmp_path, 3)
+    # Another open file of each slot, as another Snapshots (or process) would hold.
+    probes = [os.open(holder.path(slot), os.O_RDWR | os.O_CREAT) for slot in (0, 1)]
+    try:
+        with holder.exclusive(1):
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probes[1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(probes[0], fcntl.LOCK_EX | fcntl.LOCK_NB)  # the other slot is free
+        fcntl.flock(probes[1], fcntl.LOCK_EX | fcntl.LOCK_NB)  # and this one once released
+    finally:
+        for probe in probes:
+            os.close(probe)
+        holder.close()
