@@ -113,3 +113,18 @@ class CommitTracker:
 
     def _advance(self) -> bool:
         return self.commit(max(self.common(), default=NONE))
+
+
+def held_at_death(
+    complete: Iterable[tuple[int, int]], committed: int, generation: int
+) -> frozenset[int]:
+    """What a rank that died in `generation` holds, read from its arena's COMPLETE slots
+    (`complete`: (step, generation) pairs). A rank reports a step only after its copy, so one
+    killed right then may hold a step it never reported; a dead rank writes nothing more, so
+    its arena is exact. Counted: the committed step, and newer ones of the same generation
+    (an older generation's step of the same number has other contents)."""
+    return frozenset(
+        step
+        for step, written_in in complete
+        if step == committed or (step > committed and written_in == generation)
+    )

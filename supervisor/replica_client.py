@@ -118,7 +118,8 @@ def fetch_replica(
     request = pb.ReplicaRequest(run_id=run_id, rank=rank, step=step)
     responses = _stub(target).FetchReplica(request, timeout=timeout_s)
     try:
-        return _receive(responses, rank, step, into, slot)
+        with into.exclusive(slot):  # a worker's writer may still be in this slot
+            return _receive(responses, rank, step, into, slot)
     finally:
         responses.cancel()  # a no-op once the stream is over; stops the peer after an error
 

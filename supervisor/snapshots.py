@@ -8,24 +8,64 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from supervisor.commit import NONE
+from supervisor.commit import NONE, RankSnapshots, held_at_death
 from supervisor.job import JobState
 from supervisor.offload import Materialized
 from supervisor.offload_driver import OffloadDriver
 from supervisor.pod_job import CoordinatedJobState
 from supervisor.service import Supervisor
+from train_supervisor.arena import RankArena, SlotState
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
 # A report waits at most this long for the other ranks, rather than block the
 # rank's next save forever. Past it the rank's next save may overwrite the
 # step still waiting; were that step committed later, the verification before
 # a restore would find it missing on that rank and fall back.
 COMMIT_WAIT_S = 60.0
+
+
+def record_saved(
+    sup: Supervisor, job: JobState, rank: int, step: int, held: list[int], size: int, wait: float
+) -> None:
+    """Rank `rank` holds `held` (ValueError: that breaks the protocol)."""
+    tracker = job.snapshots
+    committed = tracker.committed
+    effects = job.snapshot_saved(rank, step, held, size, wait)
+    if effects or tracker.committed != committed:  # a commit is no event: it is every step
+        sup.apply(effects)  # reports to the leader; wakes the ranks waiting for a commit
+        if sup.offload is not None and not isinstance(job, CoordinatedJobState):
+            sup.offload.committed(tracker.committed)
+
+
+def harvest_dead_rank(sup: Supervisor, pid: int) -> None:
+    """Before a live rank's death is handled: count what its arena holds (held_at_death)."""
+    job = sup.job
+    slot = None if job is None else job.slot_of(pid)
+    if job is None or slot is None or not job.spec.snapshot_dir:
+        return
+    if slot.state != pb.WorkerState.WORKER_STATE_HEALTHY or slot.generation != job.generation:
+        return  # not a death in the running generation (an unwinding rank, a spare)
+    tracker = job.snapshots
+    with RankArena(Path(job.spec.snapshot_dir), slot.rank) as arena:
+        complete = [(i.step, i.generation) for i in arena.slots() if i.state is SlotState.COMPLETE]
+    held = held_at_death(complete, tracker.committed, job.generation)
+    known = tracker.ranks.get(slot.rank, RankSnapshots())
+    if not held or max(held) <= known.saved_step:
+        return  # it reported everything it holds
+    try:
+        record_saved(sup, job, slot.rank, max(held), sorted(held), known.bytes, known.blocking_s)
+    except ValueError as err:
+        log.warning("rank %d's arena after its death: %s", slot.rank, err)
+    else:
+        job.record("snapshot_harvested", f"rank {slot.rank} died holding steps {sorted(held)}")
 
 
 class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
@@ -43,18 +83,14 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
         if stale:  # an old process or generation: its steps count for nothing
             return pb.CommitReply(committed_step=job.snapshots.committed)
         tracker = job.snapshots
-        committed = tracker.committed
         try:
-            effects = job.snapshot_saved(
-                request.rank, request.step, list(request.held), request.bytes, request.blocking_s
-            )
+            record_saved(
+                self.sup, job, request.rank, request.step, list(request.held),
+                request.bytes, request.blocking_s,
+            )  # fmt: skip
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise AssertionError("unreachable: abort raises") from None
-        if effects or tracker.committed != committed:  # a commit is no event: it is every step
-            self.sup.apply(effects)  # reports to the leader; wakes the ranks waiting below
-            if self.sup.offload is not None and not isinstance(job, CoordinatedJobState):
-                self.sup.offload.committed(tracker.committed)
 
         def settled() -> bool:
             return tracker.is_settled(request.step) or job.generation != request.generation

@@ -225,14 +225,15 @@ class RankArena:
         """Copy `image` into `slot`, checksum verified against the image's (CorruptSnapshot)."""
         if image.rank != self.rank:
             raise ValueError(f"image of rank {image.rank} given to rank {self.rank}'s arena")
-        view = self.begin_write(
-            slot, image.step, image.generation, image.manifest, len(image.payload)
-        )
-        try:
-            view[:] = image.payload
-        finally:
-            view.release()
-        return self.finish_write(slot, expect=image.checksum)
+        with self.exclusive(slot):  # a worker's writer may still be in this slot
+            view = self.begin_write(
+                slot, image.step, image.generation, image.manifest, len(image.payload)
+            )
+            try:
+                view[:] = image.payload
+            finally:
+                view.release()
+            return self.finish_write(slot, expect=image.checksum)
 
     def discard(self, slot: int) -> None:
         """Make `slot` EMPTY (a void step: never restored); its pages stay allocated."""

@@ -1,0 +1,71 @@
+"""supervisor/snapshots.py:harvest_dead_rank: a rank killed between its copy and its report
+still counts for the step its arena holds (real arenas in tmp, the real Supervisor and JobState)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+from pathlib import Path
+
+import torch
+from effects import make_spec
+
+from launcher.snapshot_payload import write_state
+from supervisor.job import JobState
+from supervisor.restart_policy import RestartPolicy
+from supervisor.service import Supervisor, SupervisorSettings
+from supervisor.snapshots import harvest_dead_rank, record_saved
+from train_supervisor.arena import RankArena
+
+RANK_PIDS = {0: 500, 1: 501}
+
+
+def running_job(snapshot_dir: Path) -> JobState:
+    spec = make_spec(spares=0)
+    spec.snapshot_dir = str(snapshot_dir)
+    job = JobState(
+        spec=spec,
+        policy=RestartPolicy(max_restarts=3),
+        allocate_port=itertools.count(41000).__next__,
+    )
+    job.attach_launcher()
+    for rank, pid in RANK_PIDS.items():
+        job.process_started(pid, rank)
+        job.worker_attached(pid, rank, spare=False)
+    assert job.started
+    return job
+
+
+def save(directory: Path, rank: int, slot: int, step: int, generation: int) -> None:
+    with RankArena(directory, rank) as arena:
+        write_state(arena, slot, step, generation, {"w": torch.full((4,), float(step))})
+
+
+def harvest_then_exit(tmp_path: Path, harvest: bool) -> tuple[int, list[str]]:
+    async def scenario() -> tuple[int, list[str]]:
+        sup = Supervisor(SupervisorSettings())
+        sup.job = job = running_job(tmp_path)
+        for rank in RANK_PIDS:  # step 6 committed on both ranks
+            save(tmp_path, rank, 0, 6, 0)
+            record_saved(sup, job, rank, 6, [6], 100, 0.0)
+        assert job.snapshots.committed == 6
+        save(tmp_path, 0, 1, 7, 0)
+        record_saved(sup, job, 0, 7, [6, 7], 100, 0.0)  # rank 0 reported step 7 ...
+        save(tmp_path, 1, 1, 7, 0)  # ... rank 1 copied it, then died
+        if harvest:
+            harvest_dead_rank(sup, RANK_PIDS[1])
+        sup.apply(job.process_exited(RANK_PIDS[1], -9, signal.SIGKILL, "", now=1.0))
+        return job.snapshots.committed, [e.kind for e in job.events]
+
+    return asyncio.run(scenario())
+
+
+def test_a_rank_killed_before_its_report_still_counts_for_the_step_its_arena_holds(
+    tmp_path: Path,
+) -> None:
+    committed, kinds = harvest_then_exit(tmp_path, harvest=True)
+    assert committed == 7, "the step every rank held when rank 1 died"
+    assert kinds.index("snapshot_harvested") < kinds.index("failure")
+    # Without the harvest the job restores one step further back.
+    assert harvest_then_exit(tmp_path / "unharvested", harvest=False)[0] == 6
