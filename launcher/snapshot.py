@@ -85,10 +85,11 @@ class Snapshots:
         self.last_blocking_s = 0.0
         self._optimized: set[int] = set()  # data_ptrs of optimizer params and state
         self._pending: Optional[_Pending] = None
-        self._queue: queue.Queue[Union[_Pending, _Flush, None]] = queue.Queue()
-        # The thread holds the object only while it writes: a script that
-        # re-enters in place makes a new Snapshots, and the old one goes away.
-        writer = threading.Thread(target=_write_forever, args=(weakref.ref(self), self._queue))
+        self._queue: queue.Queue[_WriterWork] = queue.Queue()
+        # The thread holds the object only while a save of it is queued or written: a script
+        # that re-enters in place makes a new Snapshots, and the old one goes away once its
+        # last save is written (or dropped), so a script's last save is never lost.
+        writer = threading.Thread(target=_write_forever, args=(self._queue,))
         writer.daemon = True
         writer.start()
         hook = register_optimizer_step_pre_hook(_PreStepHook(self))
@@ -143,7 +144,7 @@ class Snapshots:
             time.perf_counter() - began,
         )  # fmt: skip
         self._pending = pending
-        self._queue.put(pending)
+        self._queue.put((self, pending))
 
     def wait_for_copy(self) -> float:
         """Block until the last save's tensors are copied; returns the wait."""
@@ -230,6 +231,10 @@ class _Flush:
     done: threading.Event
 
 
+# A save (with its Snapshots), a flush, or None: stop.
+_WriterWork = Union[tuple["Snapshots", _Pending], _Flush, None]
+
+
 class _PreStepHook:
     """Parameters must not change while the last save still copies them."""
 
@@ -244,26 +249,25 @@ class _PreStepHook:
         snapshots.last_blocking_s = snapshots.wait_for_copy()
 
 
-def _write_forever(
-    owner: weakref.ref[Snapshots], work: queue.Queue[Union[_Pending, _Flush, None]]
-) -> None:
+def _write_forever(work: queue.Queue[_WriterWork]) -> None:
     while True:
         item = work.get()
-        snapshots = owner()
-        if item is None or snapshots is None:
+        if item is None:
             return
         if isinstance(item, _Flush):
             item.done.set()
             continue
+        snapshots, pending = item
+        del item
         try:
-            snapshots._write(item)
+            snapshots._write(pending)
         except (grpc.RpcError, OSError) as err:
-            item.copied.set()
-            print(f"[train-supervisor] rank {snapshots.rank}: snapshot of step {item.step} "
+            pending.copied.set()
+            print(f"[train-supervisor] rank {snapshots.rank}: snapshot of step {pending.step} "
                   f"failed: {err}", file=sys.stderr, flush=True)  # fmt: skip
-        del snapshots
+        del snapshots, pending
 
 
-def _stop(work: queue.Queue[Union[_Pending, _Flush, None]], hook: Any) -> None:
+def _stop(work: queue.Queue[_WriterWork], hook: Any) -> None:
     work.put(None)
     hook.remove()

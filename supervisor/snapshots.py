@@ -51,10 +51,13 @@ def harvest_dead_rank(sup: Supervisor, pid: int) -> None:
     slot = None if job is None else job.slot_of(pid)
     if job is None or slot is None or not job.spec.snapshot_dir:
         return
+    directory = Path(job.spec.snapshot_dir)
+    if not directory.is_dir():
+        return  # no arenas: the script does not use the worker API
     if slot.state != pb.WorkerState.WORKER_STATE_HEALTHY or slot.generation != job.generation:
         return  # not a death in the running generation (an unwinding rank, a spare)
     tracker = job.snapshots
-    with RankArena(Path(job.spec.snapshot_dir), slot.rank) as arena:
+    with RankArena(directory, slot.rank) as arena:
         complete = [(i.step, i.generation) for i in arena.slots() if i.state is SlotState.COMPLETE]
     held = held_at_death(complete, tracker.committed, job.generation)
     known = tracker.ranks.get(slot.rank, RankSnapshots())

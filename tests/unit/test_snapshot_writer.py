@@ -10,6 +10,7 @@ the step commits.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import threading
 from collections.abc import Iterator
@@ -38,9 +39,16 @@ class CommittingSupervisor(pb_grpc.SnapshotServiceServicer):
         self.hold_generation = -1
         self.release = threading.Event()
         self.holding = threading.Event()
+        self.reported = threading.Condition()
+
+    def wait_for_report(self, generation: int, step: int) -> bool:
+        with self.reported:
+            return self.reported.wait_for(lambda: (generation, step) in self.reports, 30)
 
     def ReportSaved(self, request: pb.SnapshotSaved, context: Any) -> pb.CommitReply:
-        self.reports.append((request.generation, request.step))
+        with self.reported:
+            self.reports.append((request.generation, request.step))
+            self.reported.notify_all()
         if request.generation == self.hold_generation:
             self.holding.set()
             self.release.wait(30)
@@ -96,6 +104,31 @@ def test_a_queued_save_of_an_unwound_run_never_overwrites_the_next_runs_committe
     header = arena.slots()[slot]
     assert (header.state, header.step, header.generation) == (SlotState.COMPLETE, 1, 1)
     assert torch.equal(read_state(arena, slot)["weights"], torch.full((64, 1024), 10.0))
+
+
+def test_a_scripts_last_save_is_written_after_the_script_let_go_of_its_snapshots(
+    tmp_path: Path, supervisor: tuple[str, CommittingSupervisor]
+) -> None:
+    address, recorder = supervisor
+    env = {
+        "RANK": "0",
+        "TORCHELASTIC_RUN_ID": "writer-test",
+        SCRIPT_ADDRESS_ENV: address,
+        SNAPSHOT_DIR_ENV: str(tmp_path),
+    }
+    recorder.hold_generation = 0
+    snapshots = Snapshots(env)
+    snapshots.save(1, state(1.0))
+    assert recorder.holding.wait(30)
+    snapshots.save(2, state(2.0))  # queued while step 1 waits for its commit
+    del snapshots  # the script ends: nothing of it holds the object any more
+    gc.collect()
+    recorder.release.set()
+    assert recorder.wait_for_report(0, 2), f"the last save was dropped: {recorder.reports}"
+    with RankArena(tmp_path, 0) as arena:
+        slot = arena.find(2)
+        assert slot is not None
+        assert torch.equal(read_state(arena, slot)["weights"], torch.full((64, 1024), 2.0))
 
 
 def test_a_copy_stops_between_two_tensors_once_it_is_no_longer_wanted() -> None:
