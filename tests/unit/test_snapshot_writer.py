@@ -69,26 +69,41 @@ def supervisor() -> Iterator[tuple[str, CommittingSupervisor]]:
     server.stop(grace=None)
 
 
+def rank0_env(address: str, snapshot_dir: Path) -> dict[str, str]:
+    """What the launcher gives rank 0's script in generation 0."""
+    return {
+        "RANK": "0",
+        "TORCHELASTIC_RUN_ID": "writer-test",
+        SCRIPT_ADDRESS_ENV: address,
+        SCRIPT_GENERATION_ENV: "0",
+        SNAPSHOT_DIR_ENV: str(snapshot_dir),
+    }
+
+
 def state(value: float) -> dict[str, Any]:
     return {"weights": torch.full((64, 1024), value), "step_data": [value]}
+
+
+def a_save_queued_behind_one_waiting_for_its_commit(
+    supervisor: tuple[str, CommittingSupervisor], snapshot_dir: Path
+) -> tuple[dict[str, str], Snapshots]:
+    """Generation 0's Snapshots: step 1 reported (its answer held), step 2 queued behind it."""
+    address, recorder = supervisor
+    env = rank0_env(address, snapshot_dir)
+    recorder.hold_generation = 0
+    snapshots = Snapshots(env)
+    snapshots.save(1, state(1.0))
+    assert recorder.holding.wait(30), "step 1 waits for its commit"
+    snapshots.save(2, state(2.0))
+    return env, snapshots
 
 
 def test_a_queued_save_of_an_unwound_run_never_overwrites_the_next_runs_committed_step(
     tmp_path: Path, supervisor: tuple[str, CommittingSupervisor]
 ) -> None:
-    address, recorder = supervisor
-    env = {
-        "RANK": "0",
-        "TORCHELASTIC_RUN_ID": "writer-test",
-        SCRIPT_ADDRESS_ENV: address,
-        SCRIPT_GENERATION_ENV: "0",
-        SNAPSHOT_DIR_ENV: str(tmp_path),
-    }
-    recorder.hold_generation = 0
-    dead_run = Snapshots(env)
-    dead_run.save(1, state(1.0))
-    assert recorder.holding.wait(30), "the first run's step 1 waits for its commit"
-    dead_run.save(2, state(2.0))  # queued behind it; then a failure unwinds the script
+    recorder = supervisor[1]
+    env, dead_run = a_save_queued_behind_one_waiting_for_its_commit(supervisor, tmp_path)
+    # Then a failure unwinds the script.
     env[SCRIPT_GENERATION_ENV] = "1"  # as the bootstrap does when the next run starts in place
     next_run = Snapshots(env)
     next_run.save(1, state(10.0))
@@ -109,18 +124,8 @@ def test_a_queued_save_of_an_unwound_run_never_overwrites_the_next_runs_committe
 def test_a_scripts_last_save_is_written_after_the_script_let_go_of_its_snapshots(
     tmp_path: Path, supervisor: tuple[str, CommittingSupervisor]
 ) -> None:
-    address, recorder = supervisor
-    env = {
-        "RANK": "0",
-        "TORCHELASTIC_RUN_ID": "writer-test",
-        SCRIPT_ADDRESS_ENV: address,
-        SNAPSHOT_DIR_ENV: str(tmp_path),
-    }
-    recorder.hold_generation = 0
-    snapshots = Snapshots(env)
-    snapshots.save(1, state(1.0))
-    assert recorder.holding.wait(30)
-    snapshots.save(2, state(2.0))  # queued while step 1 waits for its commit
+    recorder = supervisor[1]
+    _, snapshots = a_save_queued_behind_one_waiting_for_its_commit(supervisor, tmp_path)
     del snapshots  # the script ends: nothing of it holds the object any more
     gc.collect()
     recorder.release.set()
