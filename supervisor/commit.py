@@ -115,14 +115,16 @@ class CommitTracker:
         return self.commit(max(self.common(), default=NONE))
 
 
-def held_at_death(
+def held_in_arena(
     complete: Iterable[tuple[int, int]], committed: int, generation: int
 ) -> frozenset[int]:
-    """What a rank that died in `generation` holds, read from its arena's COMPLETE slots
-    (`complete`: (step, generation) pairs). A rank reports a step only after its copy, so one
-    killed right then may hold a step it never reported; a dead rank writes nothing more, so
-    its arena is exact. Counted: the committed step, and newer ones of the same generation
-    (an older generation's step of the same number has other contents)."""
+    """What a rank of the running `generation` holds, read from its arena's COMPLETE slots
+    (`complete`: (step, generation) pairs) when a rank of the pod has just died. A rank reports
+    a step only after its copy, so a rank killed right then (or a survivor whose report is
+    still on its way) may hold a step it has not reported. Counted: the committed step, and
+    newer ones of the same generation (an older generation's step of the same number has
+    other contents). A dead rank's arena cannot change any more; a survivor's newest step
+    cannot be overwritten while its report waits for the commit."""
     return frozenset(
         step
         for step, written_in in complete

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from supervisor.event_watch import watch_events
 from supervisor.service import Supervisor
-from supervisor.snapshots import harvest_dead_rank
+from supervisor.snapshots import harvest_arenas
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 
@@ -20,7 +20,7 @@ class LauncherServicer(pb_grpc.LauncherServiceServicer):
         return await self.sup.report_process_started(request, context)
 
     async def ReportProcessExit(self, request, context):  # type: ignore[no-untyped-def]
-        harvest_dead_rank(self.sup, request.pid)  # a step it held but had not reported yet
+        harvest_arenas(self.sup, request.pid)  # a step it held but had not reported yet
         return await self.sup.report_process_exit(request, context)
 
 

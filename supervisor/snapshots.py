@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from supervisor.commit import NONE, RankSnapshots, held_at_death
+from supervisor.commit import NONE, RankSnapshots, held_in_arena
 from supervisor.job import JobState
 from supervisor.offload import Materialized
 from supervisor.offload_driver import OffloadDriver
@@ -45,30 +45,42 @@ def record_saved(
             sup.offload.committed(tracker.committed)
 
 
-def harvest_dead_rank(sup: Supervisor, pid: int) -> None:
-    """Before a live rank's death is handled: count what its arena holds (held_at_death)."""
+def harvest_arenas(sup: Supervisor, pid: int) -> None:
+    """Before a live rank's death is handled: count what each running rank of the pod holds
+    and has not reported yet (held_in_arena), so the commit is not a step short."""
     job = sup.job
-    slot = None if job is None else job.slot_of(pid)
-    if job is None or slot is None or not job.spec.snapshot_dir:
+    dead = None if job is None else job.slot_of(pid)
+    if job is None or dead is None or not job.spec.snapshot_dir:
         return
     directory = Path(job.spec.snapshot_dir)
     if not directory.is_dir():
         return  # no arenas: the script does not use the worker API
-    if slot.state != pb.WorkerState.WORKER_STATE_HEALTHY or slot.generation != job.generation:
+    running = [
+        slot
+        for slot in job.ranks.values()
+        if slot.state == pb.WorkerState.WORKER_STATE_HEALTHY and slot.generation == job.generation
+    ]
+    if dead not in running:
         return  # not a death in the running generation (an unwinding rank, a spare)
     tracker = job.snapshots
-    with RankArena(directory, slot.rank) as arena:
-        complete = [(i.step, i.generation) for i in arena.slots() if i.state is SlotState.COMPLETE]
-    held = held_at_death(complete, tracker.committed, job.generation)
-    known = tracker.ranks.get(slot.rank, RankSnapshots())
-    if not held or max(held) <= known.saved_step:
-        return  # it reported everything it holds
-    try:
-        record_saved(sup, job, slot.rank, max(held), sorted(held), known.bytes, known.blocking_s)
-    except ValueError as err:
-        log.warning("rank %d's arena after its death: %s", slot.rank, err)
-    else:
-        job.record("snapshot_harvested", f"rank {slot.rank} died holding steps {sorted(held)}")
+    for slot in running:
+        with RankArena(directory, slot.rank) as arena:
+            headers = arena.slots()
+        complete = [(i.step, i.generation) for i in headers if i.state is SlotState.COMPLETE]
+        held = held_in_arena(complete, tracker.committed, job.generation)
+        known = tracker.ranks.get(slot.rank, RankSnapshots())
+        if not held or max(held) <= known.saved_step:
+            continue  # it reported everything it holds
+        steps = sorted(held)
+        try:
+            record_saved(sup, job, slot.rank, steps[-1], steps, known.bytes, known.blocking_s)
+        except ValueError as err:
+            log.warning("rank %d's arena when rank %d died: %s", slot.rank, dead.rank, err)
+        else:
+            job.record(
+                "snapshot_harvested",
+                f"rank {slot.rank} holds steps {steps} (found when rank {dead.rank} died)",
+            )
 
 
 class SnapshotServicer(pb_grpc.SnapshotServiceServicer):

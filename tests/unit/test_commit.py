@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.commit import NONE, CommitTracker, held_at_death
+from supervisor.commit import NONE, CommitTracker, held_in_arena
 
 
 def test_a_step_commits_only_when_the_last_rank_holds_it() -> None:
@@ -68,12 +68,12 @@ def test_forget_starts_over_and_restores_are_recorded() -> None:
     assert (entry.restored_step, entry.restored_from, entry.bytes) == (1, "shm", 0)
 
 
-def test_a_dead_rank_holds_the_committed_step_and_newer_ones_of_its_generation() -> None:
+def test_a_rank_holds_the_committed_step_and_newer_ones_of_the_running_generation() -> None:
     # (step, generation written in) of its arena's COMPLETE slots
-    assert held_at_death([(6, 2), (7, 2)], committed=6, generation=2) == {6, 7}
+    assert held_in_arena([(6, 2), (7, 2)], committed=6, generation=2) == {6, 7}
     # The committed step may come from an earlier generation (the one restored).
-    assert held_at_death([(6, 1), (7, 2)], committed=6, generation=2) == {6, 7}
+    assert held_in_arena([(6, 1), (7, 2)], committed=6, generation=2) == {6, 7}
     # A step of an older generation has other contents than this generation's step 7.
-    assert held_at_death([(6, 2), (7, 1)], committed=6, generation=2) == {6}
-    assert held_at_death([(5, 2)], committed=6, generation=2) == frozenset()
-    assert held_at_death([], committed=-1, generation=0) == frozenset()
+    assert held_in_arena([(6, 2), (7, 1)], committed=6, generation=2) == {6}
+    assert held_in_arena([(5, 2)], committed=6, generation=2) == frozenset()
+    assert held_in_arena([], committed=-1, generation=0) == frozenset()

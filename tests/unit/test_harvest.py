@@ -1,5 +1,6 @@
-"""supervisor/snapshots.py:harvest_dead_rank: a rank killed between its copy and its report
-still counts for the step its arena holds (real arenas in tmp, the real Supervisor and JobState)."""
+"""supervisor/snapshots.py:harvest_arenas: a rank killed between its copy and its report (or a
+survivor whose report is on its way) still counts for the step its arena holds (real arenas
+in tmp, the real Supervisor and JobState)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from launcher.snapshot_payload import write_state
 from supervisor.job import JobState
 from supervisor.restart_policy import RestartPolicy
 from supervisor.service import Supervisor, SupervisorSettings
-from supervisor.snapshots import harvest_dead_rank, record_saved
+from supervisor.snapshots import harvest_arenas, record_saved
 from train_supervisor.arena import RankArena
 
 RANK_PIDS = {0: 500, 1: 501}
@@ -42,19 +43,28 @@ def save(directory: Path, rank: int, slot: int, step: int, generation: int) -> N
         write_state(arena, slot, step, generation, {"w": torch.full((4,), float(step))})
 
 
-def harvest_then_exit(tmp_path: Path, harvest: bool) -> tuple[int, list[str]]:
+def harvest_then_exit(
+    tmp_path: Path, harvest: bool, survivor: str = "reported"
+) -> tuple[int, list[str]]:
+    """Step 6 committed; then rank 1 copies step 7 and dies before reporting it. Rank 0's step
+    7 is `survivor`: reported, copied (its report still on its way) or being copied."""
+
     async def scenario() -> tuple[int, list[str]]:
         sup = Supervisor(SupervisorSettings())
         sup.job = job = running_job(tmp_path)
-        for rank in RANK_PIDS:  # step 6 committed on both ranks
+        for rank in RANK_PIDS:
             save(tmp_path, rank, 0, 6, 0)
             record_saved(sup, job, rank, 6, [6], 100, 0.0)
         assert job.snapshots.committed == 6
         save(tmp_path, 0, 1, 7, 0)
-        record_saved(sup, job, 0, 7, [6, 7], 100, 0.0)  # rank 0 reported step 7 ...
-        save(tmp_path, 1, 1, 7, 0)  # ... rank 1 copied it, then died
+        if survivor == "reported":
+            record_saved(sup, job, 0, 7, [6, 7], 100, 0.0)
+        elif survivor == "being copied":
+            with RankArena(tmp_path, 0) as arena:
+                arena.begin_write(1, 7, 0, b"manifest", 16).release()
+        save(tmp_path, 1, 1, 7, 0)
         if harvest:
-            harvest_dead_rank(sup, RANK_PIDS[1])
+            harvest_arenas(sup, RANK_PIDS[1])
         sup.apply(job.process_exited(RANK_PIDS[1], -9, signal.SIGKILL, "", now=1.0))
         return job.snapshots.committed, [e.kind for e in job.events]
 
@@ -69,3 +79,10 @@ def test_a_rank_killed_before_its_report_still_counts_for_the_step_its_arena_hol
     assert kinds.index("snapshot_harvested") < kinds.index("failure")
     # Without the harvest the job restores one step further back.
     assert harvest_then_exit(tmp_path / "unharvested", harvest=False)[0] == 6
+
+
+def test_a_survivors_copied_but_unreported_step_counts_and_one_being_copied_does_not(
+    tmp_path: Path,
+) -> None:
+    assert harvest_then_exit(tmp_path / "a", harvest=True, survivor="copied")[0] == 7
+    assert harvest_then_exit(tmp_path / "b", harvest=True, survivor="being copied")[0] == 6
