@@ -40,6 +40,7 @@ from launcher.unwind import (
     Connection,
     GenerationAborted,
     MainThreadInterrupter,
+    ProcessGroupKeeper,
     abort_communicators,
     destroy_process_groups,
     sever_generation_connections,
@@ -133,6 +134,7 @@ class Worker:
         self.unwound = False  # the supervisor knows this generation is over for us
         self.manifest = ManifestWriter(imports_manifest) if imports_manifest else None
         self.steps = StepCounter(self._send_heartbeat)  # its thread uses the manifest
+        self.groups = ProcessGroupKeeper()
         self.warming: Optional[threading.Event] = None  # set: a spare stops warming up
         if imports_manifest and rank < 0:
             self.warming = start_warming(imports_manifest, target.name if target.module else "")
@@ -180,7 +182,7 @@ class Worker:
         attach = pb.AttachWorkerRequest(pid=self.pid, rank=self.rank, spare=spare)
         stream = self.stub.AttachWorker(attach)
         threading.Thread(target=self._control, args=(stream,), name="control", daemon=True).start()
-        install_optimizer_hook(self.steps)
+        install_optimizer_hook(self.steps, self.groups.on_step)
         while True:
             command = self.commands.get()
             if command is None:
@@ -243,11 +245,14 @@ class Worker:
             self.interrupter.script_ended()
         aborted = self.aborted_generation >= self.generation
         if error is None and not aborted:
+            gc.collect()  # the script's cycles (its DDP Reducers among them), then its groups
+            self.groups.release()
             return self._report(pb.OutcomeKind.OUTCOME_FINISHED)
         detail = None if error is None else failure_detail(error)
         interrupted = isinstance(error, GenerationAborted)
         error = None  # drop the frames that hold the dead generation's tensors
         destroy_process_groups()
+        self.groups.release()
         if aborted or interrupted:
             return self._report(pb.OutcomeKind.OUTCOME_UNWOUND)
         verdict = self._report(pb.OutcomeKind.OUTCOME_RAISED, detail)

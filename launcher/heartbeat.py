@@ -87,8 +87,11 @@ class StepCounter:
             time.sleep(MIN_INTERVAL_S)
 
 
-def install_optimizer_hook(counter: StepCounter, time_forward: bool = True) -> list[Any]:
-    """Register the global post-step hook (and forward timing hooks).
+def install_optimizer_hook(
+    counter: StepCounter, *also_on_step: Callable[..., None], time_forward: bool = True
+) -> list[Any]:
+    """Register the global post-step hooks (the counter's, then `also_on_step`) and the
+    forward timing hooks.
 
     Returns the hooks' removable handles; none without torch.
     """
@@ -101,6 +104,7 @@ def install_optimizer_hook(counter: StepCounter, time_forward: bool = True) -> l
     except ImportError:
         return []
     handles = [register_optimizer_step_post_hook(counter.on_step)]
+    handles += [register_optimizer_step_post_hook(hook) for hook in also_on_step]
     if time_forward:
         handles.append(register_module_forward_pre_hook(counter.on_forward_start))
         handles.append(register_module_forward_hook(counter.on_forward_end))

@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 import psutil
 
@@ -65,6 +65,36 @@ def abort_communicators() -> None:
                 abort()
     except Exception:  # best effort: the unwind grace period is the backstop
         pass
+
+
+class ProcessGroupKeeper:
+    """Holds the generation's process groups so that ours is their last reference.
+
+    A DDP Reducer freed last would destroy a gloo group with the GIL held, and that destructor
+    joins the group's threads, one of which may need the GIL to free its last work item's
+    Python state: the rank then hangs for good (seen here at the end of a script and when a
+    dead generation is collected). Freed through the Python object instead, the group's
+    destructor releases the GIL first. Captured from a step hook: the script may destroy its
+    groups (dropping them from torch's registry) before it ends."""
+
+    def __init__(self) -> None:
+        self._groups: dict[int, Any] = {}  # id -> a ProcessGroup of this generation
+        self._registered = 0  # the registry's size at the last look
+
+    def on_step(self, *_: Any) -> None:
+        dist = sys.modules.get("torch.distributed")
+        if dist is None or not dist.is_available():
+            return
+        registry = dist.distributed_c10d._world.pg_map
+        if len(registry) != self._registered:  # cheap while nothing changes: every step
+            self._registered = len(registry)
+            for group in list(registry):
+                self._groups.setdefault(id(group), group)
+
+    def release(self) -> None:
+        """After the generation's other objects are freed (its Reducers first)."""
+        self._groups.clear()
+        self._registered = 0
 
 
 def destroy_process_groups() -> Optional[str]:
