@@ -72,8 +72,8 @@ class ProcessGroupKeeper:
 
     A DDP Reducer freed last would destroy a gloo group with the GIL held, and that destructor
     joins the group's threads, one of which may need the GIL to free its last work item's
-    Python state: the rank then hangs for good (seen here at the end of a script and when a
-    dead generation is collected). Freed through the Python object instead, the group's
+    Python state: the rank then hangs for good (seen here at the end of a script; collecting a
+    dead generation takes the same path). Freed through the Python object instead, the group's
     destructor releases the GIL first. Captured from a step hook: the script may destroy its
     groups (dropping them from torch's registry) before it ends."""
 
@@ -85,8 +85,10 @@ class ProcessGroupKeeper:
         dist = sys.modules.get("torch.distributed")
         if dist is None or not dist.is_available():
             return
-        registry = dist.distributed_c10d._world.pg_map
-        if len(registry) != self._registered:  # cheap while nothing changes: every step
+        # torch's registry of live groups (private: without it nothing is held, nothing breaks);
+        # looked at on every step, so only its size unless it changed.
+        registry = getattr(getattr(dist.distributed_c10d, "_world", None), "pg_map", None)
+        if registry is not None and len(registry) != self._registered:
             self._registered = len(registry)
             for group in list(registry):
                 self._groups.setdefault(id(group), group)
