@@ -38,7 +38,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV, SCRIPT_TOKEN_ENV
-from launcher.snapshot_payload import data_pkl, fill, flatten, layout, read_state
+from launcher.snapshot_payload import fill, plan, read_state
 from supervisor.commit import NONE
 from train_supervisor.arena import (
     CorruptSnapshot,
@@ -48,7 +48,7 @@ from train_supervisor.arena import (
     snapshot_directory,
 )
 from train_supervisor.credentials import client_channel
-from train_supervisor.torch_format import TensorEntry, encode_manifest
+from train_supervisor.torch_format import TensorEntry
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -132,13 +132,10 @@ class Snapshots:
             return  # already held (e.g. the step just restored)
         began = time.perf_counter()
         self.wait_for_copy()
-        tensors: list[torch.Tensor] = []
-        skeleton = flatten(state, tensors)
+        tensors, entries, payload_len, manifest = plan(state)
         # Only what the optimizer changes may be copied later; anything else
         # (buffers a forward pass updates, RNG states) is cloned now.
         tensors = [t if t.data_ptr() in self._optimized else t.clone() for t in tensors]
-        entries, payload_len = layout(tensors)
-        manifest = encode_manifest(entries, data_pkl(skeleton))
         pending = _Pending(
             step, self.generation, manifest, tensors, entries, payload_len,
             time.perf_counter() - began,

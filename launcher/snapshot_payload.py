@@ -99,7 +99,7 @@ def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
     return leaf(value)
 
 
-def flatten(value: Any, tensors: list[torch.Tensor]) -> Any:
+def _flatten(value: Any, tensors: list[torch.Tensor]) -> Any:
     """`value` with every tensor appended to `tensors` and replaced by a stand-in."""
 
     def to_stand_in(leaf: Any) -> Any:
@@ -111,13 +111,13 @@ def flatten(value: Any, tensors: list[torch.Tensor]) -> Any:
     return _map_leaves(value, to_stand_in)
 
 
-def data_pkl(skeleton: Any) -> bytes:
+def _data_pkl(skeleton: Any) -> bytes:
     out = io.BytesIO()
     _DataPickler(out, protocol=2).dump(skeleton)  # protocol 2: what torch.save writes
     return out.getvalue()
 
 
-def layout(tensors: list[torch.Tensor]) -> tuple[list[TensorEntry], int]:
+def _layout(tensors: list[torch.Tensor]) -> tuple[list[TensorEntry], int]:
     """Where each tensor goes in the payload (ALIGN-aligned), and the payload's size."""
     entries, end = [], 0
     for tensor in tensors:
@@ -163,12 +163,17 @@ def decode_state(manifest: bytes, payload: memoryview) -> Any:
     return _DataUnpickler(data_pkl, _flat(payload), entries).load()
 
 
+def plan(state: Any) -> tuple[list[torch.Tensor], list[TensorEntry], int, bytes]:
+    """The state's tensors, their places in the payload, the payload's size and the manifest."""
+    tensors: list[torch.Tensor] = []
+    skeleton = _flatten(state, tensors)
+    entries, payload_len = _layout(tensors)
+    return tensors, entries, payload_len, encode_manifest(entries, _data_pkl(skeleton))
+
+
 def write_state(arena: RankArena, slot: int, step: int, generation: int, state: Any) -> SlotInfo:
     """Snapshot `state` into `slot` at once (tools, tests); `Snapshots.save` overlaps the copy."""
-    tensors: list[torch.Tensor] = []
-    skeleton = flatten(state, tensors)
-    entries, payload_len = layout(tensors)
-    manifest = encode_manifest(entries, data_pkl(skeleton))
+    tensors, entries, payload_len, manifest = plan(state)
     view = arena.begin_write(slot, step, generation, manifest, payload_len)
     try:
         fill(view, entries, tensors)

@@ -162,8 +162,8 @@ def _oom(e: Evidence, text: str) -> str:
 def peer_error(exception_type: str, message: str) -> bool:
     """The exception says a collective's peer failed (connection closed, reset, timed out)
     rather than what went wrong in this rank itself."""
-    text = f"{exception_type}: {message}"
-    return exception_type in _NETWORK_EXCEPTIONS or _NETWORK_LINES.search(text) is not None
+    evidence = Evidence(exception_type=exception_type, message=message)
+    return _network(evidence, f"{exception_type}: {message}") != ""  # classify's own test
 
 
 def _network(e: Evidence, text: str) -> str:

@@ -24,7 +24,7 @@ import torch
 
 from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV
 from launcher.snapshot import Snapshots
-from launcher.snapshot_payload import fill, layout, read_state
+from launcher.snapshot_payload import fill, plan, read_state
 from supervisor.ports import free_port
 from train_supervisor.arena import SNAPSHOT_DIR_ENV, RankArena, SlotState
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -138,7 +138,7 @@ def test_a_scripts_last_save_is_written_after_the_script_let_go_of_its_snapshots
 
 def test_a_copy_stops_between_two_tensors_once_it_is_no_longer_wanted() -> None:
     tensors = [torch.full((16,), 1.0), torch.full((16,), 2.0), torch.full((16,), 3.0)]
-    entries, size = layout(tensors)
+    _, entries, size, _ = plan(tensors)
     payload = bytearray(b"\xee" * size)
     answers = iter([True, False])
     assert not fill(memoryview(payload), entries, tensors, lambda: next(answers))
