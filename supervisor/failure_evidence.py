@@ -9,6 +9,7 @@ FailureMemory keeps exactly that. Pure: no I/O, no clock.
 from __future__ import annotations
 
 import collections
+import enum
 from dataclasses import dataclass, field
 
 from supervisor import restart_policy
@@ -94,3 +95,24 @@ def policy_failure(record: pb.FailureRecord, found: Classification) -> restart_p
 def peer_echo(detail: pb.FailureDetail | None) -> bool:
     """A raised error that says a collective lost a peer, not what went wrong in the rank."""
     return detail is not None and peer_error(detail.exception_type, detail.message)
+
+
+class Settled(enum.Enum):
+    """What a rank's raised error is once its settle window is over."""
+
+    THE_FAILURE = "the failure"
+    ECHO_WAITS = "a peer's echo: wait in place for the next generation"
+    UNDECIDED = "only echoes so far: one more window"
+
+
+def settle_raised(
+    own: pb.FailureDetail | None, raised: list[pb.FailureDetail | None], final: bool
+) -> Settled:
+    """A peer's error is not the failure while another rank raised one of its own; with
+    none yet, a second window (`final` False). Which rank's exit comes first must not
+    decide the blame. `raised`: every local rank's raised error, this one's included."""
+    if not peer_echo(own):
+        return Settled.THE_FAILURE
+    if any(detail is not None and not peer_echo(detail) for detail in raised):
+        return Settled.ECHO_WAITS
+    return Settled.THE_FAILURE if final else Settled.UNDECIDED

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
 
-from supervisor import restart_policy
+from supervisor import failure_evidence, restart_policy
 from supervisor.classify import Classification, GpuHealth
 from supervisor.commit import CommitTracker
-from supervisor.failure_evidence import NO_GPU, FailureMemory, peer_echo, policy_failure
+from supervisor.failure_evidence import NO_GPU, FailureMemory, Settled, policy_failure
 from supervisor.job_types import (
     Effect,
     EventLog,
@@ -102,11 +102,9 @@ class JobState:
     def _replenish_spares(self) -> list[Effect]:
         if self.over or not self.spec.bootstrapped:
             return []
-        effects: list[Effect] = []
-        for _ in range(self.spares.deficit()):
-            self.spares.spawned()
-            effects.append(spawn(-1))
-        return effects
+        count = self.spares.deficit()
+        self.spares.spawned(count)
+        return [spawn(-1) for _ in range(count)]
 
     def _stepping(self) -> bool:
         """The current generation is past its first step on every rank: recovery is over."""
@@ -152,9 +150,8 @@ class JobState:
 
     def _take_rank(self, slot: RankSlot, pid: int) -> None:
         slot.pid, slot.spawning = pid, False
-        slot.state = WS.WORKER_STATE_INIT
-        slot.step, slot.step_time_s, slot.last_heartbeat = 0, 0.0, None
-        slot.evidence, slot.unwind_deadline = None, None
+        slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
+        slot.forget_progress()
         slot.process_starts += 1
 
     def heartbeat(
@@ -204,25 +201,20 @@ class JobState:
         return None, []
 
     def settle(self, pid: int, final: bool = True) -> tuple[Optional[pb.Verdict], list[Effect]]:
-        """The settle window after a RAISED outcome is over: decide (None: one more window).
-
-        A peer's error is not the failure while another rank raised one of its own: it waits
-        in place for the next generation; with none yet, a second window (`final` False).
-        Which rank's exit comes first must not decide the blame."""
+        """The settle window after a RAISED outcome is over: decide (None: one more window;
+        failure_evidence.settle_raised says why)."""
         slot = self.slot_of(pid)
         if slot is None or self.over:
             return pb.Verdict.VERDICT_EXIT_FAILED, []
         if slot.generation < self.generation or not self.started:
             slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
             return pb.Verdict.VERDICT_WAIT, self._maybe_start()
-        if peer_echo(slot.evidence):
-            raised = [s.evidence for s in self.ranks.values() if s.evidence is not None]
-            if any(not peer_echo(evidence) for evidence in raised):
-                slot.state, slot.evidence = WS.WORKER_STATE_INIT, None
-                return pb.Verdict.VERDICT_WAIT, []
-            if not final:
-                return None, []
-        return pb.Verdict.VERDICT_EXIT_FAILED, []
+        raised = [s.evidence for s in self.ranks.values()]
+        settled = failure_evidence.settle_raised(slot.evidence, raised, final)
+        if settled is Settled.ECHO_WAITS:
+            slot.state, slot.evidence = WS.WORKER_STATE_INIT, None
+            return pb.Verdict.VERDICT_WAIT, []
+        return (None if settled is Settled.UNDECIDED else pb.Verdict.VERDICT_EXIT_FAILED), []
 
     def process_exited(
         self,
@@ -378,9 +370,7 @@ class JobState:
         for slot in slots:
             env = spec_env(self.spec, slot.rank, slot.local_rank, self.generation, *master)
             slot.generation = self.generation
-            # Steps (and a raised error's evidence) count per generation, for survivors too.
-            slot.step, slot.step_time_s, slot.last_heartbeat = 0, 0.0, None
-            slot.evidence = None
+            slot.forget_progress()  # survivors' too
             if not self.spec.bootstrapped:
                 effects.append(self._spawn_rank(slot, env))
                 continue

@@ -70,6 +70,11 @@ class RankSlot:
     evidence: Optional[pb.FailureDetail] = None
     unwind_deadline: Optional[float] = None
 
+    def forget_progress(self) -> None:
+        """Steps (and a raised error's evidence) count per process and per generation."""
+        self.step, self.step_time_s, self.last_heartbeat = 0, 0.0, None
+        self.evidence = None
+
 
 @dataclass(frozen=True)
 class Timings:

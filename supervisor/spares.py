@@ -24,8 +24,8 @@ class SparePool:
             return 0
         return max(0, self.target - len(self.idle) - self.spawning)
 
-    def spawned(self) -> None:
-        self.spawning += 1
+    def spawned(self, count: int = 1) -> None:
+        self.spawning += count
 
     def attached(self, pid: int) -> None:
         self.spawning = max(0, self.spawning - 1)

@@ -14,7 +14,13 @@ from supervisor.classify import (
     FailureClass,
     GpuHealth,
 )
-from supervisor.failure_evidence import FailureMemory, evidence_of, policy_failure
+from supervisor.failure_evidence import (
+    FailureMemory,
+    Settled,
+    evidence_of,
+    policy_failure,
+    settle_raised,
+)
 from supervisor.job_types import failure_record
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -123,3 +129,27 @@ def test_policy_failure_carries_the_class_for_the_leader() -> None:
     assert (failure.rank, failure.signature, failure.step) == (1, "SIGKILL", 9)
     assert (failure.failure_class, failure.action) == ("out_of_memory", Action.RESTART_IN_PLACE)
     assert failure.reason == found.reason
+
+
+ECHO = pb.FailureDetail(exception_type="DistBackendError", message="Connection reset by peer")
+OWN = pb.FailureDetail(exception_type="KeyError", message="'lr'")
+
+
+@pytest.mark.parametrize(
+    ("own", "raised", "final", "settled"),
+    [
+        (OWN, [OWN, None], True, Settled.THE_FAILURE),  # its own error: the failure at once
+        (OWN, [OWN, ECHO], False, Settled.THE_FAILURE),
+        (ECHO, [ECHO, OWN], True, Settled.ECHO_WAITS),  # another rank raised the cause
+        (ECHO, [ECHO, None], False, Settled.UNDECIDED),  # only echoes: one more window
+        (ECHO, [ECHO, ECHO], True, Settled.THE_FAILURE),  # still only echoes: it is the failure
+        (None, [None], True, Settled.THE_FAILURE),
+    ],
+)
+def test_a_peers_echo_waits_while_another_rank_raised_the_cause(
+    own: pb.FailureDetail | None,
+    raised: list[pb.FailureDetail | None],
+    final: bool,
+    settled: Settled,
+) -> None:
+    assert settle_raised(own, raised, final) is settled
