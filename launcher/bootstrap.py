@@ -32,6 +32,7 @@ from launcher.processes import (
     ENV_SUPERVISOR,
     ENV_TOKEN,
     SCRIPT_ADDRESS_ENV,
+    SCRIPT_ENDED_GENERATION_ENV,
     SCRIPT_GENERATION_ENV,
     SCRIPT_TOKEN_ENV,
 )
@@ -201,6 +202,10 @@ class Worker:
     def _report(
         self, kind: pb.OutcomeKind, failure: Optional[pb.FailureDetail] = None
     ) -> pb.Verdict:
+        if kind != pb.OutcomeKind.OUTCOME_FINISHED:
+            # Before the report: once every rank reported, a restore may write this rank's
+            # arena, and a save of this generation still queued must not land over it.
+            os.environ[SCRIPT_ENDED_GENERATION_ENV] = str(self.generation)
         outcome = pb.WorkerOutcome(
             pid=self.pid,
             rank=self.rank,

@@ -29,6 +29,10 @@ ENV_TOKEN = "TRAIN_LAUNCH_TOKEN"
 SCRIPT_ADDRESS_ENV = "TRAIN_SUPERVISOR_ADDRESS"
 SCRIPT_TOKEN_ENV = "TRAIN_SUPERVISOR_TOKEN"
 SCRIPT_GENERATION_ENV = "TRAIN_SUPERVISOR_GENERATION"
+# The newest generation whose script this process left by an abort or an error: set before
+# the outcome is reported, so before the supervisor can place a restored step in this rank's
+# arena. The worker API drops a save of that generation (or older) still queued.
+SCRIPT_ENDED_GENERATION_ENV = "TRAIN_SUPERVISOR_ENDED_GENERATION"
 
 
 TAIL_BYTES = 16 * 1024
@@ -97,6 +101,7 @@ class WorkerProcesses:
             env[PREIMPORT_ENV] = ",".join(self.config.preimport)
         # The job token reaches the bootstrap only, never the user's script.
         env.pop(TOKEN_ENV, None)
+        env.pop(SCRIPT_ENDED_GENERATION_ENV, None)  # a process's own, never inherited
         if self.token:
             env[ENV_TOKEN] = self.token
         inherited = self.oom.baseline("self")  # the child's cgroup, before it can run

@@ -15,9 +15,11 @@ parameters change; every other tensor (buffers, RNG states) is cloned inside
 `save`. Every rank must save the same steps: a step is committed (and ever
 restored) only once every rank of the job holds it.
 
-A run that a failure unwound may leave a copy in flight or queued; once the process runs a
-newer generation that copy is dropped (between two tensors), and the slot lock keeps it from
-ever overlapping the next run's write. A script that ends normally keeps its last save.
+A run that a failure unwound may leave a copy in flight or queued; once the process has left
+its generation (the bootstrap says so before it reports the unwind, so before the supervisor may
+restore into this arena) that copy is dropped, checked under the slot lock and between two
+tensors: it never lands over a restored step or overlaps the next run's write. A script that
+ends normally keeps its last save.
 Payload encoding: launcher/snapshot_payload.py.
 """
 
@@ -37,7 +39,12 @@ import grpc
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV, SCRIPT_TOKEN_ENV
+from launcher.processes import (
+    SCRIPT_ADDRESS_ENV,
+    SCRIPT_ENDED_GENERATION_ENV,
+    SCRIPT_GENERATION_ENV,
+    SCRIPT_TOKEN_ENV,
+)
 from launcher.snapshot_payload import fill, plan, read_state
 from supervisor.commit import NONE
 from train_supervisor.arena import (
@@ -219,8 +226,10 @@ class Snapshots:
         return self.arena.finish_write(slot) if done else None
 
     def _superseded(self, generation: int) -> bool:
-        """This process runs a newer generation: a save of `generation` will never be needed."""
-        return int(self._env.get(SCRIPT_GENERATION_ENV, "0")) > generation
+        """This process left `generation` (or runs a newer one): a save of it is never needed,
+        and a restore may already have written this rank's arena."""
+        ended = int(self._env.get(SCRIPT_ENDED_GENERATION_ENV, "-1"))
+        return ended >= generation or int(self._env.get(SCRIPT_GENERATION_ENV, "0")) > generation
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from launcher.processes import (
     ENV_SUPERVISOR,
     ENV_TOKEN,
     SCRIPT_ADDRESS_ENV,
+    SCRIPT_ENDED_GENERATION_ENV,
     SCRIPT_GENERATION_ENV,
     SCRIPT_TOKEN_ENV,
 )
@@ -69,6 +70,12 @@ SCRIPT_VARIABLES = (
         SCRIPT_GENERATION_ENV,
         "",
         "the generation the script runs in (as TORCHELASTIC_RESTART_COUNT)",
+    ),
+    Variable(
+        SCRIPT_ENDED_GENERATION_ENV,
+        "",
+        "the newest generation this process left by an abort or an error; the worker API "
+        "drops a snapshot of it still queued",
     ),
 )
 

@@ -253,10 +253,12 @@ class Offloader:
         if replica_dir.is_dir():
             arenas += [RankArena(replica_dir, r) for r in ranks_in(replica_dir)]
         for arena in arenas:
-            for info in arena.slots():
-                if info.state is SlotState.COMPLETE and info.step > step:
-                    arena.discard(info.slot)
-                    dropped.append(f"{arena.path(info.slot).name} (step {info.step})")
+            for slot in (s.slot for s in arena.slots() if s.state is not SlotState.EMPTY):
+                with arena.exclusive(slot):  # a copy still under way lands first, then goes
+                    info = arena.slots()[slot]
+                    if info.state is SlotState.COMPLETE and info.step > step:
+                        arena.discard(slot)
+                        dropped.append(f"{arena.path(slot).name} (step {info.step})")
             arena.close()
         if self.store is not None:
             for old in self.store.steps():

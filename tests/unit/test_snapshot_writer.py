@@ -22,11 +22,16 @@ import grpc
 import pytest
 import torch
 
-from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV
+from launcher.bootstrap import Target, Worker
+from launcher.processes import (
+    SCRIPT_ADDRESS_ENV,
+    SCRIPT_ENDED_GENERATION_ENV,
+    SCRIPT_GENERATION_ENV,
+)
 from launcher.snapshot import Snapshots
 from launcher.snapshot_payload import fill, plan, read_state
 from supervisor.ports import free_port
-from train_supervisor.arena import SNAPSHOT_DIR_ENV, RankArena, SlotState
+from train_supervisor.arena import SNAPSHOT_DIR_ENV, RankArena, SlotState, SnapshotImage
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -119,6 +124,86 @@ def test_a_queued_save_of_an_unwound_run_never_overwrites_the_next_runs_committe
     header = arena.slots()[slot]
     assert (header.state, header.step, header.generation) == (SlotState.COMPLETE, 1, 1)
     assert torch.equal(read_state(arena, slot)["weights"], torch.full((64, 1024), 10.0))
+
+
+def a_peers_copy(directory: Path, step: int, value: float) -> tuple[RankArena, SnapshotImage]:
+    """Rank 0's snapshot of `step` as a peer pod's replica holds it (arena kept open: the
+    image's payload is a view into it)."""
+    tensors, entries, size, manifest = plan(state(value))
+    arena = RankArena(directory, 0)
+    view = arena.begin_write(0, step, 0, manifest, size)
+    assert fill(view, entries, tensors)
+    view.release()
+    arena.finish_write(0)
+    return arena, arena.image(0)
+
+
+def test_a_queued_save_of_a_run_that_left_its_generation_never_lands_over_a_restored_step(
+    tmp_path: Path, supervisor: tuple[str, CommittingSupervisor]
+) -> None:
+    recorder = supervisor[1]
+    env, dead_run = a_save_queued_behind_one_waiting_for_its_commit(supervisor, tmp_path / "shm")
+    # The script unwinds and the bootstrap reports it, saying so first; the next run (and with
+    # it the new TRAIN_SUPERVISOR_GENERATION) starts only after the restore below.
+    env[SCRIPT_ENDED_GENERATION_ENV] = "0"
+    # This rank's own copy of the committed step 1 failed its checksum: the supervisor puts
+    # the peer's replica in its arena, in the slot the queued step 2 is bound for.
+    peer, image = a_peers_copy(tmp_path / "peer", 1, 7.0)
+    with RankArena(tmp_path / "shm", 0) as arena:
+        arena.store(0, image)
+    peer.close()
+    recorder.release.set()  # the dead run's writer goes on with its queued step 2
+    dead_run.flush()
+
+    assert recorder.reports == [(0, 1)], "the dead run's step 2 was dropped, not reported"
+    with RankArena(tmp_path / "shm", 0) as arena:
+        assert arena.find(1) == 0, [info for info in arena.slots()]
+        weights = read_state(arena, 0)["weights"]
+        assert torch.equal(weights, torch.full((64, 1024), 7.0)), "the restored step is intact"
+
+
+class OutcomeRecorder(pb_grpc.WorkerServiceServicer):
+    """Notes what the worker's environment said of its ended generation when it reported."""
+
+    def __init__(self) -> None:
+        self.ended_at_report: list[tuple[int, str | None]] = []
+
+    def ReportOutcome(self, request: pb.WorkerOutcome, context: Any) -> pb.OutcomeVerdict:
+        # Same process: the bootstrap's os.environ is this one.
+        self.ended_at_report.append((request.kind, os.environ.get(SCRIPT_ENDED_GENERATION_ENV)))
+        return pb.OutcomeVerdict(verdict=pb.Verdict.VERDICT_WAIT)
+
+
+def test_the_bootstrap_marks_its_generation_ended_before_it_reports_an_unwind_or_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Put back as it was after the test: processes spawned later inherit this environment.
+    monkeypatch.setenv(SCRIPT_ENDED_GENERATION_ENV, "")
+    monkeypatch.delenv(SCRIPT_ENDED_GENERATION_ENV)
+    recorder = OutcomeRecorder()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_WorkerServiceServicer_to_server(recorder, server)
+    address = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(address)
+    server.start()
+    try:
+        worker = Worker(address, None, 0, Target(False, "train.py", []))
+        kinds = pb.OutcomeKind
+        for generation, kind in [
+            (3, kinds.OUTCOME_FINISHED),  # a script that ended well keeps its last save
+            (4, kinds.OUTCOME_UNWOUND),
+            (5, kinds.OUTCOME_RAISED),
+        ]:
+            worker.generation = generation
+            worker._report(kind)
+        worker.channel.close()
+    finally:
+        server.stop(grace=None)
+    assert recorder.ended_at_report == [
+        (kinds.OUTCOME_FINISHED, None),
+        (kinds.OUTCOME_UNWOUND, "4"),
+        (kinds.OUTCOME_RAISED, "5"),
+    ]
 
 
 def test_a_scripts_last_save_is_written_after_the_script_let_go_of_its_snapshots(
