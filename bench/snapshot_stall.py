@@ -173,18 +173,6 @@ def notes(w: dict[str, Any]) -> list[str]:
                 f"{ms(extra)} is the writer thread's work beside training (CPU and memory "
                 "bandwidth)."
             )
-        if run["threads"] == w["threads"]:
-            # With every core training, the writer's CPU time comes out of the training's.
-            core_s = run["threads"] * run["plain_step_s"]
-            out.append(
-                f"On {run['threads']} busy cores the writer's {ms(w['writer']['cycle_s'])} of "
-                f"work per save is {w['writer']['cycle_s'] / core_s:.1%} of the "
-                f"{ms(core_s)} of core time a plain step uses, and one memcpy alone "
-                f"({ms(w['floor']['shm_median_s'])}) is "
-                f"{w['floor']['shm_median_s'] / core_s:.1%}: about the least slowdown a loop "
-                "that copies its whole state every step can show while training keeps every "
-                "core busy, at this step length."
-            )
     out.append(
         "The RSS increase counts the arena's mapped pages as shared memory (they live in "
         "/dev/shm, not in the process). Reproduce: `python bench/snapshot_stall.py`."
