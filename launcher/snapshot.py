@@ -45,6 +45,7 @@ from launcher.processes import (
     SCRIPT_GENERATION_ENV,
     SCRIPT_TOKEN_ENV,
 )
+from launcher.snapshot_cuda import DeviceCopier, DeviceSync, cuda_devices
 from launcher.snapshot_payload import fill, plan, read_state
 from supervisor.commit import NONE
 from train_supervisor.arena import (
@@ -71,6 +72,7 @@ class _Pending:
     entries: list[TensorEntry]
     payload_len: int
     sync_s: float
+    device: Optional[DeviceSync] = None  # CUDA tensors: copies on side streams
     copied: threading.Event = field(default_factory=threading.Event)
 
 
@@ -99,8 +101,9 @@ class Snapshots:
         writer = threading.Thread(target=_write_forever, args=(self._queue,))
         writer.daemon = True
         writer.start()
+        self._device_copier = DeviceCopier()
         hook = register_optimizer_step_pre_hook(_PreStepHook(self))
-        weakref.finalize(self, _stop, self._queue, hook)
+        weakref.finalize(self, _stop, self._queue, hook, self._device_copier)
 
     # ------------------------------------------------------------------ load
     def load(self) -> tuple[int, Optional[dict[str, Any]]]:
@@ -143,20 +146,25 @@ class Snapshots:
         # Only what the optimizer changes may be copied later; anything else
         # (buffers a forward pass updates, RNG states) is cloned now.
         tensors = [t if t.data_ptr() in self._optimized else t.clone() for t in tensors]
+        devices = cuda_devices(tensors)
+        device = DeviceSync.after_current_work(devices) if devices else None
         pending = _Pending(
             step, self.generation, manifest, tensors, entries, payload_len,
-            time.perf_counter() - began,
+            time.perf_counter() - began, device,
         )  # fmt: skip
         self._pending = pending
         self._queue.put((self, pending))
 
     def wait_for_copy(self) -> float:
-        """Block until the last save's tensors are copied; returns the wait."""
+        """Block until the last save's tensors are copied (CUDA: until their copies are
+        queued, and the current streams wait for them on the device); returns the wait."""
         pending = self._pending
-        if pending is None or pending.copied.is_set():
+        if pending is None:
             return 0.0
         began = time.perf_counter()
         pending.copied.wait()
+        if pending.device is not None:
+            pending.device.order_training_after_copies()
         return time.perf_counter() - began
 
     def flush(self, timeout: float = 60.0) -> None:
@@ -210,6 +218,14 @@ class Snapshots:
         def wanted() -> bool:
             return not self._superseded(pending.generation)
 
+        device, copier = pending.device, self._device_copier
+
+        def copy(target: torch.Tensor, source: torch.Tensor) -> None:
+            if device is not None and source.is_cuda:
+                copier.copy(device, target, source)
+            else:
+                target.copy_(source)
+
         done = False
         try:
             if wanted():
@@ -217,12 +233,18 @@ class Snapshots:
                     slot, pending.step, pending.generation, pending.manifest, pending.payload_len
                 )
                 try:
-                    done = fill(view, pending.entries, pending.tensors, wanted)
+                    if device is not None:
+                        copier.pin(slot, view)
+                    done = fill(view, pending.entries, pending.tensors, wanted, copy)
                 finally:
                     del view
         finally:
-            pending.tensors.clear()
+            if device is not None:
+                copier.issued(device)  # a partial copy too: what was queued still reads
             pending.copied.set()  # the optimizer may change parameters from here on
+            if device is not None:
+                device.wait_for_copies()
+            pending.tensors.clear()
         return self.arena.finish_write(slot) if done else None
 
     def _superseded(self, generation: int) -> bool:
@@ -274,6 +296,7 @@ def _write_forever(work: queue.Queue[_WriterWork]) -> None:
         del snapshots, pending
 
 
-def _stop(work: queue.Queue[_WriterWork], hook: Any) -> None:
+def _stop(work: queue.Queue[_WriterWork], hook: Any, copier: DeviceCopier) -> None:
     work.put(None)
     hook.remove()
+    copier.close()  # before the arena's mappings go: no registered range outlives its pages

@@ -134,15 +134,21 @@ def _flat(payload: memoryview) -> torch.Tensor:
         return torch.frombuffer(payload, dtype=torch.uint8) if len(payload) else torch.empty(0)
 
 
+def _copy_now(target: torch.Tensor, source: torch.Tensor) -> None:
+    target.copy_(source)
+
+
 def fill(
     payload: memoryview,
     entries: list[TensorEntry],
     tensors: list[torch.Tensor],
     wanted: Callable[[], bool] = lambda: True,
+    copy: Callable[[torch.Tensor, torch.Tensor], None] = _copy_now,
 ) -> bool:
     """Copy the tensors into the payload and zero the padding: equal states, equal bytes.
 
     `wanted` is asked before each tensor; once it says no the copy stops (False: incomplete).
+    `copy(target, source)` may only queue a copy (a CUDA source): the caller waits for it.
     """
     flat = _flat(payload)
     ends = [entry.offset for entry in entries[1:]] + [len(payload)]
@@ -151,7 +157,7 @@ def fill(
             return False
         stop = entry.offset + entry.nbytes
         target = flat[entry.offset : stop].view(getattr(torch, entry.dtype))
-        target.view(entry.shape).copy_(source)
+        copy(target.view(entry.shape), source)
         if stop < end:
             flat[stop:end].zero_()
     return True

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
-import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -21,68 +20,22 @@ from typing import Any
 import grpc
 import pytest
 import torch
+from snapshot_service import CommittingSupervisor, rank0_env, serve_snapshots
 
 from launcher.bootstrap import Target, Worker
-from launcher.processes import (
-    SCRIPT_ADDRESS_ENV,
-    SCRIPT_ENDED_GENERATION_ENV,
-    SCRIPT_GENERATION_ENV,
-)
+from launcher.processes import SCRIPT_ENDED_GENERATION_ENV, SCRIPT_GENERATION_ENV
 from launcher.snapshot import Snapshots
 from launcher.snapshot_payload import fill, plan, read_state
 from supervisor.ports import free_port
-from train_supervisor.arena import SNAPSHOT_DIR_ENV, RankArena, SlotState, SnapshotImage
+from train_supervisor.arena import RankArena, SlotState, SnapshotImage
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 
-class CommittingSupervisor(pb_grpc.SnapshotServiceServicer):
-    """Commits every reported step; `hold` keeps the answer to one generation's reports."""
-
-    def __init__(self) -> None:
-        self.reports: list[tuple[int, int]] = []  # (generation, step)
-        self.hold_generation = -1
-        self.release = threading.Event()
-        self.holding = threading.Event()
-        self.reported = threading.Condition()
-
-    def wait_for_report(self, generation: int, step: int) -> bool:
-        with self.reported:
-            return self.reported.wait_for(lambda: (generation, step) in self.reports, 30)
-
-    def ReportSaved(self, request: pb.SnapshotSaved, context: Any) -> pb.CommitReply:
-        with self.reported:
-            self.reports.append((request.generation, request.step))
-            self.reported.notify_all()
-        if request.generation == self.hold_generation:
-            self.holding.set()
-            self.release.wait(30)
-            return pb.CommitReply(committed_step=-1)  # its generation ended meanwhile
-        return pb.CommitReply(committed_step=request.step)
-
-
 @pytest.fixture
 def supervisor() -> Iterator[tuple[str, CommittingSupervisor]]:
-    servicer = CommittingSupervisor()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_SnapshotServiceServicer_to_server(servicer, server)
-    address = f"127.0.0.1:{free_port()}"
-    server.add_insecure_port(address)
-    server.start()
-    yield address, servicer
-    servicer.release.set()
-    server.stop(grace=None)
-
-
-def rank0_env(address: str, snapshot_dir: Path) -> dict[str, str]:
-    """What the launcher gives rank 0's script in generation 0."""
-    return {
-        "RANK": "0",
-        "TORCHELASTIC_RUN_ID": "writer-test",
-        SCRIPT_ADDRESS_ENV: address,
-        SCRIPT_GENERATION_ENV: "0",
-        SNAPSHOT_DIR_ENV: str(snapshot_dir),
-    }
+    with serve_snapshots() as served:
+        yield served
 
 
 def state(value: float) -> dict[str, Any]:
