@@ -201,3 +201,15 @@ def test_the_slot_lock_excludes_a_writer_in_another_arena_until_released(tmp_pat
         for probe in probes:
             os.close(probe)
         holder.close()
+
+
+@pytest.mark.parametrize("step", [-1, 2**63, 1.5, True, "3"])
+def test_a_step_no_slot_can_hold_is_refused_in_save_itself(
+    tmp_path: Path, supervisor: tuple[str, CommittingSupervisor], step: object
+) -> None:
+    snapshots = Snapshots(rank0_env(supervisor[0], tmp_path))
+    with pytest.raises(ValueError, match="snapshot step must be an int"):
+        snapshots.save(step, state(1.0))  # type: ignore[arg-type]
+    snapshots.save(1, state(1.0))  # the writer goes on
+    snapshots.flush()
+    assert snapshots.committed == 1
