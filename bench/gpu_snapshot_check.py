@@ -26,13 +26,13 @@ from statistics import median
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils._pytree import tree_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "unit")]
 
 from snapshot_service import rank0_env, serve_snapshots  # noqa: E402
+from snapshot_stall_worker import Trainer  # noqa: E402
 
 from launcher.snapshot import Snapshots  # noqa: E402
 
@@ -63,28 +63,6 @@ def timed(device: torch.device, fn: Any, *args: Any) -> float:
     fn(*args)
     sync(device)
     return time.perf_counter() - began
-
-
-class Trainer:
-    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
-        per_layer = args.hidden * args.hidden + args.hidden  # Adam adds two more of each
-        self.layers = max(1, round(args.size_gb * GB / (3 * 4 * per_layer)))
-        torch.manual_seed(0)
-        linears = (nn.Linear(args.hidden, args.hidden) for _ in range(self.layers))
-        self.model = nn.Sequential(*linears).to(device)
-        self.optim = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.x = torch.randn(args.batch, args.hidden, device=device)
-
-    def forward_backward(self) -> None:
-        self.optim.zero_grad(set_to_none=False)
-        self.model(self.x).square().mean().backward()
-
-    def step(self) -> None:
-        self.forward_backward()
-        self.optim.step()
-
-    def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optim": self.optim.state_dict()}
 
 
 def floor_s(trainer: Trainer, device: torch.device, repeats: int) -> float:
@@ -140,7 +118,7 @@ def steady(trainer: Trainer, snapshots: Snapshots, device: torch.device, steps: 
 
 
 def measure(args: argparse.Namespace, device: torch.device, work: Path) -> dict[str, Any]:
-    trainer = Trainer(args, device)
+    trainer = Trainer(args.size_gb, args.hidden, args.batch, args.device)
     for _ in range(2):  # Adam's state exists after the first step
         trainer.step()
     state_bytes = sum(t.nbytes for t in tree_leaves(trainer.state()) if torch.is_tensor(t))

@@ -42,14 +42,15 @@ def parse() -> argparse.Namespace:
 
 
 class Trainer:
-    def __init__(self, size_gb: float, hidden: int, batch: int) -> None:
+    def __init__(self, size_gb: float, hidden: int, batch: int, device: str = "cpu") -> None:
         per_layer = hidden * hidden + hidden  # params; Adam adds two more of each
         self.layers = max(1, round(size_gb * GB / (3 * 4 * per_layer)))
         torch.manual_seed(0)
-        self.model = nn.Sequential(*(nn.Linear(hidden, hidden) for _ in range(self.layers)))
+        linears = (nn.Linear(hidden, hidden) for _ in range(self.layers))
+        self.model = nn.Sequential(*linears).to(device)
         self.optim = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.batch = batch
-        self.x = torch.randn(batch, hidden)
+        self.x = torch.randn(batch, hidden, device=device)
 
     def forward_backward(self) -> None:
         self.optim.zero_grad(set_to_none=False)

@@ -5,9 +5,10 @@ that it can hold the answers of one generation, as the real one holds them until
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +47,28 @@ class CommittingSupervisor(pb_grpc.SnapshotServiceServicer):
 
 
 @contextmanager
-def serve_snapshots() -> Iterator[tuple[str, CommittingSupervisor]]:
-    servicer = CommittingSupervisor()
+def on_loopback(register: Callable[[grpc.Server], None]) -> Iterator[str]:
+    """A gRPC server on 127.0.0.1 with the servicers `register` adds; yields its address."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_SnapshotServiceServicer_to_server(servicer, server)
+    register(server)
     address = f"127.0.0.1:{free_port()}"
     server.add_insecure_port(address)
     server.start()
     try:
-        yield address, servicer
+        yield address
     finally:
-        servicer.release.set()
         server.stop(grace=None)
+
+
+@contextmanager
+def serve_snapshots() -> Iterator[tuple[str, CommittingSupervisor]]:
+    servicer = CommittingSupervisor()
+    register = partial(pb_grpc.add_SnapshotServiceServicer_to_server, servicer)
+    with on_loopback(register) as address:
+        try:
+            yield address, servicer
+        finally:
+            servicer.release.set()  # before the server stops: no handler waits on it
 
 
 def rank0_env(address: str, snapshot_dir: Path) -> dict[str, str]:

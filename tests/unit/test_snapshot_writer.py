@@ -13,20 +13,18 @@ import fcntl
 import gc
 import os
 from collections.abc import Iterator
-from concurrent import futures
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import torch
-from snapshot_service import CommittingSupervisor, rank0_env, serve_snapshots
+from snapshot_service import CommittingSupervisor, on_loopback, rank0_env, serve_snapshots
 
 from launcher.bootstrap import Target, Worker
 from launcher.processes import SCRIPT_ENDED_GENERATION_ENV, SCRIPT_GENERATION_ENV
 from launcher.snapshot import Snapshots
 from launcher.snapshot_payload import fill, plan, read_state
-from supervisor.ports import free_port
 from train_supervisor.arena import RankArena, SlotState, SnapshotImage
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -134,12 +132,8 @@ def test_the_bootstrap_marks_its_generation_ended_before_it_reports_an_unwind_or
     monkeypatch.setenv(SCRIPT_ENDED_GENERATION_ENV, "")
     monkeypatch.delenv(SCRIPT_ENDED_GENERATION_ENV)
     recorder = OutcomeRecorder()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_WorkerServiceServicer_to_server(recorder, server)
-    address = f"127.0.0.1:{free_port()}"
-    server.add_insecure_port(address)
-    server.start()
-    try:
+    register = partial(pb_grpc.add_WorkerServiceServicer_to_server, recorder)
+    with on_loopback(register) as address:
         worker = Worker(address, None, 0, Target(False, "train.py", []))
         kinds = pb.OutcomeKind
         for generation, kind in [
@@ -150,8 +144,6 @@ def test_the_bootstrap_marks_its_generation_ended_before_it_reports_an_unwind_or
             worker.generation = generation
             worker._report(kind)
         worker.channel.close()
-    finally:
-        server.stop(grace=None)
     assert recorder.ended_at_report == [
         (kinds.OUTCOME_FINISHED, None),
         (kinds.OUTCOME_UNWOUND, "4"),
