@@ -44,7 +44,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--device", default="cuda")
     p.add_argument("--size-gb", type=float, default=1.0, help="params + Adam state, GB")
     p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--batch", type=int, default=4096, help="rows per forward+backward")
+    # A step longer than the device-to-host copy of the state, as in real training.
+    p.add_argument("--batch", type=int, default=16384, help="rows per forward+backward")
     p.add_argument("--steps", type=int, default=30, help="timed steps with, and without, saves")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-tests", action="store_true")
