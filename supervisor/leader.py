@@ -41,11 +41,10 @@ Rules where the design leaves room, and why:
   gives back a view that finished the newest generation, the job is over (0).
   If every pod was replaced at once nothing is left to give back: the job
   starts over at generation 0 (no external store, by design).
-- Once EndJob is sent nothing changes; a pod that joins later gets it again.
-- Pods classify their failures (they hold the evidence); a class that calls for
-  stopping (action STOP_JOB: out of memory again and again on one rank) gives
-  the job up with the pod's reason (restart_policy.decide). A pod with a
-  hardware fault reports nothing and exits (REPLACE_POD): a lost pod, as above.
+- Once EndJob is sent nothing changes; a pod that joins later gets it again. Pods classify
+  their failures (they hold the evidence); a class that calls for stopping (action STOP_JOB:
+  out of memory again and again on one rank) gives the job up with the pod's reason
+  (restart_policy.decide). A pod with a hardware fault exits (REPLACE_POD): a lost pod.
 - Snapshots (supervisor/leader_snapshots.py): commits, one offload round at a
   time, and at each start the one step every pod has a copy of.
 """
@@ -117,6 +116,7 @@ class LeaderState:
     _views: dict[int, PodView] = field(default_factory=dict, init=False)  # given while FORMING
     _ready: set[int] = field(default_factory=set, init=False)  # for the open generation
     _finished: set[int] = field(default_factory=set, init=False)  # the running generation
+    _ran: int = field(default=-1, init=False)  # the generation that started last
 
     def __post_init__(self) -> None:
         if self.nnodes < 1 or self.nproc < 1:
@@ -191,7 +191,7 @@ class LeaderState:
         self._ready.add(node)
         if len(self._ready) < self.nnodes:  # ready pods are members: every pod joined and ready
             return []
-        self.phase = Phase.RUNNING
+        self.phase, self._ran = Phase.RUNNING, self.generation
         self.master_port = self.allocate_port()
         choice = self.snapshots.choose(range(self.nnodes))
         start = StartGeneration(
@@ -211,9 +211,11 @@ class LeaderState:
         self, node: int, generation: int, held: Iterable[int], now: float = 0.0
     ) -> list[Broadcast]:
         """Every local rank of pod `node` holds the steps `held`."""
-        if not self._counts(node, generation):
-            return []
-        return self._commit_news(self.snapshots.held(node, held, now))
+        if self._counts(node, generation):
+            return self._commit_news(self.snapshots.held(node, held, now))
+        if self.phase is Phase.OPEN and generation == self._ran and node in self.members:
+            self.snapshots.late_held(node, held)  # what a pod found when the Open came
+        return []
 
     def pod_copies(self, node: int, copies: NodeCopies) -> None:
         """What pod `node` holds now (with its "ready" and after each round)."""
@@ -379,7 +381,7 @@ class LeaderState:
         self._open_reason = reason
         self._ready.clear()
         self._finished.clear()
-        self.snapshots.new_generation()
+        self.snapshots.generation_opened()
         return self._open_message()
 
     def _open_message(self) -> OpenGeneration:

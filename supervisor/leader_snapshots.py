@@ -1,8 +1,9 @@
 """The leader's snapshot bookkeeping for a job of several pods: pure state, no I/O.
 
 Commit: a step is committed once every pod holds it in all its ranks
-(supervisor/commit.py, with pods as members). Offload: one round at a time
-for the whole job (supervisor/offload_rounds.py); it ends when every pod
+(supervisor/commit.py, with pods as members); what a pod finds in its ranks' arenas when
+an Open comes still counts for the stopped generation until the next start. Offload: one
+round at a time for the whole job (supervisor/offload_rounds.py); it ends when every pod
 reported it. Restore: at each generation's start the step every pod has some
 copy of, as the pods last reported them (supervisor/restore.py). A lost pod
 takes its memory with it: its copies, and the replicas it kept for another pod.
@@ -10,6 +11,7 @@ takes its memory with it: its copies, and the replicas it kept for another pod.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -86,10 +88,20 @@ class JobSnapshots:
         self.rounds.abandon()
         self._reported.clear()
 
-    def new_generation(self) -> None:
-        self.commits.new_generation()
+    def generation_opened(self) -> None:
+        """The running generation stops: no round until the next one starts. What the pods
+        hold of it still counts until then (late_held); choose() drops the rest."""
         self.rounds.abandon()
         self._reported.clear()
+
+    def late_held(self, node: int, steps: Iterable[int]) -> None:
+        """Between a generation's opening and the next start: what pod `node`'s ranks had
+        copied of the stopped generation and not yet reported. It may move the commit (the
+        step restored), never starts a round."""
+        ordered = sorted(steps)
+        if ordered:
+            with contextlib.suppress(ValueError):  # a pod that broke the protocol: nothing
+                self.commits.saved(node, ordered[-1], ordered)
 
     def choose(self, nodes: Iterable[int]) -> RestoreChoice:
         """The step every pod restores in the generation that starts now."""

@@ -29,6 +29,7 @@ from supervisor.pod_health import PodHealth
 from supervisor.pod_job import CoordinatedJobState
 from supervisor.pod_metrics import PodSampler
 from supervisor.ports import free_port
+from supervisor.snapshots import harvest_arenas
 from supervisor.status_view import job_status
 from train_supervisor.arena import remove_arena
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -132,7 +133,8 @@ class Supervisor:
         if not isinstance(job, CoordinatedJobState):
             return
         kind = message.WhichOneof("message")
-        if kind == "open":
+        if kind == "open":  # first: what the ranks copied of the generation it stops
+            harvest_arenas(self)
             self.apply(job.open_generation(message.open, time.monotonic()))
         elif kind == "start":
             self.apply(job.start_generation(message.start))

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import grpc
 
@@ -19,10 +19,12 @@ from supervisor.job import JobState
 from supervisor.offload import Materialized
 from supervisor.offload_driver import OffloadDriver
 from supervisor.pod_job import CoordinatedJobState
-from supervisor.service import Supervisor
 from train_supervisor.arena import RankArena, SlotState
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # supervisor/service.py calls harvest_arenas
+    from supervisor.service import Supervisor
 
 log = logging.getLogger(__name__)
 # A report waits at most this long for the other ranks, rather than block the
@@ -45,12 +47,13 @@ def record_saved(
             sup.offload.committed(tracker.committed)
 
 
-def harvest_arenas(sup: Supervisor, pid: int) -> None:
-    """Before a live rank's death is handled: count what each running rank of the pod holds
-    and has not reported yet (held_in_arena), so the commit is not a step short."""
+def harvest_arenas(sup: Supervisor, pid: Optional[int] = None) -> None:
+    """Before a live rank's death is handled (`pid`), or before this pod applies the leader's
+    Open of the next generation (None: a death elsewhere): count what each running rank of the
+    pod holds and has not reported yet (held_in_arena), so the commit is not a step short."""
     job = sup.job
-    dead = None if job is None else job.slot_of(pid)
-    if job is None or dead is None or not job.spec.snapshot_dir:
+    dead = None if job is None or pid is None else job.slot_of(pid)
+    if job is None or (pid is not None and dead is None) or not job.spec.snapshot_dir:
         return
     directory = Path(job.spec.snapshot_dir)
     if not directory.is_dir():
@@ -60,8 +63,9 @@ def harvest_arenas(sup: Supervisor, pid: int) -> None:
         for slot in job.ranks.values()
         if slot.state == pb.WorkerState.WORKER_STATE_HEALTHY and slot.generation == job.generation
     ]
-    if dead not in running:
+    if dead is not None and dead not in running:
         return  # not a death in the running generation (an unwinding rank, a spare)
+    found = f"rank {dead.rank} died" if dead is not None else "the leader opened the next one"
     tracker = job.snapshots
     for slot in running:
         with RankArena(directory, slot.rank) as arena:
@@ -75,12 +79,9 @@ def harvest_arenas(sup: Supervisor, pid: int) -> None:
         try:
             record_saved(sup, job, slot.rank, steps[-1], steps, known.bytes, known.blocking_s)
         except ValueError as err:
-            log.warning("rank %d's arena when rank %d died: %s", slot.rank, dead.rank, err)
+            log.warning("rank %d's arena when %s: %s", slot.rank, found, err)
         else:
-            job.record(
-                "snapshot_harvested",
-                f"rank {slot.rank} holds steps {steps} (found when rank {dead.rank} died)",
-            )
+            job.record("snapshot_harvested", f"rank {slot.rank} holds steps {steps} ({found})")
 
 
 class SnapshotServicer(pb_grpc.SnapshotServiceServicer):

@@ -1,6 +1,7 @@
 """supervisor/snapshots.py:harvest_arenas: a rank killed between its copy and its report (or a
 survivor whose report is on its way) still counts for the step its arena holds (real arenas
-in tmp, the real Supervisor and JobState)."""
+in tmp, the real Supervisor and JobState); on another pod, what its ranks copied counts when
+the leader's Open comes."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from effects import make_spec
 
 from launcher.snapshot_payload import write_state
 from supervisor.job import JobState
+from supervisor.pod_job import CoordinatedJobState
 from supervisor.restart_policy import RestartPolicy
 from supervisor.service import Supervisor, SupervisorSettings
 from supervisor.snapshots import harvest_arenas, record_saved
 from train_supervisor.arena import RankArena
+from train_supervisor.v1 import supervisor_pb2 as pb
 
 RANK_PIDS = {0: 500, 1: 501}
 
@@ -86,3 +89,56 @@ def test_a_survivors_copied_but_unreported_step_counts_and_one_being_copied_does
 ) -> None:
     assert harvest_then_exit(tmp_path / "a", harvest=True, survivor="copied")[0] == 7
     assert harvest_then_exit(tmp_path / "b", harvest=True, survivor="being copied")[0] == 6
+
+
+class LeaderLink:
+    """What this pod tells the leader, in order (the link of supervisor/peers.py, recorded)."""
+
+    def __init__(self) -> None:
+        self.reports: list[pb.PodReport] = []
+
+    def check_spec(self, spec: pb.WorkerSpec) -> None:
+        return None
+
+    def launcher_attached(self, spec: pb.WorkerSpec) -> None:
+        pass
+
+    def report(self, report: pb.PodReport) -> None:
+        self.reports.append(report)
+
+    async def job_status(self, local: pb.JobStatus) -> pb.JobStatus:
+        return local
+
+
+def test_a_pod_counts_what_its_ranks_copied_when_the_leader_opens_the_next_generation(
+    tmp_path: Path,
+) -> None:
+    """Node 1 (ranks 2, 3) runs generation 0; a rank of node 0 dies. Both ranks here had copied
+    step 5 without reporting it yet: node 1 says so before it stops the generation."""
+
+    async def scenario() -> list[pb.PodReport]:
+        link = LeaderLink()
+        sup = Supervisor(SupervisorSettings(), coordination=link)
+        spec = make_spec(spares=0, nnodes=2, node_rank=1)
+        spec.snapshot_dir = str(tmp_path)
+        sup.job = job = CoordinatedJobState(
+            spec=spec, policy=RestartPolicy(max_restarts=3), allocate_port=lambda: 41000
+        )
+        job.attach_launcher()
+        for rank, pid in {2: 502, 3: 503}.items():
+            job.process_started(pid, rank)
+            job.worker_attached(pid, rank, spare=False)
+        start = pb.StartGenerationMsg(generation=0, master_addr="node0", master_port=29500)
+        sup.on_leader_message(pb.LeaderMessage(start=start))
+        assert job.started
+        for rank in (2, 3):
+            save(tmp_path, rank, 0, 5, 0)
+        link.reports.clear()
+        opening = pb.OpenGenerationMsg(generation=1, restart_count=1, reason="node 0 rank 1 died")
+        sup.on_leader_message(pb.LeaderMessage(open=opening))
+        return link.reports
+
+    reports = asyncio.run(scenario())
+    kinds = [r.WhichOneof("report") for r in reports]
+    assert kinds[0] == "snapshots", kinds  # before anything of the next generation
+    assert (reports[0].snapshots.generation, list(reports[0].snapshots.held)) == (0, [5])

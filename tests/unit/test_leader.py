@@ -819,13 +819,25 @@ def test_a_snapshot_step_commits_once_every_pod_holds_it() -> None:
     assert started(ready_all(leader, 1)).restore_step == 5
 
 
+def test_what_a_pod_finds_of_the_stopped_generation_counts_until_the_next_start() -> None:
+    """The failure was on pod 0; pod 1 reports, when the Open comes, what its ranks had copied
+    but not reported yet: the step the next generation restores (one step lost, not two)."""
+    leader = formed(2)
+    assert leader.pod_snapshots(0, 0, [4, 5]) == []  # pod 0's own, before its failure report
+    opened(leader.failure(0, 0, fail(rank=1)))
+    assert leader.pod_snapshots(1, 0, [4, 5]) == []  # no CommitStep: no round while open
+    assert leader.snapshots.committed == 5
+    assert started(ready_all(leader, 1)).restore_step == 5
+
+
 def test_snapshots_of_another_generation_or_while_not_running_do_not_count() -> None:
     leader = formed(2)
     assert leader.pod_snapshots(0, 0, [5]) == []
     opened(leader.failure(1, 0, fail(rank=3)))
-    assert leader.pod_snapshots(1, 0, [5]) == []  # the generation is over
     assert leader.pod_snapshots(1, 1, [5]) == []  # open, not running
+    assert leader.pod_snapshots(1, -1, [5]) == []  # never ran
     started(ready_all(leader, 1))
+    assert leader.pod_snapshots(1, 0, [5]) == []  # generation 1 started: 0's steps are void
     assert leader.pod_snapshots(0, 1, []) == []
     assert leader.snapshots.committed == -1
 
