@@ -11,7 +11,6 @@ takes its memory with it: its copies, and the replicas it kept for another pod.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -49,14 +48,7 @@ class JobSnapshots:
 
     def held(self, node: int, steps: Iterable[int], now: float) -> Optional[RoundNews]:
         """Every local rank of `node` holds `steps`; news when the commit moved."""
-        ordered = sorted(steps)
-        if not ordered:
-            return None
-        try:
-            moved = self.commits.saved(node, ordered[-1], ordered)
-        except ValueError:  # a pod that broke the protocol: its steps count for nothing
-            return None
-        return self._news(now) if moved else None
+        return self._news(now) if self._count(node, steps) else None
 
     def pod_copies(self, node: int, copies: NodeCopies) -> None:
         self.copies[node] = copies
@@ -98,10 +90,7 @@ class JobSnapshots:
         """Between a generation's opening and the next start: what pod `node`'s ranks had
         copied of the stopped generation and not yet reported. It may move the commit (the
         step restored), never starts a round."""
-        ordered = sorted(steps)
-        if ordered:
-            with contextlib.suppress(ValueError):  # a pod that broke the protocol: nothing
-                self.commits.saved(node, ordered[-1], ordered)
+        self._count(node, steps)
 
     def choose(self, nodes: Iterable[int]) -> RestoreChoice:
         """The step every pod restores in the generation that starts now."""
@@ -119,6 +108,16 @@ class JobSnapshots:
         self.commits.new_generation()
         self.rounds.restart_from(choice.step)
         return choice
+
+    def _count(self, node: int, steps: Iterable[int]) -> bool:
+        """`node` holds `steps`: whether the commit moved."""
+        ordered = sorted(steps)
+        if not ordered:
+            return False
+        try:
+            return self.commits.saved(node, ordered[-1], ordered)
+        except ValueError:  # a pod that broke the protocol: its steps count for nothing
+            return False
 
     def _news(self, now: float) -> RoundNews:
         offload = self.rounds.next_round(self.committed, now)

@@ -24,7 +24,7 @@ from snapshot_service import CommittingSupervisor, on_loopback, rank0_env, serve
 from launcher.bootstrap import Target, Worker
 from launcher.processes import SCRIPT_ENDED_GENERATION_ENV, SCRIPT_GENERATION_ENV
 from launcher.snapshot import Snapshots
-from launcher.snapshot_payload import fill, plan, read_state
+from launcher.snapshot_payload import fill, plan, read_state, write_state
 from train_supervisor.arena import RankArena, SlotState, SnapshotImage
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -80,12 +80,8 @@ def test_a_queued_save_of_an_unwound_run_never_overwrites_the_next_runs_committe
 def a_peers_copy(directory: Path, step: int, value: float) -> tuple[RankArena, SnapshotImage]:
     """Rank 0's snapshot of `step` as a peer pod's replica holds it (arena kept open: the
     image's payload is a view into it)."""
-    tensors, entries, size, manifest = plan(state(value))
     arena = RankArena(directory, 0)
-    view = arena.begin_write(0, step, 0, manifest, size)
-    assert fill(view, entries, tensors)
-    view.release()
-    arena.finish_write(0)
+    write_state(arena, 0, step, 0, state(value))
     return arena, arena.image(0)
 
 
