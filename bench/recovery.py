@@ -6,8 +6,8 @@ from the newest). At a fixed step one rank is SIGKILLed. Measured: time from
 the kill until every rank has completed a step again, which PIDs changed,
 steps lost, and where the time went. torchrun runs with
 TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, without which torch 2.13 + gloo does not
-recover. While train-launch trains, GetStatus is called in a loop for its
-latency.
+recover, and with the malloc settings train-launch gives its workers. While
+train-launch trains, GetStatus is called in a loop for its latency.
 
     python bench/recovery.py            # writes bench/results/recovery.{json,md}
 """
@@ -43,11 +43,24 @@ from jobs import (
 )
 from readme_quote import quote_in_readme, write_results
 
+from launcher.processes import GLIBC_TUNABLES_ENV, REUSE_FREED_TUNABLES
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NPROC = 4
+# Without the first, torch 2.13 + gloo does not recover; the second gives torchrun's workers
+# the malloc train-launch gives its own (--reuse-freed-memory), so both run the same allocator.
+TORCHRUN_ENV = {
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    GLIBC_TUNABLES_ENV: REUSE_FREED_TUNABLES,
+}
+TORCHRUN_NOTE = (
+    "torchrun ran with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torch 2.13 + gloo does "
+    "not recover) and with the malloc settings train-launch gives its workers "
+    f"(--reuse-freed-memory: {GLIBC_TUNABLES_ENV}={REUSE_FREED_TUNABLES}), so both run the "
+    "same allocator."
+)
 RESTORED = re.compile(r"from shm in ([0-9.]+)s")
 
 
@@ -265,7 +278,7 @@ def _run_train_launch(
 
 
 def run_torchrun(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    env = job_env(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    env = job_env(**TORCHRUN_ENV)
     job = torchrun(
         ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", "3"],
         script_args(work, args),
@@ -326,8 +339,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Warm spare RSS {ours['warm_spare_rss_mb']} MB "
         f"(a training rank: {ours['rank_rss_mb']} MB).",
         "",
-        "torchrun ran with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torch 2.13 + gloo "
-        "does not recover). Reproduce: `python bench/recovery.py`.",
+        f"{TORCHRUN_NOTE} Reproduce: `python bench/recovery.py`.",
     ]
     return "\n".join(lines) + "\n"
 

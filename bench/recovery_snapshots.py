@@ -20,6 +20,7 @@ from readme_quote import quote_in_readme, write_results
 from recovery import (
     NPROC,
     RESULTS,
+    TORCHRUN_NOTE,
     breakdown_lines,
     compare,
     comparison_rows,
@@ -63,8 +64,7 @@ def markdown(report: dict[str, Any]) -> str:
         "script_reentry_and_pg_init; every worker imports torch._dynamo before the script "
         "(--preimport), so a survivor's first unwind does not walk its ~120k objects.",
         "",
-        "torchrun ran with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torch 2.13 + gloo "
-        "does not recover). Reproduce: `python bench/recovery_snapshots.py`.",
+        f"{TORCHRUN_NOTE} Reproduce: `python bench/recovery_snapshots.py`.",
     ]
     return "\n".join(lines) + "\n"
 

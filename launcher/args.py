@@ -91,6 +91,7 @@ class LaunchConfig:
     snapshot_dir: str = ""  # the pod's shared memory for the job's snapshots
     spare_imports: str = "workers"  # launcher/warm_imports.py
     preimport: tuple[str, ...] = (DEFAULT_PREIMPORT,)
+    reuse_freed_memory: bool = True  # launcher/processes.py: REUSE_FREED_TUNABLES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -179,6 +180,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         DEFAULT_PREIMPORT,
         "modules every worker imports before the script first runs, comma-separated ('none': "
         "nothing); imported then, they are out of the collection that ends a failed generation",
+    )
+    opt(
+        ["--reuse-freed-memory"],
+        "reuse_freed_memory",
+        "on",
+        "on: workers' glibc malloc keeps freed blocks of up to 32 MiB for reuse "
+        "(GLIBC_TUNABLES, unless already set), so a re-entered script reuses what its "
+        "previous run freed instead of unmapping it and faulting it in again; off: glibc's "
+        "defaults",
     )
     opt(
         ["--unwind-timeout"],
@@ -357,6 +367,8 @@ def parse_args(
             f"--spare-imports must be one of {', '.join(SPARE_IMPORTS)}, got {ns.spare_imports!r}"
         )
     preimport = _module_names("--preimport", ns.preimport)
+    if ns.reuse_freed_memory not in ("on", "off"):
+        raise UsageError(f"--reuse-freed-memory must be on or off, got {ns.reuse_freed_memory!r}")
     base_env = {} if "OMP_NUM_THREADS" in env or nproc == 1 else {"OMP_NUM_THREADS": "1"}
     run_id = ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none")
     return LaunchConfig(
@@ -390,4 +402,5 @@ def parse_args(
         snapshot_dir=str(snapshot_directory(run_id, env)),
         spare_imports=ns.spare_imports,
         preimport=preimport,
+        reuse_freed_memory=ns.reuse_freed_memory == "on",
     )

@@ -27,10 +27,12 @@ import grpc
 
 from launcher.heartbeat import StepCounter, install_optimizer_hook
 from launcher.processes import (
+    ENV_OWN_TUNABLES,
     ENV_PARENT_PID,
     ENV_RANK,
     ENV_SUPERVISOR,
     ENV_TOKEN,
+    GLIBC_TUNABLES_ENV,
     SCRIPT_ADDRESS_ENV,
     SCRIPT_ENDED_GENERATION_ENV,
     SCRIPT_GENERATION_ENV,
@@ -279,6 +281,8 @@ def main() -> None:
     token = os.environ.pop(ENV_TOKEN, None)
     rank = int(os.environ.pop(ENV_RANK))
     die_with_parent(int(os.environ.pop(ENV_PARENT_PID)))
+    if os.environ.pop(ENV_OWN_TUNABLES, None):  # ours, not the user's: torchrun sets none
+        os.environ.pop(GLIBC_TUNABLES_ENV, None)
     os.environ[SCRIPT_ADDRESS_ENV] = address
     if token:
         os.environ[SCRIPT_TOKEN_ENV] = token

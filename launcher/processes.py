@@ -33,6 +33,16 @@ SCRIPT_GENERATION_ENV = "TRAIN_SUPERVISOR_GENERATION"
 # the outcome is reported, so before the supervisor can place a restored step in this rank's
 # arena. The worker API drops a save of that generation (or older) still queued.
 SCRIPT_ENDED_GENERATION_ENV = "TRAIN_SUPERVISOR_ENDED_GENERATION"
+# --reuse-freed-memory: glibc serves blocks up to 32 MiB (its largest mmap threshold) from
+# the heap and never trims it, so the memory a failed generation's script frees is what the
+# re-entered script allocates again, without munmap and page faults (on CPU, what CUDA's
+# caching allocator does on a GPU). Read by the dynamic loader at exec, so the bootstrap can
+# take it out of the script's environment (ENV_OWN_TUNABLES) without undoing it.
+GLIBC_TUNABLES_ENV = "GLIBC_TUNABLES"
+REUSE_FREED_TUNABLES = (
+    f"glibc.malloc.mmap_threshold={32 * 2**20}:glibc.malloc.trim_threshold={2**40}"
+)
+ENV_OWN_TUNABLES = "TRAIN_LAUNCH_OWN_GLIBC_TUNABLES"
 
 
 TAIL_BYTES = 16 * 1024
@@ -99,6 +109,9 @@ class WorkerProcesses:
             env[MANIFEST_ENV] = self.imports_manifest
         if not self.config.no_python:  # the bootstrap's, removed before the script runs
             env[PREIMPORT_ENV] = ",".join(self.config.preimport)
+            if self.config.reuse_freed_memory and GLIBC_TUNABLES_ENV not in env:
+                env[GLIBC_TUNABLES_ENV] = REUSE_FREED_TUNABLES
+                env[ENV_OWN_TUNABLES] = "1"
         # The job token reaches the bootstrap only, never the user's script.
         env.pop(TOKEN_ENV, None)
         env.pop(SCRIPT_ENDED_GENERATION_ENV, None)  # a process's own, never inherited

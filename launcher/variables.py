@@ -11,10 +11,13 @@ from __future__ import annotations
 from launcher.args import DEFAULT_SUPERVISOR_ADDRESS, SUPERVISOR_ADDRESS_ENV
 from launcher.main import TERMINATION_LOG_ENV
 from launcher.processes import (
+    ENV_OWN_TUNABLES,
     ENV_PARENT_PID,
     ENV_RANK,
     ENV_SUPERVISOR,
     ENV_TOKEN,
+    GLIBC_TUNABLES_ENV,
+    REUSE_FREED_TUNABLES,
     SCRIPT_ADDRESS_ENV,
     SCRIPT_ENDED_GENERATION_ENV,
     SCRIPT_GENERATION_ENV,
@@ -53,6 +56,13 @@ LAUNCHER_VARIABLES = (
         "trainer container (unset: /dev/shm/train-supervisor/<run id>)",
     ),
     Variable(
+        GLIBC_TUNABLES_ENV,
+        "",
+        "passed on to the workers untouched when set; unset: train-launch gives its Python "
+        f"workers {REUSE_FREED_TUNABLES} (--reuse-freed-memory on) and takes it out of the "
+        "script's environment again, as torchrun sets none",
+    ),
+    Variable(
         "OMP_NUM_THREADS",
         "",
         "passed on to the workers when set; unset: 1 when a pod runs more than one worker "
@@ -87,4 +97,7 @@ BOOTSTRAP_VARIABLES = (
     Variable(ENV_TOKEN, "", "the job token"),
     Variable(MANIFEST_ENV, "", "the file where local rank 0 lists its modules for the spares"),
     Variable(PREIMPORT_ENV, "", "--preimport's modules, comma-separated"),
+    Variable(
+        ENV_OWN_TUNABLES, "", "set: GLIBC_TUNABLES is train-launch's, to be taken out as well"
+    ),
 )

@@ -207,3 +207,37 @@ def test_preimported_modules_are_loaded_and_frozen_before_the_script_starts(
     assert seen["torch._dynamo"]["dynamo"] and not seen["none"]["dynamo"]
     # torch._dynamo and sympy are over 100k objects.
     assert seen["torch._dynamo"]["frozen"] > seen["none"]["frozen"] + 50_000, seen
+
+
+@pytest.mark.slow
+def test_workers_keep_freed_memory_for_reuse_unless_turned_off_or_the_user_tuned_malloc(
+    tmp_path: Path,
+) -> None:
+    """--reuse-freed-memory: what a failed generation frees, the re-entered script reuses."""
+    seen: dict[str, dict[str, Any]] = {}
+    runs = {
+        "default": ([], {}),
+        "off": (["--reuse-freed-memory", "off"], {}),
+        # The user's own setting wins (glibc's default threshold, spelled out).
+        "user": ([], {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}),
+    }
+    quick = ["--standalone", "--nproc-per-node", "1", "--warm-spares", "0", "--preimport", "none"]
+    for name, (flags, extra_env) in runs.items():
+        out = tmp_path / name
+        out.mkdir()
+        job = train_launch(
+            [*quick, *flags],
+            [str(out)],
+            job_env(**extra_env),
+            script=REPO / "tests" / "workloads" / "report_malloc.py",
+        )
+        assert job.wait(120) == 0, job.stderr
+        seen[name] = json.loads((out / "rank_0.json").read_text())
+    # Served from the heap and kept there; the script's environment is torchrun's.
+    assert seen["default"] == {"tunables": None, "mmapped": False, "kept_after_free": True}
+    assert seen["off"] == {"tunables": None, "mmapped": True, "kept_after_free": False}
+    assert seen["user"] == {
+        "tunables": "glibc.malloc.mmap_threshold=131072",
+        "mmapped": True,
+        "kept_after_free": False,
+    }

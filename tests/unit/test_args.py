@@ -436,3 +436,11 @@ def test_preimport_defaults_to_torch_dynamo_takes_a_list_or_none_and_refuses_bad
     assert parse([script], {"PET_PREIMPORT": "none"}).preimport == ()
     error = usage_error(["--preimport", "torch._dynamo,my-lib", script])
     assert "--preimport" in error and "'my-lib'" in error, error
+
+
+def test_reuse_freed_memory_is_on_unless_turned_off_and_refuses_other_values(script: str) -> None:
+    assert parse([script]).reuse_freed_memory is True
+    assert parse(["--reuse-freed-memory", "off", script]).reuse_freed_memory is False
+    assert parse([script], {"PET_REUSE_FREED_MEMORY": "off"}).reuse_freed_memory is False
+    error = usage_error(["--reuse-freed-memory", "yes", script])
+    assert "--reuse-freed-memory" in error and "'yes'" in error, error
