@@ -201,8 +201,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"memory | {ms(fl['shm_median_s'])} ({gb / fl['shm_median_s']:.1f} GB/s) | |",
         f"| the same copy into plain preallocated CPU tensors | {ms(fl['ram_median_s'])} | |",
         f"| torch.save of the same state dict to local disk (/tmp, no fsync; median of "
-        f"{len(w['torch_save']['all_s'])}) | {ms(w['torch_save']['median_s'])} (an os.fsync "
-        f"after it: {ms(w['torch_save']['fsync_s'])} more, not counted) | |",
+        f"{len(w['torch_save']['all_s'])}, after one untimed save) | "
+        f"{ms(w['torch_save']['median_s'])} (an os.fsync after it: "
+        f"{ms(w['torch_save']['fsync_s'])} more, not counted) | |",
         f"| **(a) ours, no overlap**: save() then at once optimizer.step(); blocked = inside "
         f"save() + pre-step hook wait | **{ms(no['blocked_s'])}** (medians of the parts: "
         f"save() {ms(no['save_s'])}, hook wait {ms(no['hook_wait_s'])}) | |",
