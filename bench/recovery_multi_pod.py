@@ -9,7 +9,7 @@ with gloo over loopback, side by side in one run:
 - torchrun: two agents, `--nnodes 2 --node-rank i --nproc-per-node 2
   --rdzv-backend c10d`, node 0 hosting the rendezvous store, with
   TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torch 2.13 + gloo does not
-  recover).
+  recover) and the malloc settings train-launch gives its workers.
 
 One rank of pod 1 (torchrun: of the agent started with --node-rank 1) is
 SIGKILLed at a fixed step. Measured: time from the kill until every rank has
@@ -32,6 +32,8 @@ from jobs import RunningJob, job_env, pids_by_rank, read_events, torchrun
 from pods import Pods
 from readme_quote import quote_in_readme, write_results
 from recovery import (
+    TORCHRUN_ENV,
+    TORCHRUN_NOTE,
     StatusProbe,
     breakdown_lines,
     compare,
@@ -51,7 +53,6 @@ DEFAULT_OUT = RESULTS / "recovery_multi_pod"
 NNODES, NPROC_PER_NODE = 2, 2
 WORLD = NNODES * NPROC_PER_NODE
 TARGET_RATIO = 0.4
-TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 def wait_for_world(job: RunningJob, events_dir: Path) -> dict[int, int]:
@@ -148,8 +149,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"--max-restarts 3 --warm-spares {cfg['warm_spares']}`. torchrun: two agents, "
         f"`torchrun --nnodes {NNODES} --node-rank i --nproc-per-node {NPROC_PER_NODE} "
         "--max-restarts 3 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:PORT` (node 0 with "
-        "`--rdzv-conf is_host=1`), with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: without it "
-        "torch 2.13 + gloo torchrun does not recover. c10d orders nodes by its own rule, so "
+        f"`--rdzv-conf is_host=1`). {TORCHRUN_NOTE} c10d orders nodes by its own rule, so "
         "torchrun's killed rank is the one on the agent started with --node-rank 1. "
         "Reproduce: `python bench/recovery_multi_pod.py`.",
     ]
