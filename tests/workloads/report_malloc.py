@@ -39,7 +39,7 @@ def main() -> None:
     seen = {
         "tunables": os.environ.get("GLIBC_TUNABLES"),
         "mmapped": held.hblkhd - before.hblkhd >= BLOCK,  # its own mapping, not the heap
-        "kept_after_free": freed.fordblks - before.fordblks >= BLOCK,  # free in the heap
+        "kept_after_free": freed.fordblks - held.fordblks >= BLOCK,  # free in the heap now
     }
     with open(os.path.join(sys.argv[1], f"rank_{os.environ['RANK']}.json"), "w") as handle:
         json.dump(seen, handle)
