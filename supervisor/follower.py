@@ -65,6 +65,11 @@ class FollowerLink:
         self.status_stub = pb_grpc.StatusServiceStub(self.channel)
         self._tasks: list[asyncio.Task[None]] = []
         self._joined = asyncio.Event()
+        # Reports go one at a time, in the order made: what a pod's ranks hold of a stopped
+        # generation (harvested when the leader's Open comes) must reach the leader before
+        # the pod's "ready" for the next one, which starts it.
+        self._outbox: asyncio.Queue[pb.PodReport] = asyncio.Queue()
+        self._sender: Optional[asyncio.Task[None]] = None
 
     def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
         return spec_mismatch(spec, self.nnodes, self.node_rank)
@@ -90,7 +95,17 @@ class FollowerLink:
         report.node_rank, report.incarnation = self.node_rank, self.incarnation
         if report.HasField("finished") and self.view is not None:
             self.view = mark_finished(self.view)
-        asyncio.get_running_loop().create_task(self._send(report))
+        self._outbox.put_nowait(report)
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_in_order())
+
+    async def _send_in_order(self) -> None:
+        while True:
+            report = await self._outbox.get()
+            try:
+                await self._send(report)
+            except Exception:  # any: one bad report must not silence the ones after it
+                log.exception("report to the leader dropped")
 
     async def _send(self, report: pb.PodReport) -> None:
         for delay in (0.1, 0.2, 0.5, 1.0, 2.0):
