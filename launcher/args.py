@@ -185,7 +185,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         ["--reuse-freed-memory"],
         "reuse_freed_memory",
         "on",
-        "on: workers' glibc malloc keeps freed blocks of up to 32 MiB for reuse "
+        "on: Python workers' glibc malloc keeps freed blocks of up to 32 MiB for reuse "
         "(GLIBC_TUNABLES, unless already set), so a re-entered script reuses what its "
         "previous run freed instead of unmapping it and faulting it in again; off: glibc's "
         "defaults",
