@@ -162,7 +162,8 @@ def describe_failure(record: pb.FailureRecord, then: str) -> str:
         f"signal {signal_name(record.signal)}" if record.signal else f"exit code {record.exit_code}"
     )
     return (
-        f"rank {record.rank} pid {record.pid} {what} after step {record.step}; "
+        # Heartbeats are coalesced (one per 0.5 s): the step may be behind the script's.
+        f"rank {record.rank} pid {record.pid} {what}, last step reported {record.step}; "
         f"looks like {record.failure_class} ({record.reason}) -> {then}"
     )
 

@@ -16,12 +16,12 @@ def test_events_become_detections() -> None:
         ("hang", HANG, ("hung", 2)),
         (
             "failure",
-            "rank 1 pid 9 signal SIGKILL after step 3; looks like out_of_memory (k)",
+            "rank 1 pid 9 signal SIGKILL, last step reported 3; looks like out_of_memory (k)",
             ("out_of_memory", 1),
         ),
         (
             "failure",
-            "rank 3 pid 9 exit code 1 after step 3; looks like user_bug (ValueError: x)",
+            "rank 3 pid 9 exit code 1, last step reported 3; looks like user_bug (ValueError: x)",
             ("user_bug", 3),
         ),
         ("finding", "pod 2 straggler for 3 windows: compute_s = 0.4", ("straggler", 2)),
@@ -37,7 +37,7 @@ def test_events_become_detections() -> None:
 
 def test_a_hang_and_its_failure_are_one_detection() -> None:
     events = [
-        (11.0, "failure", "rank 2 pid 77 signal SIGKILL after step 9; looks like hung (no step)"),
+        (11.0, "failure", "rank 2 pid 77 signal SIGKILL, last step reported 9; looks like hung"),
         (10.0, "hang", HANG),
     ]
     [only] = detections_from(events)
