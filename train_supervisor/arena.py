@@ -41,6 +41,7 @@ HEADER_SIZE = 64
 # The payload starts on a page: copies into it measured 3.5x faster than at a 64-byte offset
 # (glibc memcpy, 1 GB: 0.09 s vs 0.32 s). A constant, not mmap.PAGESIZE: the format is portable.
 PAYLOAD_ALIGN = 4096
+STORE_PIECE = 8 * 2**20  # store() copies this much per GIL hold: a few ms
 # The fields the header CRC covers; the CRC itself and 8 zero bytes follow.
 _BODY = struct.Struct("<8sHHIqqQQI")
 _CRC = struct.Struct("<I")
@@ -230,7 +231,11 @@ class RankArena:
                 slot, image.step, image.generation, image.manifest, len(image.payload)
             )
             try:
-                view[:] = image.payload
+                # In pieces: one memcpy holds the GIL throughout, and the supervisor's event
+                # loop (failure handling, every RPC) shares the process with this copy.
+                with memoryview(image.payload) as source:  # slices of it copy nothing
+                    for at in range(0, len(source), STORE_PIECE):
+                        view[at : at + STORE_PIECE] = source[at : at + STORE_PIECE]
             finally:
                 view.release()
             return self.finish_write(slot, expect=image.checksum)
