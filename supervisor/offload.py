@@ -27,7 +27,7 @@ from supervisor.commit import NONE
 from supervisor.durable import DurableError, DurableStore
 from supervisor.offload_config import OffloadConfig
 from supervisor.offload_rounds import OffloadRound
-from supervisor.replica_client import fetch_replica, push_replica
+from supervisor.replica_client import TransferStopped, fetch_replica, push_replica
 from supervisor.restore import DURABLE, PEER, SHM, NodeCopies
 from supervisor.throttle import Throttle
 from train_supervisor.arena import (
@@ -89,6 +89,10 @@ def _free_slot(arena: RankArena, keep: int) -> int:
     raise RuntimeError(f"{arena.directory}: both slots hold step {keep}")
 
 
+class RoundStopped(Exception):
+    """The generation a round was started in ended while it ran."""
+
+
 class Offloader:
     def __init__(
         self,
@@ -107,6 +111,9 @@ class Offloader:
             DurableStore(config.durable_dir, run_id, node_rank) if config.durable_dir else None
         )
         self.kept = NONE  # the last round every pod finished: its staged copies stay whole
+        # The job's newest generation (the driver sets it when one opens): a round of an older
+        # one stops between ranks and chunks, so the restore does not wait behind it.
+        self.open_generation = 0
         # Kept open between rounds (this thread only): mapping a GB afresh each round made
         # staging 2.7x slower (bench/offload_throughput.py).
         self._mapped: dict[tuple[str, int], RankArena] = {}
@@ -135,8 +142,8 @@ class Offloader:
     def run_round(self, rnd: OffloadRound, generation: int) -> RoundResult:
         began = time.perf_counter()
         try:
-            images = self._stage(rnd.step)
-        except (CorruptSnapshot, OSError) as err:
+            images = self._stage(rnd.step, generation)
+        except (CorruptSnapshot, OSError, RoundStopped) as err:
             why = f"staging step {rnd.step}: {err}"
             return RoundResult(
                 rnd.step, why, why if rnd.replicate else "", why if rnd.persist else ""
@@ -147,7 +154,7 @@ class Offloader:
         replica_s = persist_s = 0.0
         if rnd.replicate:
             began = time.perf_counter()
-            replica_error = self._replicate(images)
+            replica_error = self._replicate(images, generation)
             replica_s = time.perf_counter() - began
         if rnd.persist:
             began = time.perf_counter()
@@ -157,10 +164,11 @@ class Offloader:
             rnd.step, "", replica_error, persist_error, size, staged_s, replica_s, persist_s
         )
 
-    def _stage(self, step: int) -> list[SnapshotImage]:
+    def _stage(self, step: int, generation: int) -> list[SnapshotImage]:
         """Copy every local rank's `step` into the staged arenas, checksum verified."""
         images = []
         for rank in self.ranks:
+            self._check_current(generation)
             source, staged = self._mapped_arena(rank), self._mapped_arena(rank, STAGED)
             slot = source.find(step)
             if slot is None:
@@ -171,19 +179,32 @@ class Offloader:
             images.append(staged.image(dst, verify=False))
         return images
 
-    def _replicate(self, images: list[SnapshotImage]) -> str:
+    def _check_current(self, generation: int) -> None:
+        if self.open_generation > generation:
+            raise RoundStopped(f"generation {generation} ended: round stopped")
+
+    def _replicate(self, images: list[SnapshotImage], generation: int) -> str:
         if self.holder is None:
             return "no pod to replicate to"
         throttle = Throttle(self.config.replica_bytes_per_s)
+
+        def pace(nbytes: int) -> None:
+            if self.open_generation > generation:
+                raise TransferStopped
+            throttle.pace(nbytes)
+
         try:
             stub = self.holder()
             for image in images:
+                self._check_current(generation)
                 size = len(image.manifest) + len(image.payload)
                 deadline = transfer_deadline_s(size, self.config.replica_bytes_per_s)
-                push_replica(
-                    stub, self.run_id, self.node_rank, image, throttle.pace, timeout_s=deadline
-                )
+                push_replica(stub, self.run_id, self.node_rank, image, pace, timeout_s=deadline)
+        except RoundStopped as err:
+            return f"replica of step {images[0].step}: {err}"
         except grpc.RpcError as err:
+            if self.open_generation > generation:
+                return f"replica of step {images[0].step}: generation {generation} ended: stopped"
             return f"replica of step {images[0].step}: {err.code().name}: {err.details()}"
         return ""
 
@@ -205,8 +226,8 @@ class Offloader:
         if step in self.store.steps():
             return ""
         try:
-            images = self._stage(step)
-        except (CorruptSnapshot, OSError) as err:
+            images = self._stage(step, generation)
+        except (CorruptSnapshot, OSError, RoundStopped) as err:
             return f"staging step {step}: {err}"
         return self._persist(step, generation, images)
 

@@ -140,6 +140,7 @@ class OffloadDriver:
         if self.job.generation <= self._generation:
             return
         self._generation = self.job.generation
+        self.offloader.open_generation = self.job.generation  # a round in flight stops
         if self.job.snapshots.committed != NONE:
             verify = self._in_thread(self.offloader.verify_own, self.job.snapshots.committed)
             self._preparing = asyncio.get_running_loop().create_task(verify)

@@ -69,6 +69,10 @@ def replica_chunks(
     return _paced(header, image.payload, pace, chunk_bytes)
 
 
+class TransferStopped(Exception):
+    """Raised by a `pace` callable: end the push here (the peer refuses the short stream)."""
+
+
 def _paced(
     header: pb.ReplicaHeader,
     payload: memoryview,
@@ -78,7 +82,10 @@ def _paced(
     yield pb.ReplicaChunk(header=header)
     for chunk in payload_chunks(payload, chunk_bytes):
         yield chunk
-        pace(len(chunk.data))  # runs when gRPC asks for the next: this one was handed over
+        try:
+            pace(len(chunk.data))  # runs when gRPC asks for the next: this one was handed over
+        except TransferStopped:
+            return
 
 
 def push_replica(

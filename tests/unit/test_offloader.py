@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -258,3 +260,37 @@ def test_a_generation_opened_by_a_failure_checksums_the_committed_step_at_once(
     assert asyncio.run(see(0)) == [], "the generation the job began in follows no failure"
     assert asyncio.run(see(1)) == [2, 3]
     driver.close()
+
+
+def test_a_round_stops_when_its_generation_ends_so_the_restore_need_not_wait(
+    tmp_path: Path, peer: Peer
+) -> None:
+    """The restore runs on the round's thread: a round capped at 1 MB/s for 8 MB would hold
+    it for 8 s; it stops at its next chunk once the driver says a generation opened."""
+    pod = offloader(tmp_path, peer, replica_bytes_per_s=1e6)
+    for rank in RANKS:
+        with RankArena(pod.directory, rank) as arena:
+            write_state(arena, 0, 4, generation=0, state={"w": torch.zeros(2**20)})  # 4 MB
+    results: list[Any] = []
+    rnd = OffloadRound(4, replicate=True, persist=False)
+    round_thread = threading.Thread(target=lambda: results.append(pod.run_round(rnd, 0)))
+    round_thread.start()
+    deadline = time.monotonic() + 30
+    while not peer_receiving(peer.directory) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert peer_receiving(peer.directory), "the push never began"
+    pod.open_generation = 1  # what OffloadDriver.generation_seen does
+    round_thread.join(30)
+    [result] = results
+    assert "generation 0 ended" in result.replica_error, result
+    assert peer.inventory() == {}, "a stopped push leaves no complete replica"
+
+
+def peer_receiving(directory: Path) -> bool:
+    if not directory.is_dir():
+        return False
+    for rank in RANKS:
+        with RankArena(directory, rank) as arena:
+            if any(s.state is SlotState.WRITING for s in arena.slots()):
+                return True
+    return False
