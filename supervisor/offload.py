@@ -92,6 +92,10 @@ def _free_slot(arena: RankArena, keep: int) -> int:
 class RoundStopped(Exception):
     """The generation a round was started in ended while it ran."""
 
+    @classmethod
+    def of(cls, generation: int) -> RoundStopped:
+        return cls(f"generation {generation} ended: round stopped")
+
 
 class Offloader:
     def __init__(
@@ -179,9 +183,12 @@ class Offloader:
             images.append(staged.image(dst, verify=False))
         return images
 
+    def _ended(self, generation: int) -> bool:
+        return self.open_generation > generation
+
     def _check_current(self, generation: int) -> None:
-        if self.open_generation > generation:
-            raise RoundStopped(f"generation {generation} ended: round stopped")
+        if self._ended(generation):
+            raise RoundStopped.of(generation)
 
     def _replicate(self, images: list[SnapshotImage], generation: int) -> str:
         if self.holder is None:
@@ -189,8 +196,8 @@ class Offloader:
         throttle = Throttle(self.config.replica_bytes_per_s)
 
         def pace(nbytes: int) -> None:
-            if self.open_generation > generation:
-                raise TransferStopped
+            if self._ended(generation):
+                raise TransferStopped  # the push ends short; the peer refuses it
             throttle.pace(nbytes)
 
         try:
@@ -203,8 +210,8 @@ class Offloader:
         except RoundStopped as err:
             return f"replica of step {images[0].step}: {err}"
         except grpc.RpcError as err:
-            if self.open_generation > generation:
-                return f"replica of step {images[0].step}: generation {generation} ended: stopped"
+            if self._ended(generation):  # pace() cut the push short
+                return f"replica of step {images[0].step}: {RoundStopped.of(generation)}"
             return f"replica of step {images[0].step}: {err.code().name}: {err.details()}"
         return ""
 
