@@ -263,6 +263,11 @@ def _float(name: str, value: str, minimum: float) -> float:
     return number
 
 
+def _one_of(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def _address(name: str, value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -362,13 +367,9 @@ def parse_args(
         ) from None
     if (ns.redirects != "0" or ns.tee != "0") and not ns.log_dir:
         raise UsageError("--redirects and --tee need --log-dir")
-    if ns.spare_imports not in SPARE_IMPORTS:
-        raise UsageError(
-            f"--spare-imports must be one of {', '.join(SPARE_IMPORTS)}, got {ns.spare_imports!r}"
-        )
+    _one_of("--spare-imports", ns.spare_imports, SPARE_IMPORTS)
     preimport = _module_names("--preimport", ns.preimport)
-    if ns.reuse_freed_memory not in ("on", "off"):
-        raise UsageError(f"--reuse-freed-memory must be on or off, got {ns.reuse_freed_memory!r}")
+    _one_of("--reuse-freed-memory", ns.reuse_freed_memory, ("on", "off"))
     base_env = {} if "OMP_NUM_THREADS" in env or nproc == 1 else {"OMP_NUM_THREADS": "1"}
     run_id = ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none")
     return LaunchConfig(
