@@ -89,6 +89,20 @@ def _free_slot(arena: RankArena, keep: int) -> int:
     raise RuntimeError(f"{arena.directory}: both slots hold step {keep}")
 
 
+def _pin(arena: RankArena, step: int) -> int:
+    """The slot holding `step`, pinned against the rank's writer (CorruptSnapshot: none)."""
+    where = f"rank {arena.rank}: step {step}"
+    slot = arena.find(step)
+    if slot is None:
+        raise CorruptSnapshot(f"{where} is not in {arena.directory}")
+    if not arena.pin(slot):
+        raise CorruptSnapshot(f"{where} is being overwritten by a newer save")
+    if arena.find(step) != slot:  # rewritten between the look and the pin
+        arena.unpin(slot)
+        raise CorruptSnapshot(f"{where} was overwritten by a newer save")
+    return slot
+
+
 class RoundStopped(Exception):
     """The generation a round was started in ended while it ran."""
 
@@ -169,19 +183,28 @@ class Offloader:
         )
 
     def _stage(self, step: int, generation: int) -> list[SnapshotImage]:
-        """Copy every local rank's `step` into the staged arenas, checksum verified."""
-        images = []
-        for rank in self.ranks:
-            self._check_current(generation)
-            source, staged = self._mapped_arena(rank), self._mapped_arena(rank, STAGED)
-            slot = source.find(step)
-            if slot is None:
-                raise CorruptSnapshot(f"rank {rank}: step {step} is not in {self.directory}")
-            # A worker that overwrote the slot meanwhile makes the copy's checksum differ.
-            dst = _free_slot(staged, self.kept)
-            staged.store(dst, source.image(slot, verify=False))
-            images.append(staged.image(dst, verify=False))
-        return images
+        """Copy every local rank's `step` into the staged arenas, checksum verified.
+
+        Every rank's slot is pinned before the first copy and unpinned after its own: a rank
+        that saves every step reuses that slot two saves on, which under load came before its
+        copy (or during it). Its writer waits instead, at most until its copy is done."""
+        pinned: list[tuple[int, RankArena, int]] = []
+        try:
+            for rank in self.ranks:
+                source = self._mapped_arena(rank)
+                pinned.append((rank, source, _pin(source, step)))
+            images = []
+            for rank, source, slot in pinned:
+                self._check_current(generation)
+                staged = self._mapped_arena(rank, STAGED)
+                dst = _free_slot(staged, self.kept)
+                staged.store(dst, source.image(slot, verify=False))
+                source.unpin(slot)  # the rank's writer may go on
+                images.append(staged.image(dst, verify=False))
+            return images
+        finally:
+            for _, source, slot in pinned:
+                source.unpin(slot)
 
     def _ended(self, generation: int) -> bool:
         return self.open_generation > generation

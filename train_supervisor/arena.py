@@ -13,6 +13,8 @@ they outlive the process (a restarted rank reopens them), not the node. No torch
 supervisor reads these files too. One writer per rank; readers elsewhere remap when a file grows.
 Writers of one slot that may overlap (a script re-entered in place while its previous run's
 writer thread still copies) take `exclusive(slot)`: an flock on the slot file, held per open file.
+A reader that needs a slot whole while its writer goes on (the supervisor copying a committed
+step out) pins it: a shared flock, so the writer's next `exclusive` waits for the copy.
 Files never shrink, so an older, smaller mapping never touches a page past the end (SIGBUS).
 """
 
@@ -255,6 +257,23 @@ class RankArena:
         try:
             yield
         finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def pin(self, slot: int) -> bool:
+        """Keep writers out of `slot` until `unpin` (their `exclusive` waits). Never waits
+        itself: False, and nothing pinned, when a writer is in the slot now or it has no file."""
+        fd = self._fd(_check_slot(slot), create=False)
+        if fd is None:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def unpin(self, slot: int) -> None:
+        fd = self._fds[_check_slot(slot)]
+        if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
     def find(self, step: int) -> Optional[int]:

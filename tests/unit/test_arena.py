@@ -295,3 +295,20 @@ def test_on_dev_shm() -> None:
     finally:
         remove_arena(directory.parent)
     assert not directory.parent.exists()
+
+
+def test_pin_never_waits_for_a_writer_and_holds_off_the_next(tmp_path: Path) -> None:
+    reader, writer = RankArena(tmp_path, 0), RankArena(tmp_path, 0)  # two processes' views
+    assert not reader.pin(0), "no file yet: nothing to pin"
+    write(writer, 0, 1, b"m", b"p" * 10)
+    with writer.exclusive(0):
+        assert not reader.pin(0), "a writer is in the slot"
+    assert reader.pin(0)
+    other_reader = RankArena(tmp_path, 0)
+    assert other_reader.pin(0), "readers share a slot"
+    other_reader.unpin(0)
+    reader.unpin(0)
+    with writer.exclusive(0):  # both pins gone: the writer goes in at once
+        pass
+    for arena in (reader, writer, other_reader):
+        arena.close()

@@ -294,3 +294,50 @@ def peer_receiving(directory: Path) -> bool:
             if any(s.state is SlotState.WRITING for s in arena.slots()):
                 return True
     return False
+
+
+def test_staging_pins_every_ranks_step_so_a_rank_saving_on_waits_instead_of_tearing_it(
+    tmp_path: Path, peer: Peer
+) -> None:
+    """Rank 3 saves again (into the slot of the step being staged) as soon as the round begins
+    with rank 2: before pinning, its save replaced step 4 before or while it was copied."""
+    pod = offloader(tmp_path, peer)
+    sizes = {2: 2**26, 3: 2**20}  # rank 2's 256 MB take a while to copy; rank 3 saves meanwhile
+    for step in (4, 5):  # 4 is the round's step, in slot 0; 5 is in slot 1
+        for rank in RANKS:
+            with RankArena(pod.directory, rank) as arena:
+                write_state(arena, step % 2, step, 0, {"w": torch.full((sizes[rank],), step)})
+    began = pod.directory / STAGED / "rank-2.slot0"
+    step_6 = {"w": torch.full((sizes[3],), 6)}
+    saved_6: list[int] = []
+
+    def rank_3_saves_step_6() -> None:
+        deadline = time.monotonic() + 30
+        while not began.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        with RankArena(pod.directory, 3) as arena:  # what its writer thread does
+            with arena.exclusive(0):
+                write_state(arena, 0, 6, 0, step_6)
+            saved_6.append(6)
+
+    writer = threading.Thread(target=rank_3_saves_step_6)
+    writer.start()
+    result = pod.run_round(OffloadRound(4, replicate=False, persist=False), generation=0)
+    writer.join(60)
+    assert result.stage_error == "", result
+    assert saved_6 == [6], "the rank's save went on after its copy"
+    for rank in RANKS:
+        assert restored(pod.directory / STAGED, rank, 4)["w"][0] == 4.0
+    assert restored(pod.directory, 3, 6)["w"][-1] == 6.0
+
+
+def test_a_step_whose_rank_is_writing_over_it_fails_the_round_at_once(
+    tmp_path: Path, peer: Peer
+) -> None:
+    """The round never waits for a rank (a stopped one would hold it): the step is going."""
+    pod = offloader(tmp_path, peer)
+    save(pod.directory, 4)
+    with RankArena(pod.directory, 3) as arena, arena.exclusive(0):
+        result = pod.run_round(OffloadRound(4, replicate=True, persist=False), generation=0)
+    assert "rank 3: step 4 is being overwritten by a newer save" in result.stage_error
+    assert peer.inventory() == {}
