@@ -166,6 +166,16 @@ def notes(w: dict[str, Any]) -> list[str]:
     ]
     for run in w["steady"]:
         extra = run["saving_step_s"] - run["plain_step_s"]
+        if run["threads"] == w["threads"]:  # every core trains: the writer's CPU is theirs
+            core_time = run["threads"] * run["plain_step_s"]
+            copy_share = w["floor"]["shm_median_s"] / core_time
+            out.append(
+                f"With training on all {run['threads']} cores, the writer's CPU comes out of "
+                f"training's: one memcpy of the state is {copy_share:.1%} of the cores' time in "
+                f"a plain step (the least any every-step copy can add there; the target is "
+                f"{SLOWDOWN:.0%}), the writer's whole work per save (copy, CRC-32C, report) "
+                f"{w['writer']['cycle_s'] / core_time:.1%}."
+            )
         if run["saving_blocked_s"] < extra / 2:  # the loop was slowed, not blocked
             out.append(
                 f"With {run['threads']} training thread(s) the loop waited only "
