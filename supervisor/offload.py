@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Optional, TypeVar
 
@@ -198,8 +199,8 @@ class Offloader:
                 self._check_current(generation)
                 staged = self._mapped_arena(rank, STAGED)
                 dst = _free_slot(staged, self.kept)
-                staged.store(dst, source.image(slot, verify=False))
-                source.unpin(slot)  # the rank's writer may go on
+                # The rank's writer may go on once the bytes are out (before their checksum).
+                staged.store(dst, source.image(slot, verify=False), partial(source.unpin, slot))
                 images.append(staged.image(dst, verify=False))
             return images
         finally:

@@ -30,7 +30,7 @@ import re
 import shutil
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -224,8 +224,12 @@ class RankArena:
             self.rank, info.step, info.generation, manifest, payload, info.checksum
         )
 
-    def store(self, slot: int, image: SnapshotImage) -> SlotInfo:
-        """Copy `image` into `slot`, checksum verified against the image's (CorruptSnapshot)."""
+    def store(
+        self, slot: int, image: SnapshotImage, copied: Callable[[], None] = lambda: None
+    ) -> SlotInfo:
+        """Copy `image` into `slot`, checksum verified against the image's (CorruptSnapshot).
+
+        `copied()` runs once the bytes are here, before the checksum: the source may go."""
         if image.rank != self.rank:
             raise ValueError(f"image of rank {image.rank} given to rank {self.rank}'s arena")
         with self.exclusive(slot):  # a worker's writer may still be in this slot
@@ -240,6 +244,7 @@ class RankArena:
                         view[at : at + STORE_PIECE] = source[at : at + STORE_PIECE]
             finally:
                 view.release()
+            copied()
             return self.finish_write(slot, expect=image.checksum)
 
     def discard(self, slot: int) -> None:

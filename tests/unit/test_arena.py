@@ -312,3 +312,21 @@ def test_pin_never_waits_for_a_writer_and_holds_off_the_next(tmp_path: Path) -> 
         pass
     for arena in (reader, writer, other_reader):
         arena.close()
+
+
+def test_store_says_when_the_bytes_are_in_before_it_checksums_them(tmp_path: Path) -> None:
+    """Staging unpins the rank's slot at that moment: the checksum reads only the copy."""
+    source, copy = RankArena(tmp_path / "own", 0), RankArena(tmp_path / "staged", 0)
+    write(source, 0, 3, b"m", payload_of(50_000, 3))
+    seen = []
+
+    def copied() -> None:
+        seen.append(copy.slots()[1].state)
+        write(source, 0, 4, b"m", payload_of(50_000, 4))  # the rank saves over its slot now
+
+    info = copy.store(1, source.image(0), copied)
+    assert seen == [SlotState.WRITING], "called once, before the header went COMPLETE"
+    assert (info.state, info.step) == (SlotState.COMPLETE, 3)
+    assert_reads(copy, 1, 3, b"m", payload_of(50_000, 3))
+    source.close()
+    copy.close()
