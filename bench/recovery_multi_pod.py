@@ -117,14 +117,19 @@ def victim_on_node(agent: RunningJob, pids: dict[int, int], local_rank: int) -> 
     return ranks[local_rank]
 
 
-def run_torchrun(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    events_dir = work / "events"
+def start_torchrun_agents(work: Path, args: argparse.Namespace) -> list[RunningJob]:
+    """One torchrun agent per node, c10d rendezvous on node 0, the toy as the script."""
     endpoint, run_id = f"127.0.0.1:{free_port()}", f"bench-{uuid.uuid4().hex[:8]}"
     env = job_env(**TORCHRUN_ENV)
-    agents = [
+    return [
         torchrun(torchrun_args(node, endpoint, run_id), script_args(work, args), env)
         for node in range(NNODES)
     ]
+
+
+def run_torchrun(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    events_dir = work / "events"
+    agents = start_torchrun_agents(work, args)
     try:
         pids = wait_for_world(agents[1], events_dir)
         victim = victim_on_node(agents[1], pids, args.victim % NPROC_PER_NODE)

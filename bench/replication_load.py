@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -29,13 +28,12 @@ from typing import Any, Callable
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from jobs import RunningJob, job_env, read_events, torchrun
+from jobs import RunningJob, read_events
 from pods import Pods
 from readme_quote import publish
 from recovery import RESULTS, TORCHRUN_ENV, TORCHRUN_NOTE, script_args
-from recovery_multi_pod import NNODES, NPROC_PER_NODE, torchrun_args
+from recovery_multi_pod import NNODES, NPROC_PER_NODE, start_torchrun_agents
 
-from supervisor.ports import free_port
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -158,12 +156,7 @@ def run_train_launch(
 
 
 def run_torchrun(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    endpoint, run_id = f"127.0.0.1:{free_port()}", f"bench-{uuid.uuid4().hex[:8]}"
-    env = job_env(**TORCHRUN_ENV)
-    agents = [
-        torchrun(torchrun_args(node, endpoint, run_id), script_args(work, args), env)
-        for node in range(NNODES)
-    ]
+    agents = start_torchrun_agents(work, args)
     try:
         exit_codes = [agent.wait(900) for agent in agents]
     finally:
