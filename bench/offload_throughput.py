@@ -30,9 +30,10 @@ from snapshot_stall import busy_cpu_s, machine
 
 from launcher.snapshot_payload import write_state
 from supervisor.durable import DurableStore
-from supervisor.offload import REPLICAS, STAGED, Offloader, RoundResult
+from supervisor.offload import REPLICAS, STAGED, Offloader
 from supervisor.offload_config import OffloadConfig, parse_offload
 from supervisor.offload_rounds import OffloadRound
+from supervisor.offload_types import RoundResult
 from train_supervisor.arena import RankArena
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -194,6 +195,7 @@ def measure(pod: Pod, args: argparse.Namespace, scratch: Path) -> dict[str, Any]
         k: shm_bytes(d) for k, d in (("own", own), ("staged", staged), ("replicas", pod.replicas))
     }
     stage_s: list[float] = []
+    pinned_s: list[float] = []  # per round: the longest a rank's slot stayed pinned
     size = first[0].bytes
     results: dict[str, Any] = {"replication": [], "persistence": []}
     saves: dict[bool, list[float]] = {True: [], False: []}
@@ -207,6 +209,7 @@ def measure(pod: Pod, args: argparse.Namespace, scratch: Path) -> dict[str, Any]
                     for sync in saves:  # the VM's disk speed drifts between minutes
                         saves[sync].append(torch_save_s(pod.states, scratch, sync))
             stage_s += [r.stage_s for r in runs]
+            pinned_s += [r.pinned_s for r in runs]
             took = [r.replica_s if replicate else r.persist_s for r in runs]
             results[kind].append(rate(size, took, cap))
     baseline = {
@@ -219,6 +222,7 @@ def measure(pod: Pod, args: argparse.Namespace, scratch: Path) -> dict[str, Any]
         "tensors_per_rank": len(pod.states[0]),
         "first_rounds": [{"stage_s": r.stage_s, "replica_s": r.replica_s} for r in first],
         "staging": [rate(size, stage_s, 0)],
+        "pinned_s": {"median": statistics.median(pinned_s), "max": max(pinned_s)},
         **results,
         **baseline,
         "shm": memory,
@@ -266,7 +270,12 @@ def markdown(report: dict[str, Any]) -> str:
     over = slow["median_s"] - m["bytes"] / (slow["cap_mbps"] * MB)
     runs = "; ".join(f"{r['cap_mbps'] or 'uncapped'}: {[round(x, 2) for x in r['all_s']]}"
                      for r in m["replication"])  # fmt: skip
+    pinned = m["pinned_s"]
     findings += [
+        f"Staging pinned a rank's slot (a rank saving every step would wait that long for it to "
+        f"save again) at most {pinned['median']:.3f} s per round (median over rounds; max "
+        f"{pinned['max']:.3f} s): the copies, one rank after another; their checksums come "
+        "after the unpin, every rank's at once.",
         f"Every replication round (s), by cap: {runs}.",
         f"Persistence at {slow['cap_mbps']} MB/s took {over:.2f} s longer than size / cap: "
         "writes are paced and synced to disk every 64 MB; each file's last sync, the manifest, "

@@ -17,8 +17,6 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Optional, TypeVar
 
@@ -28,6 +26,15 @@ from supervisor.commit import NONE
 from supervisor.durable import DurableError, DurableStore
 from supervisor.offload_config import OffloadConfig
 from supervisor.offload_rounds import OffloadRound
+from supervisor.offload_types import (
+    Materialized,
+    RoundResult,
+    RoundStopped,
+    complete_steps,
+    free_slot,
+    pin_step,
+    transfer_deadline_s,
+)
 from supervisor.replica_client import TransferStopped, fetch_replica, push_replica
 from supervisor.restore import DURABLE, PEER, SHM, NodeCopies
 from supervisor.throttle import Throttle
@@ -42,74 +49,6 @@ from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 STAGED, REPLICAS = "staged", "replicas"
 Done = TypeVar("Done")  # what a per-rank piece of work returns
-SLOWEST_LINK_BYTES_PER_S = 50e6
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    step: int
-    stage_error: str = ""
-    replica_error: str = ""
-    persist_error: str = ""
-    bytes: int = 0
-    stage_s: float = 0.0
-    replica_s: float = 0.0
-    persist_s: float = 0.0
-
-
-@dataclass
-class Materialized:
-    """How a restore of one step went on this pod."""
-
-    step: int
-    sources: dict[int, str] = field(default_factory=dict)  # rank -> where it came from
-    problems: list[str] = field(default_factory=list)  # sources passed over, and why
-
-    @property
-    def complete(self) -> bool:
-        return all(self.sources.values())
-
-
-def complete_steps(arena: RankArena) -> set[int]:
-    """Steps whose slot header says COMPLETE (no checksum)."""
-    return {s.step for s in arena.slots() if s.state is SlotState.COMPLETE}
-
-
-def transfer_deadline_s(size: int, rate_bytes_per_s: float) -> float:
-    """How long one copy may take before the peer counts as hung: twice its time at the cap
-    (or at a slow 50 MB/s without one), plus a minute."""
-    return 60.0 + 2 * size / (rate_bytes_per_s or SLOWEST_LINK_BYTES_PER_S)
-
-
-def _free_slot(arena: RankArena, keep: int) -> int:
-    """A slot to write, never the one holding `keep` complete."""
-    slots = arena.slots()
-    for info in slots:
-        if not (info.state is SlotState.COMPLETE and info.step == keep):
-            return info.slot
-    raise RuntimeError(f"{arena.directory}: both slots hold step {keep}")
-
-
-def _pin(arena: RankArena, step: int) -> int:
-    """The slot holding `step`, pinned against the rank's writer (CorruptSnapshot: none)."""
-    where = f"rank {arena.rank}: step {step}"
-    slot = arena.find(step)
-    if slot is None:
-        raise CorruptSnapshot(f"{where} is not in {arena.directory}")
-    if not arena.pin(slot):
-        raise CorruptSnapshot(f"{where} is being overwritten by a newer save")
-    if arena.find(step) != slot:  # rewritten between the look and the pin
-        arena.unpin(slot)
-        raise CorruptSnapshot(f"{where} was overwritten by a newer save")
-    return slot
-
-
-class RoundStopped(Exception):
-    """The generation a round was started in ended while it ran."""
-
-    @classmethod
-    def of(cls, generation: int) -> RoundStopped:
-        return cls(f"generation {generation} ended: round stopped")
 
 
 class Offloader:
@@ -161,7 +100,7 @@ class Offloader:
     def run_round(self, rnd: OffloadRound, generation: int) -> RoundResult:
         began = time.perf_counter()
         try:
-            images = self._stage(rnd.step, generation)
+            images, pinned_s = self._stage(rnd.step, generation)
         except (CorruptSnapshot, OSError, RoundStopped) as err:
             why = f"staging step {rnd.step}: {err}"
             return RoundResult(
@@ -180,32 +119,51 @@ class Offloader:
             persist_error = self._persist(rnd.step, generation, images)
             persist_s = time.perf_counter() - began
         return RoundResult(
-            rnd.step, "", replica_error, persist_error, size, staged_s, replica_s, persist_s
+            rnd.step,
+            "",
+            replica_error,
+            persist_error,
+            size,
+            staged_s,
+            replica_s,
+            persist_s,
+            pinned_s,
         )
 
-    def _stage(self, step: int, generation: int) -> list[SnapshotImage]:
-        """Copy every local rank's `step` into the staged arenas, checksum verified.
+    def _stage(self, step: int, generation: int) -> tuple[list[SnapshotImage], float]:
+        """Copy every local rank's `step` into the staged arenas, checksum verified; and the
+        longest a rank's slot stayed pinned.
 
-        Every rank's slot is pinned before the first copy and unpinned after its own: a rank
-        that saves every step reuses that slot two saves on, which under load came before its
-        copy (or during it). Its writer waits instead, at most until its copy is done."""
+        Every rank's slot is pinned before the first copy and unpinned right after its own: a
+        rank that saves every step reuses that slot two saves on, which under load came before
+        its copy (or during it); its writer waits instead. Copies go one at a time (each holds
+        the GIL); the checksums come after, every rank's at once (they do not hold it)."""
         pinned: list[tuple[int, RankArena, int]] = []
+        began = time.perf_counter()
         try:
             for rank in self.ranks:
                 source = self._mapped_arena(rank)
-                pinned.append((rank, source, _pin(source, step)))
-            images = []
+                pinned.append((rank, source, pin_step(source, step)))
+            copied: dict[int, tuple[RankArena, int, int]] = {}  # rank -> staged arena, slot, crc
             for rank, source, slot in pinned:
                 self._check_current(generation)
-                staged = self._mapped_arena(rank, STAGED)
-                dst = _free_slot(staged, self.kept)
-                # The rank's writer may go on once the bytes are out (before their checksum).
-                staged.store(dst, source.image(slot, verify=False), partial(source.unpin, slot))
-                images.append(staged.image(dst, verify=False))
-            return images
+                staged = self._mapped_arena(rank, STAGED)  # written by this thread only
+                dst = free_slot(staged, self.kept)
+                image = source.image(slot, verify=False)
+                staged.copy_in(dst, image)
+                source.unpin(slot)  # the rank's writer may go on
+                copied[rank] = (staged, dst, image.checksum)
+            pinned_s = time.perf_counter() - began  # the last rank's slot was pinned longest
         finally:
             for _, source, slot in pinned:
                 source.unpin(slot)
+
+        def verified(rank: int) -> SnapshotImage:
+            staged, dst, checksum = copied[rank]
+            staged.finish_write(dst, expect=checksum)
+            return staged.image(dst, verify=False)
+
+        return self._each_rank(verified), pinned_s
 
     def _ended(self, generation: int) -> bool:
         return self.open_generation > generation
@@ -257,7 +215,7 @@ class Offloader:
         if step in self.store.steps():
             return ""
         try:
-            images = self._stage(step, generation)
+            images, _ = self._stage(step, generation)
         except (CorruptSnapshot, OSError, RoundStopped) as err:
             return f"staging step {step}: {err}"
         return self._persist(step, generation, images)
@@ -398,18 +356,16 @@ class Offloader:
                     slot = staged.find(step)
                     if slot is None:
                         raise CorruptSnapshot(f"rank {rank}: {why}")
-                    arena.store(_free_slot(arena, NONE), staged.image(slot, verify=True))
+                    arena.store(free_slot(arena, NONE), staged.image(slot, verify=True))
                     return [] if own is None else [f"rank {rank}: shm: {why}; the staged copy used"]
                 finally:
                     staged.close()
             elif source == PEER:
                 assert self.holder is not None  # materialize tries only configured sources
-                fetch_replica(
-                    self.holder(), self.run_id, rank, step, arena, _free_slot(arena, NONE)
-                )
+                fetch_replica(self.holder(), self.run_id, rank, step, arena, free_slot(arena, NONE))
             elif source == DURABLE:
                 assert self.store is not None
-                arena.store(_free_slot(arena, NONE), self.store.load(step, rank))
+                arena.store(free_slot(arena, NONE), self.store.load(step, rank))
             else:
                 raise ValueError(f"unknown restore source {source!r}")
             return []

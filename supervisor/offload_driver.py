@@ -20,9 +20,10 @@ import grpc
 
 from supervisor.commit import NONE
 from supervisor.job import JobState
-from supervisor.offload import Materialized, Offloader, RoundResult
+from supervisor.offload import Offloader
 from supervisor.offload_config import OffloadConfig
 from supervisor.offload_rounds import OffloadRound, OffloadRounds
+from supervisor.offload_types import Materialized, RoundResult
 from supervisor.peer_wire import copies_to_wire
 from supervisor.restore import SOURCE_ORDER, NodeCopies, RestoreChoice, choose_restore
 from train_supervisor.credentials import client_channel

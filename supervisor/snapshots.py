@@ -16,8 +16,8 @@ import grpc
 
 from supervisor.commit import NONE, RankSnapshots, held_in_arena
 from supervisor.job import JobState
-from supervisor.offload import Materialized
 from supervisor.offload_driver import OffloadDriver
+from supervisor.offload_types import Materialized
 from supervisor.pod_job import CoordinatedJobState
 from train_supervisor.arena import RankArena, SlotState
 from train_supervisor.v1 import supervisor_pb2 as pb

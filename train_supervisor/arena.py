@@ -30,7 +30,7 @@ import re
 import shutil
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -224,28 +224,28 @@ class RankArena:
             self.rank, info.step, info.generation, manifest, payload, info.checksum
         )
 
-    def store(
-        self, slot: int, image: SnapshotImage, copied: Callable[[], None] = lambda: None
-    ) -> SlotInfo:
-        """Copy `image` into `slot`, checksum verified against the image's (CorruptSnapshot).
+    def store(self, slot: int, image: SnapshotImage) -> SlotInfo:
+        """Copy `image` into `slot`, checksum verified against the image's (CorruptSnapshot)."""
+        with self.exclusive(slot):  # a worker's writer may still be in this slot
+            self.copy_in(slot, image)
+            return self.finish_write(slot, expect=image.checksum)
 
-        `copied()` runs once the bytes are here, before the checksum: the source may go."""
+    def copy_in(self, slot: int, image: SnapshotImage) -> None:
+        """store() without the flock or the checksum: the slot reads WRITING until
+        finish_write(slot, expect=image.checksum). For an arena with no other writer."""
         if image.rank != self.rank:
             raise ValueError(f"image of rank {image.rank} given to rank {self.rank}'s arena")
-        with self.exclusive(slot):  # a worker's writer may still be in this slot
-            view = self.begin_write(
-                slot, image.step, image.generation, image.manifest, len(image.payload)
-            )
-            try:
-                # In pieces: one memcpy holds the GIL throughout, and the supervisor's event
-                # loop (failure handling, every RPC) shares the process with this copy.
-                with memoryview(image.payload) as source:  # slices of it copy nothing
-                    for at in range(0, len(source), STORE_PIECE):
-                        view[at : at + STORE_PIECE] = source[at : at + STORE_PIECE]
-            finally:
-                view.release()
-            copied()
-            return self.finish_write(slot, expect=image.checksum)
+        view = self.begin_write(
+            slot, image.step, image.generation, image.manifest, len(image.payload)
+        )
+        try:
+            # In pieces: one memcpy holds the GIL throughout, and the supervisor's event
+            # loop (failure handling, every RPC) shares the process with this copy.
+            with memoryview(image.payload) as source:  # slices of it copy nothing
+                for at in range(0, len(source), STORE_PIECE):
+                    view[at : at + STORE_PIECE] = source[at : at + STORE_PIECE]
+        finally:
+            view.release()
 
     def discard(self, slot: int) -> None:
         """Make `slot` EMPTY (a void step: never restored); its pages stay allocated."""

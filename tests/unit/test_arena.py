@@ -314,19 +314,24 @@ def test_pin_never_waits_for_a_writer_and_holds_off_the_next(tmp_path: Path) -> 
         arena.close()
 
 
-def test_store_says_when_the_bytes_are_in_before_it_checksums_them(tmp_path: Path) -> None:
-    """Staging unpins the rank's slot at that moment: the checksum reads only the copy."""
+def test_copy_in_leaves_the_copy_writing_until_finish_write_checks_it(tmp_path: Path) -> None:
+    """Staging unpins the rank's slot after copy_in: the checksum then reads only the copy."""
     source, copy = RankArena(tmp_path / "own", 0), RankArena(tmp_path / "staged", 0)
     write(source, 0, 3, b"m", payload_of(50_000, 3))
-    seen = []
-
-    def copied() -> None:
-        seen.append(copy.slots()[1].state)
-        write(source, 0, 4, b"m", payload_of(50_000, 4))  # the rank saves over its slot now
-
-    info = copy.store(1, source.image(0), copied)
-    assert seen == [SlotState.WRITING], "called once, before the header went COMPLETE"
+    image = source.image(0)
+    copy.copy_in(1, image)
+    assert copy.slots()[1].state is SlotState.WRITING
+    write(source, 0, 4, b"m", payload_of(50_000, 4))  # the rank saves over its slot now
+    info = copy.finish_write(1, expect=image.checksum)
     assert (info.state, info.step) == (SlotState.COMPLETE, 3)
     assert_reads(copy, 1, 3, b"m", payload_of(50_000, 3))
+
+    copy.copy_in(0, source.image(0))  # step 4; then a byte of the copy goes bad
+    with open(copy.path(0), "r+b") as f:
+        f.seek(PAYLOAD_ALIGN + 10)
+        f.write(b"\xff")
+    with pytest.raises(CorruptSnapshot, match="copy of step 4 has checksum"):
+        copy.finish_write(0, expect=source.slots()[0].checksum)
+    assert copy.slots()[0].state is SlotState.WRITING, "never restored"
     source.close()
     copy.close()

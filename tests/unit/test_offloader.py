@@ -325,6 +325,7 @@ def test_staging_pins_every_ranks_step_so_a_rank_saving_on_waits_instead_of_tear
     result = pod.run_round(OffloadRound(4, replicate=False, persist=False), generation=0)
     writer.join(60)
     assert result.stage_error == "", result
+    assert 0 < result.pinned_s < result.stage_s, "unpinned before the checksums"
     assert saved_6 == [6], "the rank's save went on after its copy"
     for rank in RANKS:
         assert restored(pod.directory / STAGED, rank, 4)["w"][0] == 4.0
