@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, Optional
 
-from train_supervisor.arena import snapshot_directory
+from train_supervisor.arena_paths import snapshot_directory
 
 # The default of --supervisor-address (the pod's sidecar, on loopback).
 SUPERVISOR_ADDRESS_ENV = "SUPERVISOR_ADDRESS"

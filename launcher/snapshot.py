@@ -52,8 +52,8 @@ from train_supervisor.arena import (
     RankArena,
     SlotInfo,
     SlotState,
-    snapshot_directory,
 )
+from train_supervisor.arena_paths import snapshot_directory
 from train_supervisor.credentials import client_channel
 from train_supervisor.torch_format import TensorEntry
 from train_supervisor.v1 import supervisor_pb2 as pb

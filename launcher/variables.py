@@ -25,7 +25,7 @@ from launcher.processes import (
 )
 from launcher.warm_imports import MANIFEST_ENV, PREIMPORT_ENV
 from supervisor.env_values import Variable
-from train_supervisor.arena import SNAPSHOT_DIR_ENV
+from train_supervisor.arena_paths import SNAPSHOT_DIR_ENV
 from train_supervisor.credentials import TOKEN_ENV
 from train_supervisor.termination import DEFAULT_PATH
 

@@ -43,8 +43,8 @@ from train_supervisor.arena import (
     RankArena,
     SlotState,
     SnapshotImage,
-    ranks_in,
 )
+from train_supervisor.arena_paths import ranks_in
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 STAGED, REPLICAS = "staged", "replicas"
@@ -119,16 +119,9 @@ class Offloader:
             persist_error = self._persist(rnd.step, generation, images)
             persist_s = time.perf_counter() - began
         return RoundResult(
-            rnd.step,
-            "",
-            replica_error,
-            persist_error,
-            size,
-            staged_s,
-            replica_s,
-            persist_s,
-            pinned_s,
-        )
+            rnd.step, replica_error=replica_error, persist_error=persist_error, bytes=size,
+            stage_s=staged_s, replica_s=replica_s, persist_s=persist_s, pinned_s=pinned_s,
+        )  # fmt: skip
 
     def _stage(self, step: int, generation: int) -> tuple[list[SnapshotImage], float]:
         """Copy every local rank's `step` into the staged arenas, checksum verified; and the

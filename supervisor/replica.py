@@ -30,8 +30,8 @@ from train_supervisor.arena import (
     RankArena,
     SlotInfo,
     SlotState,
-    ranks_in,
 )
+from train_supervisor.arena_paths import ranks_in
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 

@@ -31,7 +31,7 @@ from supervisor.pod_metrics import PodSampler
 from supervisor.ports import free_port
 from supervisor.snapshots import harvest_arenas
 from supervisor.status_view import job_status
-from train_supervisor.arena import remove_arena
+from train_supervisor.arena_paths import remove_arena
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 log = logging.getLogger("train_supervisor")

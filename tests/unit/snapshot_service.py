@@ -16,7 +16,7 @@ import grpc
 
 from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV
 from supervisor.ports import free_port
-from train_supervisor.arena import SNAPSHOT_DIR_ENV
+from train_supervisor.arena_paths import SNAPSHOT_DIR_ENV
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
