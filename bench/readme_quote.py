@@ -1,4 +1,5 @@
-"""Where a benchmark's results go: <out>.json and <out>.md, and README.md between its markers."""
+"""Where a benchmark's results go: <out>.json and <out>.md, and docs/benchmarks.md between its
+markers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+BENCHMARKS_DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 def write_results(out: Path, report: dict[str, Any], text: str) -> None:
@@ -16,7 +17,7 @@ def write_results(out: Path, report: dict[str, Any], text: str) -> None:
     out.with_suffix(".md").write_text(text)
 
 
-def quote_in_readme(name: str, markdown: str, readme: Path = README) -> bool:
+def quote_in_readme(name: str, markdown: str, readme: Path = BENCHMARKS_DOC) -> bool:
     """Replace the block between <!-- results:NAME --> markers; False if there are none."""
     text = readme.read_text()
     begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
@@ -28,7 +29,7 @@ def quote_in_readme(name: str, markdown: str, readme: Path = README) -> bool:
 
 
 def publish(name: str, out: Path, default_out: Path, report: dict[str, Any], text: str) -> None:
-    """Write the results; quote them in the README only from a run with the default --out
+    """Write the results; quote them in docs/benchmarks.md only from a run with the default --out
     (quick runs elsewhere leave it alone); print them."""
     write_results(out, report, text)
     if out.resolve() == default_out.resolve():

@@ -207,7 +207,7 @@ def render() -> str:
             "## Set by `train-launch` for the training script",
             "",
             "Besides torchrun's worker environment (RANK, WORLD_SIZE, MASTER_ADDR, ...: see the "
-            "README's *Worker environment*).",
+            "*Worker environment* in launcher.md).",
             "",
         ],
         variable_table(SCRIPT_VARIABLES, with_flags=False),
