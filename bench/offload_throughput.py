@@ -6,7 +6,7 @@ arenas under /dev/shm. Offloader.run_round, capped as SUPERVISOR_*_MAX_MBPS woul
 persists to local disk (torch.save format, fsynced), uncapped, at 400 and at 100 MB/s; torch.save
 of the same state is the baseline. Then the /dev/shm a pod uses per GB of state.
 
-    python bench/offload_throughput.py   # writes bench/results/offload_throughput.{json,md}, docs/benchmarks.md
+    python bench/offload_throughput.py   # results: bench/results/, docs/benchmarks.md
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ completed and those that failed (and why), how far the replicated step trailed t
 one, the training loop's wait for its saves, and the step time, beside the same job under
 train-launch without snapshots and under torchrun, in the same run.
 
-    python bench/replication_load.py      # bench/results/replication_load.{json,md}, docs/benchmarks.md
+    python bench/replication_load.py      # results: bench/results/, docs/benchmarks.md
 """
 
 from __future__ import annotations

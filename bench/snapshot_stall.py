@@ -7,7 +7,7 @@ memory), torch.save of the same state dict to local disk, how long launcher/snap
 save() blocks the loop with and without compute to hide the copy, the step time of a loop that
 saves every step against one that does not, and the arena's memory.
 
-    python bench/snapshot_stall.py      # writes bench/results/snapshot_stall.{json,md}, docs/benchmarks.md
+    python bench/snapshot_stall.py      # results: bench/results/, docs/benchmarks.md
 """
 
 from __future__ import annotations
