@@ -60,8 +60,10 @@ def test_the_metrics_table_is_what_the_exporter_serves() -> None:
     exporter = MetricsExporter.start("127.0.0.1", 0)
     try:
         snapshot = snapshot_of(representative_snapshot(), failures, {"failure": 1})
-        kube = {"kube_requests": ((("create_event", "ok"), 1),), "kube_drops": (("queue_full", 1),)}
-        exporter.board.publish(dataclasses.replace(snapshot, **kube))
+        requests, drops = ((("create_event", "ok"), 1),), (("queue_full", 1),)
+        exporter.board.publish(
+            dataclasses.replace(snapshot, kube_requests=requests, kube_drops=drops)
+        )
         url = f"http://127.0.0.1:{exporter.port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
