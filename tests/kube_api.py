@@ -47,7 +47,8 @@ class FakeKubeApi:
     problems: list[str] = field(default_factory=list)
     events: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (ns, name)
     node: dict[str, Any] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Reentrant: wait_for's predicates run with it held and may read through the methods.
+    lock: threading.RLock = field(default_factory=threading.RLock)
     changed: threading.Condition = field(init=False)
     released: threading.Event = field(default_factory=threading.Event)
     server: Optional[ThreadingHTTPServer] = None
