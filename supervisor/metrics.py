@@ -132,7 +132,7 @@ def _kube_families(snapshot: MetricsSnapshot) -> list[Metric]:
         requests.add_metric([call, outcome], count)
     dropped = CounterMetricFamily(
         PREFIX + "kube_events_dropped",
-        "Kubernetes Events never sent: rate_limited, or queue_full (the API is slow or hangs)",
+        "Kubernetes Events never sent: rate_limited, queue_full (the API is slow or hangs), error",
         labels=["reason"],
     )
     for why, count in snapshot.kube_drops:

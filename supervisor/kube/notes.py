@@ -22,8 +22,8 @@ from supervisor.restart_policy import Action
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 NORMAL, WARNING = "Normal", "Warning"
-# Kubernetes refuses an Event message over 1 KiB... in events.k8s.io/v1 ("note");
-# core/v1 takes more, but `kubectl describe` shows one line: keep it short.
+# events.k8s.io/v1 refuses a note over 1 KiB; core/v1 takes more, but `kubectl describe`
+# shows one line per Event: the same bound here.
 MAX_MESSAGE = 1024
 
 

@@ -78,7 +78,17 @@ class KubeReporter:
 
     # ------------------------------------------------------ the event loop's side
     def job_event(self, event: pb.JobEvent, job: JobState) -> None:
-        """Never blocks: at most a few dict operations and a put_nowait."""
+        """Never blocks: at most a few dict operations and a put_nowait; never raises
+        (a bug here must not stop the supervisor's loop: it is counted and logged once)."""
+        try:
+            self._job_event(event, job)
+        except Exception:
+            self._drop("error")
+            if ("job_event", "error") not in self._logged:
+                self._logged.add(("job_event", "error"))
+                log.exception("Kubernetes Events: could not map a job event (%s)", event.kind)
+
+    def _job_event(self, event: pb.JobEvent, job: JobState) -> None:
         record = failure_of(event, job.failures)
         if self.config.events:
             for note in notes_for(event, record):

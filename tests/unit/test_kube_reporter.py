@@ -209,3 +209,12 @@ def test_a_changed_node_is_read_again_before_the_taint(api: FakeKubeApi, tmp_pat
     assert sink.counts() == ((("taint_node", "conflict"), 1), (("taint_node", "ok"), 1))
     assert any(t["key"] == TAINT_KEY for t in api.node["spec"]["taints"])
     assert api.problems == []
+
+
+def test_no_api_server_at_all_is_counted_as_unreachable(tmp_path: Path) -> None:
+    closed = FakeKubeApi().start()
+    closed.close()  # its port now refuses connections
+    sink = reporter(closed, tmp_path, timeout_s=2.0)
+    sink.job_event(pb.JobEvent(kind="hang", message="rank 0 is hung"), Job().job)
+    sink.close(10)
+    assert sink.counts() == ((("create_event", "unreachable"), 1),)
