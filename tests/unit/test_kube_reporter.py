@@ -8,6 +8,7 @@ hang) are answered for real: the event loop's side never waits on them.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import signal
@@ -21,9 +22,10 @@ from effects import make_spec
 from kube_api import HANG, FakeKubeApi
 
 from supervisor.classify import GpuHealth
+from supervisor.env_values import ConfigError
 from supervisor.job import JobState
 from supervisor.kube.api import core_v1
-from supervisor.kube.reporter import CONDITION_TYPE, TAINT_KEY, KubeReporter
+from supervisor.kube.reporter import CONDITION_TYPE, TAINT_KEY, KubeReporter, reporter_for
 from supervisor.kube.settings import ApiAccess, KubeConfig, PodIdentity
 from supervisor.restart_policy import RestartPolicy
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -218,3 +220,39 @@ def test_no_api_server_at_all_is_counted_as_unreachable(tmp_path: Path) -> None:
     sink.job_event(pb.JobEvent(kind="hang", message="rank 0 is hung"), Job().job)
     sink.close(10)
     assert sink.counts() == ((("create_event", "unreachable"), 1),)
+
+
+def test_while_the_api_hangs_the_loop_keeps_its_pace_and_the_queue_takes_events(
+    api: FakeKubeApi, tmp_path: Path
+) -> None:
+    api.answer = HANG
+    timeout_s = 30.0  # one held request would stall a caller that waited on it for this long
+    sink = reporter(api, tmp_path, timeout_s=timeout_s, queue_size=64)
+    job = Job()
+
+    async def training_loop() -> float:
+        """A loop that offers an event every 10 ms; returns its worst lateness."""
+        worst = 0.0
+        for i in range(25):
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.monotonic() - before - 0.01)
+            sink.job_event(pb.JobEvent(kind="hang", message=f"rank {i} is hung"), job.job)
+        return worst
+
+    worst = asyncio.run(training_loop())
+    api.wait_for(lambda a: len(a.requests) == 1, 20, "the first request to be held")
+    assert worst < timeout_s / 10, f"the loop was {worst:.2f}s late"
+    assert sink.drops() == ()  # all 25 taken: one held by the API, 24 waiting
+    assert sink.queue.qsize() == 24
+    api.release()
+    sink.close(10)
+    assert len(api.events) == 0 and len(api.requests) >= 2  # released: answered 504, sent on
+
+
+def test_an_unreadable_token_is_one_line_naming_its_variable(tmp_path: Path) -> None:
+    missing = tmp_path / "no-token"
+    config = KubeConfig(events=True, pod=POD, api=ApiAccess("http://127.0.0.1:1", str(missing)))
+    with pytest.raises(ConfigError, match=f"SUPERVISOR_KUBE_TOKEN_FILE='{missing}': cannot read"):
+        reporter_for(config)
+    assert reporter_for(KubeConfig()) is None  # off: no client, no thread
