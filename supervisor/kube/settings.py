@@ -40,7 +40,8 @@ KUBE_VARIABLES = (
         TAINT_ENV,
         "",
         "on: on a hardware verdict, also taint this pod's node "
-        "train-supervisor/hardware-fault:NoSchedule, so the replacement pod lands elsewhere",
+        "train-supervisor/hardware-fault:NoSchedule, so the replacement pod lands elsewhere "
+        "(needs NODE_NAME and k8s/rbac-node.yaml)",
         "off",
     ),
     Variable(
