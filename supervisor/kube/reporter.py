@@ -84,8 +84,7 @@ class KubeReporter:
             self._job_event(event, job)
         except Exception:
             self._drop("error")
-            if ("job_event", "error") not in self._logged:
-                self._logged.add(("job_event", "error"))
+            if self._first(("job_event", "error")):
                 log.exception("Kubernetes Events: could not map a job event (%s)", event.kind)
 
     def _job_event(self, event: pb.JobEvent, job: JobState) -> None:
@@ -112,12 +111,17 @@ class KubeReporter:
         except queue.Full:
             self._drop("queue_full")
 
+    def _first(self, key: tuple[str, str]) -> bool:
+        """Whether `key` (what failed, how) is new: each is logged once."""
+        with self._lock:
+            new = key not in self._logged
+            self._logged.add(key)
+            return new
+
     def _drop(self, why: str) -> None:
         with self._lock:
             self._dropped[why] += 1
-            first = ("drop", why) not in self._logged
-            self._logged.add(("drop", why))
-        if first:
+        if self._first(("drop", why)):
             log.warning(
                 "Kubernetes Events: one dropped (%s); further drops are only counted "
                 "(train_supervisor_kube_events_dropped_total)",
@@ -171,9 +175,7 @@ class KubeReporter:
             outcome, detail = _classify(err)
         with self._lock:
             self._requests[(call, outcome)] += 1
-            first = outcome != OK and (call, outcome) not in self._logged
-            self._logged.add((call, outcome))
-        if first:
+        if outcome != OK and self._first((call, outcome)):
             log.warning(
                 "Kubernetes API: %s: %s (%s); further ones are only counted "
                 "(train_supervisor_kube_requests_total)",
