@@ -103,6 +103,7 @@ def trial(work: Path) -> dict[str, float]:
     return {
         "kill_to_job_event_ms": (recorded_at - killed_at) * 1000,
         "job_event_to_post_ms": (failed.at - recorded_at) * 1000,
+        "post_to_accepted_ms": (failed.answered_at - failed.at) * 1000,
         "kill_to_accepted_ms": (failed.answered_at - killed_at) * 1000,
         "kill_to_restarted_accepted_ms": (restarted.answered_at - killed_at) * 1000,
     }
@@ -123,6 +124,10 @@ def markdown(report: dict[str, Any]) -> str:
             "kill_to_job_event_ms",
         ),
         ("failure event -> RankFailed POST at the API server", "job_event_to_post_ms"),
+        (
+            "POST -> 201 (the stand-in checks the body with the client's models)",
+            "post_to_accepted_ms",
+        ),
         ("**SIGKILL -> RankFailed Event accepted (201)**", "kill_to_accepted_ms"),
         ("SIGKILL -> RankRestarted Event accepted (201)", "kill_to_restarted_accepted_ms"),
     ]
