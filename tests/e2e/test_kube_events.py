@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from jobs import REPO, TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_events
 from kube_api import FakeKubeApi
+from pods import Pods
 
 from supervisor.ports import free_port
 from train_supervisor import exit_codes
@@ -114,3 +115,43 @@ def test_events_on_without_the_kubernetes_client_is_one_clear_error(
     lines = [line for line in done.stderr.splitlines() if "kubernetes" in line]
     assert len(lines) == 1 and "train-supervisor[kube]" in lines[0], done.stderr
     assert api.requests == []
+
+
+@pytest.mark.slow
+def test_two_pods_the_failed_ranks_pod_says_rank_failed_and_both_say_restart_decided(
+    api: FakeKubeApi, tmp_path: Path
+) -> None:
+    token = tmp_path / "sa-token"
+    token.write_text(api.token)
+    kube = {
+        "SUPERVISOR_KUBE_EVENTS": "on",
+        "SUPERVISOR_KUBE_API": api.url,
+        "SUPERVISOR_KUBE_TOKEN_FILE": str(token),
+        **POD,
+    }
+    events = tmp_path / "events"
+    pods = Pods(nnodes=2, sidecar_env=kube)
+    try:
+        pods.start_launchers(["--steps", "30", "--step-sleep", "0.05", "--events", str(events)])
+        first = pods.launchers[0]
+        first.wait_for(lambda: max_step(read_events(events), 3) >= 7, 180, "rank 3 to step")
+        victim = pids_by_rank(read_events(events), 0)[3]  # rank 3 lives on pod 1
+        os.kill(victim, signal.SIGKILL)
+        for launcher in pods.launchers:
+            assert launcher.wait(180) == 0, pods.logs()
+
+        def posted(reason: str) -> list[dict[str, object]]:
+            return [e for e in api.event_list() if e["reason"] == reason]
+
+        # Each pod's supervisor records the leader's decision: one Event from each.
+        api.wait_for(lambda a: len(posted("RestartDecided")) == 2, 30, "RestartDecided x2")
+        (failed,) = posted("RankFailed")
+        message = str(failed["message"])
+        assert f"rank 3 (pid {victim}) killed by SIGKILL" in message, message
+        assert "action: reported to the leader" in message
+        assert posted("RankRestarted") == []  # a pod of several does not decide alone
+        decided = {str(e["message"]) for e in posted("RestartDecided")}
+        assert len(decided) == 1 and "rank 3" in decided.pop()
+    finally:
+        pods.stop()
+    assert api.problems == []
