@@ -22,8 +22,9 @@ COPY pyproject.toml README.md ./
 COPY supervisor ./supervisor
 COPY launcher ./launcher
 COPY train_supervisor ./train_supervisor
-# Binary wheels only (grpcio, psutil, crc32c, py-spy, ...): no compiler in the image.
-RUN pip install --no-cache-dir --only-binary=:all: . \
+# Binary wheels only (grpcio, psutil, crc32c, py-spy, ...): no compiler in the image. The kube
+# extra (the official kubernetes client) posts Events on the pod (SUPERVISOR_KUBE_EVENTS).
+RUN pip install --no-cache-dir --only-binary=:all: ".[kube]" \
     && rm -rf /tmp/train-supervisor
 WORKDIR /
 

@@ -27,6 +27,7 @@ from supervisor.env_values import ConfigError
 from supervisor.events_cli import add_events_command, run_events
 from supervisor.follower import FollowerLink
 from supervisor.gpu_probe import default_probes, report_to_dict
+from supervisor.kube.reporter import KUBE_FLUSH_S, KubeReporter, reporter_for
 from supervisor.leader_types import LeaderTimings
 from supervisor.logs import use_log_format
 from supervisor.metrics import MetricsPortError, start_metrics
@@ -208,7 +209,7 @@ def coordinate(sup: Supervisor, config: SidecarConfig) -> Optional[PeerServicer]
     return None
 
 
-async def _serve(config: SidecarConfig) -> None:
+async def _serve(config: SidecarConfig, kube: Optional[KubeReporter]) -> None:
     """Serve until SIGTERM/SIGINT; OSError when the address cannot be bound."""
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[signal.Signals] = loop.create_future()
@@ -221,6 +222,7 @@ async def _serve(config: SidecarConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     sup = Supervisor(settings_from(config))
+    sup.kube = kube
     peers = coordinate(sup, config)
     # Before the gRPC server: a port in use then leaves nothing running to stop.
     metrics = start_metrics(config.bind, config.outputs.metrics_port)  # None: off
@@ -252,6 +254,8 @@ async def _serve(config: SidecarConfig) -> None:
     await server.stop(grace=STOP_GRACE_S)
     if metrics is not None:
         metrics.close()
+    if sup.kube is not None:  # the job's last Events (the verdict), briefly
+        await asyncio.to_thread(sup.kube.close, KUBE_FLUSH_S)
 
 
 def _serve_command(args: argparse.Namespace) -> None:
@@ -262,13 +266,14 @@ def _serve_command(args: argparse.Namespace) -> None:
     }
     try:
         config = parse_config(os.environ, overrides)
+        kube = reporter_for(config.kube)  # None: SUPERVISOR_KUBE_* off
     except ConfigError as err:
         fail(str(err))
     use_log_format(config.outputs.log_format)
     for name in unknown_variables(os.environ):
         log.warning("ignoring %s: no train-supervisor setting has that name", name)
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, kube))
     except MetricsPortError as err:
         fail(str(err))
     except OSError as err:

@@ -24,6 +24,7 @@ from supervisor.env_values import (
     integer,
     seconds,
 )
+from supervisor.kube.settings import KUBE_VARIABLES, KubeConfig, parse_kube
 from supervisor.offload_config import OFFLOAD_VARIABLES, OffloadConfig, parse_offload
 from supervisor.outputs_config import OutputsConfig, parse_outputs
 from supervisor.sidecar_variables import (
@@ -68,6 +69,7 @@ class SidecarConfig:
     detect: DetectConfig = field(default_factory=DetectConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)  # /metrics, log format
     termination_log: Optional[str] = None  # None: Kubernetes' default path, where mounted
+    kube: KubeConfig = field(default_factory=KubeConfig)  # Events, node condition: supervisor/kube/
 
     @property
     def bind_address(self) -> str:
@@ -135,7 +137,7 @@ def read_token_file(path: str) -> str:
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """SUPERVISOR_* names that no setting reads (typos, most likely)."""
-    known = {v.name for v in (*VARIABLES, *OFFLOAD_VARIABLES, *DETECT_VARIABLES)}
+    known = {v.name for v in (*VARIABLES, *OFFLOAD_VARIABLES, *DETECT_VARIABLES, *KUBE_VARIABLES)}
     known |= FOREIGN_VARIABLES
     return sorted(n for n in env if n.startswith(PREFIX) and n not in known)
 
@@ -340,4 +342,5 @@ def parse_config(
         detect=parse_detect(env, overrides),
         outputs=parse_outputs(src),
         termination_log=(src.get("SUPERVISOR_TERMINATION_LOG") or ("", None))[1],
+        kube=parse_kube(env),
     )

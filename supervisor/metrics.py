@@ -37,6 +37,9 @@ class MetricsSnapshot:
     status: pb.JobStatus  # never changed once published
     failures_by_class: tuple[tuple[str, int], ...] = ()
     events_by_kind: tuple[tuple[str, int], ...] = ()
+    # Kubernetes API requests (supervisor/kube/reporter.py): ((call, outcome), count)
+    kube_requests: tuple[tuple[tuple[str, str], int], ...] = ()
+    kube_drops: tuple[tuple[str, int], ...] = ()  # (why, count): Events never sent
 
 
 def snapshot_of(
@@ -115,8 +118,26 @@ def metric_families(snapshot: MetricsSnapshot) -> list[Metric]:
     events = CounterMetricFamily(PREFIX + "events", "job events recorded, by kind", labels=["kind"])
     for kind, count in snapshot.events_by_kind:
         events.add_metric([kind], count)
-    families += [failures, events, *_health_families(status)]
+    families += [failures, events, *_health_families(status), *_kube_families(snapshot)]
     return families
+
+
+def _kube_families(snapshot: MetricsSnapshot) -> list[Metric]:
+    requests = CounterMetricFamily(
+        PREFIX + "kube_requests",
+        "Kubernetes API requests (Events, node condition, taint) by call and outcome",
+        labels=["call", "outcome"],
+    )
+    for (call, outcome), count in snapshot.kube_requests:
+        requests.add_metric([call, outcome], count)
+    dropped = CounterMetricFamily(
+        PREFIX + "kube_events_dropped",
+        "Kubernetes Events never sent: rate_limited, queue_full (the API is slow or hangs), error",
+        labels=["reason"],
+    )
+    for why, count in snapshot.kube_drops:
+        dropped.add_metric([why], count)
+    return [requests, dropped]
 
 
 def _rank_families(ranks: Iterable[pb.RankStatus]) -> list[Metric]:

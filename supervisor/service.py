@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from supervisor.gpu_probe import default_probes, device_health
 from supervisor.hang_watch import hang_watch_for
 from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
 from supervisor.job_types import ToLeader
+from supervisor.kube.reporter import KubeReporter
 from supervisor.metrics import REFRESH_S, MetricsBoard, snapshot_of
 from supervisor.offload import REPLICAS
 from supervisor.offload_config import OffloadConfig
@@ -93,6 +95,7 @@ class Supervisor:
         self.probes = default_probes()  # accelerator health (supervisor/gpu_probe.py)
         self.closing = False  # stopping: event streams end (supervisor/event_watch.py)
         self.metrics_board: Optional[MetricsBoard] = None  # set when /metrics is served
+        self.kube: Optional[KubeReporter] = None  # Kubernetes Events (supervisor/kube/)
         self._metrics_at = -REFRESH_S
 
     # ------------------------------------------------------------- plumbing
@@ -125,6 +128,8 @@ class Supervisor:
             level = logging.WARNING if event.kind in NOTABLE_EVENTS else logging.INFO
             fields = {"kind": event.kind, "seq": event.seq, "node_rank": event.node_rank}
             log.log(level, "%s: %s", event.kind, event.message, extra=fields)
+            if self.kube is not None:
+                self.kube.job_event(event, self.job)  # queued: never waits on the API
         self.events_logged = self.job.events.recorded
 
     def on_leader_message(self, message: pb.LeaderMessage) -> None:
@@ -202,9 +207,12 @@ class Supervisor:
         if self.coordination is not None and job.spec.node_rank == 0:
             # The leader's pod also exports the job's findings and every pod's sample.
             job_wide = await self.coordination.job_status(self.local_status())
-        self.metrics_board.publish(
-            snapshot_of(self.local_status(), job.failures, job.events.by_kind, job_wide)
-        )
+        snapshot = snapshot_of(self.local_status(), job.failures, job.events.by_kind, job_wide)
+        if self.kube is not None:
+            snapshot = dataclasses.replace(
+                snapshot, kube_requests=self.kube.counts(), kube_drops=self.kube.drops()
+            )
+        self.metrics_board.publish(snapshot)
 
     async def require_job(self, context: grpc.aio.ServicerContext[Any, Any]) -> JobState:
         if self.job is None:

@@ -136,6 +136,7 @@ def _field(workload: Workload, index: int, path: str) -> str:
     simple = {
         "metadata.name": f"{workload.hostname(index)}-x7k2p",
         "metadata.namespace": NAMESPACE,
+        "metadata.uid": f"0b7c{index:04d}-uid",
         "status.podIP": f"10.0.0.{index + 1}",
         "spec.nodeName": f"node-{index}",
     }
@@ -154,6 +155,8 @@ def pod_env(
     """Container `name`'s environment in pod `index`; `secrets`: (secret, key) -> value."""
     # The Job controller adds JOB_COMPLETION_INDEX to every container of an Indexed Job.
     env = {"JOB_COMPLETION_INDEX": str(index)}
+    # The kubelet sets these in every container (enableServiceLinks or not).
+    env |= {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
     for entry in container(workload.pod_spec, name).get("env", []):
         if "value" in entry:
             env[entry["name"]] = expand(str(entry["value"]), env)

@@ -29,6 +29,7 @@ from launcher.variables import (  # noqa: E402
 from supervisor.cli import build_parser as supervisor_parser  # noqa: E402
 from supervisor.detect_config import DETECT_VARIABLES  # noqa: E402
 from supervisor.env_values import Variable  # noqa: E402
+from supervisor.kube.settings import KUBE_VARIABLES, POD_VARIABLES  # noqa: E402
 from supervisor.offload_config import OFFLOAD_VARIABLES  # noqa: E402
 from supervisor.outputs_config import OUTPUTS_VARIABLES  # noqa: E402
 from supervisor.sidecar_variables import FOREIGN_VARIABLES, VARIABLES  # noqa: E402
@@ -127,6 +128,7 @@ def render() -> str:
             *VARIABLES,
             *OFFLOAD_VARIABLES,
             *DETECT_VARIABLES,
+            *KUBE_VARIABLES,
             *LAUNCHER_VARIABLES,
             *SCRIPT_VARIABLES,
             *BOOTSTRAP_VARIABLES,
@@ -180,6 +182,17 @@ def render() -> str:
             "",
         ],
         variable_table(DETECT_VARIABLES),
+        [
+            "",
+            "## Kubernetes: Events on the pod, condition and taint on the node",
+            "",
+            "Environment only, `train-supervisor serve` only; off unless switched on, and then "
+            "only with the `kube` extra installed (see [kubernetes.md](kubernetes.md)). The pod's "
+            "identity comes from the downward API:",
+            "",
+        ],
+        variable_table(KUBE_VARIABLES),
+        ["", *variable_table(POD_VARIABLES, with_flags=False)],
         [
             "",
             "## `train-launch` flags",

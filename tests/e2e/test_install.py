@@ -100,6 +100,8 @@ def test_pip_install_from_the_source_tree_gives_a_working_sidecar_without_torch(
     python = str(bin_dir / "python")
     no_torch = run([python, "-c", "import torch"], tmp_path)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    kube = run([python, "-c", "import kubernetes.client"], tmp_path)  # the kube extra: Events
+    assert kube.returncode == 0, kube.stderr
     where = run([python, "-c", "import supervisor, launcher; print(supervisor.__file__)"], tmp_path)
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(venv), "imported from the checkout"

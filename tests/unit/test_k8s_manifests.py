@@ -349,3 +349,49 @@ def test_the_workload_files_are_all_the_workloads() -> None:
     found = {w.source.split(":")[0] for w in workloads()}
     assert found == set(WORKLOAD_FILES)
     assert {p.parent for p in manifest_files()} == {K8S_DIR}
+
+
+# ------------------------------------------------------ the Kubernetes API access
+def rbac(name: str) -> dict[str, Doc]:
+    return {doc["kind"]: doc for doc in documents(K8S_DIR / name)}
+
+
+def granted(role: Doc) -> set[tuple[str, str]]:
+    return {
+        (res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]
+    }
+
+
+@pytest.mark.parametrize("name", WORKLOAD_FILES)
+def test_only_the_sidecar_gets_the_token_its_events_need(name: str) -> None:
+    events = rbac("rbac-events.yaml")
+    account = events["ServiceAccount"]["metadata"]["name"]
+    assert granted(events["Role"]) == {("events", "create"), ("events", "patch")}
+    assert events["RoleBinding"]["subjects"][0]["name"] == account
+    for workload in of_file(name):
+        pod = workload.pod_spec
+        assert pod["serviceAccountName"] == account
+        assert pod["automountServiceAccountToken"] is False  # the trainer never gets it
+        token_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
+        for entry, mounted in ((container(pod, SIDECAR), True), (container(pod, TRAINER), False)):
+            paths = {m["mountPath"] for m in entry.get("volumeMounts", [])}
+            assert (token_dir in paths) is mounted
+        config, _ = sidecar_config(workload, 1)
+        kube = config.kube
+        assert kube.events and not kube.node_condition and not kube.node_taint
+        assert kube.pod is not None and kube.api is not None
+        assert kube.pod.name.startswith(workload.hostname(1)) and kube.pod.uid
+        assert kube.pod.node == "node-1"
+        assert kube.api.token_file == f"{token_dir}/token"
+        assert kube.api.ca_file == f"{token_dir}/ca.crt"
+
+
+def test_the_node_cluster_role_grants_the_condition_and_the_taint_only() -> None:
+    node = rbac("rbac-node.yaml")
+    assert granted(node["ClusterRole"]) == {
+        ("nodes/status", "patch"),
+        ("nodes", "get"),
+        ("nodes", "patch"),
+    }
+    account = rbac("rbac-events.yaml")["ServiceAccount"]["metadata"]["name"]
+    assert node["ClusterRoleBinding"]["subjects"][0]["name"] == account

@@ -8,6 +8,7 @@ add an accelerator; this machine has none).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import urllib.request
@@ -58,7 +59,11 @@ def test_the_metrics_table_is_what_the_exporter_serves() -> None:
     failures = [pb.FailureRecord(rank=0, failure_class="transient")]
     exporter = MetricsExporter.start("127.0.0.1", 0)
     try:
-        exporter.board.publish(snapshot_of(representative_snapshot(), failures, {"failure": 1}))
+        snapshot = snapshot_of(representative_snapshot(), failures, {"failure": 1})
+        requests, drops = ((("create_event", "ok"), 1),), (("queue_full", 1),)
+        exporter.board.publish(
+            dataclasses.replace(snapshot, kube_requests=requests, kube_drops=drops)
+        )
         url = f"http://127.0.0.1:{exporter.port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
