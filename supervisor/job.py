@@ -51,6 +51,14 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
 JS = pb.JobState
+
+
+def fresh_from_the_start(spec: pb.WorkerSpec, whose: str = "") -> str:
+    """Why survivors never re-enter in this job ("" : they do)."""
+    never = spec.bootstrapped and spec.reentry == pb.ReentryMode.REENTRY_NEVER
+    return f"{whose}train-launch --reentry never" if never else ""
+
+
 ENDED = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_STOPPED)  # over: no restarts
 __all__ = ["Effect", "JobState", "RankSlot", "Timings", "ToLauncher", "ToWorker"]
 
@@ -91,8 +99,9 @@ class JobState:
         self.spares = SparePool(self.spec.warm_spares, self.timings.max_spare_failures)
         self.snapshots = CommitTracker(self.world_size)
         self.events.node_rank = self.spec.node_rank
-        if self.spec.reentry == pb.ReentryMode.REENTRY_NEVER:
-            self.fresh_processes = "--reentry never"
+        self.fresh_processes = fresh_from_the_start(self.spec)
+        if self.fresh_processes:
+            self.record("fresh_processes", f"survivors get fresh processes: {self.fresh_processes}")
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -370,27 +379,27 @@ class JobState:
         return []
 
     # --------------------------------------------------------------- decisions
-    def _fall_back(self, why: str) -> list[Effect]:
-        """Re-entry failed somewhere: fresh processes for survivors from now on, said once."""
+    def _switch_to_fresh(self, why: str) -> bool:
+        """Fresh processes for survivors from now on, said once (False: already so)."""
         if self.fresh_processes:
-            return []
-        self.fresh_processes = f"re-entry failed: {why}"
+            return False
+        self.fresh_processes = why
         self.record(
             "reentry_fallback",
-            f"{self.fresh_processes}; survivors get fresh processes from now on "
-            "(no restart spent; --reentry always keeps re-entering, never starts fresh)",
+            f"survivors get fresh processes from now on: {why} (no restart spent; "
+            "train-launch --reentry always keeps re-entering)",
         )
+        return True
+
+    def _fall_back(self, why: str) -> list[Effect]:
+        """A survivor of this pod could not re-enter (`why`)."""
+        self._switch_to_fresh(f"re-entry failed: {why}")
         return []
 
     def _reentry_fallback(self, record: pb.FailureRecord, now: float) -> list[Effect]:
         """A survivor's re-entry raised: a fresh process for its rank and for every survivor,
         in a generation that spends no restart (the rank failed, not the script)."""
-        detail = record.detail
-        error = f"{detail.exception_type}: {detail.message}" if detail.exception_type else ""
-        what = error or detail.signature
-        effects = self._fall_back(
-            f"rank {record.rank} pid {record.pid} raised before its first step ({what})"
-        )
+        effects = self._fall_back(reentry_error(record))
         self.master_port = self.allocate_port()
         return (
             effects
@@ -539,3 +548,11 @@ class JobState:
     def _end(self, exit_code: int, report: str) -> list[Effect]:
         pids = [s.pid for s in self.ranks.values() if s.pid] + self.spares.idle
         return end_job(pids, exit_code, report)
+
+
+def reentry_error(record: pb.FailureRecord) -> str:
+    """What a survivor that could not re-enter raised, for the log, the events and status."""
+    detail = record.detail
+    error = f"{detail.exception_type}: {detail.message}" if detail.exception_type else ""
+    what = error or detail.signature
+    return f"rank {record.rank} pid {record.pid} raised before its first step ({what})"

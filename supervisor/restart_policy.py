@@ -32,6 +32,11 @@ from supervisor import classify
 THRESHOLD_SETTING = "SUPERVISOR_CRASH_LOOP_THRESHOLD (train-launch --crash-loop-threshold)"
 WINDOW_SETTING = "SUPERVISOR_CRASH_LOOP_WINDOW_S"
 BUDGET_SETTING = "train-launch --max-restarts (PET_MAX_RESTARTS)"
+# Default of SUPERVISOR_CRASH_LOOP_WINDOW_S: a loop without progress repeats within
+# minutes (each try is a start and a failure); an hour also holds three hangs at the
+# default hang threshold, and failures further apart are no loop whatever their steps
+# (a script without optimizer steps never shows progress).
+DEFAULT_CRASH_LOOP_WINDOW_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class RestartPolicy:
     # Failures of one rank with one signature and no job-wide progress that make a crash loop.
     crash_loop_threshold: int = 3
     # ... within this many seconds (newest failure back to the oldest counted).
-    crash_loop_window_s: float = 3600.0
+    crash_loop_window_s: float = DEFAULT_CRASH_LOOP_WINDOW_S
 
 
 class Action(enum.Enum):
@@ -85,7 +90,9 @@ def crash_loop_repeats(history: Sequence[Failure], window_s: float = math.inf) -
     A repeat is a failure of the same rank with the same (known) signature, within
     `window_s` of the newest, in another generation, with no failure of any rank
     after it at a higher job step (progress in between breaks the run). Faults of
-    different ranks are not one loop: kills of ranks 1, 0, 1 are three faults.
+    different ranks are not one loop: kills of ranks 1, 0, 1 are three faults. A
+    failure nothing is known of (signature "": a lost pod, whose processes are all
+    new since) ends the run too.
     """
     if not history or not history[-1].signature or history[-1].reentry_failed:
         return []
@@ -94,7 +101,7 @@ def crash_loop_repeats(history: Sequence[Failure], window_s: float = math.inf) -
     generations = {newest.generation}
     highest = newest.step  # the highest job step reached after the failure looked at
     for earlier in reversed(history[:-1]):
-        if not _within(newest, earlier, window_s):
+        if not earlier.signature or not _within(newest, earlier, window_s):
             break
         same = earlier.rank == newest.rank and earlier.signature == newest.signature
         if same and earlier.step >= highest and earlier.generation not in generations:

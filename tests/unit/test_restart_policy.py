@@ -179,8 +179,7 @@ def test_crash_loop_wins_over_an_empty_budget() -> None:
 def test_crash_loop_reason_names_the_newest_failure() -> None:
     # Ranks (0, 3, 2) were one loop before issue 21; rank 2's own three failures are one now.
     history = [
-        Failure(generation=g, rank=r, signature=SIG, step=4)
-        for g, r in enumerate((2, 0, 2, 3, 2))
+        Failure(generation=g, rank=r, signature=SIG, step=4) for g, r in enumerate((2, 0, 2, 3, 2))
     ]
     decision = decide(RestartPolicy(max_restarts=10), history, restart_count=2)
     assert decision.action is Action.GIVE_UP_CRASH_LOOP
