@@ -12,10 +12,10 @@ Rules where the design leaves room, and why:
   reports for that generation (a second rank dying with it, a survivor's echo)
   arrive once the next generation is open: they are kept in the history as
   context (MAX_FAILURES_PER_GENERATION each) and change nothing. Reports for
-  older generations are stale and dropped. The crash-loop rule sees only the
-  first failure of each generation (`policy_history`): "N times in a row" means
-  N generations, else eight ranks hitting one bug together would be a crash
-  loop after a single generation.
+  older generations are stale and dropped. The crash-loop rule sees them all
+  (`policy_history`) and counts a rank once per generation: eight ranks hitting
+  one bug together are no crash loop after a single generation, and the rank
+  that reports first may vary from one generation to the next.
 - A failure of the open generation before it started (an idle rank died) is a
   failure like any other, as on one pod (job.py): it is what bounds a pod whose
   processes die before every start.

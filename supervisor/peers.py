@@ -77,7 +77,7 @@ class LeaderHub:
         self.run_id = spec.run_id
         settings = self.local.settings
         policy = restart_policy.RestartPolicy(
-            spec.max_restarts, settings.crash_loop_threshold, settings.crash_loop_window_s
+            spec.max_restarts, settings.crash_loop_threshold, settings.detect.crash_loop_window_s
         )
         offload = self.local.settings.offload
         rounds = OffloadRounds(

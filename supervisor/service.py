@@ -14,7 +14,7 @@ from typing import Any, Optional, Protocol
 import grpc
 
 from supervisor import restart_policy
-from supervisor.classify import GpuHealth, PodFaultRule
+from supervisor.classify import GpuHealth
 from supervisor.detect_config import DetectConfig
 from supervisor.failure_evidence import FailureMemory
 from supervisor.gpu_probe import default_probes, device_health
@@ -52,8 +52,6 @@ NOTABLE_EVENTS = frozenset(
 @dataclass(frozen=True)
 class SupervisorSettings:
     crash_loop_threshold: int = 3
-    crash_loop_window_s: float = restart_policy.DEFAULT_CRASH_LOOP_WINDOW_S
-    pod_fault_rule: PodFaultRule = field(default_factory=PodFaultRule)
     unwind_timeout_s: float = 10.0
     # How long a rank's exception waits for news of a peer's death before it
     # is judged to be the failure itself.
@@ -235,10 +233,10 @@ class Supervisor:
         policy = restart_policy.RestartPolicy(
             max_restarts=request.spec.max_restarts,
             crash_loop_threshold=self.settings.crash_loop_threshold,
-            crash_loop_window_s=self.settings.crash_loop_window_s,
+            crash_loop_window_s=self.settings.detect.crash_loop_window_s,
         )
         timings = Timings(unwind_timeout_s=self.settings.unwind_timeout_s)
-        memory = FailureMemory(pod_fault_rule=self.settings.pod_fault_rule)
+        memory = FailureMemory(pod_fault_rule=self.settings.detect.pod_faults)
         if self.coordination is None:
             self.job = JobState(
                 spec=request.spec,
