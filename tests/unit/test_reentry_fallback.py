@@ -330,11 +330,11 @@ def test_a_pod_reports_a_failed_re_entry_and_follows_the_leaders_open() -> None:
     assert failure.reentry_failed and failure.rank == 2
     assert "data parallel group is already initialized" in failure.reason
     assert job.restart_count == 1 and len(job.failures) == 1  # only rank 3's kill
-    survivor = pod.pid(3)  # rank 3's process from generation 1: it re-entered nothing
+    survivor = pod.pid(3)  # started generation 1 fresh; a survivor of its abort now
     open_ = pb.OpenGenerationMsg(generation=2, restart_count=1, fresh_processes=failure.reason)
     pod.play(job.open_generation(open_, pod.now))
     assert failure.reason in job.fresh_processes  # switched when it reported, said once
-    assert survivor not in pod.exited  # started generation 1 fresh: it will re-enter nothing
+    assert survivor in pod.exited and pod.pid(3) != survivor
     assert any("survivors get fresh processes" in e.message for e in job.events)
 
 
