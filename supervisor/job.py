@@ -331,12 +331,14 @@ class JobState:
 
     def _reentry_failed(self, slot: RankSlot) -> bool:
         """The worker side's contract: an error raised before the first step of the running
-        generation by a process that had started an earlier one (it re-entered)."""
+        generation by a process that had started an earlier one (it re-entered). Not a
+        peer's echo (a collective that lost its peer): that is another rank's failure."""
         return (
             self.falls_back
             and self.spec.bootstrapped
             and self.started
             and slot.evidence is not None
+            and not failure_evidence.peer_echo(slot.evidence)
             and slot.step == 0
             and slot.generation == self.generation
             and slot.reentered

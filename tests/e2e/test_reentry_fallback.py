@@ -50,3 +50,35 @@ def test_a_failed_re_entry_falls_back_to_fresh_processes_without_a_restart(
     assert len(said) == 1, job.stderr
     assert "data parallel group is already initialized" in said[0]
     assert "user_bug" not in job.stderr  # never classified as the script's bug
+
+
+def test_reentry_never_gives_every_rank_a_fresh_process(tmp_path: Path) -> None:
+    """torchrun's way on request: after a kill every rank runs in a new process; the job
+    keeps its other properties (one restart spent, the script resumes from its checkpoint)."""
+    events = tmp_path / "events"
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--reentry", "never"],
+        [
+            "--steps",
+            "30",
+            "--step-sleep",
+            "0.05",
+            "--ckpt-dir",
+            str(tmp_path / "ckpt"),
+            "--ckpt-every",
+            "5",
+            "--events",
+            str(events),
+        ],
+    )
+    try:
+        job.wait_for(lambda: max_step(read_events(events), 1) >= 8, 120, "rank 1 at step 8")
+        first = pids_by_rank(read_events(events), 0)
+        os.kill(first[1], signal.SIGKILL)
+        assert job.wait(240) == 0, job.stderr
+    finally:
+        job.kill_tree()
+    log = read_events(events)
+    assert {e["rank"]: e["gen"] for e in log if e["event"] == "done"} == {0: 1, 1: 1}
+    assert set(pids_by_rank(log, 1).values()).isdisjoint(first.values())
+    assert "survivors get fresh processes: train-launch --reentry never" in job.stderr

@@ -173,6 +173,20 @@ def test_an_error_after_the_first_step_is_no_re_entry_failure() -> None:
     assert pod.job.restart_count == 2 and fallen_back(pod) == []
 
 
+def test_a_peers_echo_before_the_first_step_is_no_re_entry_failure() -> None:
+    """A re-entered rank whose collective lost its peer reports the peer's death."""
+    pod = Pod()
+    pod.play(pod.job.attach_launcher())
+    pod.kill(1)
+    echo = pb.FailureDetail(
+        exception_type="DistBackendError",
+        message="Connection closed by peer",
+        signature="DistBackendError: Connection closed by peer @ distributed_c10d.py:1",
+    )
+    pod.raise_at_start(0, echo)
+    assert fallen_back(pod) == [] and pod.job.restart_count == 2
+
+
 def test_reentry_always_never_falls_back() -> None:
     pod = Pod(reentry=MODES.REENTRY_ALWAYS)
     pod.play(pod.job.attach_launcher())
