@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from jobs import REPO, max_step, pids_by_rank, read_events, train_launch
+from pods import Pods
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +83,30 @@ def test_reentry_never_gives_every_rank_a_fresh_process(tmp_path: Path) -> None:
     assert {e["rank"]: e["gen"] for e in log if e["event"] == "done"} == {0: 1, 1: 1}
     assert set(pids_by_rank(log, 1).values()).isdisjoint(first.values())
     assert "survivors get fresh processes: train-launch --reentry never" in job.stderr
+
+
+def test_the_leader_carries_the_fallback_to_every_pod(tmp_path: Path) -> None:
+    """Two pods, one rank each: rank 1 (pod 1) is killed, rank 0 (pod 0) fails to re-enter;
+    the leader opens a generation at no cost whose Open tells pod 1 to replace its survivor."""
+    events = tmp_path / "events"
+    pods = Pods(nnodes=2, nproc=1)
+    try:
+        pods.start_launchers(["--steps", str(STEPS), "--events", str(events)], INIT_ONCE_DDP)
+        first_job = pods.launchers[0]
+        first_job.wait_for(lambda: max_step(read_events(events), 1) >= 10, 180, "rank 1 to step")
+        first = pids_by_rank(read_events(events), 0)
+        os.kill(first[1], signal.SIGKILL)
+        for launcher in pods.launchers:
+            assert launcher.wait(240) == 0, pods.logs()
+        log = read_events(events)
+        assert {e["rank"]: e["gen"] for e in log if e["event"] == "done"} == {0: 2, 1: 2}
+        second, last = pids_by_rank(log, 1), pids_by_rank(log, 2)
+        assert second[0] == first[0]  # rank 0 tried to re-enter in place
+        assert last[1] != second[1], "pod 1's survivor must get a fresh process too"
+        assert last[0] != first[0]
+        for node in (0, 1):
+            status = pods.status(node)
+            assert status.get("restartCount") == 1, status  # the fallback spent nothing
+            assert "already initialized" in status.get("freshProcesses", ""), status
+    finally:
+        pods.stop()
