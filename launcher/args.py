@@ -23,6 +23,7 @@ SPARE_IMPORTS = ("workers", "torch")
 # recovery's collection skips them (launcher/warm_imports.py).
 DEFAULT_PREIMPORT = "torch._dynamo"
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+REENTRY_MODES = ("auto", "always", "never")  # supervisor/job.py: re-entry and its fallback
 
 
 class UsageError(Exception):
@@ -92,6 +93,7 @@ class LaunchConfig:
     spare_imports: str = "workers"  # launcher/warm_imports.py
     preimport: tuple[str, ...] = (DEFAULT_PREIMPORT,)
     reuse_freed_memory: bool = True  # launcher/processes.py: REUSE_FREED_TUNABLES
+    reentry: str = "auto"  # one of REENTRY_MODES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -189,6 +191,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "(GLIBC_TUNABLES, unless already set), so a re-entered script reuses what its "
         "previous run freed instead of unmapping it and faulting it in again; off: glibc's "
         "defaults",
+    )
+    opt(
+        ["--reentry"],
+        "reentry",
+        "auto",
+        "what a surviving rank does when a generation is aborted: auto re-enters the script "
+        "in place, and after the first re-entry that fails (an error before its first step, "
+        "an unwind that fails or times out) gives survivors fresh processes, at no cost to "
+        "--max-restarts; always re-enters and never falls back; never always starts fresh "
+        "processes (torchrun's way). With several nodes, node 0's setting rules",
     )
     opt(
         ["--unwind-timeout"],
@@ -370,6 +382,7 @@ def parse_args(
     _one_of("--spare-imports", ns.spare_imports, SPARE_IMPORTS)
     preimport = _module_names("--preimport", ns.preimport)
     _one_of("--reuse-freed-memory", ns.reuse_freed_memory, ("on", "off"))
+    _one_of("--reentry", ns.reentry, REENTRY_MODES)
     base_env = {} if "OMP_NUM_THREADS" in env or nproc == 1 else {"OMP_NUM_THREADS": "1"}
     run_id = ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none")
     return LaunchConfig(
@@ -404,4 +417,5 @@ def parse_args(
         spare_imports=ns.spare_imports,
         preimport=preimport,
         reuse_freed_memory=ns.reuse_freed_memory == "on",
+        reentry=ns.reentry,
     )

@@ -30,6 +30,11 @@ from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 log = logging.getLogger("train_launch")
 # Where the reason of a GAVE_UP / REPLACE_POD ending goes (train_supervisor/termination.py).
 TERMINATION_LOG_ENV = "TRAIN_LAUNCH_TERMINATION_LOG"
+REENTRY_MODE = {
+    "auto": pb.ReentryMode.REENTRY_AUTO,
+    "always": pb.ReentryMode.REENTRY_ALWAYS,
+    "never": pb.ReentryMode.REENTRY_NEVER,
+}
 
 
 @dataclass
@@ -54,6 +59,7 @@ def worker_spec(config: LaunchConfig, error_dir: str) -> pb.WorkerSpec:
         error_file_dir=error_dir,
         base_env=config.base_env,
         snapshot_dir=config.snapshot_dir,
+        reentry=REENTRY_MODE[config.reentry],
     )
 
 

@@ -49,6 +49,27 @@ class GpuHealth:
     lost: bool = False  # the device stopped answering
 
 
+# Repeats after which restarting is pointless: stop (OOM) or give the pod back (hardware).
+OOM_REPEATS_TO_STOP = 3
+# Defaults of SUPERVISOR_POD_FAULT_LIMIT / _WINDOW_S (PodFaultRule). A host sees an
+# unexplained death rarely (Llama 3's 54 days on 16k GPUs: a few hundred interruptions
+# over ~2k hosts, months between two on one host): four on one pod within an hour is
+# no chance. Three were too few: an operator's or a chaos test's kills, or OOM kills the
+# cgroup did not see, come in small bursts, and a single-pod job replaced is a job ended.
+POD_FAULTS_TO_REPLACE = 4
+POD_FAULT_WINDOW_S = 3600.0
+POD_FAULT_SETTINGS = "SUPERVISOR_POD_FAULT_LIMIT, SUPERVISOR_POD_FAULT_WINDOW_S"
+
+
+@dataclass(frozen=True)
+class PodFaultRule:
+    """Unexplained faults on one pod at this rate point at its hardware: a rate, not a
+    lifetime count (a long job collects a few by chance)."""
+
+    limit: int = POD_FAULTS_TO_REPLACE  # 0: never
+    window_s: float = POD_FAULT_WINDOW_S
+
+
 @dataclass(frozen=True)
 class Evidence:
     exit_code: int = 0
@@ -60,7 +81,9 @@ class Evidence:
     killed_as_hung: bool = False
     gpu: GpuHealth = field(default_factory=GpuHealth)
     same_class_before: int = 0  # earlier failures of the class this one gets, on this rank
-    pod_unexplained_before: int = 0  # earlier transient/unknown faults on this pod
+    # Earlier transient/unknown faults on this pod within pod_fault_rule's window.
+    pod_unexplained_before: int = 0
+    pod_fault_rule: PodFaultRule = field(default_factory=PodFaultRule)
 
 
 @dataclass(frozen=True)
@@ -91,10 +114,6 @@ _NETWORK_EXCEPTIONS = (
     "ConnectionResetError",
     "TimeoutError",
 )
-
-# Repeats after which restarting is pointless: stop (OOM) or give the pod back (hardware).
-OOM_REPEATS_TO_STOP = 3
-POD_FAULTS_TO_REPLACE = 3
 
 
 def _first(pattern: re.Pattern[str], text: str) -> str:
@@ -132,10 +151,14 @@ def classify(e: Evidence) -> Classification:
 
 
 def _unexplained(e: Evidence, kind: FailureClass, why: str) -> Classification:
-    """Faults nothing explains, again and again on one pod, point at its hardware."""
-    count = e.pod_unexplained_before + 1
-    if count >= POD_FAULTS_TO_REPLACE:
-        why = f"{why}; {count} unexplained faults on this pod"
+    """Faults nothing explains, often on one pod (PodFaultRule), point at its hardware."""
+    count, rule = e.pod_unexplained_before + 1, e.pod_fault_rule
+    if rule.limit >= 1 and count >= rule.limit:
+        why = (
+            f"{why}; {count} unexplained faults on this pod within {rule.window_s:g}s "
+            f"(the suspect-hardware rule: {rule.limit} within {rule.window_s:g}s; "
+            f"{POD_FAULT_SETTINGS})"
+        )
         return Classification(FailureClass.HARDWARE, Action.REPLACE_POD, why, explained=False)
     return Classification(kind, Action.RESTART_IN_PLACE, why, explained=False)
 

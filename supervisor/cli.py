@@ -81,13 +81,16 @@ def render_table(status: pb.JobStatus) -> str:
         )
     for error in status.offload_errors:
         lines.append(f"offload error: {error}")
+    if status.fresh_processes:
+        lines.append(f"survivors get fresh processes: {status.fresh_processes}")
     if status.spare_pids:
         lines.append(f"warm spares: {', '.join(str(p) for p in status.spare_pids)}")
     if status.HasField("last_failure"):
         f = status.last_failure
         what = f.detail.exception_type or f.detail.signature
         lines.append(
-            f"last failure: rank {f.rank} pid {f.pid} generation {f.generation} step {f.step}: "
+            f"last failure: rank {f.rank} pid {f.pid} generation {f.generation} "
+            f"step {f.job_step} of the job ({f.step} in its generation): "
             f"{what} {f.detail.message} ({f.failure_class or 'unclassified'}) -> {f.action}"
         )
     return "\n".join(lines)

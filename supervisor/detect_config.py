@@ -1,4 +1,5 @@
-"""Detection settings: SUPERVISOR_HANG_*, the pod metrics window, anomaly scoring (pure).
+"""Detection settings: SUPERVISOR_HANG_*, the pod metrics window, anomaly scoring, and the
+windows of the repeated-fault rules (crash loop, suspect hardware) (pure).
 
 Read by `train-supervisor serve` and by `train-launch --standalone`, whose
 embedded supervisor detects the same way. Environment only, no flags.
@@ -11,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from supervisor.anomaly import AnomalySettings
+from supervisor.classify import POD_FAULT_WINDOW_S, POD_FAULTS_TO_REPLACE, PodFaultRule
 from supervisor.env_values import Source, Variable, bad_value, boolean, integer, number, seconds
 from supervisor.hang import HangSettings
+from supervisor.restart_policy import DEFAULT_CRASH_LOOP_WINDOW_S
 
 _HANG = HangSettings()
 _ANOMALY = AnomalySettings()
@@ -71,6 +74,27 @@ DETECT_VARIABLES = (
         "... once it has been that slow for this long, seconds",
         f"{_ANOMALY.replace_after_s:g}",
     ),
+    Variable(
+        "SUPERVISOR_CRASH_LOOP_WINDOW_S",
+        "",
+        "a crash loop is one rank failing with one error without job-wide progress "
+        "SUPERVISOR_CRASH_LOOP_THRESHOLD times within this many seconds",
+        f"{DEFAULT_CRASH_LOOP_WINDOW_S:g}",
+    ),
+    Variable(
+        "SUPERVISOR_POD_FAULT_LIMIT",
+        "",
+        "this many faults nothing explains (a kill from outside, a bare exit code) on one pod "
+        "within SUPERVISOR_POD_FAULT_WINDOW_S: suspect hardware, the pod exits 4 to be "
+        "replaced (0: never)",
+        f"{POD_FAULTS_TO_REPLACE}",
+    ),
+    Variable(
+        "SUPERVISOR_POD_FAULT_WINDOW_S",
+        "",
+        "... the window of SUPERVISOR_POD_FAULT_LIMIT, seconds",
+        f"{POD_FAULT_WINDOW_S:g}",
+    ),
 )
 
 
@@ -80,6 +104,8 @@ class DetectConfig:
     hang_stacks: bool = True  # py-spy dumps when process state and CPU name no culprit
     sample_s: float = SAMPLE_S  # the pod metrics window (supervisor/pod_health.py)
     anomaly: AnomalySettings = field(default_factory=AnomalySettings)
+    crash_loop_window_s: float = DEFAULT_CRASH_LOOP_WINDOW_S
+    pod_faults: PodFaultRule = field(default_factory=PodFaultRule)
 
 
 def parse_detect(
@@ -112,4 +138,11 @@ def parse_detect(
         hang_stacks=boolean(src, "SUPERVISOR_HANG_STACKS", True),
         sample_s=seconds(src, "SUPERVISOR_SAMPLE_S", SAMPLE_S, False),
         anomaly=anomaly,
+        crash_loop_window_s=seconds(
+            src, "SUPERVISOR_CRASH_LOOP_WINDOW_S", DEFAULT_CRASH_LOOP_WINDOW_S, False
+        ),
+        pod_faults=PodFaultRule(
+            limit=integer(src, "SUPERVISOR_POD_FAULT_LIMIT", POD_FAULTS_TO_REPLACE, 0, 1_000_000),
+            window_s=seconds(src, "SUPERVISOR_POD_FAULT_WINDOW_S", POD_FAULT_WINDOW_S, False),
+        ),
     )

@@ -2,8 +2,9 @@
 
 The history rules of the classification need memory: how often this rank
 failed with the same class (out of memory again and again stops the job) and
-how many faults nothing explained on this pod (again and again: its hardware).
-FailureMemory keeps exactly that. Pure: no I/O, no clock.
+when faults nothing explained happened on this pod (many within a window: its
+hardware, classify.PodFaultRule). FailureMemory keeps exactly that. Pure: no
+I/O, no clock (callers pass `now`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from supervisor.classify import (
     Evidence,
     FailureClass,
     GpuHealth,
+    PodFaultRule,
     classify,
     peer_error,
 )
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 NO_GPU = GpuHealth()  # frozen: what a pod without a GPU probe knows
+DEFAULT_POD_FAULT_RULE = PodFaultRule()  # frozen
 
 
 def evidence_of(
@@ -34,6 +37,7 @@ def evidence_of(
     same_class_before: int = 0,
     pod_unexplained_before: int = 0,
     gpu: GpuHealth = NO_GPU,
+    pod_fault_rule: PodFaultRule = DEFAULT_POD_FAULT_RULE,
 ) -> Evidence:
     """Everything known of one death: the record (exit, error file), the output, the cgroup."""
     detail = record.detail
@@ -48,6 +52,7 @@ def evidence_of(
         gpu=gpu,
         same_class_before=same_class_before,
         pod_unexplained_before=pod_unexplained_before,
+        pod_fault_rule=pod_fault_rule,
     )
 
 
@@ -56,7 +61,13 @@ class FailureMemory:
     """This pod's earlier classified failures, as the history rules count them."""
 
     by_rank: dict[int, collections.Counter[FailureClass]] = field(default_factory=dict)
-    unexplained: int = 0
+    pod_fault_rule: PodFaultRule = DEFAULT_POD_FAULT_RULE
+    unexplained_at: list[float] = field(default_factory=list)  # `now` of each, in the window
+
+    @property
+    def unexplained(self) -> int:
+        """Unexplained faults still in the window (as of the last judged failure)."""
+        return len(self.unexplained_at)
 
     def judge(
         self,
@@ -64,17 +75,28 @@ class FailureMemory:
         output_tail: str,
         oom_kills: int,
         gpu: GpuHealth = NO_GPU,
+        now: float = 0.0,
     ) -> Classification:
-        """Classify the failure in `record`, store its class and reason there, remember it."""
+        """Classify the failure in `record` (seen at `now`, monotonic seconds), store its
+        class and reason there, remember it."""
         # The class decides which earlier failures count: find it first without history.
         kind = classify(evidence_of(record, output_tail, oom_kills, gpu=gpu)).kind
         seen = self.by_rank.setdefault(record.rank, collections.Counter())
-        found = classify(
-            evidence_of(record, output_tail, oom_kills, seen[kind], self.unexplained, gpu)
+        window = self.pod_fault_rule.window_s
+        self.unexplained_at = [t for t in self.unexplained_at if now - t <= window]
+        evidence = evidence_of(
+            record,
+            output_tail,
+            oom_kills,
+            seen[kind],
+            len(self.unexplained_at),
+            gpu,
+            self.pod_fault_rule,
         )
+        found = classify(evidence)
         seen[found.kind] += 1
         if not found.explained:
-            self.unexplained += 1
+            self.unexplained_at.append(now)
         record.failure_class, record.reason = found.kind.value, found.reason
         return found
 
@@ -85,10 +107,11 @@ def policy_failure(record: pb.FailureRecord, found: Classification) -> restart_p
         record.generation,
         record.rank,
         record.detail.signature,
-        record.step,
+        record.job_step,
         failure_class=found.kind.value,
         action=found.action,
         reason=found.reason,
+        time_s=record.time_unix,
     )
 
 

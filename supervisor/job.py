@@ -3,6 +3,19 @@
 Every input is an event (a process attached, exited, reported); every output is
 a list of effects (commands for a worker or for the launcher). No I/O, no
 clock: callers pass `now` (monotonic seconds) so the rules are testable alone.
+
+Re-entry and its fallback (spec.reentry, train-launch --reentry). Survivors of an
+aborted generation re-enter the script in place. When one cannot — its script
+raises before its first step of the new generation (an OUTCOME_RAISED at step 0
+from a process that started an earlier generation), or its unwind fails or times
+out — the job falls back to what torchrun does, once and for good: that rank gets
+a fresh process (a warm spare when ready), and from then on every survivor of an
+aborted generation is replaced by a fresh process too (`fresh_processes` says
+why). The fallback is the supervisor's doing, not the script's: it spends no
+restart, is no failure of the restart policy and is never classified. A script
+that fails the same way in a fresh process is a failure like any other, which
+the crash-loop rule and the budget bound. REENTRY_NEVER starts in fresh-process
+mode; REENTRY_ALWAYS never falls back (a failed re-entry is an ordinary failure).
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from supervisor.job_types import (
     failure_record,
     give_up_report,
     kill,
+    signal_name,
     spawn,
 )
 from supervisor.spares import SparePool
@@ -37,6 +51,14 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
 JS = pb.JobState
+
+
+def fresh_from_the_start(spec: pb.WorkerSpec, whose: str = "") -> str:
+    """Why survivors never re-enter in this job ("" : they do)."""
+    never = spec.bootstrapped and spec.reentry == pb.ReentryMode.REENTRY_NEVER
+    return f"{whose}train-launch --reentry never" if never else ""
+
+
 ENDED = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_STOPPED)  # over: no restarts
 __all__ = ["Effect", "JobState", "RankSlot", "Timings", "ToLauncher", "ToWorker"]
 
@@ -62,6 +84,11 @@ class JobState:
     master_addr: str = ""  # the spec's in standalone; the leader's otherwise
     generation_seen_at: Optional[float] = None  # first tick of the running generation
     snapshots: CommitTracker = field(init=False)  # in-memory snapshots (supervisor/commit.py)
+    # Optimizer steps the job completed in the generations before the running one
+    # (job_step): the progress the restart policy reads (supervisor/restart_policy.py).
+    steps_before: int = 0
+    # Not empty: survivors get fresh processes instead of re-entering, and why.
+    fresh_processes: str = ""
 
     def __post_init__(self) -> None:
         base = self.spec.node_rank * self.spec.nproc_per_node
@@ -72,6 +99,9 @@ class JobState:
         self.spares = SparePool(self.spec.warm_spares, self.timings.max_spare_failures)
         self.snapshots = CommitTracker(self.world_size)
         self.events.node_rank = self.spec.node_rank
+        self.fresh_processes = fresh_from_the_start(self.spec)
+        if self.fresh_processes:
+            self.record("fresh_processes", f"survivors get fresh processes: {self.fresh_processes}")
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -91,6 +121,17 @@ class JobState:
         """A rank wrote snapshot `step` (ValueError: its report breaks the protocol)."""
         self.snapshots.saved(rank, step, held, size, wait)
         return []
+
+    def job_step(self) -> int:
+        """Optimizer steps the job completed over all generations: those before the running
+        generation, plus the most any rank took in it (ranks step together)."""
+        running = [s.step for s in self.ranks.values() if s.generation == self.generation]
+        return self.steps_before + max(running, default=0)
+
+    @property
+    def falls_back(self) -> bool:
+        """A failed re-entry switches the job to fresh processes (not yet switched)."""
+        return self.spec.reentry == pb.ReentryMode.REENTRY_AUTO and not self.fresh_processes
 
     def slot_of(self, pid: int) -> Optional[RankSlot]:
         return next((s for s in self.ranks.values() if s.pid == pid and pid), None)
@@ -153,6 +194,7 @@ class JobState:
         slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
         slot.forget_progress()
         slot.process_starts += 1
+        slot.first_generation = -1
 
     def heartbeat(
         self,
@@ -190,8 +232,7 @@ class JobState:
         slot.step = max(slot.step, step)
         aborted = generation < self.generation or not self.started
         if kind == pb.OutcomeKind.OUTCOME_UNWOUND or aborted:
-            slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
-            return pb.Verdict.VERDICT_WAIT, self._maybe_start()
+            return pb.Verdict.VERDICT_WAIT, self._unwound(slot)
         if kind == pb.OutcomeKind.OUTCOME_FINISHED:
             slot.state = WS.WORKER_STATE_SUCCEEDED
             return pb.Verdict.VERDICT_WAIT, self._maybe_finish()
@@ -207,14 +248,28 @@ class JobState:
         if slot is None or self.over:
             return pb.Verdict.VERDICT_EXIT_FAILED, []
         if slot.generation < self.generation or not self.started:
-            slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
-            return pb.Verdict.VERDICT_WAIT, self._maybe_start()
+            return pb.Verdict.VERDICT_WAIT, self._unwound(slot)
         raised = [s.evidence for s in self.ranks.values()]
         settled = failure_evidence.settle_raised(slot.evidence, raised, final)
         if settled is Settled.ECHO_WAITS:
             slot.state, slot.evidence = WS.WORKER_STATE_INIT, None
             return pb.Verdict.VERDICT_WAIT, []
         return (None if settled is Settled.UNDECIDED else pb.Verdict.VERDICT_EXIT_FAILED), []
+
+    def _unwound(self, slot: RankSlot) -> list[Effect]:
+        """`slot`'s process left its generation and waits: it re-enters the next one, or,
+        with fresh processes, leaves for a new process."""
+        slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
+        if self.fresh_processes and self.spec.bootstrapped:
+            return self._retire(slot)
+        return self._maybe_start()
+
+    def _retire(self, slot: RankSlot) -> list[Effect]:
+        """Fresh-process mode: a waiting survivor exits; its rank gets a new process once it
+        is gone (process_exited), or once tick() killed it if it lingers."""
+        self.killed_by_us.add(slot.pid)
+        slot.state, slot.unwind_deadline = WS.WORKER_STATE_STOPPED, None
+        return [ToWorker(slot.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
 
     def process_exited(
         self,
@@ -237,22 +292,57 @@ class JobState:
         if self.over:
             slot.pid, slot.state = 0, WS.WORKER_STATE_STOPPED
             return []
-        collateral = slot.state == WS.WORKER_STATE_UNWINDING or pid in self.killed_by_us
+        ours = pid in self.killed_by_us
+        unwinding = slot.state == WS.WORKER_STATE_UNWINDING
         self.killed_by_us.discard(pid)
-        if not collateral and not self.spec.bootstrapped and exit_code == 0 and signum == 0:
+        if (
+            not (ours or unwinding)
+            and not self.spec.bootstrapped
+            and exit_code == 0
+            and signum == 0
+        ):
             slot.state = WS.WORKER_STATE_SUCCEEDED
             slot.pid = 0
             return self._maybe_finish()
         record = failure_record(
-            self.generation, slot.rank, pid, exit_code, signum, slot.evidence, slot.step
+            self.generation,
+            slot.rank,
+            pid,
+            exit_code,
+            signum,
+            slot.evidence,
+            slot.step,
+            self.job_step(),
         )
+        reentry_failed = self._reentry_failed(slot)
         slot.pid, slot.state, slot.unwind_deadline = 0, WS.WORKER_STATE_FAILED, None
-        if collateral:
+        if ours or unwinding:
             self.record("respawn", f"rank {slot.rank} pid {pid} replaced after an abort")
-            return self._fill_vacancies() + self._maybe_start()
+            effects: list[Effect] = []
+            if unwinding and not ours and self.spec.bootstrapped and self.falls_back:
+                how = f"signal {signal_name(signum)}" if signum else f"exit code {exit_code}"
+                effects += self._fall_back(f"rank {slot.rank} pid {pid} died unwinding ({how})")
+            return effects + self._fill_vacancies() + self._maybe_start()
+        if reentry_failed:
+            return self._reentry_fallback(record, now)
         self.failures.append(record)
-        found = self.failure_memory.judge(record, tail, oom_kills, gpu)
+        found = self.failure_memory.judge(record, tail, oom_kills, gpu, now)
         return self._on_failure(record, found, now)
+
+    def _reentry_failed(self, slot: RankSlot) -> bool:
+        """The worker side's contract: an error raised before the first step of the running
+        generation by a process that had started an earlier one (it re-entered). Not a
+        peer's echo (a collective that lost its peer): that is another rank's failure."""
+        return (
+            self.falls_back
+            and self.spec.bootstrapped
+            and self.started
+            and slot.evidence is not None
+            and not failure_evidence.peer_echo(slot.evidence)
+            and slot.step == 0
+            and slot.generation == self.generation
+            and slot.reentered
+        )
 
     def tick(self, now: float) -> list[Effect]:
         """Enforce the unwind grace period; replenish spares if no heartbeat ever does."""
@@ -263,13 +353,25 @@ class JobState:
             elif now - self.generation_seen_at >= self.timings.spare_replenish_fallback_s:
                 effects += self._replenish_spares()
         for slot in self.ranks.values():
+            if not slot.pid:
+                continue
+            if slot.state == WS.WORKER_STATE_STOPPED and slot.pid in self.killed_by_us:
+                # Retired (fresh-process mode): told to exit; killed if it lingers.
+                if slot.unwind_deadline is None:
+                    slot.unwind_deadline = now + self.timings.unwind_timeout_s
+                elif now >= slot.unwind_deadline:
+                    slot.unwind_deadline = now + self.timings.unwind_timeout_s
+                    effects.append(kill(slot.pid, signal.SIGKILL, "did not exit when retired"))
+                continue
             late = slot.unwind_deadline is not None and now >= slot.unwind_deadline
-            if slot.state == WS.WORKER_STATE_UNWINDING and slot.pid and late:
+            if slot.state == WS.WORKER_STATE_UNWINDING and late:
                 slot.unwind_deadline = None
                 self.killed_by_us.add(slot.pid)
                 reason = f"rank {slot.rank} did not unwind within {self.timings.unwind_timeout_s}s"
                 self.record("unwind_timeout", f"{reason}; killing pid {slot.pid}")
                 effects.append(kill(slot.pid, signal.SIGKILL, reason))
+                if self.falls_back and self.spec.bootstrapped:
+                    effects += self._fall_back(reason)
         return effects
 
     def stop(self, report: str) -> list[Effect]:
@@ -279,6 +381,35 @@ class JobState:
         return []
 
     # --------------------------------------------------------------- decisions
+    def _switch_to_fresh(self, why: str) -> bool:
+        """Fresh processes for survivors from now on, said once (False: already so)."""
+        if self.fresh_processes:
+            return False
+        self.fresh_processes = why
+        self.record(
+            "reentry_fallback",
+            f"survivors get fresh processes from now on: {why} (no restart spent; "
+            "train-launch --reentry always keeps re-entering)",
+        )
+        return True
+
+    def _fall_back(self, why: str) -> list[Effect]:
+        """A survivor of this pod could not re-enter (`why`)."""
+        self._switch_to_fresh(f"re-entry failed: {why}")
+        return []
+
+    def _reentry_fallback(self, record: pb.FailureRecord, now: float) -> list[Effect]:
+        """A survivor's re-entry raised: a fresh process for its rank and for every survivor,
+        in a generation that spends no restart (the rank failed, not the script)."""
+        effects = self._fall_back(reentry_error(record))
+        self.master_port = self.allocate_port()
+        return (
+            effects
+            + self._open_generation(self.generation + 1, now, "a re-entry failed")
+            + self._fill_vacancies()
+            + self._maybe_start()
+        )
+
     def _on_failure(
         self, record: pb.FailureRecord, found: Classification, now: float
     ) -> list[Effect]:
@@ -300,12 +431,15 @@ class JobState:
             + self._maybe_start()
         )
 
-    def _open_generation(self, generation: int, now: float) -> list[Effect]:
+    def _open_generation(
+        self, generation: int, now: float, reason: str = "a rank failed"
+    ) -> list[Effect]:
         """Abort the running generation here: survivors unwind and wait for `generation`."""
         old = self.generation
+        self.steps_before = self.job_step()
         self.generation = generation
         self.snapshots.new_generation()
-        effects = self._unwind_all(old, now, "a rank failed")
+        effects = self._unwind_all(old, now, reason)
         self.record(
             "generation_opened", f"generation {self.generation} (restart {self.restart_count})"
         )
@@ -319,6 +453,15 @@ class JobState:
         deadline = now + self.timings.unwind_timeout_s
         for slot in self.ranks.values():
             live = (WS.WORKER_STATE_HEALTHY, WS.WORKER_STATE_SUCCEEDED)
+            waiting = slot.pid and slot.state == WS.WORKER_STATE_INIT and not slot.spawning
+            if (
+                waiting
+                and self.fresh_processes
+                and self.spec.bootstrapped
+                and slot.first_generation >= 0
+            ):
+                effects += self._retire(slot)  # waits in place: a fresh process instead
+                continue
             if not slot.pid or slot.state not in live:
                 continue
             slot.state, slot.unwind_deadline = WS.WORKER_STATE_UNWINDING, deadline
@@ -370,6 +513,8 @@ class JobState:
         for slot in slots:
             env = spec_env(self.spec, slot.rank, slot.local_rank, self.generation, *master)
             slot.generation = self.generation
+            if slot.first_generation < 0:
+                slot.first_generation = self.generation
             slot.forget_progress()  # survivors' too
             if not self.spec.bootstrapped:
                 effects.append(self._spawn_rank(slot, env))
@@ -405,3 +550,11 @@ class JobState:
     def _end(self, exit_code: int, report: str) -> list[Effect]:
         pids = [s.pid for s in self.ranks.values() if s.pid] + self.spares.idle
         return end_job(pids, exit_code, report)
+
+
+def reentry_error(record: pb.FailureRecord) -> str:
+    """What a survivor that could not re-enter raised, for the log, the events and status."""
+    detail = record.detail
+    error = f"{detail.exception_type}: {detail.message}" if detail.exception_type else ""
+    what = error or detail.signature
+    return f"rank {record.rank} pid {record.pid} raised before its first step ({what})"

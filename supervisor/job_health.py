@@ -82,7 +82,12 @@ class JobHealth:
             if node in self.asked_to_leave or node not in standing:
                 continue
             self.asked_to_leave.add(node)
-            reason = f"straggler past the replace policy: {standing[node].summary()}"
+            rule = self.tracker.settings
+            reason = (
+                f"straggler past the replace policy: {standing[node].summary()}; the rule: "
+                f"{rule.replace_slowdown:g}x the median for {rule.replace_after_s:g}s "
+                "(SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN, SUPERVISOR_STRAGGLER_REPLACE_AFTER_S)"
+            )
             events.append(("replace_pod", f"asking pod {node} to leave: {reason}"))
             replace.append(pb.ReplacePodMsg(node_rank=node, reason=reason))
         return HealthNews(events, replace)

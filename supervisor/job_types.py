@@ -69,6 +69,13 @@ class RankSlot:
     process_starts: int = 0
     evidence: Optional[pb.FailureDetail] = None
     unwind_deadline: Optional[float] = None
+    # The generation the holding process started first (-1: none yet): a process that
+    # started an earlier one than it runs now re-entered the script in place.
+    first_generation: int = -1
+
+    @property
+    def reentered(self) -> bool:
+        return 0 <= self.first_generation < self.generation
 
     def forget_progress(self) -> None:
         """Steps (and a raised error's evidence) count per process and per generation."""
@@ -139,8 +146,12 @@ def failure_record(
     signum: int,
     evidence: Optional[pb.FailureDetail],
     step: int,
+    job_step: Optional[int] = None,
 ) -> pb.FailureRecord:
-    """What is known of a rank's death; the signature falls back to the signal or exit code."""
+    """What is known of a rank's death; the signature falls back to the signal or exit code.
+
+    `step`: the rank's steps in `generation`; `job_step`: the job's over all generations
+    (JobState.job_step; None: `step`, as in generation 0)."""
     detail = evidence or pb.FailureDetail()
     if not detail.signature:
         detail.signature = signal_name(signum) if signum else f"exit code {exit_code}"
@@ -152,6 +163,7 @@ def failure_record(
         signal=signum,
         detail=detail,
         step=step,
+        job_step=step if job_step is None else job_step,
         time_unix=time.time(),
     )
 
@@ -162,17 +174,22 @@ def describe_failure(record: pb.FailureRecord, then: str) -> str:
         f"signal {signal_name(record.signal)}" if record.signal else f"exit code {record.exit_code}"
     )
     return (
-        # Heartbeats are coalesced (one per 0.5 s): the step may be behind the script's.
-        f"rank {record.rank} pid {record.pid} {what}, last step reported {record.step}; "
+        # Heartbeats are coalesced (one per 0.5 s): the steps may be a little behind.
+        f"rank {record.rank} pid {record.pid} {what} at step {where_in_job(record)}; "
         f"looks like {record.failure_class} ({record.reason}) -> {then}"
     )
+
+
+def where_in_job(record: pb.FailureRecord) -> str:
+    """The job-wide step first: a rank's own count restarts at 0 in every generation."""
+    return f"{record.job_step} of the job ({record.step} in generation {record.generation})"
 
 
 def give_up_report(reason: str, record: pb.FailureRecord, heading: str = "job given up") -> str:
     """The report a job (or a pod) ends with: why, where, the class's evidence, the traceback."""
     detail = record.detail
     return (
-        f"{heading}: {reason}\n  rank: {record.rank}\n  step: {record.step}\n"
+        f"{heading}: {reason}\n  rank: {record.rank}\n  step: {where_in_job(record)}\n"
         f"  error: {detail.exception_type or detail.signature}: {detail.message}\n"
         f"  class: {record.failure_class} ({record.reason})\n"
         f"{detail.traceback}"

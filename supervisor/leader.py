@@ -12,10 +12,10 @@ Rules where the design leaves room, and why:
   reports for that generation (a second rank dying with it, a survivor's echo)
   arrive once the next generation is open: they are kept in the history as
   context (MAX_FAILURES_PER_GENERATION each) and change nothing. Reports for
-  older generations are stale and dropped. The crash-loop rule sees only the
-  first failure of each generation (`policy_history`): "N times in a row" means
-  N generations, else eight ranks hitting one bug together would be a crash
-  loop after a single generation.
+  older generations are stale and dropped. The crash-loop rule sees them all
+  (`policy_history`) and counts a rank once per generation: eight ranks hitting
+  one bug together are no crash loop after a single generation, and the rank
+  that reports first may vary from one generation to the next.
 - A failure of the open generation before it started (an idle rank died) is a
   failure like any other, as on one pod (job.py): it is what bounds a pod whose
   processes die before every start.
@@ -47,6 +47,14 @@ Rules where the design leaves room, and why:
   (restart_policy.decide). A pod with a hardware fault exits (REPLACE_POD): a lost pod.
 - Snapshots (supervisor/leader_snapshots.py): commits, one offload round at a
   time, and at each start the one step every pod has a copy of.
+- Re-entry (supervisor/job.py). A pod whose survivor could not re-enter reports
+  a failure marked `reentry_failed` (or, for an unwind that failed, only that it
+  happened): the job switches to fresh processes for survivors, for good, and
+  every Open says so (`fresh_processes`), so that every pod follows. A failed
+  re-entry in the running generation opens the next one without spending a
+  restart and stays out of the history (no crash loop, no budget). Node 0's
+  --reentry rules: `never` starts in fresh-process mode, `always` (falls_back
+  False) reads a failed re-entry as an ordinary failure.
 """
 
 from __future__ import annotations
@@ -104,6 +112,9 @@ class LeaderState:
     timings: LeaderTimings = field(default_factory=LeaderTimings)
     leader_address: str = ""  # this leader's gRPC address, for status
     rounds: OffloadRounds = field(default_factory=lambda: OffloadRounds(False, False))
+    # Not empty: survivors get fresh processes, and why (set: node 0's --reentry never).
+    fresh_processes: str = ""
+    falls_back: bool = True  # False: node 0's --reentry always
     phase: Phase = field(default=Phase.FORMING, init=False)
     generation: int = field(default=0, init=False)
     restart_count: int = field(default=0, init=False)
@@ -272,9 +283,18 @@ class LeaderState:
             # FORMING: the generation is not known yet, and the rebuild spends a restart anyway.
             return []
         failure = dataclasses.replace(failure, generation=generation)
+        if failure.reentry_failed and not self.falls_back:
+            failure = dataclasses.replace(failure, reentry_failed=False)  # --reentry always
+        if failure.reentry_failed:
+            if generation != self.generation or self.phase is not Phase.RUNNING:
+                return []  # its generation is over already: nothing to reopen
+            self.reentry_failed(node, failure.reason or failure.signature)
+            self.generation += 1  # no restart spent: the supervisor's fallback, not a fault
+            why = f"rank {failure.rank} on node {node} could not re-enter the script"
+            return [Broadcast(None, self._open(f"{why}; no restart spent"))]
         if generation == self.generation:
             why = (
-                f"rank {failure.rank} on node {node} failed at step {failure.step}: "
+                f"rank {failure.rank} on node {node} failed at job step {failure.step}: "
                 f"{failure.signature or 'unknown error'}"
             )
             self.history.append(failure)
@@ -282,6 +302,11 @@ class LeaderState:
         if generation == self.generation - 1:
             self._note(failure)  # its generation already restarted: context only
         return []
+
+    def reentry_failed(self, node: int, why: str) -> None:
+        """A survivor on `node` could not re-enter: fresh processes from the next Open on."""
+        if self.falls_back and not self.fresh_processes:
+            self.fresh_processes = f"re-entry failed on node {node}: {why}"
 
     # ------------------------------------------------------------------ status
     def view(self, now: float) -> JobView:
@@ -314,7 +339,8 @@ class LeaderState:
     def pod_view(self, node: Optional[int] = None) -> PodView:
         """What a follower that got every broadcast so far holds (for `node`'s finished)."""
         finished = node is not None and node in self._finished
-        return PodView(self.generation, self.restart_count, tuple(self.history), finished)
+        history = tuple(self.history)
+        return PodView(self.generation, self.restart_count, history, finished, self.fresh_processes)
 
     # --------------------------------------------------------------- decisions
     def _form(self) -> list[Broadcast]:
@@ -326,6 +352,8 @@ class LeaderState:
         self.generation = max(v.generation for v in views)
         self.restart_count = max(v.restart_count for v in views)
         self.history = list(newest.history)
+        fresh = [v.fresh_processes for v in views if v.fresh_processes]
+        self.fresh_processes = self.fresh_processes or (fresh[0] if fresh else "")
         given = [m.view for m in self.members.values()]
         if all(v is not None and v.finished and v.generation == self.generation for v in given):
             return self._end(
@@ -386,7 +414,11 @@ class LeaderState:
 
     def _open_message(self) -> OpenGeneration:
         return OpenGeneration(
-            self.generation, self.restart_count, self._open_reason, tuple(self.history)
+            self.generation,
+            self.restart_count,
+            self._open_reason,
+            tuple(self.history),
+            self.fresh_processes,
         )
 
     def _give_up(self, node: int, failure: Failure, reason: str) -> list[Broadcast]:

@@ -22,19 +22,14 @@ POD_LOST = "pod lost"
 
 
 def policy_history(history: Iterable[Failure]) -> list[Failure]:
-    """What the restart policy decides on: the first failure of each generation.
+    """What the restart policy decides on: every failure, the context kept after a
+    generation's first one included (when every rank hits one bug the first to report it
+    varies; the crash-loop rule counts a rank's failures once per generation).
 
     Lost pods appear with the signature "" (nothing known about the error): they
     spend the budget but neither make nor continue a crash loop.
     """
-    seen: set[int] = set()
-    decisive: list[Failure] = []
-    for f in history:
-        if f.generation in seen:
-            continue
-        seen.add(f.generation)
-        decisive.append(dataclasses.replace(f, signature="") if f.signature == POD_LOST else f)
-    return decisive
+    return [dataclasses.replace(f, signature="") if f.signature == POD_LOST else f for f in history]
 
 
 def give_up_report(
@@ -87,6 +82,8 @@ class OpenGeneration:
     restart_count: int
     reason: str
     history: tuple[Failure, ...] = ()
+    # Not empty: survivors get fresh processes from this generation on, and why.
+    fresh_processes: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,6 +138,7 @@ class PodView:
     restart_count: int
     history: tuple[Failure, ...]
     finished: bool = False  # this pod's ranks all finished `generation`
+    fresh_processes: str = ""  # as the last Open said
 
 
 def follow(view: Optional[PodView], message: Message) -> Optional[PodView]:
@@ -157,7 +155,10 @@ def follow(view: Optional[PodView], message: Message) -> Optional[PodView]:
     # A repeated Start keeps what the pod did since; an Open always starts over.
     finished = same and view is not None and view.finished
     finished = finished and isinstance(message, StartGeneration)
-    return PodView(message.generation, message.restart_count, message.history, finished)
+    fresh = view.fresh_processes if view is not None else ""
+    if isinstance(message, OpenGeneration):
+        fresh = message.fresh_processes or fresh
+    return PodView(message.generation, message.restart_count, message.history, finished, fresh)
 
 
 def mark_finished(view: PodView) -> PodView:

@@ -29,6 +29,8 @@ def failure_to_wire(failure: Failure) -> pb.PolicyFailure:
         failure_class=failure.failure_class,
         action=failure.action.name if failure.action is not None else "",
         reason=failure.reason,
+        time_unix=failure.time_s,
+        reentry_failed=failure.reentry_failed,
     )
 
 
@@ -42,6 +44,8 @@ def failure_from_wire(failure: pb.PolicyFailure) -> Failure:
         failure_class=failure.failure_class,
         action=Action.__members__.get(failure.action),
         reason=failure.reason,
+        time_s=failure.time_unix,
+        reentry_failed=failure.reentry_failed,
     )
 
 
@@ -57,6 +61,7 @@ def message_to_wire(message: Message) -> pb.LeaderMessage:
                 restart_count=message.restart_count,
                 reason=message.reason,
                 history=[failure_to_wire(f) for f in message.history],
+                fresh_processes=message.fresh_processes,
             )
         )
     if isinstance(message, StartGeneration):
@@ -93,7 +98,8 @@ def message_from_wire(message: pb.LeaderMessage) -> Message:
     kind = message.WhichOneof("message")
     if kind == "open":
         o = message.open
-        return OpenGeneration(o.generation, o.restart_count, o.reason, _history(o.history))
+        history = _history(o.history)
+        return OpenGeneration(o.generation, o.restart_count, o.reason, history, o.fresh_processes)
     if kind == "start":
         s = message.start
         return StartGeneration(
@@ -124,6 +130,7 @@ def view_to_wire(view: PodView) -> pb.PodView:
         restart_count=view.restart_count,
         history=[failure_to_wire(f) for f in view.history],
         finished=view.finished,
+        fresh_processes=view.fresh_processes,
     )
 
 
@@ -131,7 +138,8 @@ def view_from_wire(request: pb.JoinRequest) -> Optional[PodView]:
     if not request.has_view:
         return None
     v = request.view
-    return PodView(v.generation, v.restart_count, _history(v.history), v.finished)
+    history = _history(v.history)
+    return PodView(v.generation, v.restart_count, history, v.finished, v.fresh_processes)
 
 
 def copies_to_wire(copies: NodeCopies) -> pb.PodCopies:

@@ -19,6 +19,7 @@ import grpc
 
 from supervisor import restart_policy
 from supervisor.anomaly import AnomalyTracker
+from supervisor.job import fresh_from_the_start
 from supervisor.job_health import JobHealth
 from supervisor.leader import JoinRefused, LeaderState
 from supervisor.leader_types import Broadcast, LeaderTimings
@@ -74,8 +75,9 @@ class LeaderHub:
 
     def launcher_attached(self, spec: pb.WorkerSpec) -> None:
         self.run_id = spec.run_id
+        settings = self.local.settings
         policy = restart_policy.RestartPolicy(
-            spec.max_restarts, self.local.settings.crash_loop_threshold
+            spec.max_restarts, settings.crash_loop_threshold, settings.detect.crash_loop_window_s
         )
         offload = self.local.settings.offload
         rounds = OffloadRounds(
@@ -92,6 +94,8 @@ class LeaderHub:
             self.master_addr,
             self.timings,
             rounds=rounds,
+            fresh_processes=fresh_from_the_start(spec, "node 0's "),
+            falls_back=spec.reentry != pb.ReentryMode.REENTRY_ALWAYS,
         )
         self._deliver(self.leader.join(0, spec.nproc_per_node, None, time.monotonic()))
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
@@ -108,6 +112,7 @@ class LeaderHub:
         status.CopyFrom(local)
         status.generation, status.restart_count = view.generation, view.restart_count
         status.world_size = view.world_size
+        status.fresh_processes = self.leader.fresh_processes or local.fresh_processes
         status.leader = "node 0 (this pod)"
         others = [r for n in sorted(self.pod_ranks) for r in self.pod_ranks[n]]
         del status.ranks[:]
@@ -211,6 +216,8 @@ class LeaderHub:
             done = report.offloaded
             errors = (done.replica_error, done.persist_error)
             self._deliver(leader.pod_offloaded(node, done.step, *errors, now))
+        elif kind == "reentry_failed":
+            leader.reentry_failed(node, report.reentry_failed)
         elif kind == "restore_failed":
             failed = report.restore_failed
             self._deliver(

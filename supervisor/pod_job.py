@@ -16,7 +16,7 @@ from supervisor import restart_policy
 from supervisor.classify import Classification
 from supervisor.commit import CommitTracker
 from supervisor.failure_evidence import policy_failure
-from supervisor.job import JobState
+from supervisor.job import JobState, reentry_error
 from supervisor.job_types import Effect, ToLeader, describe_failure
 from supervisor.peer_wire import failure_to_wire
 from train_supervisor import exit_codes
@@ -51,6 +51,29 @@ class CoordinatedJobState(JobState):
         return message.generation == self.generation and self.snapshots.commit(message.step)
 
     # ------------------------------------------------- decisions: the leader's
+    def _fall_back(self, why: str) -> list[Effect]:
+        """Every pod must follow: the leader carries it in its next Open."""
+        if not self._switch_to_fresh(f"re-entry failed on node {self.spec.node_rank}: {why}"):
+            return []
+        return [ToLeader(pb.PodReport(reentry_failed=why))]
+
+    def _reentry_fallback(self, record: pb.FailureRecord, now: float) -> list[Effect]:
+        """The leader opens the next generation (no restart spent); the rank's fresh
+        process comes now, every other survivor's with the Open."""
+        why = reentry_error(record)
+        effects = self._fall_back(why)
+        failure = restart_policy.Failure(
+            record.generation,
+            record.rank,
+            record.detail.signature,
+            record.job_step,
+            reason=why,
+            time_s=record.time_unix,
+            reentry_failed=True,
+        )
+        report = pb.PodReport(failure=failure_to_wire(failure))
+        return [*effects, ToLeader(report), *self._fill_vacancies()]
+
     def _on_failure(
         self, record: pb.FailureRecord, found: Classification, now: float
     ) -> list[Effect]:
@@ -90,6 +113,8 @@ class CoordinatedJobState(JobState):
             return []
         self.restart_count = max(self.restart_count, message.restart_count)
         effects: list[Effect] = []
+        if message.fresh_processes:  # job-wide: before the survivors unwind
+            self._switch_to_fresh(message.fresh_processes)
         if message.generation > self.generation:
             self.record("leader_decision", message.reason)  # e.g. which pod was lost, and why
             effects += self._open_generation(message.generation, now) + self._fill_vacancies()

@@ -17,6 +17,7 @@ import grpc
 from supervisor import restart_policy
 from supervisor.classify import GpuHealth
 from supervisor.detect_config import DetectConfig
+from supervisor.failure_evidence import FailureMemory
 from supervisor.gpu_probe import default_probes, device_health
 from supervisor.hang_watch import hang_watch_for
 from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
@@ -38,7 +39,15 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 
 log = logging.getLogger("train_supervisor")
 NOTABLE_EVENTS = frozenset(
-    {"failure", "unwind_timeout", "gave_up", "replace_pod", "spare_lost", "snapshot_problem"}
+    {
+        "failure",
+        "unwind_timeout",
+        "gave_up",
+        "replace_pod",
+        "spare_lost",
+        "snapshot_problem",
+        "reentry_fallback",
+    }
 )
 
 
@@ -232,18 +241,28 @@ class Supervisor:
         policy = restart_policy.RestartPolicy(
             max_restarts=request.spec.max_restarts,
             crash_loop_threshold=self.settings.crash_loop_threshold,
+            crash_loop_window_s=self.settings.detect.crash_loop_window_s,
         )
         timings = Timings(unwind_timeout_s=self.settings.unwind_timeout_s)
+        memory = FailureMemory(pod_fault_rule=self.settings.detect.pod_faults)
         if self.coordination is None:
             self.job = JobState(
-                spec=request.spec, policy=policy, allocate_port=free_port, timings=timings
+                spec=request.spec,
+                policy=policy,
+                allocate_port=free_port,
+                timings=timings,
+                failure_memory=memory,
             )
         else:
             mismatch = self.coordination.check_spec(request.spec)
             if mismatch is not None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, mismatch)
             self.job = CoordinatedJobState(
-                spec=request.spec, policy=policy, allocate_port=free_port, timings=timings
+                spec=request.spec,
+                policy=policy,
+                allocate_port=free_port,
+                timings=timings,
+                failure_memory=memory,
             )
             self.coordination.launcher_attached(request.spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)

@@ -71,7 +71,8 @@ VARIABLES = (
     Variable(
         "SUPERVISOR_CRASH_LOOP_THRESHOLD",
         "--crash-loop-threshold",
-        "same error, no step progress, this many times in a row: the job is given up",
+        "one rank failing with one error without job-wide progress this many times within "
+        "SUPERVISOR_CRASH_LOOP_WINDOW_S: the job is given up",
         "3",
     ),
     *OUTPUTS_VARIABLES,

@@ -23,6 +23,8 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
         committed_step=job.snapshots.committed,
         replicated_step=NONE,  # supervisor/offload_driver.py fills these in when it runs
         persisted_step=NONE,
+        reentry=job.spec.reentry,
+        fresh_processes=job.fresh_processes,
     )
     for slot in sorted(job.ranks.values(), key=lambda s: s.rank):
         age = -1.0 if slot.last_heartbeat is None else max(0.0, now - slot.last_heartbeat)

@@ -175,7 +175,7 @@ def render() -> str:
         variable_table(OFFLOAD_VARIABLES),
         [
             "",
-            "## Detection: hangs, pod metrics, stragglers",
+            "## Detection: hangs, pod metrics, stragglers, repeated faults",
             "",
             "Environment only. Read by `train-supervisor serve` and by `train-launch "
             "--standalone`.",

@@ -56,6 +56,7 @@ class Pods:
         self.peers = ",".join(f"{a}:{p}" for a, p in zip(addresses, self.ports))
         self.sidecars = [self.start_sidecar(i) for i in range(nnodes)]
         self.launchers: list[RunningJob] = []
+        self.script = TOY_DDP
 
     def start_sidecar(self, node: int) -> RunningJob:
         env = job_env(
@@ -86,8 +87,8 @@ class Pods:
         """`argv` as run on pod `node` (inside its namespace, if it has one)."""
         return self.hosts[node].command(argv) if self.hosts else argv
 
-    def start_launchers(self, script_args: list[str]) -> None:
-        self.script_args = script_args
+    def start_launchers(self, script_args: list[str], script: Path = TOY_DDP) -> None:
+        self.script_args, self.script = script_args, script
         self.launchers = [self.start_launcher(node) for node in range(len(self.ports))]
 
     def start_launcher(self, node: int) -> RunningJob:
@@ -96,7 +97,7 @@ class Pods:
             "--node-rank", str(node), "--nproc-per-node", str(self.nproc), "--max-restarts", "3",
             "--warm-spares", str(self.warm_spares),
             "--supervisor-address", f"127.0.0.1:{self.ports[node]}",
-            str(TOY_DDP), *self.script_args,
+            str(self.script), *self.script_args,
         ]  # fmt: skip
         env = job_env(SUPERVISOR_TOKEN=TOKEN, **self.launcher_env)
         if self.snapshot_root is not None:

@@ -214,6 +214,13 @@ def test_repeated_value_error_stops_the_job_as_a_crash_loop(tmp_path: Path) -> N
             "5",
             "--raise-rank",
             "1",
+            # Resumed from its step-5 checkpoint, the script fails at once, again and again:
+            # no progress. (Started over from step 0 it trains 5 steps per generation, which
+            # the job-wide step counts as progress since issue 21: the budget ends that.)
+            "--ckpt-dir",
+            str(tmp_path / "ckpt"),
+            "--ckpt-every",
+            "5",
         ],
     )
     assert job.wait(240) == exit_codes.GAVE_UP, job.stderr

@@ -20,6 +20,7 @@ def make_spec(
     bootstrapped: bool = True,
     nnodes: int = 1,
     node_rank: int = 0,
+    reentry: pb.ReentryMode = pb.ReentryMode.REENTRY_AUTO,
 ) -> pb.WorkerSpec:
     """What launcher/main.py:worker_spec sends for `--nnodes N --node-rank I --rdzv-id job1`."""
     return pb.WorkerSpec(
@@ -35,6 +36,7 @@ def make_spec(
         error_file_dir=ERROR_DIR,
         base_env={"OMP_NUM_THREADS": "1"} if nproc > 1 else {},
         snapshot_dir="/dev/shm/train-supervisor/job1",
+        reentry=reentry,
     )
 
 

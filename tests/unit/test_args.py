@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from launcher.args import UNSUPPORTED_TORCHRUN_FLAGS, LaunchConfig, UsageError, parse_args
+from launcher.main import worker_spec
+from train_supervisor.v1 import supervisor_pb2 as pb
 
 
 @pytest.fixture
@@ -444,3 +446,15 @@ def test_reuse_freed_memory_is_on_unless_turned_off_and_refuses_other_values(scr
     assert parse([script], {"PET_REUSE_FREED_MEMORY": "off"}).reuse_freed_memory is False
     error = usage_error(["--reuse-freed-memory", "yes", script])
     assert "--reuse-freed-memory" in error and "'yes'" in error, error
+
+
+def test_reentry_is_auto_unless_set_and_refuses_other_values(script: str) -> None:
+    assert parse([script]).reentry == "auto"
+    assert parse(["--reentry", "never", script]).reentry == "never"
+    assert parse([script], {"PET_REENTRY": "always"}).reentry == "always"
+    assert parse(["--reentry", "auto", script], {"PET_REENTRY": "never"}).reentry == "auto"
+    error = usage_error(["--reentry", "sometimes", script])
+    assert error == "--reentry must be one of auto, always, never, got 'sometimes'", error
+    assert "'no'" in usage_error([script], {"PET_REENTRY": "no"})
+    spec = worker_spec(parse(["--reentry", "never", script]), "/tmp/errors")
+    assert spec.reentry == pb.ReentryMode.REENTRY_NEVER

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.anomaly import AnomalySettings
+from supervisor.classify import PodFaultRule
 from supervisor.config import unknown_variables
 from supervisor.detect_config import DETECT_VARIABLES, DetectConfig, parse_detect
 from supervisor.env_values import ConfigError
@@ -26,12 +27,20 @@ def test_every_variable_is_read() -> None:
         "SUPERVISOR_ANOMALY_WINDOWS": "4",
         "SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN": "1.5",
         "SUPERVISOR_STRAGGLER_REPLACE_AFTER_S": "120",
+        "SUPERVISOR_CRASH_LOOP_WINDOW_S": "900",
+        "SUPERVISOR_POD_FAULT_LIMIT": "6",
+        "SUPERVISOR_POD_FAULT_WINDOW_S": "1800",
     }
     anomaly = AnomalySettings(
         z_threshold=5.0, windows=4, replace_slowdown=1.5, replace_after_s=120.0
     )
     assert parse_detect(env) == DetectConfig(
-        HangSettings(3.0, 2.5, 60.0), hang_stacks=False, sample_s=2.0, anomaly=anomaly
+        HangSettings(3.0, 2.5, 60.0),
+        hang_stacks=False,
+        sample_s=2.0,
+        anomaly=anomaly,
+        crash_loop_window_s=900.0,
+        pod_faults=PodFaultRule(limit=6, window_s=1800.0),
     )
     assert {v.name for v in DETECT_VARIABLES} == set(env)
 
@@ -70,3 +79,27 @@ def test_bad_values_name_the_variable(name: str, value: str, problem: str) -> No
 def test_detection_variables_are_not_reported_as_unknown() -> None:
     env = {v.name: "1" for v in DETECT_VARIABLES}
     assert unknown_variables({**env, "SUPERVISOR_HANG_FLOR_S": "3"}) == ["SUPERVISOR_HANG_FLOR_S"]
+
+
+def test_the_repeated_fault_rules_default_to_a_rate() -> None:
+    """Four unexplained faults within an hour, a crash loop within an hour; 0 turns the
+    pod-fault rule off."""
+    config = parse_detect({})
+    assert (config.pod_faults.limit, config.pod_faults.window_s) == (4, 3600.0)
+    assert config.crash_loop_window_s == 3600.0
+    assert parse_detect({"SUPERVISOR_POD_FAULT_LIMIT": "0"}).pod_faults.limit == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("SUPERVISOR_POD_FAULT_LIMIT", "-1", "must be an integer in 0..1000000"),
+        ("SUPERVISOR_POD_FAULT_LIMIT", "three", "must be an integer in 0..1000000"),
+        ("SUPERVISOR_POD_FAULT_WINDOW_S", "0", "must be a number of seconds > 0"),
+        ("SUPERVISOR_CRASH_LOOP_WINDOW_S", "inf", "must be a number of seconds > 0"),
+    ],
+)
+def test_a_bad_repeated_fault_setting_is_one_line(name: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_detect({name: value})
+    assert str(caught.value) == f"{name}={value!r}: {problem}"

@@ -13,6 +13,7 @@ from supervisor.classify import (
     Evidence,
     FailureClass,
     GpuHealth,
+    PodFaultRule,
 )
 from supervisor.failure_evidence import (
     FailureMemory,
@@ -106,7 +107,8 @@ def test_an_oom_seen_only_in_the_output_counts_with_the_cgroup_ones() -> None:
 
 
 def test_unexplained_faults_anywhere_on_the_pod_point_at_it() -> None:
-    memory = FailureMemory()
+    # A rule of 3 (the lifetime count's old number, now the limit of a rate): the default is 4.
+    memory = FailureMemory(pod_fault_rule=PodFaultRule(limit=3, window_s=60))
     explained = [
         memory.judge(
             died(exit_code=1, signum=0, detail=pb.FailureDetail(exception_type="E")), "", 0
@@ -153,3 +155,31 @@ def test_a_peers_echo_waits_while_another_rank_raised_the_cause(
     settled: Settled,
 ) -> None:
     assert settle_raised(own, raised, final) is settled
+
+
+def test_three_unexplained_kills_do_not_replace_the_pod_by_default() -> None:
+    """Issue 21: three SIGKILLs from outside on a pod within minutes ended the job (exit 4)."""
+    memory = FailureMemory()
+    found = [memory.judge(died(rank=r), "", 0, now=60.0 * i) for i, r in enumerate((1, 0, 1))]
+    assert [f.action for f in found] == [Action.RESTART_IN_PLACE] * 3
+    fourth = memory.judge(died(rank=0), "", 0, now=240.0)
+    assert (fourth.kind, fourth.action) == (FailureClass.HARDWARE, Action.REPLACE_POD)
+    for part in ("4 unexplained faults on this pod within 3600s", "4 within 3600s"):
+        assert part in fourth.reason
+    assert "SUPERVISOR_POD_FAULT_LIMIT" in fourth.reason
+    assert "SUPERVISOR_POD_FAULT_WINDOW_S" in fourth.reason
+
+
+def test_unexplained_faults_count_only_within_the_window() -> None:
+    """A rate, not a lifetime count: faults older than the window are forgotten."""
+    memory = FailureMemory(pod_fault_rule=PodFaultRule(limit=2, window_s=100))
+    assert memory.judge(died(), "", 0, now=0.0).action is Action.RESTART_IN_PLACE
+    assert memory.judge(died(), "", 0, now=101.0).action is Action.RESTART_IN_PLACE
+    assert memory.unexplained == 1  # the first one left the window
+    assert memory.judge(died(), "", 0, now=150.0).action is Action.REPLACE_POD
+
+
+def test_a_pod_fault_limit_of_zero_never_replaces() -> None:
+    memory = FailureMemory(pod_fault_rule=PodFaultRule(limit=0))
+    found = [memory.judge(died(), "", 0, now=float(i)) for i in range(20)]
+    assert all(f.action is Action.RESTART_IN_PLACE for f in found)

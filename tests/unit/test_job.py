@@ -7,6 +7,7 @@ test is about what happens after (spawn -> attach, abort -> unwound).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import signal
 from collections.abc import Iterator, Sequence
@@ -398,13 +399,15 @@ def test_unwind_timeout_comes_from_timings() -> None:
 def test_crash_loop_gives_up_with_a_report() -> None:
     sim = Sim(max_restarts=10, threshold=3)
     sim.launch()
-    for attempt in range(2):
-        effects = sim.raise_and_exit(1, boom(), step=5)
+    # Step 5, then no further (step 5 of each generation was "no progress" before issue 21;
+    # it is 5 steps of progress each time now: see test_steps_in_every_generation_are_progress).
+    for attempt, step in enumerate((5, 0)):
+        effects = sim.raise_and_exit(1, boom(), step=step)
         assert shutdowns(effects) == [], f"gave up early on attempt {attempt}"
         assert sim.job.generation == attempt + 1
         assert sim.job.started
     survivor, spare_pids = sim.pid(0), list(sim.job.spares.idle)
-    effects = sim.raise_and_exit(1, boom(), step=5)
+    effects = sim.raise_and_exit(1, boom(), step=0)
 
     [shutdown] = shutdowns(effects)
     assert shutdown.exit_code == exit_codes.GAVE_UP
@@ -1066,15 +1069,81 @@ def test_an_ecc_error_in_the_output_replaces_the_pod_without_a_restart() -> None
 
 
 def test_unexplained_kills_at_different_steps_replace_the_pod() -> None:
+    # Three within the window replaced the pod before issue 21 (a lifetime count); the
+    # default rate is four within an hour.
     sim = Sim(spares=0, max_restarts=10)
     sim.launch()
-    for attempt, rank in enumerate((0, 1, 0)):
+    for attempt, rank in enumerate((0, 1, 0, 1)):
         sim.step_all(attempt + 1)  # progress: no crash loop
         effects = sim.play(sim.job.process_exited(sim.pid(rank), 0, signal.SIGKILL, "", sim.now))
     [shutdown] = shutdowns(effects)
     assert shutdown.exit_code == exit_codes.REPLACE_POD
-    assert "3 unexplained faults on this pod" in shutdown.report
-    assert [f.failure_class for f in sim.job.failures] == ["transient", "transient", "hardware"]
+    assert "4 unexplained faults on this pod within 3600s" in shutdown.report
+    assert "SUPERVISOR_POD_FAULT_LIMIT" in shutdown.report
+    classes = [f.failure_class for f in sim.job.failures]
+    assert classes == ["transient", "transient", "transient", "hardware"]
+
+
+def kill_ranks_at_global_steps(sim: Sim, kills: Sequence[tuple[int, int]]) -> list[Effect]:
+    """SIGKILL (rank, at the job's step) in turn; every rank steps in lockstep till then."""
+    effects: list[Effect] = []
+    for rank, global_step in kills:
+        sim.step_all(global_step - sim.job.steps_before)
+        assert sim.job.job_step() == global_step
+        effects = sim.play(sim.job.process_exited(sim.pid(rank), 0, signal.SIGKILL, "", sim.now))
+        sim.now += 15.0
+    return effects
+
+
+@pytest.mark.parametrize("third", [60, 75])
+def test_kills_of_ranks_1_0_1_at_steps_30_45_then_60_or_75_restart(third: int) -> None:
+    """Issue 21: with --max-restarts 3 this run gave up (crash loop: rank 1 ... at step 19
+    without progress; with the third kill at 75, replace_pod). Three faults on two ranks with
+    progress between them are three restarts."""
+    sim = Sim(spares=1, max_restarts=3)
+    sim.launch()
+    effects = kill_ranks_at_global_steps(sim, [(1, 30), (0, 45), (1, third)])
+    assert shutdowns(effects) == []
+    assert (sim.job.restart_count, sim.job.started) == (3, True)
+    assert [r.job_step for r in sim.job.failures] == [30, 45, third]
+    assert [f.step for f in sim.job.history] == [30, 45, third]
+    # The failure lines give the job's step, not the rank's count in its generation (0).
+    assert f"at step {third} of the job (" in failure_events(sim)[-1]
+
+
+def test_steps_in_every_generation_are_progress() -> None:
+    """The same error on one rank at step 5 of each generation: the job trained 5 steps
+    each time (job steps 5, 10, 15), no crash loop; was one before issue 21."""
+    sim = Sim(max_restarts=10, threshold=3)
+    sim.launch()
+    for _ in range(3):
+        effects = sim.raise_and_exit(1, boom(), step=5)
+        assert shutdowns(effects) == []
+    assert [f.step for f in sim.job.history] == [5, 10, 15]
+
+
+def test_the_same_rank_and_error_without_job_progress_is_a_crash_loop() -> None:
+    sim = Sim(spares=1, max_restarts=10)
+    sim.launch()
+    effects = kill_ranks_at_global_steps(sim, [(1, 30), (1, 30), (1, 30)])
+    [shutdown] = shutdowns(effects)
+    assert shutdown.exit_code == exit_codes.GAVE_UP
+    assert "crash loop: rank 1 failed 3 times" in shutdown.report
+    assert "SUPERVISOR_CRASH_LOOP_WINDOW_S" in shutdown.report
+
+
+def test_no_crash_loop_outside_its_window() -> None:
+    sim = Sim(spares=1, max_restarts=10)
+    sim.job.policy = RestartPolicy(max_restarts=10, crash_loop_threshold=3, crash_loop_window_s=1)
+    sim.launch()
+    for _ in range(3):
+        # Real failure times (time.time()) more than a second apart cannot be had without a
+        # sleep: the history's times are the ones the policy reads, set them.
+        effects = kill_ranks_at_global_steps(sim, [(1, 30)])
+        sim.job.history[-1] = dataclasses.replace(
+            sim.job.history[-1], time_s=1000.0 * len(sim.job.history)
+        )
+    assert shutdowns(effects) == []
 
 
 def test_a_crash_loop_is_never_blamed_on_the_pod() -> None:

@@ -82,6 +82,11 @@ def test_a_straggler_past_the_policy_is_asked_to_leave_once() -> None:
     ]
     kinds = [k for n in news for k, _ in n.events]
     assert kinds == ["finding", "replace_pod"]
+    # Its rule, its numbers, the settings that move it.
+    assert asked[0].reason.endswith(
+        "the rule: 1.5x the median for 10s "
+        "(SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN, SUPERVISOR_STRAGGLER_REPLACE_AFTER_S)"
+    )
 
 
 def test_default_policy_never_asks_a_straggler_to_leave() -> None:

@@ -268,7 +268,9 @@ def test_duplicates_do_not_hasten_a_crash_loop() -> None:
         leader.failure(0, generation, fail(rank=1))
         started(ready_all(leader, generation + 1))
     assert leader.end is None  # two generations in a row only
-    ended(leader.failure(1, 2, fail(rank=3)))  # the third
+    # The third of rank 2 (rank 3 here was one loop with rank 2 before issue 21: the rule
+    # keyed on the signature only).
+    ended(leader.failure(1, 2, fail(rank=2)))
 
 
 def test_a_repeated_report_is_kept_once() -> None:
@@ -743,7 +745,10 @@ def test_pod_view_says_which_pods_finished() -> None:
     assert not leader.pod_view().finished
 
 
-def test_policy_history_keeps_the_first_failure_of_each_generation() -> None:
+def test_policy_history_keeps_every_failure_and_blanks_lost_pods() -> None:
+    # It kept only the first failure of each generation while the crash-loop rule keyed on
+    # the signature alone; keyed on the rank (issue 21), it needs every rank's failure, and
+    # counts each rank once per generation.
     history = [
         fail(3, generation=0),
         fail(0, generation=0, signature=OTHER),
@@ -753,9 +758,35 @@ def test_policy_history_keeps_the_first_failure_of_each_generation() -> None:
     ]
     assert policy_history(history) == [
         fail(3, generation=0),
+        fail(0, generation=0, signature=OTHER),
         Failure(1, 2, "", 0),
+        Failure(1, 0, "", 0),
         fail(1, generation=2),
     ]
+
+
+def test_one_bug_on_every_rank_loops_whichever_rank_reports_first() -> None:
+    """The first report of each generation comes from another rank; every rank's own
+    failures (kept as context) make the loop."""
+    leader = formed(2, threshold=3, max_restarts=10)
+    for generation, first in enumerate((3, 2)):
+        opened(leader.failure(first // NPROC, generation, fail(rank=first)))
+        for rank in (0, 1, 2, 3):
+            if rank != first:
+                leader.failure(rank // NPROC, generation, fail(rank=rank))
+        started(ready_all(leader, generation + 1))
+    end = ended(leader.failure(0, 2, fail(rank=1)))
+    assert "crash loop: rank 1 failed 3 times" in end.report
+
+
+def test_kills_on_two_ranks_with_progress_restart_within_the_budget() -> None:
+    """Issue 21's run on two pods: ranks 1, 0, 1 killed at job steps 30, 45, 60."""
+    leader = formed(2, threshold=3, max_restarts=3)
+    for generation, (rank, step) in enumerate(((3, 30), (0, 45), (3, 60))):
+        failure = Failure(generation, rank, "SIGKILL", step)
+        opened(leader.failure(rank // NPROC, generation, failure))
+        started(ready_all(leader, generation + 1))
+    assert (leader.end, leader.restart_count) == (None, 3)
 
 
 # -------------------------------------------------------------------- status

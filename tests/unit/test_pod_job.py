@@ -10,6 +10,7 @@ wire two pods to a real LeaderState in-process, through the wire format.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import signal
 from collections.abc import Iterator, Sequence
@@ -289,7 +290,9 @@ def test_sigkilled_rank_is_reported_and_respawned_without_a_local_restart() -> N
         failure_class="transient",
         action="RESTART_IN_PLACE",
         reason="killed by SIGKILL from outside",
+        time_unix=report.failure.time_unix,  # when the pod saw it: the crash-loop window
     )
+    assert report.failure.time_unix > 0
     record = report.last_failure
     assert (record.generation, record.rank, record.pid, record.signal) == (0, 3, victim, 9)
     assert record.detail.signature == "SIGKILL"
@@ -341,7 +344,9 @@ def test_raised_error_is_reported_with_its_signature_and_step() -> None:
         failure_class="user_bug",
         action="RESTART_IN_PLACE",
         reason="ValueError: bad batch",
+        time_unix=report.failure.time_unix,  # when the pod saw it: the crash-loop window
     )
+    assert report.failure.time_unix > 0
     assert report.last_failure.detail.exception_type == "ValueError"
     assert report.last_failure.exit_code == 1
 
@@ -724,7 +729,9 @@ def test_two_pods_and_a_leader_form_recover_one_rank_and_finish() -> None:
     log = c.take_log()
     # With the pod's classification, through the wire.
     transient = ("transient", Action.RESTART_IN_PLACE, "killed by SIGKILL from outside")
-    assert c.leader.history == [Failure(0, 3, "SIGKILL", 7, *transient)]
+    [failure] = c.leader.history
+    assert failure.time_s > 0  # the crash-loop window's clock: when the pod saw it
+    assert [dataclasses.replace(failure, time_s=0.0)] == [Failure(0, 3, "SIGKILL", 7, *transient)]
     # Both pods abort their survivors, in place.
     assert set(aborts(log[0])) == {before[0], before[1]}
     assert set(aborts(log[1])) == {before[2]}

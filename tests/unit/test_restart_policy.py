@@ -7,7 +7,14 @@ import dataclasses
 import pytest
 
 from supervisor.classify import Action as ClassAction
-from supervisor.restart_policy import Action, Failure, RestartPolicy, decide, is_crash_loop
+from supervisor.restart_policy import (
+    Action,
+    Failure,
+    RestartPolicy,
+    crash_loop_repeats,
+    decide,
+    is_crash_loop,
+)
 
 SIG = "ValueError: bad batch @ train.py:42"
 OTHER = "RuntimeError: NCCL timeout @ train.py:77"
@@ -47,9 +54,54 @@ def test_unknown_signature_is_never_a_crash_loop() -> None:
     assert not is_crash_loop(failures(0, 0, 0, signature=""), threshold=3)
 
 
-def test_crash_loop_is_keyed_on_the_signature_not_the_rank() -> None:
+def test_the_same_error_on_different_ranks_is_not_a_crash_loop() -> None:
+    # Was keyed on the signature only (issue 21): ranks 0, 1, 2 counted as one rank.
     history = [Failure(generation=g, rank=g, signature=SIG, step=5) for g in range(3)]
+    assert not is_crash_loop(history, threshold=3)
+
+
+def test_kills_of_ranks_1_0_1_without_progress_are_not_a_crash_loop() -> None:
+    """Issue 21's run: three SIGKILLs, two ranks; rank 1 has two, the threshold is 3."""
+    history = [Failure(g, r, "SIGKILL", 30) for g, r in enumerate((1, 0, 1))]
+    assert not is_crash_loop(history, threshold=3)
+
+
+def test_one_rank_failing_among_others_is_still_a_loop() -> None:
+    """Other ranks' failures without progress do not break a rank's run (their steps count)."""
+    ranks = (2, 0, 2, 1, 2)
+    history = [Failure(g, r, SIG, 7) for g, r in enumerate(ranks)]
     assert is_crash_loop(history, threshold=3)
+    assert [f.generation for f in crash_loop_repeats(history)] == [0, 2, 4]
+
+
+def test_progress_shown_by_another_ranks_failure_breaks_the_run() -> None:
+    # Rank 1 at job step 7, then rank 0 fails at job step 20: the job trained in between.
+    history = [Failure(0, 1, SIG, 7), Failure(1, 0, OTHER, 20), Failure(2, 1, SIG, 7)]
+    history += [Failure(3, 1, SIG, 7)]
+    assert not is_crash_loop(history, threshold=3)
+
+
+def test_repeats_are_counted_once_per_generation() -> None:
+    # A rank's failure reported twice for one generation (a re-join) is one failure.
+    history = [Failure(0, 1, SIG, 4), Failure(0, 1, SIG, 4), Failure(1, 1, SIG, 4)]
+    assert not is_crash_loop(history, threshold=3)
+
+
+def test_a_crash_loop_is_counted_within_its_window() -> None:
+    at = [1000.0, 2000.0, 2500.0]
+    history = [Failure(g, 0, SIG, 5, time_s=t) for g, t in enumerate(at)]
+    assert is_crash_loop(history, threshold=3, window_s=1500)
+    assert not is_crash_loop(history, threshold=3, window_s=1499)
+    # Unknown times (0) stay in any window.
+    history = [dataclasses.replace(f, time_s=0.0) for f in history]
+    assert is_crash_loop(history, threshold=3, window_s=1)
+
+
+def test_a_failed_re_entry_never_makes_a_crash_loop() -> None:
+    history = [*failures(5, 5), dataclasses.replace(failures(5)[0], generation=2)]
+    assert is_crash_loop(history, threshold=3)
+    history[-1] = dataclasses.replace(history[-1], reentry_failed=True)
+    assert not is_crash_loop(history, threshold=3)
 
 
 @pytest.mark.parametrize(
@@ -125,12 +177,24 @@ def test_crash_loop_wins_over_an_empty_budget() -> None:
 
 
 def test_crash_loop_reason_names_the_newest_failure() -> None:
+    # Ranks (0, 3, 2) were one loop before issue 21; rank 2's own three failures are one now.
     history = [
-        Failure(generation=g, rank=r, signature=SIG, step=4) for g, r in enumerate((0, 3, 2))
+        Failure(generation=g, rank=r, signature=SIG, step=4) for g, r in enumerate((2, 0, 2, 3, 2))
     ]
     decision = decide(RestartPolicy(max_restarts=10), history, restart_count=2)
     assert decision.action is Action.GIVE_UP_CRASH_LOOP
     assert "rank 2" in decision.reason
+
+
+def test_every_give_up_names_its_rule_numbers_and_setting() -> None:
+    policy = RestartPolicy(max_restarts=9, crash_loop_threshold=3, crash_loop_window_s=600)
+    history = [Failure(g, 1, SIG, 12, time_s=100.0 + 10 * g) for g in range(3)]
+    loop = decide(policy, history, restart_count=2).reason
+    for part in ("rank 1", "3 times", "in 20s", "job step 12", "within 600s", SIG):
+        assert part in loop
+    assert "SUPERVISOR_CRASH_LOOP_THRESHOLD" in loop and "SUPERVISOR_CRASH_LOOP_WINDOW_S" in loop
+    budget = decide(RestartPolicy(max_restarts=3), failures(1), restart_count=3).reason
+    assert "3 of 3" in budget and "--max-restarts" in budget
 
 
 # ------------------------------------------------- the failure's class decides

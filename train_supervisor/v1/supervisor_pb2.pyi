@@ -26,6 +26,12 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_STOPPED: _ClassVar[JobState]
 
+class ReentryMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REENTRY_AUTO: _ClassVar[ReentryMode]
+    REENTRY_ALWAYS: _ClassVar[ReentryMode]
+    REENTRY_NEVER: _ClassVar[ReentryMode]
+
 class OutcomeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OUTCOME_UNSPECIFIED: _ClassVar[OutcomeKind]
@@ -52,6 +58,9 @@ JOB_STATE_RESTARTING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_STOPPED: JobState
+REENTRY_AUTO: ReentryMode
+REENTRY_ALWAYS: ReentryMode
+REENTRY_NEVER: ReentryMode
 OUTCOME_UNSPECIFIED: OutcomeKind
 OUTCOME_FINISHED: OutcomeKind
 OUTCOME_RAISED: OutcomeKind
@@ -61,7 +70,7 @@ VERDICT_WAIT: Verdict
 VERDICT_EXIT_FAILED: Verdict
 
 class WorkerSpec(_message.Message):
-    __slots__ = ("run_id", "role", "nnodes", "node_rank", "nproc_per_node", "max_restarts", "master_addr", "bootstrapped", "warm_spares", "error_file_dir", "base_env", "snapshot_dir")
+    __slots__ = ("run_id", "role", "nnodes", "node_rank", "nproc_per_node", "max_restarts", "master_addr", "bootstrapped", "warm_spares", "error_file_dir", "base_env", "snapshot_dir", "reentry")
     class BaseEnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +90,7 @@ class WorkerSpec(_message.Message):
     ERROR_FILE_DIR_FIELD_NUMBER: _ClassVar[int]
     BASE_ENV_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_DIR_FIELD_NUMBER: _ClassVar[int]
+    REENTRY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     role: str
     nnodes: int
@@ -93,7 +103,8 @@ class WorkerSpec(_message.Message):
     error_file_dir: str
     base_env: _containers.ScalarMap[str, str]
     snapshot_dir: str
-    def __init__(self, run_id: _Optional[str] = ..., role: _Optional[str] = ..., nnodes: _Optional[int] = ..., node_rank: _Optional[int] = ..., nproc_per_node: _Optional[int] = ..., max_restarts: _Optional[int] = ..., master_addr: _Optional[str] = ..., bootstrapped: bool = ..., warm_spares: _Optional[int] = ..., error_file_dir: _Optional[str] = ..., base_env: _Optional[_Mapping[str, str]] = ..., snapshot_dir: _Optional[str] = ...) -> None: ...
+    reentry: ReentryMode
+    def __init__(self, run_id: _Optional[str] = ..., role: _Optional[str] = ..., nnodes: _Optional[int] = ..., node_rank: _Optional[int] = ..., nproc_per_node: _Optional[int] = ..., max_restarts: _Optional[int] = ..., master_addr: _Optional[str] = ..., bootstrapped: bool = ..., warm_spares: _Optional[int] = ..., error_file_dir: _Optional[str] = ..., base_env: _Optional[_Mapping[str, str]] = ..., snapshot_dir: _Optional[str] = ..., reentry: _Optional[_Union[ReentryMode, str]] = ...) -> None: ...
 
 class FailureDetail(_message.Message):
     __slots__ = ("exception_type", "message", "traceback", "signature")
@@ -394,7 +405,7 @@ class RankStatus(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node_rank: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., step_time_s: _Optional[float] = ..., heartbeat_age_s: _Optional[float] = ..., process_starts: _Optional[int] = ..., saved_step: _Optional[int] = ..., committed_step: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., save_blocking_s: _Optional[float] = ..., restored_step: _Optional[int] = ..., restored_from: _Optional[str] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., compute_s: _Optional[float] = ...) -> None: ...
 
 class FailureRecord(_message.Message):
-    __slots__ = ("generation", "rank", "pid", "exit_code", "signal", "detail", "step", "action", "time_unix", "failure_class", "reason")
+    __slots__ = ("generation", "rank", "pid", "exit_code", "signal", "detail", "step", "action", "time_unix", "failure_class", "reason", "job_step")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -406,6 +417,7 @@ class FailureRecord(_message.Message):
     TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
     FAILURE_CLASS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    JOB_STEP_FIELD_NUMBER: _ClassVar[int]
     generation: int
     rank: int
     pid: int
@@ -417,7 +429,8 @@ class FailureRecord(_message.Message):
     time_unix: float
     failure_class: str
     reason: str
-    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., detail: _Optional[_Union[FailureDetail, _Mapping]] = ..., step: _Optional[int] = ..., action: _Optional[str] = ..., time_unix: _Optional[float] = ..., failure_class: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    job_step: int
+    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., detail: _Optional[_Union[FailureDetail, _Mapping]] = ..., step: _Optional[int] = ..., action: _Optional[str] = ..., time_unix: _Optional[float] = ..., failure_class: _Optional[str] = ..., reason: _Optional[str] = ..., job_step: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("time_unix", "kind", "message", "seq", "node_rank")
@@ -501,7 +514,7 @@ class PodSample(_message.Message):
     def __init__(self, node_rank: _Optional[int] = ..., time_unix: _Optional[float] = ..., window_s: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events", "committed_step", "replicated_step", "persisted_step", "offload_errors", "findings", "samples")
+    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events", "committed_step", "replicated_step", "persisted_step", "offload_errors", "findings", "samples", "reentry", "fresh_processes")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -519,6 +532,8 @@ class JobStatus(_message.Message):
     OFFLOAD_ERRORS_FIELD_NUMBER: _ClassVar[int]
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REENTRY_FIELD_NUMBER: _ClassVar[int]
+    FRESH_PROCESSES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     generation: int
     world_size: int
@@ -536,7 +551,9 @@ class JobStatus(_message.Message):
     offload_errors: _containers.RepeatedScalarFieldContainer[str]
     findings: _containers.RepeatedCompositeFieldContainer[Finding]
     samples: _containers.RepeatedCompositeFieldContainer[PodSample]
-    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., committed_step: _Optional[int] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., offload_errors: _Optional[_Iterable[str]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[PodSample, _Mapping]]] = ...) -> None: ...
+    reentry: ReentryMode
+    fresh_processes: str
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., committed_step: _Optional[int] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., offload_errors: _Optional[_Iterable[str]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[PodSample, _Mapping]]] = ..., reentry: _Optional[_Union[ReentryMode, str]] = ..., fresh_processes: _Optional[str] = ...) -> None: ...
 
 class ReplicaHeader(_message.Message):
     __slots__ = ("run_id", "node_rank", "rank", "step", "generation", "manifest", "payload_len", "checksum")
@@ -612,7 +629,7 @@ class InventoryRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., verify: bool = ...) -> None: ...
 
 class PolicyFailure(_message.Message):
-    __slots__ = ("generation", "rank", "signature", "step", "failure_class", "action", "reason")
+    __slots__ = ("generation", "rank", "signature", "step", "failure_class", "action", "reason", "time_unix", "reentry_failed")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
@@ -620,6 +637,8 @@ class PolicyFailure(_message.Message):
     FAILURE_CLASS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REENTRY_FAILED_FIELD_NUMBER: _ClassVar[int]
     generation: int
     rank: int
     signature: str
@@ -627,19 +646,23 @@ class PolicyFailure(_message.Message):
     failure_class: str
     action: str
     reason: str
-    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., signature: _Optional[str] = ..., step: _Optional[int] = ..., failure_class: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    time_unix: float
+    reentry_failed: bool
+    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., signature: _Optional[str] = ..., step: _Optional[int] = ..., failure_class: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., time_unix: _Optional[float] = ..., reentry_failed: bool = ...) -> None: ...
 
 class PodView(_message.Message):
-    __slots__ = ("generation", "restart_count", "history", "finished")
+    __slots__ = ("generation", "restart_count", "history", "finished", "fresh_processes")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FRESH_PROCESSES_FIELD_NUMBER: _ClassVar[int]
     generation: int
     restart_count: int
     history: _containers.RepeatedCompositeFieldContainer[PolicyFailure]
     finished: bool
-    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., finished: bool = ...) -> None: ...
+    fresh_processes: str
+    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., finished: bool = ..., fresh_processes: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("run_id", "node_rank", "nproc", "view", "has_view", "incarnation")
@@ -658,16 +681,18 @@ class JoinRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., node_rank: _Optional[int] = ..., nproc: _Optional[int] = ..., view: _Optional[_Union[PodView, _Mapping]] = ..., has_view: bool = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class OpenGenerationMsg(_message.Message):
-    __slots__ = ("generation", "restart_count", "reason", "history")
+    __slots__ = ("generation", "restart_count", "reason", "history", "fresh_processes")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    FRESH_PROCESSES_FIELD_NUMBER: _ClassVar[int]
     generation: int
     restart_count: int
     reason: str
     history: _containers.RepeatedCompositeFieldContainer[PolicyFailure]
-    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., reason: _Optional[str] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ...) -> None: ...
+    fresh_processes: str
+    def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., reason: _Optional[str] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., fresh_processes: _Optional[str] = ...) -> None: ...
 
 class StartGenerationMsg(_message.Message):
     __slots__ = ("generation", "restart_count", "master_addr", "master_port", "world_size", "nnodes", "history", "restore_step", "restore_reason")
@@ -791,7 +816,7 @@ class RestoreFailed(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class PodReport(_message.Message):
-    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "offloaded", "restore_failed", "copies", "ranks", "last_failure", "sample")
+    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "offloaded", "restore_failed", "reentry_failed", "copies", "ranks", "last_failure", "sample")
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -801,6 +826,7 @@ class PodReport(_message.Message):
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     OFFLOADED_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FAILED_FIELD_NUMBER: _ClassVar[int]
+    REENTRY_FAILED_FIELD_NUMBER: _ClassVar[int]
     COPIES_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
@@ -814,11 +840,12 @@ class PodReport(_message.Message):
     snapshots: PodSnapshots
     offloaded: OffloadDone
     restore_failed: RestoreFailed
+    reentry_failed: str
     copies: PodCopies
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
     last_failure: FailureRecord
     sample: PodSample
-    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., offloaded: _Optional[_Union[OffloadDone, _Mapping]] = ..., restore_failed: _Optional[_Union[RestoreFailed, _Mapping]] = ..., copies: _Optional[_Union[PodCopies, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., sample: _Optional[_Union[PodSample, _Mapping]] = ...) -> None: ...
+    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., offloaded: _Optional[_Union[OffloadDone, _Mapping]] = ..., restore_failed: _Optional[_Union[RestoreFailed, _Mapping]] = ..., reentry_failed: _Optional[str] = ..., copies: _Optional[_Union[PodCopies, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., sample: _Optional[_Union[PodSample, _Mapping]] = ...) -> None: ...
 
 class PodReportReply(_message.Message):
     __slots__ = ("rejoin",)
