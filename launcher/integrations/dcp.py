@@ -111,7 +111,7 @@ def step_from_checkpoint_id(checkpoint_id: Union[str, os.PathLike[str]]) -> int:
 def _as_tensor(data: Union[torch.Tensor, io.BytesIO]) -> torch.Tensor:
     if isinstance(data, io.BytesIO):
         raw = bytearray(data.getvalue())
-        return torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        return torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, torch.uint8)
     return data
 
 
@@ -230,9 +230,7 @@ class SnapshotReader(StorageReader):
                 planner.load_bytes(request, io.BytesIO(bytes(stored.tolist())))  # small values
                 continue
             source = stored
-            for dim, (start, length) in enumerate(
-                zip(request.storage_offsets, request.lengths)
-            ):
+            for dim, (start, length) in enumerate(zip(request.storage_offsets, request.lengths)):
                 source = source.narrow(dim, start, length)
             target = planner.resolve_tensor(request).detach()
             target.copy_(source)

@@ -1,4 +1,4 @@
-"""FSDP2 (`fully_shard`) + torch.distributed.checkpoint, snapshots through launcher.integrations.dcp.
+"""FSDP2 (`fully_shard`) + torch.distributed.checkpoint, snapshots via launcher.integrations.dcp.
 
 The script a DCP user writes, with the storage writer/reader of the supervisor's memory in place
 of a directory: `dcp.save(state, storage_writer=SnapshotWriter(snapshots, step))` every step and
