@@ -111,7 +111,9 @@ def step_from_checkpoint_id(checkpoint_id: Union[str, os.PathLike[str]]) -> int:
 def _as_tensor(data: Union[torch.Tensor, io.BytesIO]) -> torch.Tensor:
     if isinstance(data, io.BytesIO):
         raw = bytearray(data.getvalue())
-        return torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, torch.uint8)
+        if not raw:
+            return torch.zeros(0, dtype=torch.uint8)
+        return torch.frombuffer(raw, dtype=torch.uint8)
     return data
 
 
