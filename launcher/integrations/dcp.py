@@ -108,7 +108,7 @@ def step_from_checkpoint_id(checkpoint_id: Union[str, os.PathLike[str]]) -> int:
     return int(match.group(1))
 
 
-def _as_tensor(data: Union[torch.Tensor, io.BytesIO]) -> torch.Tensor:
+def stored_tensor(data: Union[torch.Tensor, io.BytesIO]) -> torch.Tensor:
     if isinstance(data, io.BytesIO):
         raw = bytearray(data.getvalue())
         if not raw:
@@ -156,7 +156,7 @@ class SnapshotWriter(StorageWriter):
             raise ValueError("SnapshotWriter needs a step: SnapshotWriter(snapshots, step)")
         records = []
         for item in self._local_items or plan.items:
-            data = _as_tensor(planner.resolve_data(item))
+            data = stored_tensor(planner.resolve_data(item))
             records.append({**describe(item), "data": data})
         self.snapshots.save(self.step, {ITEMS_KEY: records})
         results = [

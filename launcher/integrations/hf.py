@@ -45,10 +45,10 @@ def rng_state() -> dict[str, Any]:
     kind, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.copy()), position, has_gauss, gauss),
+        "numpy": (kind, torch.from_numpy(np.array(keys)), position, has_gauss, gauss),
         "cpu": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -62,7 +62,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class SupervisorSnapshotCallback(TrainerCallback):  # type: ignore[misc]
+class SupervisorSnapshotCallback(TrainerCallback):
     """Snapshots every `every_n_steps` optimizer steps; None: on the Trainer's save events."""
 
     def __init__(self, every_n_steps: Optional[int] = 1) -> None:
