@@ -48,7 +48,7 @@ def assert_resumed_losing_at_most_one_step(records: list[dict[str, Any]]) -> Non
     resumes = [e for e in records if e["event"] == "resumed" and e["gen"] > 0]
     assert sorted(e["rank"] for e in resumes) == list(range(NPROC)), resumes
     [step] = {e["from_step"] for e in resumes}
-    assert 1 <= step and reached - step <= 1, f"reached {reached}, resumed from {step}"
+    assert step >= 1 and reached - step <= 1, f"reached {reached}, resumed from {step}"
     before = {(e["rank"], e["step"]): e["state"] for e in first if e["event"] == "step"}
     for resume in resumes:  # bitwise the state that rank had at that step before the kill
         assert resume["state"] == before[(resume["rank"], step)], resume
