@@ -132,11 +132,13 @@ class SnapshotWriter(StorageWriter):
     def __init__(self, snapshots: Snapshots, step: Optional[int] = None) -> None:
         super().__init__()
         self.snapshots = snapshots
-        self.step = step
+        self.given_step = step
+        self.step = step  # this save's: the given one, else the checkpoint_id's
         self._local_items: list[WriteItem] = []
 
     def reset(self, checkpoint_id: Union[str, os.PathLike[str], None] = None) -> None:
         self._local_items = []
+        self.step = self.given_step
         if checkpoint_id is not None and self.step is None:
             self.step = step_from_checkpoint_id(checkpoint_id)
 

@@ -1,8 +1,9 @@
 """FSDP2 (`fully_shard`) + torch.distributed.checkpoint, snapshots via launcher.integrations.dcp.
 
 The script a DCP user writes, with the storage writer/reader of the supervisor's memory in place
-of a directory: `dcp.save(state, storage_writer=SnapshotWriter(snapshots, step))` every step and
-`dcp.load(state, storage_reader=reader)` at start when the job has a committed step.
+of a directory: `dcp.save(state, checkpoint_id=f"step_{step}", storage_writer=writer)` every step
+(one writer, the step named by the checkpoint id) and `dcp.load(state, storage_reader=reader)` at
+start when the job has a committed step.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
 
     snapshots = Snapshots()
     reader = SnapshotReader(snapshots)
+    writer = SnapshotWriter(snapshots)
     step = 0
     if reader.step >= 0:
         dcp.load(state, storage_reader=reader)
@@ -67,7 +69,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         step += 1
-        dcp.save(state, storage_writer=SnapshotWriter(snapshots, step))
+        dcp.save(state, checkpoint_id=f"step_{step}", storage_writer=writer)
         trace.step(step, training_state_sha256(model, optimizer), loss=loss.item())
     dist.barrier()
     trace.write("done", step=step)
