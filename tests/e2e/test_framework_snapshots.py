@@ -29,10 +29,8 @@ def shm_dir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def run_killed(
-    script: str, events: Path, shm: Path, *extra: str, launcher: tuple[str, ...] = ()
-) -> list[dict[str, Any]]:
-    flags = ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", "3", *launcher]
+def run_killed(script: str, events: Path, shm: Path, *extra: str) -> list[dict[str, Any]]:
+    flags = ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", "3"]
     args = ["--steps", str(STEPS), "--events", str(events), "--kill-rank", "1",
             "--kill-at-step", str(KILL_AT_STEP), *extra]  # fmt: skip
     env = job_env(TRAIN_SUPERVISOR_SNAPSHOT_DIR=str(shm))
@@ -75,10 +73,6 @@ def test_a_lightning_trainer_resumes_from_the_snapshot_callback(
 def test_a_hugging_face_trainer_resumes_from_the_snapshot_callback(
     tmp_path: Path, shm_dir: Path
 ) -> None:
-    # No warm spare: a spare promoted while it still imports transformers in its warm-imports
-    # thread fails `from transformers import ...` (a race in launcher/warm_imports.py, not here).
-    records = run_killed(
-        "hf_snapshots.py", tmp_path / "events", shm_dir, "--output-dir", str(tmp_path / "out"),
-        launcher=("--warm-spares", "0"),
-    )  # fmt: skip
+    out = str(tmp_path / "out")
+    records = run_killed("hf_snapshots.py", tmp_path / "events", shm_dir, "--output-dir", out)
     assert_resumed_losing_at_most_one_step(records)
