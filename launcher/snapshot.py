@@ -175,12 +175,7 @@ class Snapshots:
         done.wait(timeout)
 
     def learn_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        for group in optimizer.param_groups:
-            self._optimized.update(p.data_ptr() for p in group["params"])
-        for per_param in optimizer.state.values():
-            for value in per_param.values():
-                if isinstance(value, torch.Tensor):
-                    self._optimized.add(value.data_ptr())
+        self._optimized.update(optimizer_data_ptrs(optimizer))
 
     # ---------------------------------------------------- the writer thread
     def _write(self, pending: _Pending) -> None:
@@ -253,6 +248,20 @@ class Snapshots:
         and a restore may already have written this rank's arena."""
         ended = int(self._env.get(SCRIPT_ENDED_GENERATION_ENV, "-1"))
         return ended >= generation or int(self._env.get(SCRIPT_GENERATION_ENV, "0")) > generation
+
+
+def optimizer_data_ptrs(optimizer: torch.optim.Optimizer) -> set[int]:
+    """Where the tensors an optimizer step changes live: parameters and per-parameter state.
+    A DTensor (FSDP2) is its local shard: what a state dict of it hands to `save`."""
+    tensors = [p for group in optimizer.param_groups for p in group["params"]]
+    for per_param in optimizer.state.values():
+        tensors += [v for v in per_param.values() if isinstance(v, torch.Tensor)]
+    return {_local(t).data_ptr() for t in tensors}
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    to_local = getattr(tensor, "to_local", None)  # DTensor, without importing it
+    return to_local() if callable(to_local) else tensor
 
 
 @dataclass(frozen=True)

@@ -129,10 +129,27 @@ def warm_until_promoted(
         promoted.wait(poll_s)
 
 
+class _Promotion(threading.Event):
+    """Set: the warm-up stops, and `set` returns once its import in flight has ended. A script
+    that imported while that import still ran in the other thread could get a half-initialized
+    package (transformers' lazy module: "cannot import name 'GPT2Config'")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warmer: Optional[threading.Thread] = None
+
+    def set(self) -> None:
+        super().set()
+        if self.warmer is not None and self.warmer is not threading.current_thread():
+            self.warmer.join()
+
+
 def start_warming(path: str, target: str) -> threading.Event:
-    """Run `warm_until_promoted` in a daemon thread; set the returned event to stop it."""
-    promoted = threading.Event()
-    threading.Thread(
+    """Run `warm_until_promoted` in a daemon thread; set the returned event to stop it (setting it
+    waits for the import in flight)."""
+    promoted = _Promotion()
+    promoted.warmer = threading.Thread(
         target=warm_until_promoted, args=(path, target, promoted), name="warm-imports", daemon=True
-    ).start()
+    )
+    promoted.warmer.start()
     return promoted

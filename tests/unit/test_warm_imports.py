@@ -16,6 +16,7 @@ from launcher.warm_imports import (
     importable_names,
     preimport,
     read_manifest,
+    start_warming,
     still_to_import,
     warm_until_promoted,
 )
@@ -125,3 +126,25 @@ def test_preimport_leaves_the_environment_as_it_found_it(
     monkeypatch.setenv("PRE_ENV_KEPT", "original")
     assert preimport(["pre_env"]) == []
     assert "PRE_ENV_ADDED" not in os.environ and os.environ["PRE_ENV_KEPT"] == "original"
+
+
+def test_promotion_waits_for_the_import_in_flight(modules_dir: Path) -> None:
+    """A script importing while the warm-up thread still imports the same package can see it
+    half-initialized; so promoting the spare returns only once that import has ended."""
+    started = modules_dir / "started"
+    (modules_dir / "warm_slow.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+        "time.sleep(1.0)  # an import that takes a while (transformers takes seconds)\n"
+        "COMPLETE = True\n"
+    )
+    manifest = modules_dir / "modules.txt"
+    ManifestWriter(str(manifest)).update({"warm_slow": module("warm_slow")})
+    promoted = start_warming(str(manifest), "")
+    deadline = threading.Event()
+    for _ in range(1000):
+        if started.exists():
+            break
+        deadline.wait(0.01)
+    assert started.exists(), "the warm-up began importing warm_slow"
+    promoted.set()
+    assert getattr(sys.modules.get("warm_slow"), "COMPLETE", False), "set() returned mid-import"
