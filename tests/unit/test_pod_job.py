@@ -288,7 +288,7 @@ def test_sigkilled_rank_is_reported_and_respawned_without_a_local_restart() -> N
         step=7,
         failure_class="transient",
         action="RESTART_IN_PLACE",
-        reason="killed by SIGKILL from outside",
+        reason="killed by SIGKILL; sender unknown, not the supervisor, no OOM kill seen",
     )
     record = report.last_failure
     assert (record.generation, record.rank, record.pid, record.signal) == (0, 3, victim, 9)
@@ -723,7 +723,11 @@ def test_two_pods_and_a_leader_form_recover_one_rank_and_finish() -> None:
     c.pod(1, c.pods[1].kill(3))
     log = c.take_log()
     # With the pod's classification, through the wire.
-    transient = ("transient", Action.RESTART_IN_PLACE, "killed by SIGKILL from outside")
+    transient = (
+        "transient",
+        Action.RESTART_IN_PLACE,
+        "killed by SIGKILL; sender unknown, not the supervisor, no OOM kill seen",
+    )
     assert c.leader.history == [Failure(0, 3, "SIGKILL", 7, *transient)]
     # Both pods abort their survivors, in place.
     assert set(aborts(log[0])) == {before[0], before[1]}
