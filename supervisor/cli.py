@@ -81,6 +81,9 @@ def render_table(status: pb.JobStatus) -> str:
         )
     for error in status.offload_errors:
         lines.append(f"offload error: {error}")
+    if status.persist_failures:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(status.persist_failures.items()))
+        lines.append(f"persist failures on this pod: {counts}")
     if status.spare_pids:
         lines.append(f"warm spares: {', '.join(str(p) for p in status.spare_pids)}")
     if status.HasField("last_failure"):

@@ -36,7 +36,15 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 
 log = logging.getLogger("train_supervisor")
 NOTABLE_EVENTS = frozenset(
-    {"failure", "unwind_timeout", "gave_up", "replace_pod", "spare_lost", "snapshot_problem"}
+    {
+        "failure",
+        "unwind_timeout",
+        "gave_up",
+        "replace_pod",
+        "spare_lost",
+        "snapshot_problem",
+        "persist_error",  # a full or failing durable disk: training goes on, unprotected
+    }
 )
 
 
