@@ -153,22 +153,31 @@ def sigkill_launcher(m: Matrix) -> None:
 
 
 def hostile_calls(m: Matrix, token: str) -> None:
-    """Every unary RPC of every service, an empty body, at both sidecars."""
+    """Every RPC of every service, with an empty body, at both sidecars; m.notes gets each
+    call's status code."""
     committed_now(m)
     metadata = ((TOKEN_METADATA_KEY, bearer(token)),)
+    raw: dict[str, Any] = {"request_serializer": bytes, "response_deserializer": bytes}
     for port in m.pods.ports:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             for service in pb.DESCRIPTOR.services_by_name.values():
                 for method in service.methods:
-                    if method.client_streaming or method.server_streaming:
-                        continue
-                    call = channel.unary_unary(
-                        f"/{service.full_name}/{method.name}",
-                        request_serializer=lambda _: b"",
-                        response_deserializer=lambda raw: raw,
-                    )
+                    path = f"/{service.full_name}/{method.name}"
                     try:
-                        call(None, metadata=metadata, timeout=5)
+                        if method.client_streaming:
+                            channel.stream_unary(path, **raw)(
+                                iter([b""]), metadata=metadata, timeout=5
+                            )
+                        elif method.server_streaming:
+                            stream = channel.unary_stream(path, **raw)(
+                                b"", metadata=metadata, timeout=5
+                            )
+                            for _first in stream:  # one message, or the refusal
+                                break
+                            stream.cancel()  # type: ignore[no-untyped-call]
+                        else:
+                            channel.unary_unary(path, **raw)(b"", metadata=metadata, timeout=5)
+                        m.notes.append(f"{method.name}: OK")
                     except grpc.RpcError as err:
                         m.notes.append(f"{method.name}: {err.code().name}")
 
@@ -199,13 +208,28 @@ def expect_restart_of_rank_3(m: Matrix) -> None:
 
 def expect_hang_kill_of_rank_3(m: Matrix) -> None:
     logs = m.logs()
-    assert "hang" in logs and "failure: rank 3" in logs, logs
+    assert "hang: " in logs and "rank 3 (pid" in logs and "failure: rank 3" in logs, logs
+    assert "no step within the hang threshold" in logs, logs
     restarted_only(m, {3})
 
 
 def expect_restart_of_ranks_1_and_3(m: Matrix) -> None:
     logs = m.logs()
     assert "failure: rank 1" in logs and "failure: rank 3" in logs, logs
+    restarted_only(m, {1, 3})
+
+
+def expect_respawn_during_the_abort(m: Matrix) -> None:
+    """A survivor that dies while its generation aborts gets a new process in the same
+    recovery: one generation more, no second failure against the budget. (Where the kill
+    lands after the survivor re-entered, it is a failure of the next generation: restarted
+    in place as well.)"""
+    logs = m.logs()
+    assert "failure: rank 3" in logs, logs
+    if "respawn: rank 1" in logs:
+        assert "failure: rank 1" not in logs and max(e["gen"] for e in m.records()) == 1, logs
+    else:
+        assert "failure: rank 1" in logs, logs
     restarted_only(m, {1, 3})
 
 
@@ -227,9 +251,16 @@ def expect_no_restart(m: Matrix) -> None:
     assert max(e["gen"] for e in m.records()) == 0, "training never stopped for it"
 
 
-def expect_refused_without_change(m: Matrix) -> None:
-    assert m.notes, "every call was refused"
-    assert max(e["gen"] for e in m.records()) == 0, "no call changed the job"
+def expect_unchanged(m: Matrix) -> None:
+    """No call took over a rank or opened a generation."""
+    assert m.notes, "the calls were made"
+    assert max(e["gen"] for e in m.records()) == 0, (m.notes, "no call changed the job")
+
+
+def expect_every_call_unauthenticated(m: Matrix) -> None:
+    refused = [n for n in m.notes if not n.endswith(": UNAUTHENTICATED")]
+    assert refused == [], "a wrong token is refused before the body is read"
+    expect_unchanged(m)
 
 
 @dataclass(frozen=True)
@@ -243,14 +274,14 @@ ROWS = {
     "sigkill_worker": Row(sigkill_worker, expect_restart_of_rank_3),
     "sigstop_worker": Row(sigstop_worker, expect_hang_kill_of_rank_3),
     "two_faults_at_once": Row(two_faults_at_once, expect_restart_of_ranks_1_and_3),
-    "fault_during_recovery": Row(fault_during_recovery, expect_restart_of_ranks_1_and_3),
+    "fault_during_recovery": Row(fault_during_recovery, expect_respawn_during_the_abort),
     "corrupt_snapshots": Row(corrupt_snapshots, expect_fallback_past_the_corrupt_copy),
     "full_durable_disk": Row(full_durable_disk, expect_loud_full_disk, full_disk=True),
     "sigkill_follower_sidecar": Row(sigkill_follower_sidecar, expect_no_restart),
     "sigkill_leader_sidecar": Row(sigkill_leader_sidecar, expect_no_restart),
     "sigkill_launcher": Row(sigkill_launcher, lambda m: restarted_only(m, {2, 3})),
-    "malformed_calls": Row(malformed_calls, expect_refused_without_change),
-    "unauthenticated_calls": Row(unauthenticated_calls, expect_refused_without_change),
+    "malformed_calls": Row(malformed_calls, expect_unchanged),
+    "unauthenticated_calls": Row(unauthenticated_calls, expect_every_call_unauthenticated),
 }
 LANDS_LATER = {
     "sigkill_follower_sidecar": "ridethrough",
@@ -264,7 +295,9 @@ LANDS_LATER = {
 def row_params() -> Iterator[Any]:
     for name in ROWS:
         helper = LANDS_LATER.get(name)
-        marks = [pytest.mark.xfail(strict=False, reason=f"lands with {helper}")] if helper else []
+        # Not run until then: today such a row hangs its job to the 240 s timeout.
+        later = pytest.mark.xfail(strict=False, run=False, reason=f"lands with {helper}")
+        marks = [later] if helper else []
         yield pytest.param(name, id=name, marks=marks)
 
 
