@@ -259,8 +259,8 @@ def test_sigkilled_rank_opens_the_next_generation(sim: Sim) -> None:
     assert record.action == "restart"
     [failure] = [e.message for e in sim.job.events if e.kind == "failure"]
     assert (
-        "looks like transient (killed by SIGKILL; sender unknown, not the supervisor, no OOM kill seen)"
-        in failure
+        "looks like transient (killed by SIGKILL; sender unknown, not the supervisor, "
+        "no OOM kill seen)" in failure
     )
 
 
