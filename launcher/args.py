@@ -6,12 +6,13 @@ Pure: no process is started here. Every bad input becomes one UsageError line.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 from train_supervisor.arena_paths import snapshot_directory
 
@@ -102,7 +103,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _env_default(env: Mapping[str, str], dest: str, default: Optional[str]) -> Optional[str]:
-    return env.get(f"PET_{dest.upper()}", default)
+    return env.get(_pet_name(dest), default)
+
+
+def _pet_name(dest: str) -> str:
+    return f"PET_{dest.upper()}"
+
+
+class _StoreGiven(argparse._StoreAction):
+    """Stores the value and notes that the flag was given: a bad value taken from PET_*
+    instead is then named by its variable, not by a flag the user never typed."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: Optional[str] = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        namespace.given = namespace.given | {self.dest}
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -111,7 +131,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     def opt(
         flags: Sequence[str], dest: str, default: Optional[str], help: str, **kw: object
     ) -> None:
-        p.add_argument(*flags, dest=dest, default=_env_default(env, dest, default), help=help, **kw)  # type: ignore[arg-type]
+        p.add_argument(
+            *flags,
+            dest=dest,
+            default=_env_default(env, dest, default),
+            help=help,
+            action=_StoreGiven,
+            **kw,  # type: ignore[arg-type]
+        )
 
     def flag(flags: Sequence[str], dest: str, help: str) -> None:
         p.add_argument(
@@ -122,6 +149,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             default=_env_default(env, dest, None) not in (None, "", "0", "false", "False"),
         )
 
+    p.set_defaults(given=frozenset())
     opt(["--nnodes"], "nnodes", "1", "number of nodes (fixed; MIN:MAX is refused)")
     opt(
         ["--nproc-per-node", "--nproc_per_node"],
@@ -224,7 +252,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     opt(
         ["--supervisor-port"],
         "supervisor_port",
-        "29400",
+        "0",  # 29400 is torchrun's c10d default too: a fixed default collides
         "loopback port of the embedded supervisor's gRPC API (0: any free port)",
     )
     opt(
@@ -255,14 +283,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
-def _int(name: str, value: str, minimum: int) -> int:
+def _int(name: str, value: str, minimum: int, maximum: Optional[int] = None) -> int:
     try:
         number = int(value)
     except ValueError:
         raise UsageError(f"{name} must be an integer, got {value!r}") from None
     if number < minimum:
         raise UsageError(f"{name} must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise UsageError(f"{name} must be <= {maximum}, got {number}")
     return number
+
+
+MAX_PORT = 65535
 
 
 def _float(name: str, value: str, minimum: float) -> float:
@@ -270,6 +303,8 @@ def _float(name: str, value: str, minimum: float) -> float:
         number = float(value)
     except ValueError:
         raise UsageError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
     if number < minimum:
         raise UsageError(f"{name} must be >= {minimum}, got {number}")
     return number
@@ -287,17 +322,19 @@ def _address(name: str, value: str) -> str:
     return value
 
 
-def resolve_nproc(value: str, cpu_count: int, gpu_count: int) -> int:
+def resolve_nproc(
+    value: str, cpu_count: int, gpu_count: int, name: str = "--nproc-per-node"
+) -> int:
     """torchrun's --nproc-per-node forms: an integer, cpu, gpu or auto."""
     if value == "cpu":
         return cpu_count
     if value == "gpu":
         if gpu_count < 1:
-            raise UsageError("--nproc-per-node gpu: no CUDA device is visible")
+            raise UsageError(f"{name} gpu: no CUDA device is visible")
         return gpu_count
     if value == "auto":
         return gpu_count if gpu_count > 0 else cpu_count
-    return _int("--nproc-per-node", value, 1)
+    return _int(name, value, 1)
 
 
 def parse_std_map(name: str, value: str, nproc: int) -> dict[int, int]:
@@ -351,6 +388,13 @@ def parse_args(
     argv: Sequence[str], env: Mapping[str, str], cpu_count: int, gpu_count: int = 0
 ) -> LaunchConfig:
     ns = build_parser(env).parse_args(list(argv))
+
+    def named(flag: str) -> str:
+        """The flag, or the PET_* variable its value came from."""
+        dest = flag.lstrip("-").replace("-", "_")
+        from_env = dest not in ns.given and _pet_name(dest) in env
+        return _pet_name(dest) if from_env else flag
+
     for unsupported in UNSUPPORTED_TORCHRUN_FLAGS:
         if getattr(ns, f"unsupported_{unsupported}") is not None:
             raise UsageError(f"{unsupported} is a torchrun flag train-launch does not support yet")
@@ -362,9 +406,9 @@ def parse_args(
             )
     if ":" in ns.nnodes:
         raise UsageError(f"--nnodes {ns.nnodes}: elastic MIN:MAX node counts are not supported")
-    nnodes = _int("--nnodes", ns.nnodes, 1)
-    nproc = resolve_nproc(ns.nproc_per_node, cpu_count, gpu_count)
-    node_rank = _int("--node-rank", ns.node_rank, 0)
+    nnodes = _int(named("--nnodes"), ns.nnodes, 1)
+    nproc = resolve_nproc(ns.nproc_per_node, cpu_count, gpu_count, named("--nproc-per-node"))
+    node_rank = _int(named("--node-rank"), ns.node_rank, 0)
     if node_rank >= nnodes:
         raise UsageError(f"--node-rank {node_rank} must be < --nnodes {nnodes}")
     if nnodes > 1 and ns.standalone:
@@ -379,10 +423,10 @@ def parse_args(
         ) from None
     if (ns.redirects != "0" or ns.tee != "0") and not ns.log_dir:
         raise UsageError("--redirects and --tee need --log-dir")
-    _one_of("--spare-imports", ns.spare_imports, SPARE_IMPORTS)
-    preimport = _module_names("--preimport", ns.preimport)
-    _one_of("--reuse-freed-memory", ns.reuse_freed_memory, ("on", "off"))
-    _one_of("--reentry", ns.reentry, REENTRY_MODES)
+    _one_of(named("--spare-imports"), ns.spare_imports, SPARE_IMPORTS)
+    preimport = _module_names(named("--preimport"), ns.preimport)
+    _one_of(named("--reuse-freed-memory"), ns.reuse_freed_memory, ("on", "off"))
+    _one_of(named("--reentry"), ns.reentry, REENTRY_MODES)
     base_env = {} if "OMP_NUM_THREADS" in env or nproc == 1 else {"OMP_NUM_THREADS": "1"}
     run_id = ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none")
     return LaunchConfig(
@@ -390,28 +434,28 @@ def parse_args(
         nproc_per_node=nproc,
         node_rank=node_rank,
         master_addr="localhost" if ns.standalone else ns.master_addr,  # as torchrun
-        master_port=_int("--master-port", ns.master_port, 0),
-        max_restarts=_int("--max-restarts", ns.max_restarts, 0),
-        monitor_interval=_float("--monitor-interval", ns.monitor_interval, 0.001),
+        master_port=_int(named("--master-port"), ns.master_port, 0, MAX_PORT),
+        max_restarts=_int(named("--max-restarts"), ns.max_restarts, 0),
+        monitor_interval=_float(named("--monitor-interval"), ns.monitor_interval, 0.001),
         standalone=bool(ns.standalone),
         run_id=run_id,
         role=ns.role,
         log_dir=ns.log_dir,
-        redirects=parse_std_map("--redirects", ns.redirects, nproc),
-        tee=parse_std_map("--tee", ns.tee, nproc),
+        redirects=parse_std_map(named("--redirects"), ns.redirects, nproc),
+        tee=parse_std_map(named("--tee"), ns.tee, nproc),
         local_ranks_filter=ranks_filter,
         module=bool(ns.module),
         no_python=bool(ns.no_python),
         script=ns.training_script,
         script_args=tuple(ns.training_script_args),
-        warm_spares=0 if ns.no_python else _int("--warm-spares", ns.warm_spares, 0),
-        unwind_timeout=_float("--unwind-timeout", ns.unwind_timeout, 0.1),
-        failure_settle=_float("--failure-settle", ns.failure_settle, 0.0),
-        crash_loop_threshold=_int("--crash-loop-threshold", ns.crash_loop_threshold, 1),
-        term_timeout=_float("--term-timeout", ns.term_timeout, 0.0),
-        supervisor_port=_int("--supervisor-port", ns.supervisor_port, 0),
-        supervisor_address=_address("--supervisor-address", ns.supervisor_address),
-        supervisor_wait=_float("--supervisor-wait", ns.supervisor_wait, 0.0),
+        warm_spares=0 if ns.no_python else _int(named("--warm-spares"), ns.warm_spares, 0),
+        unwind_timeout=_float(named("--unwind-timeout"), ns.unwind_timeout, 0.1),
+        failure_settle=_float(named("--failure-settle"), ns.failure_settle, 0.0),
+        crash_loop_threshold=_int(named("--crash-loop-threshold"), ns.crash_loop_threshold, 1),
+        term_timeout=_float(named("--term-timeout"), ns.term_timeout, 0.0),
+        supervisor_port=_int(named("--supervisor-port"), ns.supervisor_port, 0, MAX_PORT),
+        supervisor_address=_address(named("--supervisor-address"), ns.supervisor_address),
+        supervisor_wait=_float(named("--supervisor-wait"), ns.supervisor_wait, 0.0),
         base_env=base_env,
         snapshot_dir=str(snapshot_directory(run_id, env)),
         spare_imports=ns.spare_imports,

@@ -24,6 +24,7 @@ from launcher.warm_imports import MANIFEST_NAME
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.termination import record_ending
+from train_supervisor.text_log import log_text_to_stderr
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -253,7 +254,7 @@ def _attach_sidecar(config: LaunchConfig) -> RunResult:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="[train-launch] %(levelname)s %(message)s")
+    log_text_to_stderr("train-launch")
     try:
         config = parse_args(
             sys.argv[1:] if argv is None else argv, os.environ, os.cpu_count() or 1, _gpu_count()

@@ -28,7 +28,7 @@ class FailureClass(enum.Enum):
     HARDWARE = "hardware"  # ECC uncorrectable, lost device, Xid, repeated faults on one pod
     OUT_OF_MEMORY = "out_of_memory"  # kernel OOM kill, CUDA out of memory, MemoryError
     HUNG = "hung"  # no step for longer than the hang threshold; the supervisor killed it
-    TRANSIENT = "transient"  # NCCL/gloo/socket errors, a kill from outside
+    TRANSIENT = "transient"  # NCCL/gloo/socket errors, a kill not ours
     USER_BUG = "user_bug"  # an exception in the training script
     UNKNOWN = "unknown"  # a non-zero exit with nothing else to go on
 
@@ -146,7 +146,10 @@ def classify(e: Evidence) -> Classification:
         )
     if e.signum:
         name = signal.Signals(e.signum).name if e.signum in signal.valid_signals() else e.signum
-        return _unexplained(e, FailureClass.TRANSIENT, f"killed by {name} from outside")
+        # A signal's sender is not in the exit status: a rank may have killed itself. Our
+        # own kills never get here (collateral, or killed_as_hung), nor OOM kills (above).
+        why = f"killed by {name}; sender unknown, not the supervisor, no OOM kill seen"
+        return _unexplained(e, FailureClass.TRANSIENT, why)
     return _unexplained(e, FailureClass.UNKNOWN, f"exit code {e.exit_code}, no other evidence")
 
 

@@ -40,6 +40,7 @@ from supervisor.sidecar_variables import DEFAULT_PORT, VARIABLES
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.termination import record_ending
+from train_supervisor.text_log import log_text_to_stderr
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -83,6 +84,9 @@ def render_table(status: pb.JobStatus) -> str:
         lines.append(f"offload error: {error}")
     if status.fresh_processes:
         lines.append(f"survivors get fresh processes: {status.fresh_processes}")
+    if status.persist_failures:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(status.persist_failures.items()))
+        lines.append(f"persist failures on this pod: {counts}")
     if status.spare_pids:
         lines.append(f"warm spares: {', '.join(str(p) for p in status.spare_pids)}")
     if status.HasField("last_failure"):
@@ -336,7 +340,7 @@ def build_parser(env: Optional[Mapping[str, str]] = None) -> argparse.ArgumentPa
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="[train-supervisor] %(levelname)s %(message)s")
+    log_text_to_stderr("train-supervisor")
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         _serve_command(args)

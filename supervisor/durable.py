@@ -195,20 +195,25 @@ class DurableStore:
 
     # ------------------------------------------------------------- read
     def steps(self) -> list[int]:
-        """Complete steps (a MANIFEST.json that parses), ascending."""
+        """Complete steps, ascending: a MANIFEST.json that parses, and every file it lists
+        there with the size it says (a file lost or cut short is no step to restore)."""
+        return sorted(s for s in self._step_dirs() if self._complete(self.step_dir(s)))
+
+    def _step_dirs(self) -> list[int]:
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
-        found = []
-        for name in names:
-            match = _STEP.fullmatch(name)
-            if match is None:
-                continue
-            with contextlib.suppress(CorruptSnapshot):
-                self._manifest(self.directory / name)
-                found.append(int(match.group(1)))
-        return sorted(found)
+        return [int(m.group(1)) for m in map(_STEP.fullmatch, names) if m is not None]
+
+    def _complete(self, directory: Path) -> bool:
+        try:
+            ranks = self._manifest(directory)["ranks"]
+            return bool(ranks) and all(
+                os.stat(directory / r["file"]).st_size == r["bytes"] for r in ranks
+            )
+        except (CorruptSnapshot, OSError):
+            return False
 
     def load(self, step: int, rank: int) -> SnapshotImage:
         """Rank `rank`'s image at `step`, file and image checksums verified (CorruptSnapshot)."""
@@ -265,8 +270,11 @@ class DurableStore:
 
     # ------------------------------------------------------------ prune
     def prune(self, keep: int) -> list[int]:
-        """Delete all but the newest `keep` complete steps; returns the steps removed."""
-        removed = steps_to_prune(self.steps(), keep)
+        """Delete all but the newest `keep` complete steps, and incomplete ones older than
+        the newest complete step; returns the steps removed."""
+        found = self._step_dirs()
+        complete = [s for s in found if self._complete(self.step_dir(s))]
+        removed = steps_to_prune(complete, keep, set(found) - set(complete))
         for step in removed:
             self.remove(step)
         self.remove_stale()

@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import grpc
 
-from supervisor.logs import iso_utc
 from train_supervisor.credentials import client_channel
+from train_supervisor.text_log import iso_utc
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 

@@ -144,12 +144,30 @@ class FollowerLink:
                         self.view = follow(self.view, message_from_wire(message))
                     self.local.on_leader_message(message)
             except grpc.RpcError as err:
-                log.warning("leader at %s: %s; re-joining", self.leader_address, err.code().name)
+                if not self._job_over():
+                    log.warning(
+                        "leader at %s: %s; re-joining", self.leader_address, err.code().name
+                    )
+            if self._job_over():  # nothing left to coordinate: no re-join for as long as we run
+                self._stop_following()
+                return
             if self._joined.is_set():
                 self.local.leader_lost()
             self._joined.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    def _job_over(self) -> bool:
+        job = self.local.job
+        return job is not None and job.over
+
+    def _stop_following(self) -> None:
+        """The job is over: no more joins or heartbeats (they looped every 2.5 s before)."""
+        log.info("the job is over: this pod no longer joins the leader")
+        self._joined.clear()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
 
     async def _heartbeat(self) -> None:
         """One Heartbeats stream per join; a beat (with this pod's ranks) every heartbeat_s."""
@@ -178,6 +196,9 @@ class FollowerLink:
                 call.cancel()
                 await asyncio.sleep(self.heartbeat_s)
                 continue
+            if reply.rejoin and self._job_over():  # it ended the job: nothing to re-join
+                self._stop_following()
+                return
             if reply.rejoin:  # the leader no longer counts this pod (it was lost)
                 log.warning("the leader no longer counts this pod; re-joining")
                 self.local.leader_lost()

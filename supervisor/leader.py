@@ -262,7 +262,12 @@ class LeaderState:
         if news is None:
             return []
         step = CommitStep(
-            self.generation, news.committed, news.offload, news.replicated, news.persisted
+            self.generation,
+            news.committed,
+            news.offload,
+            news.replicated,
+            news.persisted,
+            news.drop_persisted,
         )
         return [Broadcast(None, step)]
 

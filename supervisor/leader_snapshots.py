@@ -28,6 +28,7 @@ class RoundNews:
     offload: Optional[OffloadRound]
     replicated: int
     persisted: int
+    drop_persisted: tuple[int, ...] = ()  # a round's step not every pod persisted
 
 
 @dataclass
@@ -67,7 +68,10 @@ class JobSnapshots:
         persist = "; ".join(f"node {n}: {e[1]}" for n, e in sorted(self._reported.items()) if e[1])
         self._reported.clear()
         self.rounds.finished(step, replica, persist, now)
-        return self._news(now)
+        # Some pods wrote their part, others could not: the parts written are no step
+        # anyone can restore, and on a shared disk they keep it full. Every pod drops its own.
+        incomplete = (step,) if current.persist and persist else ()
+        return self._news(now, incomplete)
 
     def restore_failed(self, node: int, step: int) -> None:
         """No copy of `step` on `node` passed its checksums: never choose it again there."""
@@ -119,8 +123,10 @@ class JobSnapshots:
         except ValueError:  # a pod that broke the protocol: its steps count for nothing
             return False
 
-    def _news(self, now: float) -> RoundNews:
+    def _news(self, now: float, drop_persisted: tuple[int, ...] = ()) -> RoundNews:
         offload = self.rounds.next_round(self.committed, now)
         if offload is not None:
             self._reported.clear()  # reports of a round given up count for nothing
-        return RoundNews(self.committed, offload, self.rounds.replicated, self.rounds.persisted)
+        return RoundNews(
+            self.committed, offload, self.rounds.replicated, self.rounds.persisted, drop_persisted
+        )

@@ -110,6 +110,7 @@ class CommitStep:
     offload: Optional[OffloadRound] = None  # a round every pod runs now
     replicated: int = -1  # newest step every pod's replica holds
     persisted: int = -1  # newest step every pod persisted
+    drop_persisted: tuple[int, ...] = ()  # steps not every pod persisted: parts to delete
 
 
 @dataclass(frozen=True)

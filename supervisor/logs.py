@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
 from typing import Any
+
+from train_supervisor.text_log import iso_utc
 
 # A job event's fields, passed as `extra=` by Supervisor._log_new_events.
 EVENT_FIELDS = ("kind", "seq", "node_rank")
-
-
-def iso_utc(time_unix: float) -> str:
-    """2026-11-23T18:00:01.123Z"""
-    moment = datetime.fromtimestamp(time_unix, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JsonFormatter(logging.Formatter):

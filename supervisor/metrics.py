@@ -118,7 +118,20 @@ def metric_families(snapshot: MetricsSnapshot) -> list[Metric]:
     events = CounterMetricFamily(PREFIX + "events", "job events recorded, by kind", labels=["kind"])
     for kind, count in snapshot.events_by_kind:
         events.add_metric([kind], count)
-    families += [failures, events, *_health_families(status), *_kube_families(snapshot)]
+    persist_failures = CounterMetricFamily(
+        PREFIX + "persist_failures",
+        "this pod's failed writes to the durable directory, by errno name",
+        labels=["reason"],
+    )
+    for reason, count in sorted(status.persist_failures.items()):
+        persist_failures.add_metric([reason], count)
+    families += [
+        failures,
+        events,
+        persist_failures,
+        *_health_families(status),
+        *_kube_families(snapshot),
+    ]
     return families
 
 

@@ -13,6 +13,7 @@ Shared-memory layout under the pod's snapshot directory:
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -108,7 +109,7 @@ class Offloader:
             )
         staged_s = time.perf_counter() - began
         size = sum(len(i.manifest) + len(i.payload) for i in images)
-        replica_error, persist_error = "", ""
+        replica_error, persist_error, persist_reason = "", "", ""
         replica_s = persist_s = 0.0
         if rnd.replicate:
             began = time.perf_counter()
@@ -116,10 +117,11 @@ class Offloader:
             replica_s = time.perf_counter() - began
         if rnd.persist:
             began = time.perf_counter()
-            persist_error = self._persist(rnd.step, generation, images)
+            persist_error, persist_reason = self._persist(rnd.step, generation, images)
             persist_s = time.perf_counter() - began
         return RoundResult(
-            rnd.step, replica_error=replica_error, persist_error=persist_error, bytes=size,
+            rnd.step, replica_error=replica_error, persist_error=persist_error,
+            persist_reason=persist_reason, bytes=size,
             stage_s=staged_s, replica_s=replica_s, persist_s=persist_s, pinned_s=pinned_s,
         )  # fmt: skip
 
@@ -190,16 +192,30 @@ class Offloader:
             return f"replica of step {images[0].step}: {err.code().name}: {err.details()}"
         return ""
 
-    def _persist(self, step: int, generation: int, images: list[SnapshotImage]) -> str:
+    def _persist(self, step: int, generation: int, images: list[SnapshotImage]) -> tuple[str, str]:
+        """("", "") or the error and its reason (an errno name, or "other"). Pruning waits
+        until every pod's part is written (prune_persisted)."""
         assert self.store is not None
         try:
             self.store.persist(
                 step, generation, images, Throttle(self.config.persist_bytes_per_s).pace
             )
-            self.store.prune(self.config.persist_keep)
         except (DurableError, OSError) as err:
-            return str(err)
-        return ""
+            return str(err), errno.errorcode.get(err.errno or 0, "other")
+        return "", ""
+
+    def prune_persisted(self) -> list[int]:
+        """The job's newest persisted step is complete on every pod: keep the newest
+        `persist_keep` steps here (all complete: incomplete ones were dropped)."""
+        if self.store is None:
+            return []
+        return self.store.prune(self.config.persist_keep)
+
+    def drop_persisted(self, steps: Iterable[int]) -> list[int]:
+        """Delete this pod's part of `steps` (not every pod could write theirs)."""
+        if self.store is None:
+            return []
+        return [step for step in steps if self.store.remove(step)]
 
     def persist_committed(self, step: int, generation: int) -> str:
         """Persist `step` straight from the ranks' arenas (shutdown: the ranks are gone)."""
@@ -211,7 +227,7 @@ class Offloader:
             images, _ = self._stage(step, generation)
         except (CorruptSnapshot, OSError, RoundStopped) as err:
             return f"staging step {step}: {err}"
-        return self._persist(step, generation, images)
+        return self._persist(step, generation, images)[0]
 
     # ------------------------------------------------------------- copies
     def copies(self) -> NodeCopies:

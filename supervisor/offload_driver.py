@@ -8,9 +8,11 @@ OffloadRounds (supervisor/offload_rounds.py), a larger job's from the leader.
 from __future__ import annotations
 
 import asyncio
+import collections
+import errno
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,8 @@ class OffloadDriver:
             every_s=config.persist_every_s,
         )
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="offload")
+        self.persist_failures: collections.Counter[str] = collections.Counter()  # by reason
+        self._tasks: set[asyncio.Task[None]] = set()
         self._generation = job.generation
         self._preparing: Optional[asyncio.Task[object]] = None  # held: a task must be referenced
 
@@ -96,17 +100,47 @@ class OffloadDriver:
     async def _local_round(self, rnd: OffloadRound) -> None:
         result = await self.run_round(rnd)
         self.rounds.finished(rnd.step, result.replica_error, result.persist_error, time.monotonic())
+        if rnd.persist and not result.persist_error:  # one pod: its part is the whole step
+            await self._prune_persisted()
         self.on_change()
         self.committed(self.job.snapshots.committed)  # the next step may be due already
 
     def leader_round(self, commit: pb.CommitMsg) -> None:
         """Several pods: the leader's commit news, maybe with a round to run now."""
         self.rounds.replicated = commit.replicated_step
+        advanced = commit.persisted_step > self.rounds.persisted
         self.rounds.persisted = commit.persisted_step
+        # On the offload thread, in order with the rounds: drop what no pod can restore,
+        # then prune only once a newer step is complete on every pod.
+        if commit.drop_persisted:
+            self._soon(self._drop_persisted(list(commit.drop_persisted)))
+        if advanced:
+            self._soon(self._prune_persisted())
         if commit.HasField("offload"):
             o = commit.offload
-            rnd = OffloadRound(o.step, o.replicate, o.persist)
-            asyncio.get_running_loop().create_task(self._pod_round(rnd))
+            self._soon(self._pod_round(OffloadRound(o.step, o.replicate, o.persist)))
+
+    def _soon(self, work: Coroutine[object, object, None]) -> None:
+        """Run `work` as a task, held until it ends (the loop keeps only weak references).
+        Tasks start in the order made, so their offload-thread jobs queue in that order."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drop_persisted(self, steps: list[int]) -> None:
+        dropped = await self._in_thread(self.offloader.drop_persisted, steps)
+        if dropped:
+            self.job.record(
+                "persist_dropped", f"steps {dropped}: not every pod could persist its part"
+            )
+            self.on_change()
+
+    async def _prune_persisted(self) -> None:
+        try:
+            await self._in_thread(self.offloader.prune_persisted)
+        except OSError as err:  # e.g. EIO on the durable directory: the next prune retries
+            self._persist_failed(f"prune: {err}", errno.errorcode.get(err.errno or 0, "other"))
+            self.on_change()
 
     async def _pod_round(self, rnd: OffloadRound) -> None:
         result = await self.run_round(rnd)
@@ -122,9 +156,10 @@ class OffloadDriver:
         self.offloader.kept = self.rounds.replicated
         result = await self._in_thread(self.offloader.run_round, rnd, generation)
         assert isinstance(result, RoundResult)
-        for part, error in (("replica", result.replica_error), ("persist", result.persist_error)):
-            if error:
-                self.job.record(f"{part}_error", error)
+        if result.replica_error:
+            self.job.record("replica_error", result.replica_error)
+        if result.persist_error:
+            self._persist_failed(result.persist_error, result.persist_reason)
         if rnd.persist and not result.persist_error:
             self.job.record(
                 "persisted",
@@ -132,6 +167,11 @@ class OffloadDriver:
             )
         self.on_change()
         return result
+
+    def _persist_failed(self, error: str, reason: str) -> None:
+        """A job event (logged as a WARNING), counted by reason for status and metrics."""
+        self.persist_failures[reason or "other"] += 1
+        self.job.record("persist_error", error)
 
     # ------------------------------------------------------------- restore
     def generation_seen(self) -> None:
@@ -218,8 +258,9 @@ class OffloadDriver:
             return
         began = time.perf_counter()
         error = await self._in_thread(self.offloader.persist_committed, step, self.job.generation)
+        assert isinstance(error, str)
         if error:
-            self.job.record("persist_error", f"flush at shutdown: {error}")
+            self._persist_failed(f"flush at shutdown: {error}", _reason_in(error))
         else:
             self.rounds.persisted = step
             self.job.record(
@@ -232,6 +273,7 @@ class OffloadDriver:
         status.replicated_step = self.rounds.replicated
         status.persisted_step = self.rounds.persisted
         status.offload_errors.extend(f"{k}: {v}" for k, v in sorted(self.rounds.errors.items()))
+        status.persist_failures.update(self.persist_failures)
         for rank in status.ranks:
             rank.replicated_step = self.rounds.replicated
             rank.persisted_step = self.rounds.persisted
@@ -241,3 +283,9 @@ class OffloadDriver:
         self._executor.shutdown(wait=False, cancel_futures=False)
         if self._channel is not None:
             self._channel.close()
+
+
+def _reason_in(error: str) -> str:
+    """The errno name a DurableError's text ends its reason with, e.g. "... (ENOSPC)"."""
+    name = error.rpartition("(")[2].rstrip(")")
+    return name if name in errno.errorcode.values() else "other"

@@ -15,6 +15,7 @@ class RoundResult:
     stage_error: str = ""
     replica_error: str = ""
     persist_error: str = ""
+    persist_reason: str = ""  # with persist_error: an errno name (ENOSPC, EIO, ...) or "other"
     bytes: int = 0
     stage_s: float = 0.0
     replica_s: float = 0.0

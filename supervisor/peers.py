@@ -120,6 +120,11 @@ class LeaderHub:
         failures = [f for f in (local.last_failure, *self.pod_failures.values()) if f.time_unix]
         if failures:
             status.last_failure.CopyFrom(max(failures, key=lambda f: f.time_unix))
+        # The job's rounds end on the leader, with every pod's problems ("node 1: ENOSPC");
+        # this pod's own driver knows only its part.
+        del status.offload_errors[:]
+        job_errors = self.leader.snapshots.rounds.errors
+        status.offload_errors.extend(f"{k}: {v}" for k, v in sorted(job_errors.items()))
         self.health.to_status(status)
         return status
 

@@ -32,8 +32,14 @@ def persist_due(
     return by_steps or by_time
 
 
-def steps_to_prune(steps: Iterable[int], keep: int) -> list[int]:
-    """All but the newest `keep` of `steps`, ascending. keep >= 1: never delete every copy."""
+def steps_to_prune(steps: Iterable[int], keep: int, incomplete: Iterable[int] = ()) -> list[int]:
+    """All but the newest `keep` of the complete `steps`, and every `incomplete` step older
+    than the newest complete one, ascending. keep >= 1: never delete every copy. An
+    incomplete step never counts towards `keep` (it would push a complete one out), and
+    one newer than every complete step stays: it may be a part still being finished."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, not {keep}")
-    return sorted(set(steps))[:-keep]
+    complete = sorted(set(steps))
+    newest = complete[-1] if complete else NONE
+    broken = {step for step in incomplete if step < newest} - set(complete)
+    return sorted({*complete[:-keep], *broken})

@@ -34,10 +34,17 @@ class NodeCopies:
 class RestoreChoice:
     step: int  # NONE: start fresh
     sources: Mapping[int, str] = field(default_factory=dict)  # node -> where its copy is first
+    passed_over: tuple[int, ...] = ()  # steps some pod had a copy of, newest first
 
     def why(self) -> str:
-        if self.step == NONE:
-            return "no step has a copy for every pod: fresh start"
+        if self.step == NONE and not self.passed_over:
+            return "no snapshot saved yet: the script starts from its beginning"
+        if self.step == NONE:  # copies exist, but no step is whole: worth a look
+            held = ", ".join(str(s) for s in self.passed_over[:5])
+            return (
+                f"no step has a usable copy for every pod (held in part: {held}): "
+                "the script starts from its beginning"
+            )
         by_source: dict[str, list[int]] = {}
         for node, source in sorted(self.sources.items()):
             by_source.setdefault(source, []).append(node)
@@ -73,13 +80,14 @@ def choose_restore(
         steps |= c.shm | c.persisted
         for held in c.replicas.values():
             steps |= held
-    for step in sorted((s for s in steps if 0 <= s <= newest), reverse=True):
+    candidates = sorted((s for s in steps if 0 <= s <= newest), reverse=True)
+    for step in candidates:
         if any(step in bad.get(n, frozenset()) for n in nodes):
             continue
         found = {n: sources(n, step, copies) for n in nodes}
         if all(found.values()):
             return RestoreChoice(step, {n: where[0] for n, where in found.items()})
-    return RestoreChoice(NONE)
+    return RestoreChoice(NONE, passed_over=tuple(candidates))
 
 
 def _ranges(nodes: list[int]) -> str:

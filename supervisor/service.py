@@ -47,6 +47,7 @@ NOTABLE_EVENTS = frozenset(
         "spare_lost",
         "snapshot_problem",
         "reentry_fallback",
+        "persist_error",  # a full or failing durable disk: training goes on, unprotected
     }
 )
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,17 @@ from typing import Any
 
 import psutil
 import pytest
-from jobs import REPO, job_env, max_step, pids_by_rank, read_events, torchrun, train_launch
+from jobs import (
+    REPO,
+    TOY_DDP,
+    RunningJob,
+    job_env,
+    max_step,
+    pids_by_rank,
+    read_events,
+    torchrun,
+    train_launch,
+)
 
 from train_supervisor import exit_codes
 
@@ -241,3 +254,35 @@ def test_workers_keep_freed_memory_for_reuse_unless_turned_off_or_the_user_tuned
         "mmapped": True,
         "kept_after_free": False,
     }
+
+
+TORCHRUN_C10D_PORT = 29400
+TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[train-launch\] [A-Z]+ ")
+
+
+def test_standalone_next_to_a_held_29400_logs_timed_lines_and_no_invented_kill_sender() -> None:
+    """Three small faults of one standalone run: the embedded supervisor had the fixed port
+    29400 (torchrun's c10d default; a run failed to start next to a process holding it);
+    text lines had no time; a rank that SIGKILLed itself was reported killed "from outside"."""
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        with contextlib.suppress(OSError):  # already held by someone else: as good
+            holder.bind(("127.0.0.1", TORCHRUN_C10D_PORT))
+            holder.listen()
+        launch = [
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--warm-spares",
+            "0",
+            "--max-restarts",
+            "2",
+        ]
+        script = ["--steps", "8", "--kill-self-rank", "1", "--kill-self-at-step", "3"]
+        job = RunningJob([sys.executable, "-m", "launcher.main", *launch, str(TOY_DDP), *script])
+        assert job.wait(180) == exit_codes.SUCCEEDED, job.stderr
+    assert not job.supervisor_address().endswith(f":{TORCHRUN_C10D_PORT}")
+    ours = [line for line in job.stderr_lines if "[train-launch]" in line]
+    assert ours and all(TEXT_LINE.match(line) for line in ours), ours
+    assert "killed by SIGKILL; sender unknown" in job.stderr
+    assert "from outside" not in job.stderr

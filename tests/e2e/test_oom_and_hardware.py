@@ -96,7 +96,10 @@ def test_a_sigkill_from_outside_is_transient_and_restarted_in_place(tmp_path: Pa
     survivor, victim = pid_of(tmp_path, 0, 0), pid_of(tmp_path, 0, 1)
     os.kill(victim, signal.SIGKILL)
     assert job.wait(60) == exit_codes.SUCCEEDED, job.stderr
-    transient = "looks like transient (killed by SIGKILL from outside) -> restart: restart 1 of 5"
+    transient = (
+        "looks like transient (killed by SIGKILL; sender unknown, not the supervisor, "
+        "no OOM kill seen) -> restart: restart 1 of 5"
+    )
     assert transient in job.stderr
     assert pid_of(tmp_path, 1, 0) == survivor and pid_of(tmp_path, 1, 1) != victim
     assert not (tmp_path / "termination-log").exists()  # a success leaves no message

@@ -172,8 +172,39 @@ def test_pet_boolean_flags(script: str, value: str, expected: bool) -> None:
     assert parse([script], {"PET_STANDALONE": value}).standalone is expected
 
 
-def test_bad_pet_value_is_a_usage_error(script: str) -> None:
-    assert "--max-restarts" in usage_error([script], {"PET_MAX_RESTARTS": "lots"})
+def test_bad_pet_value_is_a_usage_error_naming_the_variable(script: str) -> None:
+    error = usage_error([script], {"PET_MAX_RESTARTS": "lots"})
+    assert error == "PET_MAX_RESTARTS must be an integer, got 'lots'"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("PET_SUPERVISOR_PORT", "99999", "PET_SUPERVISOR_PORT must be <= 65535, got 99999"),
+        ("PET_MASTER_PORT", "70000", "PET_MASTER_PORT must be <= 65535, got 70000"),
+        ("PET_NNODES", "0", "PET_NNODES must be >= 1, got 0"),
+        ("PET_NPROC_PER_NODE", "many", "PET_NPROC_PER_NODE must be an integer, got 'many'"),
+        ("PET_UNWIND_TIMEOUT", "nan", "PET_UNWIND_TIMEOUT must be a finite number, got 'nan'"),
+        ("PET_SPARE_IMPORTS", "all", "PET_SPARE_IMPORTS must be one of"),
+    ],
+)
+def test_pet_values_are_validated_like_the_flags(
+    script: str, variable: str, value: str, expected: str
+) -> None:
+    """PET_SUPERVISOR_PORT=99999 used to pass and wrap to port 34463 when bound."""
+    assert usage_error([script], {variable: value}).startswith(expected)
+
+
+def test_a_bad_flag_value_names_the_flag_even_with_the_variable_set(script: str) -> None:
+    env = {"PET_SUPERVISOR_PORT": "99999"}
+    error = usage_error(["--supervisor-port", "65536", script], env)
+    assert error == "--supervisor-port must be <= 65535, got 65536"
+
+
+def test_standalone_supervisor_port_defaults_to_any_free_port(script: str) -> None:
+    """29400 is torchrun's c10d default too: a fixed default failed to start next to it."""
+    assert parse(["--standalone", script]).supervisor_port == 0
+    assert parse(["--standalone", "--supervisor-port", "29411", script]).supervisor_port == 29411
 
 
 # -------------------------------------------------------------- refused input

@@ -28,7 +28,7 @@ RESTART, KILL_RESTART, REPLACE, STOP = (
 TABLE = [
     # (name, evidence, class, action, words the reason must hold)
     ("exit code only", Evidence(exit_code=3), UNK, RESTART, "exit code 3"),
-    ("a kill from outside", Evidence(signum=KILL), NET, RESTART, "SIGKILL"),
+    ("a kill not ours", Evidence(signum=KILL), NET, RESTART, "SIGKILL; sender unknown"),
     (
         "error file: user exception",
         Evidence(exit_code=1, exception_type="ValueError", message="bad batch"),
@@ -215,3 +215,12 @@ def test_only_a_bare_exit_code_or_signal_is_unexplained(
 ) -> None:
     # What supervisor/failure_evidence.py counts towards "faults on this pod".
     assert classify(evidence).explained is explained
+
+
+def test_a_signal_death_never_claims_a_sender_it_cannot_know() -> None:
+    """A rank that SIGKILLed itself was reported "killed by SIGKILL from outside": the exit
+    status carries no sender, so the reason says what is known and nothing more."""
+    for signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV):
+        reason = classify(Evidence(signum=signum)).reason
+        assert "outside" not in reason
+        assert reason.startswith(f"killed by {signal.Signals(signum).name}; sender unknown")

@@ -243,3 +243,34 @@ def test_prune_keeps_the_newest_steps_and_clears_dead_writers_leftovers(tmp_path
     assert store.load(40, 0).step == 40
     assert store.remove(50) and not store.remove(50)
     assert store.steps() == [40]
+
+
+def test_a_part_with_a_file_lost_or_cut_short_is_no_step(tmp_path: Path) -> None:
+    """Listed by steps() only when every file its manifest names is there, at its size: the
+    restore then takes the newest complete step without trying a broken one first."""
+    store = DurableStore(tmp_path / "durable", RUN, 0)
+    for step in (1, 2, 3):
+        images = [image_of(tmp_path, r, step, small_state(step)) for r in (0, 1)]
+        store.persist(step, 1, images, NO_PACE)
+    cut = store.step_dir(3) / "rank-1.pt"
+    cut.write_bytes(cut.read_bytes()[:100])  # half-written by hand, a failing disk
+    (store.step_dir(2) / "rank-0.pt").unlink()
+    assert store.steps() == [1]
+
+
+def test_prune_never_keeps_an_incomplete_step_in_place_of_a_complete_one(
+    tmp_path: Path,
+) -> None:
+    store = DurableStore(tmp_path / "durable", RUN, 0)
+    for step in (10, 20, 30, 40):
+        store.persist(step, 1, [image_of(tmp_path, 0, step, small_state(step))], NO_PACE)
+    (store.step_dir(30) / "rank-0.pt").unlink()  # 30 is broken, older than complete 40
+    (store.step_dir(40) / MANIFEST).unlink()  # ... and so is 40: the newest complete is 20
+    assert store.steps() == [10, 20]
+    assert store.prune(2) == [], "both complete steps stay; 30 and 40 are newer than 20"
+    store.persist(50, 1, [image_of(tmp_path, 0, 50, small_state(50))], NO_PACE)
+    assert store.prune(2) == [10, 30, 40]
+    assert store.steps() == [20, 50]
+    assert sorted(p.name for p in store.directory.iterdir()) == [
+        "step-000000000020", "step-000000000050",
+    ]  # fmt: skip

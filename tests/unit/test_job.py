@@ -259,7 +259,10 @@ def test_sigkilled_rank_opens_the_next_generation(sim: Sim) -> None:
     assert record.detail.signature == "SIGKILL"
     assert record.action == "restart"
     [failure] = [e.message for e in sim.job.events if e.kind == "failure"]
-    assert "looks like transient (killed by SIGKILL from outside)" in failure
+    assert (
+        "looks like transient (killed by SIGKILL; sender unknown, not the supervisor, "
+        "no OOM kill seen)" in failure
+    )
 
 
 def test_the_failure_event_names_the_class_the_output_points_at(sim: Sim) -> None:

@@ -147,7 +147,7 @@ def test_nothing_starts_until_every_pod_is_ready(nnodes: int) -> None:
         nnodes=nnodes,
         history=(),
         restore_step=-1,
-        restore_reason="no step has a copy for every pod: fresh start",
+        restore_reason="no snapshot saved yet: the script starts from its beginning",
     )
     assert leader.phase is Phase.RUNNING
 

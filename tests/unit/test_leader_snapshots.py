@@ -98,3 +98,23 @@ def test_rounds_reach_the_pods_in_the_commit_message() -> None:
     leader.pod_snapshots(1, 0, [1, 2], now=0.1)
     [done] = [b.message for b in leader.pod_offloaded(1, 1, "", "", now=0.2)]
     assert done == CommitStep(0, 2, OffloadRound(2, True, False), 1, NONE)
+
+
+def test_a_round_not_every_pod_persisted_tells_every_pod_to_drop_its_part() -> None:
+    """A full disk on one pod: the other's part of the step is no step anyone can restore
+    (and on a shared disk it kept it full): the round's end says to drop it."""
+    job = snapshots(persist=True)
+    job.held(0, [3], now=0.0)
+    news = job.held(1, [3], now=0.0)
+    assert news is not None and news.offload == OffloadRound(3, True, True)
+    job.offloaded(0, 3, "", "", now=0.1)
+    done = job.offloaded(1, 3, "", "node-1/step-000000000003.tmp-9: No space left (ENOSPC)", 0.2)
+    assert done is not None and done.drop_persisted == (3,) and done.persisted == NONE
+    assert "ENOSPC" in job.rounds.errors["persist"]
+    job.held(0, [3, 13], now=10.0)
+    news = job.held(1, [3, 13], now=10.0)
+    assert news is not None and news.offload == OffloadRound(13, True, True), "retried later"
+    assert news.drop_persisted == (), "said once, with the round's end"
+    job.offloaded(0, 13, "", "", now=10.1)
+    done = job.offloaded(1, 13, "", "", now=10.2)
+    assert done is not None and done.drop_persisted == () and done.persisted == 13

@@ -13,8 +13,9 @@ import pytest
 from supervisor.config import parse_config, unknown_variables
 from supervisor.env_values import ConfigError, Source
 from supervisor.events_cli import event_json, event_line
-from supervisor.logs import JsonFormatter, iso_utc
+from supervisor.logs import JsonFormatter
 from supervisor.outputs_config import OutputsConfig, outputs_from_env, parse_outputs
+from train_supervisor.text_log import TextFormatter, iso_utc
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 LOOPBACK = {"SUPERVISOR_BIND": "127.0.0.1"}
@@ -127,3 +128,10 @@ def test_an_event_as_json_keeps_zero_fields_and_the_full_message() -> None:
         "kind": "failure",
         "message": "a\nb",
     }
+
+
+# ------------------------------------------------------------------ text logs
+def test_a_text_log_line_starts_with_its_utc_time() -> None:
+    """Text lines carried no timestamp: a log without a collector's time was unreadable."""
+    line = TextFormatter("train-launch").format(record("rank 1 failed"))
+    assert line == "2026-11-23T18:07:33.123Z [train-launch] WARNING rank 1 failed"

@@ -52,6 +52,7 @@ def representative_snapshot() -> pb.JobStatus:
     status.ranks.add(rank=0, step=8, step_time_s=0.5, compute_s=0.3, heartbeat_age_s=0.1)
     status.findings.add(kind="straggler", node_rank=2, score=9.1)
     status.samples.add(node_rank=2, metrics={"compute_s": 0.4})
+    status.persist_failures["ENOSPC"] = 2
     return status
 
 

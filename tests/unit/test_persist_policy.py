@@ -43,3 +43,10 @@ def test_steps_to_prune_keeps_the_newest() -> None:
     assert steps_to_prune([10, 20], 2) == [] and steps_to_prune([], 3) == []
     with pytest.raises(ValueError, match="keep must be >= 1"):
         steps_to_prune([1, 2], 0)
+
+
+def test_an_incomplete_step_never_counts_towards_keep() -> None:
+    """Incomplete steps older than the newest complete one go; newer ones may be finishing."""
+    assert steps_to_prune([10, 30], 2, incomplete=[20, 40]) == [20]
+    assert steps_to_prune([10, 30, 50], 2, incomplete=[20, 40, 60]) == [10, 20, 40]
+    assert steps_to_prune([], 2, incomplete=[5]) == [], "no complete step: nothing to judge by"

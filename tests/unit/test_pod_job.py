@@ -289,7 +289,7 @@ def test_sigkilled_rank_is_reported_and_respawned_without_a_local_restart() -> N
         step=7,
         failure_class="transient",
         action="RESTART_IN_PLACE",
-        reason="killed by SIGKILL from outside",
+        reason="killed by SIGKILL; sender unknown, not the supervisor, no OOM kill seen",
         time_unix=report.failure.time_unix,  # when the pod saw it: the crash-loop window
     )
     assert report.failure.time_unix > 0
@@ -728,7 +728,11 @@ def test_two_pods_and_a_leader_form_recover_one_rank_and_finish() -> None:
     c.pod(1, c.pods[1].kill(3))
     log = c.take_log()
     # With the pod's classification, through the wire.
-    transient = ("transient", Action.RESTART_IN_PLACE, "killed by SIGKILL from outside")
+    transient = (
+        "transient",
+        Action.RESTART_IN_PLACE,
+        "killed by SIGKILL; sender unknown, not the supervisor, no OOM kill seen",
+    )
     [failure] = c.leader.history
     assert failure.time_s > 0  # the crash-loop window's clock: when the pod saw it
     assert [dataclasses.replace(failure, time_s=0.0)] == [Failure(0, 3, "SIGKILL", 7, *transient)]

@@ -187,3 +187,12 @@ def test_the_job_wide_view_gives_every_rank_the_leaders_commit_and_offload_steps
     assert {(r.committed_step, r.replicated_step, r.persisted_step) for r in ranks} == {(9, 8, 4)}
     assert [r.saved_step for r in ranks] == [9] * 4  # what each rank itself reported stays
     assert lagging[0].committed_step == 8, "the follower's report is not changed in place"
+
+
+def test_table_names_failed_persists_by_reason() -> None:
+    status = job_status(running_job(), now=0.0, leader="local")
+    status.offload_errors.append("persist: node 1: step-000000000005.tmp-7: No space (ENOSPC)")
+    status.persist_failures.update({"ENOSPC": 3, "EIO": 1})
+    table = render_table(status)
+    assert "offload error: persist: node 1: " in table
+    assert "persist failures on this pod: EIO 1, ENOSPC 3" in table

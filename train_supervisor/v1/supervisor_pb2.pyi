@@ -514,7 +514,14 @@ class PodSample(_message.Message):
     def __init__(self, node_rank: _Optional[int] = ..., time_unix: _Optional[float] = ..., window_s: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events", "committed_step", "replicated_step", "persisted_step", "offload_errors", "findings", "samples", "reentry", "fresh_processes")
+    __slots__ = ("run_id", "generation", "world_size", "state", "restart_count", "max_restarts", "ranks", "last_failure", "spare_pids", "leader", "recent_events", "committed_step", "replicated_step", "persisted_step", "offload_errors", "findings", "samples", "reentry", "fresh_processes", "persist_failures")
+    class PersistFailuresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -534,6 +541,7 @@ class JobStatus(_message.Message):
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     REENTRY_FIELD_NUMBER: _ClassVar[int]
     FRESH_PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_FAILURES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     generation: int
     world_size: int
@@ -553,7 +561,8 @@ class JobStatus(_message.Message):
     samples: _containers.RepeatedCompositeFieldContainer[PodSample]
     reentry: ReentryMode
     fresh_processes: str
-    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., committed_step: _Optional[int] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., offload_errors: _Optional[_Iterable[str]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[PodSample, _Mapping]]] = ..., reentry: _Optional[_Union[ReentryMode, str]] = ..., fresh_processes: _Optional[str] = ...) -> None: ...
+    persist_failures: _containers.ScalarMap[str, int]
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., restart_count: _Optional[int] = ..., max_restarts: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., spare_pids: _Optional[_Iterable[int]] = ..., leader: _Optional[str] = ..., recent_events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., committed_step: _Optional[int] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., offload_errors: _Optional[_Iterable[str]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[PodSample, _Mapping]]] = ..., reentry: _Optional[_Union[ReentryMode, str]] = ..., fresh_processes: _Optional[str] = ..., persist_failures: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ReplicaHeader(_message.Message):
     __slots__ = ("run_id", "node_rank", "rank", "step", "generation", "manifest", "payload_len", "checksum")
@@ -727,18 +736,20 @@ class OffloadRoundMsg(_message.Message):
     def __init__(self, step: _Optional[int] = ..., replicate: bool = ..., persist: bool = ...) -> None: ...
 
 class CommitMsg(_message.Message):
-    __slots__ = ("generation", "step", "offload", "replicated_step", "persisted_step")
+    __slots__ = ("generation", "step", "offload", "replicated_step", "persisted_step", "drop_persisted")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_FIELD_NUMBER: _ClassVar[int]
     REPLICATED_STEP_FIELD_NUMBER: _ClassVar[int]
     PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    DROP_PERSISTED_FIELD_NUMBER: _ClassVar[int]
     generation: int
     step: int
     offload: OffloadRoundMsg
     replicated_step: int
     persisted_step: int
-    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., offload: _Optional[_Union[OffloadRoundMsg, _Mapping]] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ...) -> None: ...
+    drop_persisted: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., offload: _Optional[_Union[OffloadRoundMsg, _Mapping]] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., drop_persisted: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EndJobMsg(_message.Message):
     __slots__ = ("exit_code", "report")
