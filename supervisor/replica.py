@@ -24,6 +24,7 @@ from typing import Any, NoReturn, Optional
 import crc32c
 import grpc
 
+from supervisor.refusals import RefusalLog
 from train_supervisor.arena import (
     ArenaFull,
     CorruptSnapshot,
@@ -166,8 +167,14 @@ class IncomingCopy:
 class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     """Holds other pods' rank snapshots: one RankArena per rank under the job's directory."""
 
-    def __init__(self, job: ReplicaJob, on_stored: Optional[OnStored] = None) -> None:
+    def __init__(
+        self,
+        job: ReplicaJob,
+        on_stored: Optional[OnStored] = None,
+        refusals: Optional[RefusalLog] = None,
+    ) -> None:
         self._job = job
+        self._refusals = refusals if refusals is not None else RefusalLog()
         self._on_stored = on_stored
         # In flight, per (directory, rank): one push at a time (its step), and never a push
         # into a slot being fetched (counts per slot). Only the event loop touches these.
@@ -186,11 +193,10 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             )
         return directory
 
-    @staticmethod
     async def _refuse(
-        context: grpc.aio.ServicerContext[Any, Any], call: str, refused: Refused
+        self, context: grpc.aio.ServicerContext[Any, Any], call: str, refused: Refused
     ) -> NoReturn:
-        log.warning("replica %s from %s refused: %s", call, context.peer(), refused)
+        self._refusals.refusal(f"replica {call}", context.peer(), refused.code.name, str(refused))
         await context.abort(refused.code, str(refused))
         raise AssertionError("unreachable: abort raises")
 

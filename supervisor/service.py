@@ -13,7 +13,8 @@ from typing import Any, Optional, Protocol
 
 import grpc
 
-from supervisor import restart_policy
+from supervisor import call_checks, restart_policy
+from supervisor.call_checks import NoProcesses, Processes, Refusal
 from supervisor.classify import GpuHealth
 from supervisor.detect_config import DetectConfig
 from supervisor.gpu_probe import default_probes, device_health
@@ -29,6 +30,8 @@ from supervisor.pod_health import PodHealth
 from supervisor.pod_job import CoordinatedJobState
 from supervisor.pod_metrics import PodSampler
 from supervisor.ports import free_port
+from supervisor.process_table import ProcessTable, launcher_in_view
+from supervisor.refusals import RefusalLog
 from supervisor.snapshots import harvest_arenas
 from supervisor.status_view import job_status
 from train_supervisor.arena_paths import remove_arena
@@ -94,6 +97,10 @@ class Supervisor:
         self.closing = False  # stopping: event streams end (supervisor/event_watch.py)
         self.metrics_board: Optional[MetricsBoard] = None  # set when /metrics is served
         self._metrics_at = -REFRESH_S
+        self.refusals = RefusalLog()  # refused calls, logged at a bounded rate
+        # The launcher's pid once /proc can vouch for worker pids (supervisor/process_table.py).
+        self.launcher_pid: Optional[int] = None
+        self.processes: Processes = NoProcesses()
 
     # ------------------------------------------------------------- plumbing
     def apply(self, effects: list[Effect]) -> None:
@@ -206,6 +213,15 @@ class Supervisor:
             snapshot_of(self.local_status(), job.failures, job.events.by_kind, job_wide)
         )
 
+    async def refuse(
+        self, context: grpc.aio.ServicerContext[Any, Any], call: str, refusal: Optional[Refusal]
+    ) -> None:
+        """Abort the call when `refusal` says so (supervisor/call_checks.py), before any change."""
+        if refusal is None:
+            return
+        self.refusals.refusal(call, context.peer(), refusal.code.name, refusal.reason)
+        await context.abort(refusal.code, refusal.reason)
+
     async def require_job(self, context: grpc.aio.ServicerContext[Any, Any]) -> JobState:
         if self.job is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no launcher attached yet")
@@ -218,6 +234,7 @@ class Supervisor:
         request: pb.AttachLauncherRequest,
         context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
     ) -> AsyncIterator[pb.LauncherCommand]:
+        await self.refuse(context, "AttachLauncher", call_checks.attach_launcher(request))
         if self.job is not None:
             why = "this supervisor's job is over" if self.job.over else "a launcher is attached"
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
@@ -239,6 +256,8 @@ class Supervisor:
             )
             self.coordination.launcher_attached(request.spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
+        if launcher_in_view(request.launcher_pid, request.pid_namespace):
+            self.launcher_pid, self.processes = request.launcher_pid, ProcessTable()
         if request.spec.snapshot_dir:
             target = self.replica_target if self.coordination is not None else None
             self.offload = OffloadDriver(
@@ -269,6 +288,8 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.ProcessStarted, pb.Ack],
     ) -> pb.Ack:
         job = await self.require_job(context)
+        refusal = call_checks.process_started(job, request, self.launcher_pid, self.processes)
+        await self.refuse(context, "ReportProcessStarted", refusal)
         if not request.spare:
             self.apply(job.process_started(request.pid, request.rank))
         return pb.Ack()
@@ -325,6 +346,10 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.AttachWorkerRequest, pb.WorkerCommand],
     ) -> AsyncIterator[pb.WorkerCommand]:
         job = await self.require_job(context)
+        refusal = call_checks.attach_worker(
+            job, request, self.worker_queues, self.launcher_pid, self.processes
+        )
+        await self.refuse(context, "AttachWorker", refusal)
         queue: asyncio.Queue[Optional[pb.WorkerCommand]] = asyncio.Queue()
         self.worker_queues[request.pid] = queue
         self.apply(job.worker_attached(request.pid, request.rank, request.spare))
@@ -344,6 +369,7 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.HeartbeatRequest, pb.Ack],
     ) -> pb.Ack:
         job = await self.require_job(context)
+        await self.refuse(context, "Heartbeat", call_checks.heartbeat(job, request))
         if self.pod_health is not None:
             self.pod_health.on_heartbeat(request.rank, request.step_time_s, request.compute_s)
         self.apply(
@@ -364,6 +390,7 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.WorkerOutcome, pb.OutcomeVerdict],
     ) -> pb.OutcomeVerdict:
         job = await self.require_job(context)
+        await self.refuse(context, "ReportOutcome", call_checks.outcome(job, request))
         failure = request.failure if request.HasField("failure") else None
         verdict, effects = job.outcome(
             request.pid, request.generation, request.kind, failure, time.monotonic(), request.step
