@@ -61,7 +61,7 @@ class RefusalLog:
         admitted, suppressed = self.bucket.admit(self.clock())
         if admitted:
             log.warning(
-                "refused %s from %s: %s %s%s", method, peer, code, reason, _more(suppressed)
+                "refused %s from %s: %s (%s)%s", method, peer, reason, code, _more(suppressed)
             )
 
     def error(self, method: str, peer: str, err: BaseException) -> None:
