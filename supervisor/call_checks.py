@@ -36,6 +36,7 @@ MAX_NODES = 1 << 16
 MAX_NPROC = 1024
 MAX_SIGNAL = 128
 MAX_HELD = 2  # an arena holds two complete steps
+MAX_INCARNATION = (1 << 63) - 1  # a follower picks 62 random bits (supervisor/follower.py)
 RESTORE_SOURCES = frozenset({"", "shm", "peer", "durable", "none"})
 
 
@@ -391,7 +392,7 @@ def join(members: Membership, request: pb.JoinRequest) -> Optional[Refusal]:
     bad = first(
         _node(members, node),
         in_range("nproc", request.nproc, members.nproc, members.nproc),
-        in_range("incarnation", request.incarnation, 0, MAX_STEP),
+        in_range("incarnation", request.incarnation, 0, MAX_INCARNATION),
         in_range("view.generation", view.generation, 0, MAX_STEP),
         in_range("view.restart_count", view.restart_count, 0, 1 << 30),
         _history("view.history", view.history),

@@ -213,6 +213,9 @@ def test_a_join_cannot_replace_a_live_pod_or_name_a_bad_node() -> None:
     assert code(call_checks.join(MEMBERS, join)) == PRECONDITION  # node 1 is live
     same = pb.JoinRequest(run_id="job1", node_rank=1, nproc=2, incarnation=77)
     assert call_checks.join(MEMBERS, same) is None  # its own re-join
+    big = pb.JoinRequest(run_id="job1", node_rank=1, nproc=2, incarnation=(1 << 62) - 1)
+    quiet = Membership("job1", 2, 2, {0: 0, 1: 77}, frozenset())
+    assert call_checks.join(quiet, big) is None  # a follower picks 62 random bits
     quiet = Membership("job1", 2, 2, {0: 0, 1: 77}, frozenset())
     assert call_checks.join(quiet, join) is None  # a restarted follower, old stream gone
     for bad in (
