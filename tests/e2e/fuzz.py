@@ -43,6 +43,7 @@ RANGES = {
     FieldDescriptor.TYPE_UINT64: (0, (1 << 64) - 1),
 }
 DROPPED = grpc.StatusCode.CANCELLED  # a stream we dropped ourselves
+TOO_BIG = grpc.StatusCode.RESOURCE_EXHAUSTED
 BODIES = ("message", "message", "message", "truncated", "garbage", "empty")
 TOKENS = ("good", "good", "wrong", "none")
 
@@ -179,6 +180,7 @@ class Tally:
     # Calls without the job token answered other than UNAUTHENTICATED (loopback status aside;
     # UNIMPLEMENTED: the method is not served there; CANCELLED: dropped by us before an answer).
     unauthenticated_ok: int = 0
+    odd: collections.Counter[str] = field(default_factory=collections.Counter)  # to look into
     elapsed_s: float = 0.0
 
 
@@ -190,7 +192,7 @@ async def _requests(bodies: Sequence[bytes]) -> AsyncIterator[bytes]:
 async def one_call(
     channel: grpc.aio.Channel, method: MethodDescriptor, bodies: Sequence[bytes], metadata: Any,
     drop_after: Optional[int],
-) -> grpc.StatusCode:  # fmt: skip
+) -> tuple[grpc.StatusCode, str]:  # fmt: skip
     """Send raw `bodies`; a response stream is dropped after `drop_after` messages."""
     path = path_of(method)
     timeout = 3.0
@@ -204,21 +206,21 @@ async def one_call(
             call = maker(path)(bodies[0], metadata=metadata, timeout=timeout)
         if not method.server_streaming:
             await call
-            return grpc.StatusCode.OK
+            return grpc.StatusCode.OK, ""
         if drop_after == 0:  # opened and dropped at once
             call.cancel()
-            return DROPPED
+            return DROPPED, ""
         received = 0
         async for _ in call:
             received += 1
             if drop_after is not None and received >= drop_after:
                 call.cancel()
-                return grpc.StatusCode.CANCELLED
-        return grpc.StatusCode.OK
+                return DROPPED, ""
+        return grpc.StatusCode.OK, ""
     except grpc.aio.AioRpcError as err:
-        return err.code()
+        return err.code(), err.details() or ""
     except asyncio.CancelledError:
-        return grpc.StatusCode.CANCELLED
+        return DROPPED, ""
 
 
 async def fuzz(
@@ -259,7 +261,7 @@ async def fuzz(
         drop_after = rng.choice((0, 1, None)) if method.server_streaming else None
         channel = channels[index // len(rpcs) % len(channels)]
         try:
-            code = await one_call(channel, method, bodies, metadata, drop_after)
+            code, details = await one_call(channel, method, bodies, metadata, drop_after)
         finally:
             limit.release()
         tally.by_code[code.name] += 1
@@ -267,9 +269,14 @@ async def fuzz(
         tally.by_token[token_kind] += 1
         open_to_loopback = method.containing_service.name == "StatusService"
         needs_token = not open_to_loopback or token_kind == "wrong"
-        refused = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED)
+        # RESOURCE_EXHAUSTED: gRPC's own refusal of a message over the size limit, before any
+        # interceptor runs.
+        refused = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED, TOO_BIG)
         if token_kind != "good" and needs_token and code not in (*refused, DROPPED):
             tally.unauthenticated_ok += 1
+            tally.odd[f"{path_of(method)} {token_kind} token: {code.name} {details[:80]}"] += 1
+        elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            tally.odd[f"{path_of(method)} {token_kind} token: {code.name} {details[:80]}"] += 1
 
     try:
         for index in range(count):
