@@ -36,6 +36,9 @@ def report_of(result: GateResult, args: argparse.Namespace) -> dict[str, Any]:
         "calls_by_token": dict(sorted(tally.by_token.items())),
         "rpcs_covered": len(tally.by_rpc),
         "calls_without_token_not_refused": tally.unauthenticated_ok,
+        "server_errors": tally.server_errors,
+        "transport_resets_of_answered_client_streams": tally.transport_resets,
+        "odd_answers": dict(tally.odd),
         "state_changes": len(result.state_changes),
         "state_change_details": result.state_changes,
         "per_step_states_compared": result.compared_states,
@@ -66,6 +69,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"| answered OK (read-only or harmless calls) | {report['calls_answered_ok']} |",
         f"| refused, by code | {refused} |",
         f"| calls without the token not refused | {report['calls_without_token_not_refused']} |",
+        f"| server errors (UNKNOWN, or INTERNAL from a servicer) | {report['server_errors']} |",
         f"| state changes (goal 0) | {report['state_changes']} |",
         f"| per-step state hashes unlike the untouched run "
         f"| {report['per_step_states_unlike_untouched_run']} "

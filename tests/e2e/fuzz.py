@@ -44,6 +44,7 @@ RANGES = {
 }
 DROPPED = grpc.StatusCode.CANCELLED  # a stream we dropped ourselves
 TOO_BIG = grpc.StatusCode.RESOURCE_EXHAUSTED
+TRANSPORT_WORDS = ("RST_STREAM", "Stream removed", "Socket closed", "Broken pipe")
 BODIES = ("message", "message", "message", "truncated", "garbage", "empty")
 TOKENS = ("good", "good", "wrong", "none")
 
@@ -181,6 +182,10 @@ class Tally:
     # UNIMPLEMENTED: the method is not served there; CANCELLED: dropped by us before an answer).
     unauthenticated_ok: int = 0
     odd: collections.Counter[str] = field(default_factory=collections.Counter)  # to look into
+    # A server failure: UNKNOWN, or INTERNAL that is not the transport resetting a client
+    # stream the server had already answered (a race of the client's writes with the answer).
+    server_errors: int = 0
+    transport_resets: int = 0
     elapsed_s: float = 0.0
 
 
@@ -272,11 +277,18 @@ async def fuzz(
         # RESOURCE_EXHAUSTED: gRPC's own refusal of a message over the size limit, before any
         # interceptor runs.
         refused = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED, TOO_BIG)
-        if token_kind != "good" and needs_token and code not in (*refused, DROPPED):
-            tally.unauthenticated_ok += 1
-            tally.odd[f"{path_of(method)} {token_kind} token: {code.name} {details[:80]}"] += 1
+        reset = code == grpc.StatusCode.INTERNAL and method.client_streaming
+        reset = reset and any(word in details for word in TRANSPORT_WORDS)
+        odd = f"{path_of(method)} {token_kind} token: {code.name} {details[:80]}"
+        if reset:
+            tally.transport_resets += 1
+            tally.odd[odd] += 1
         elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-            tally.odd[f"{path_of(method)} {token_kind} token: {code.name} {details[:80]}"] += 1
+            tally.server_errors += 1
+            tally.odd[odd] += 1
+        elif token_kind != "good" and needs_token and code not in (*refused, DROPPED):
+            tally.unauthenticated_ok += 1
+            tally.odd[odd] += 1
 
     try:
         for index in range(count):

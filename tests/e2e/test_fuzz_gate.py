@@ -46,7 +46,7 @@ def test_hostile_calls_change_nothing(tmp_path: Path, shm_dir: Path) -> None:
         for m in s.methods
     }
     assert tally.unauthenticated_ok == 0, summary
-    assert {"UNKNOWN", "INTERNAL"}.isdisjoint(tally.by_code), summary
+    assert tally.server_errors == 0, summary  # never UNKNOWN, never a servicer's failure
     assert result.state_changes == [], summary
     assert result.mismatched_states == 0 and result.compared_states > 0, summary
     assert max(result.sidecar_log_bytes) < SIDECAR_LOG_LIMIT, result.sidecar_log_bytes
