@@ -11,8 +11,10 @@ import grpc
 import pytest
 from effects import make_spec
 
+from supervisor.call_gate import CallGate
 from supervisor.leader_types import LeaderTimings
 from supervisor.peers import LeaderHub, PeerServicer
+from supervisor.refusals import RefusalLog, TokenBucket
 from supervisor.replica import ReplicaServicer
 from supervisor.server import start_server
 from supervisor.service import Supervisor, SupervisorSettings
@@ -128,3 +130,35 @@ def test_an_empty_attach_with_the_token_does_not_take_rank_0() -> None:
         return code, before == after
 
     assert asyncio.run(with_server(attack)) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+
+
+def test_a_servicer_bug_is_internal_with_a_bounded_number_of_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """50 calls into a servicer that raises: INTERNAL each, and a few logged lines, not 50."""
+
+    async def boom(request: bytes, context: Any) -> bytes:
+        raise KeyError(7)
+
+    async def calls() -> list[grpc.StatusCode]:
+        refusals = RefusalLog(TokenBucket(rate=0.1, burst=3))
+        server = grpc.aio.server(interceptors=[CallGate(None, refusals)])
+        handler = grpc.unary_unary_rpc_method_handler(boom)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("t.T", {"B": handler})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return [
+                    await raw_call(channel, "/t.T/B", (False, False), b"x", ()) for _ in range(50)
+                ]
+        finally:
+            await server.stop(grace=None)
+
+    with caplog.at_level(logging.WARNING):
+        codes = asyncio.run(calls())
+    assert set(codes) == {grpc.StatusCode.INTERNAL}
+    ours = [r for r in caplog.records if "/t.T/B" in r.getMessage()]
+    assert 1 <= len(ours) <= 4 and ours[0].exc_info is not None
