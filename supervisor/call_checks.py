@@ -153,6 +153,8 @@ def launched_here(pid: int, launcher_pid: Optional[int], processes: Processes) -
     """Where the OS tells: `pid` is a process of this pod's launcher."""
     if launcher_pid is None or processes.descends_from(pid, launcher_pid) is not False:
         return None
+    if processes.alive(launcher_pid) is False:
+        return None  # that launcher is gone: until the next attaches, nothing to vouch with
     return _precondition(f"pid {pid} is not a process of this pod's launcher ({launcher_pid})")
 
 

@@ -256,8 +256,7 @@ class Supervisor:
             )
             self.coordination.launcher_attached(request.spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
-        if launcher_in_view(request.launcher_pid, request.pid_namespace):
-            self.launcher_pid, self.processes = request.launcher_pid, ProcessTable()
+        self.note_launcher(request)
         if request.spec.snapshot_dir:
             target = self.replica_target if self.coordination is not None else None
             self.offload = OffloadDriver(
@@ -281,6 +280,14 @@ class Supervisor:
         finally:
             if not job.over:  # the launcher went away (SIGTERM, or it died): nothing runs now
                 self.apply(job.stop("the launcher detached"))
+
+    def note_launcher(self, request: pb.AttachLauncherRequest) -> None:
+        """Whether /proc can vouch for this launcher's worker pids (call on every attach,
+        a re-attach included: the checks follow the launcher that runs now)."""
+        if launcher_in_view(request.launcher_pid, request.pid_namespace):
+            self.launcher_pid, self.processes = request.launcher_pid, ProcessTable()
+        else:
+            self.launcher_pid, self.processes = None, NoProcesses()
 
     async def report_process_started(
         self,

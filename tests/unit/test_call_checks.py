@@ -259,3 +259,11 @@ def test_the_process_table_reads_real_processes() -> None:
     assert table.alive(child.pid) is False
     assert launcher_in_view(os.getpid(), pid_namespace()) is (pid_namespace() != "")
     assert not launcher_in_view(os.getpid(), "pid:[1]")
+
+
+def test_once_the_launcher_is_gone_its_children_are_not_required() -> None:
+    """A launcher restarted in place: until it re-attaches, the old pid vouches for nothing."""
+    job = JobState(make_spec(nproc=2, spares=0), RestartPolicy(3), lambda: 29500)
+    gone = KnownProcesses(set(), {RANK0})
+    request = pb.AttachWorkerRequest(pid=RANK0, rank=0)
+    assert call_checks.attach_worker(job, request, set(), LAUNCHER, gone) is None
