@@ -476,3 +476,19 @@ def _count(name: str, count: int, limit: int) -> Optional[Refusal]:
 
 def _finite(name: str, value: float) -> Optional[Refusal]:
     return None if math.isfinite(value) else _invalid(f"{name} is {value!r}")
+
+
+# ------------------------------------------------------------------ ReplicaService
+
+
+def replica_header(spec: pb.WorkerSpec, header: pb.ReplicaHeader) -> Optional[Refusal]:
+    """A pushed copy belongs to another pod of this job, and to one of that pod's ranks."""
+    others = [n for n in range(spec.nnodes) if n != spec.node_rank]
+    if header.node_rank not in others:
+        return _precondition(f"node_rank {header.node_rank} is not another pod of this job")
+    first_rank = header.node_rank * spec.nproc_per_node
+    return first(
+        in_range("rank", header.rank, first_rank, first_rank + spec.nproc_per_node - 1),
+        in_range("generation", header.generation, 0, MAX_STEP),
+        in_range("step", header.step, 0, MAX_STEP),
+    )

@@ -231,7 +231,9 @@ async def _serve(config: SidecarConfig) -> None:
         token=config.token,
         tls=config.tls,
         peers=peers,
-        replicas=ReplicaServicer(sup.replica_job, refusals=sup.refusals)
+        replicas=ReplicaServicer(
+            sup.replica_job, refusals=sup.refusals, check_header=sup.check_replica_header
+        )
         if config.nnodes > 1
         else None,
         loopback_plaintext=config.loopback_plaintext,

@@ -24,6 +24,7 @@ from typing import Any, NoReturn, Optional
 import crc32c
 import grpc
 
+from supervisor.call_checks import Refusal
 from supervisor.refusals import RefusalLog
 from train_supervisor.arena import (
     ArenaFull,
@@ -48,6 +49,8 @@ TRANSFER_TIMEOUT_S = 600.0
 # The current job's (run_id, replica directory), or None before a job attaches.
 ReplicaJob = Callable[[], Optional[tuple[str, Path]]]
 OnStored = Callable[[int, int], None]  # (rank, step) of a replica just stored
+# Whether a pushed header fits the job (supervisor/call_checks.py replica_header), or why not.
+CheckHeader = Callable[[pb.ReplicaHeader], Optional[Refusal]]
 Code = grpc.StatusCode
 
 
@@ -172,8 +175,10 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         job: ReplicaJob,
         on_stored: Optional[OnStored] = None,
         refusals: Optional[RefusalLog] = None,
+        check_header: Optional[CheckHeader] = None,
     ) -> None:
         self._job = job
+        self._check_header = check_header
         self._refusals = refusals if refusals is not None else RefusalLog()
         self._on_stored = on_stored
         # In flight, per (directory, rank): one push at a time (its step), and never a push
@@ -242,6 +247,8 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         directory = self._directory(header.run_id)
         if (problem := header_problem(header)) is not None:
             raise Refused(Code.INVALID_ARGUMENT, problem)
+        if self._check_header is not None and (refusal := self._check_header(header)) is not None:
+            raise Refused(refusal.code, refusal.reason)
         key = (directory, header.rank)
         if key in self._pushing:
             raise Refused(

@@ -281,6 +281,10 @@ class Supervisor:
             if not job.over:  # the launcher went away (SIGTERM, or it died): nothing runs now
                 self.apply(job.stop("the launcher detached"))
 
+    def check_replica_header(self, header: pb.ReplicaHeader) -> Optional[Refusal]:
+        """For ReplicaService pushes: the copy is of another pod of the job that runs here."""
+        return None if self.job is None else call_checks.replica_header(self.job.spec, header)
+
     def note_launcher(self, request: pb.AttachLauncherRequest) -> None:
         """Whether /proc can vouch for this launcher's worker pids (call on every attach,
         a re-attach included: the checks follow the launcher that runs now)."""

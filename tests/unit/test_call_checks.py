@@ -267,3 +267,17 @@ def test_once_the_launcher_is_gone_its_children_are_not_required() -> None:
     gone = KnownProcesses(set(), {RANK0})
     request = pb.AttachWorkerRequest(pid=RANK0, rank=0)
     assert call_checks.attach_worker(job, request, set(), LAUNCHER, gone) is None
+
+
+def test_a_pushed_replica_is_of_another_pod_and_one_of_its_ranks() -> None:
+    spec = make_spec(nproc=2, nnodes=3, node_rank=1)
+    ok = pb.ReplicaHeader(node_rank=0, rank=1, step=4)
+    assert call_checks.replica_header(spec, ok) is None
+    for bad in (
+        pb.ReplicaHeader(node_rank=1, rank=2),  # this pod's own
+        pb.ReplicaHeader(node_rank=5, rank=10),  # no such pod
+        pb.ReplicaHeader(node_rank=0, rank=2),  # pod 1's rank under pod 0
+        pb.ReplicaHeader(node_rank=2, rank=(1 << 31) - 1),
+        pb.ReplicaHeader(node_rank=2, rank=4, step=-1),
+    ):
+        assert call_checks.replica_header(spec, bad) is not None, bad
