@@ -21,6 +21,7 @@ from launcher.args import LaunchConfig, UsageError, parse_args
 from launcher.processes import WorkerProcesses
 from launcher.sidecar import SupervisorUnreachable, wait_for_supervisor
 from launcher.warm_imports import MANIFEST_NAME
+from supervisor.process_table import pid_namespace
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.termination import record_ending
@@ -123,7 +124,9 @@ class Launcher:
 
     def _follow(self) -> None:
         request = pb.AttachLauncherRequest(
-            spec=worker_spec(self.config, self.error_dir), launcher_pid=os.getpid()
+            spec=worker_spec(self.config, self.error_dir),
+            launcher_pid=os.getpid(),
+            pid_namespace=pid_namespace(),  # lets the supervisor check worker pids
         )
         try:
             for command in self.stub.AttachLauncher(request):

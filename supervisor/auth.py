@@ -1,10 +1,10 @@
 """The job token on the server side: every RPC but health, reflection and local status needs it.
 
 `decide` and `refusal` are pure (method, metadata, peer, token in; a reason out).
-`TokenAuthInterceptor` applies them. A grpc.aio server interceptor sees the
-method and metadata but not the peer, so calls whose verdict depends on the
-peer (status without a token) and refused calls get their handler wrapped: the
-check runs inside it, where `context.peer()` is known.
+supervisor/call_gate.py applies them. A grpc.aio server interceptor sees the
+method and metadata but not the peer, so every call gets its handler wrapped
+(`guarded_handler`): the check runs inside it, where `context.peer()` is known,
+and the request is parsed only after the check passed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import inspect
 import ipaddress
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -20,8 +19,6 @@ from typing import Any, Optional, Union
 import grpc
 
 from train_supervisor.credentials import TOKEN_METADATA_KEY
-
-log = logging.getLogger("train_supervisor")
 
 # Kubernetes grpc probes and grpcurl carry no token.
 OPEN_PREFIXES = (
@@ -106,24 +103,54 @@ def refusal(method: str, peer: str, metadata: Metadata, token: str) -> Optional[
 
 Check = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
 Behaviour = Callable[..., Any]
+Parse = Optional[Callable[[bytes], Any]]
 
 
-def _guard(inner: Behaviour, check: Check, streams_responses: bool) -> Behaviour:
-    """`inner` with `check` run first; keeps its calling convention (coroutine or generator)."""
+class MalformedRequest(Exception):
+    """The request's bytes are not the message the method takes."""
+
+
+def _parser(deserializer: Parse) -> Callable[[Any], Any]:
+    def parse(raw: Any) -> Any:
+        if deserializer is None or not isinstance(raw, bytes):
+            return raw  # no deserializer (raw bytes), or already parsed
+        try:
+            return deserializer(raw)
+        except Exception as err:  # any: protobuf's DecodeError, or a custom deserializer's
+            raise MalformedRequest(type(err).__name__) from None
+
+    return parse
+
+
+def _guard(
+    inner: Behaviour, check: Check, parse: Callable[[Any], Any], streams: tuple[bool, bool]
+) -> Behaviour:
+    """`inner` with `check` run first and its request parsed only after that (`streams`:
+    request streaming, response streaming); keeps its calling convention."""
+    streams_requests, streams_responses = streams
+
+    async def request_of(raw: Any) -> Any:
+        if not streams_requests:
+            return parse(raw)
+
+        async def parsed() -> AsyncIterator[Any]:
+            async for item in raw:
+                yield parse(item)
+
+        return parsed()
+
     if not streams_responses or inspect.iscoroutinefunction(inner):
 
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def call(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await check(context)
-            result = inner(request, context)
+            result = inner(await request_of(raw), context)
             return await result if inspect.isawaitable(result) else result
 
         return call
 
-    async def stream(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
+    async def stream(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         await check(context)
-        responses = inner(request, context)
+        responses = inner(await request_of(raw), context)
         if hasattr(responses, "__aiter__"):
             try:
                 async for response in responses:
@@ -139,51 +166,26 @@ def _guard(inner: Behaviour, check: Check, streams_responses: bool) -> Behaviour
 
 
 _KINDS = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, (False, False)),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, (False, True)),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, (True, False)),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, (True, True)),
 )
 
 
 def guarded_handler(handler: grpc.RpcMethodHandler[Any, Any], check: Check) -> Any:
-    """A copy of `handler` whose behaviour runs `check(context)` before anything else."""
-    for kind, factory, streams_responses in _KINDS:
+    """A copy of `handler` whose behaviour runs `check(context)` before anything else.
+
+    gRPC deserializes a request before any behaviour runs, so the copy takes raw bytes
+    (no deserializer) and parses them itself once `check` passed: a refused call's body
+    is never parsed. Bytes that do not parse raise MalformedRequest.
+    """
+    for kind, factory, streams in _KINDS:
         inner = getattr(handler, kind)
         if inner is not None:
             return factory(
-                _guard(inner, check, streams_responses),
-                request_deserializer=handler.request_deserializer,
+                _guard(inner, check, _parser(handler.request_deserializer), streams),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
     raise ValueError("RPC method handler without a behaviour")
-
-
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses calls without the job token with UNAUTHENTICATED, and logs them."""
-
-    def __init__(self, token: str) -> None:
-        if not token:
-            raise ValueError("empty token")
-        self._token = token
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        decision = decide(method, handler_call_details.invocation_metadata or (), self._token)
-        if handler is None or decision.reason is None:
-            return handler  # unknown methods get UNIMPLEMENTED from gRPC itself
-
-        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            peer = context.peer()
-            reason = decision.refusal(peer)
-            if reason is not None:
-                # Never log what the caller presented: a near-miss token is still a secret.
-                log.warning("refused %s from %s: %s", method, peer, reason)
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
-
-        return guarded_handler(handler, check)

@@ -240,7 +240,11 @@ async def _serve(config: SidecarConfig, kube: Optional[KubeReporter]) -> None:
         token=config.token,
         tls=config.tls,
         peers=peers,
-        replicas=ReplicaServicer(sup.replica_job) if config.nnodes > 1 else None,
+        replicas=ReplicaServicer(
+            sup.replica_job, refusals=sup.refusals, check_header=sup.check_replica_header
+        )
+        if config.nnodes > 1
+        else None,
         loopback_plaintext=config.loopback_plaintext,
     )
     log.info(

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import grpc
 
-from supervisor import restart_policy
+from supervisor import call_checks, restart_policy
 from supervisor.anomaly import AnomalyTracker
 from supervisor.job import fresh_from_the_start
 from supervisor.job_health import JobHealth
@@ -137,16 +137,9 @@ class LeaderHub:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the leader's launcher is not up yet")
             return
         node = request.node_rank
-        if request.run_id != self.run_id:
-            log.warning(
-                "node %d: refused a join for job %r (this job: %r)",
-                node,
-                request.run_id[:64],
-                self.run_id,
-            )
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not this job's run id")
-        if node == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node 0 is the leader")
+        # Before anything is replaced: a refused join leaves the joined pod's stream alone.
+        refusal = call_checks.join(self.membership(leader), request)
+        await self.local.refuse(context, "Join", refusal)
         queue: asyncio.Queue[Optional[pb.LeaderMessage]] = asyncio.Queue()
         old = self.streams.get(node)
         self.streams[node] = queue
@@ -180,14 +173,34 @@ class LeaderHub:
                 log.warning("node %d: stream lost", node)
                 self._deliver(leader.pod_lost(node, time.monotonic(), request.incarnation))
 
+    def membership(self, leader: LeaderState) -> call_checks.Membership:
+        return call_checks.Membership(
+            run_id=self.run_id,
+            nnodes=self.nnodes,
+            nproc=leader.nproc,
+            incarnations={node: m.incarnation for node, m in leader.members.items()},
+            streaming=frozenset(self.streams),
+        )
+
+    async def _check_report(
+        self, context: grpc.aio.ServicerContext[Any, Any], call: str, report: pb.PodReport
+    ) -> None:
+        if self.leader is not None:
+            refusal = call_checks.pod_report(self.membership(self.leader), report)
+            await self.local.refuse(context, call, refusal)
+
     async def report_rpc(
         self, request: pb.PodReport, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PodReportReply:
+        await self._check_report(context, "Report", request)
         known = self._on_report(request.node_rank, request)
         return pb.PodReportReply(rejoin=not known)
 
-    async def heartbeats_rpc(self, beats: AsyncIterator[pb.PodReport]) -> pb.PodReportReply:
+    async def heartbeats_rpc(
+        self, beats: AsyncIterator[pb.PodReport], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PodReportReply:
         async for beat in beats:
+            await self._check_report(context, "Heartbeats", beat)
             if not self._on_report(beat.node_rank, beat):
                 return pb.PodReportReply(rejoin=True)
         return pb.PodReportReply()
@@ -278,4 +291,4 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         return await self.hub.report_rpc(request, context)
 
     async def Heartbeats(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        return await self.hub.heartbeats_rpc(request_iterator)
+        return await self.hub.heartbeats_rpc(request_iterator, context)

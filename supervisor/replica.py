@@ -24,6 +24,8 @@ from typing import Any, NoReturn, Optional
 import crc32c
 import grpc
 
+from supervisor.call_checks import Refusal
+from supervisor.refusals import RefusalLog
 from train_supervisor.arena import (
     ArenaFull,
     CorruptSnapshot,
@@ -47,6 +49,8 @@ TRANSFER_TIMEOUT_S = 600.0
 # The current job's (run_id, replica directory), or None before a job attaches.
 ReplicaJob = Callable[[], Optional[tuple[str, Path]]]
 OnStored = Callable[[int, int], None]  # (rank, step) of a replica just stored
+# Whether a pushed header fits the job (supervisor/call_checks.py replica_header), or why not.
+CheckHeader = Callable[[pb.ReplicaHeader], Optional[Refusal]]
 Code = grpc.StatusCode
 
 
@@ -166,8 +170,16 @@ class IncomingCopy:
 class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     """Holds other pods' rank snapshots: one RankArena per rank under the job's directory."""
 
-    def __init__(self, job: ReplicaJob, on_stored: Optional[OnStored] = None) -> None:
+    def __init__(
+        self,
+        job: ReplicaJob,
+        on_stored: Optional[OnStored] = None,
+        refusals: Optional[RefusalLog] = None,
+        check_header: Optional[CheckHeader] = None,
+    ) -> None:
         self._job = job
+        self._check_header = check_header
+        self._refusals = refusals if refusals is not None else RefusalLog()
         self._on_stored = on_stored
         # In flight, per (directory, rank): one push at a time (its step), and never a push
         # into a slot being fetched (counts per slot). Only the event loop touches these.
@@ -186,11 +198,10 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             )
         return directory
 
-    @staticmethod
     async def _refuse(
-        context: grpc.aio.ServicerContext[Any, Any], call: str, refused: Refused
+        self, context: grpc.aio.ServicerContext[Any, Any], call: str, refused: Refused
     ) -> NoReturn:
-        log.warning("replica %s from %s refused: %s", call, context.peer(), refused)
+        self._refusals.refusal(f"replica {call}", context.peer(), refused.code.name, str(refused))
         await context.abort(refused.code, str(refused))
         raise AssertionError("unreachable: abort raises")
 
@@ -236,6 +247,8 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         directory = self._directory(header.run_id)
         if (problem := header_problem(header)) is not None:
             raise Refused(Code.INVALID_ARGUMENT, problem)
+        if self._check_header is not None and (refusal := self._check_header(header)) is not None:
+            raise Refused(refusal.code, refusal.reason)
         key = (directory, header.rank)
         if key in self._pushing:
             raise Refused(

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from supervisor.auth import TokenAuthInterceptor
+from supervisor.call_gate import CallGate
 from supervisor.config import TlsConfig
 from supervisor.metrics import MetricsPortError, start_metrics
 from supervisor.service import Supervisor, SupervisorSettings
@@ -89,8 +89,8 @@ async def start_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", 0),
     ]
-    interceptors = [TokenAuthInterceptor(token)] if token is not None else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    # Token before body; malformed bodies and servicer bugs answered, logged at a bounded rate.
+    server = grpc.aio.server(options=options, interceptors=[CallGate(token, sup.refusals)])
     pb_grpc.add_LauncherServiceServicer_to_server(LauncherServicer(sup), server)
     pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(sup), server)
     pb_grpc.add_StatusServiceServicer_to_server(StatusServicer(sup), server)

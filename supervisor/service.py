@@ -14,7 +14,8 @@ from typing import Any, Optional, Protocol
 
 import grpc
 
-from supervisor import restart_policy
+from supervisor import call_checks, restart_policy
+from supervisor.call_checks import NoProcesses, Processes, Refusal
 from supervisor.classify import GpuHealth
 from supervisor.detect_config import DetectConfig
 from supervisor.failure_evidence import FailureMemory
@@ -32,6 +33,8 @@ from supervisor.pod_health import PodHealth
 from supervisor.pod_job import CoordinatedJobState
 from supervisor.pod_metrics import PodSampler
 from supervisor.ports import free_port
+from supervisor.process_table import ProcessTable, launcher_in_view
+from supervisor.refusals import RefusalLog
 from supervisor.snapshots import harvest_arenas
 from supervisor.status_view import job_status
 from train_supervisor.arena_paths import remove_arena
@@ -107,6 +110,10 @@ class Supervisor:
         self.metrics_board: Optional[MetricsBoard] = None  # set when /metrics is served
         self.kube: Optional[KubeReporter] = None  # Kubernetes Events (supervisor/kube/)
         self._metrics_at = -REFRESH_S
+        self.refusals = RefusalLog()  # refused calls, logged at a bounded rate
+        # The launcher's pid once /proc can vouch for worker pids (supervisor/process_table.py).
+        self.launcher_pid: Optional[int] = None
+        self.processes: Processes = NoProcesses()
 
     # ------------------------------------------------------------- plumbing
     def apply(self, effects: list[Effect]) -> None:
@@ -224,6 +231,15 @@ class Supervisor:
             )
         self.metrics_board.publish(snapshot)
 
+    async def refuse(
+        self, context: grpc.aio.ServicerContext[Any, Any], call: str, refusal: Optional[Refusal]
+    ) -> None:
+        """Abort the call when `refusal` says so (supervisor/call_checks.py), before any change."""
+        if refusal is None:
+            return
+        self.refusals.refusal(call, context.peer(), refusal.code.name, refusal.reason)
+        await context.abort(refusal.code, refusal.reason)
+
     async def require_job(self, context: grpc.aio.ServicerContext[Any, Any]) -> JobState:
         if self.job is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no launcher attached yet")
@@ -236,6 +252,7 @@ class Supervisor:
         request: pb.AttachLauncherRequest,
         context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
     ) -> AsyncIterator[pb.LauncherCommand]:
+        await self.refuse(context, "AttachLauncher", call_checks.attach_launcher(request))
         if self.job is not None:
             why = "this supervisor's job is over" if self.job.over else "a launcher is attached"
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
@@ -267,6 +284,7 @@ class Supervisor:
             )
             self.coordination.launcher_attached(request.spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
+        self.note_launcher(request)
         if request.spec.snapshot_dir:
             target = self.replica_target if self.coordination is not None else None
             self.offload = OffloadDriver(
@@ -291,12 +309,26 @@ class Supervisor:
             if not job.over:  # the launcher went away (SIGTERM, or it died): nothing runs now
                 self.apply(job.stop("the launcher detached"))
 
+    def check_replica_header(self, header: pb.ReplicaHeader) -> Optional[Refusal]:
+        """For ReplicaService pushes: the copy is of another pod of the job that runs here."""
+        return None if self.job is None else call_checks.replica_header(self.job.spec, header)
+
+    def note_launcher(self, request: pb.AttachLauncherRequest) -> None:
+        """Whether /proc can vouch for this launcher's worker pids (call on every attach,
+        a re-attach included: the checks follow the launcher that runs now)."""
+        if launcher_in_view(request.launcher_pid, request.pid_namespace):
+            self.launcher_pid, self.processes = request.launcher_pid, ProcessTable()
+        else:
+            self.launcher_pid, self.processes = None, NoProcesses()
+
     async def report_process_started(
         self,
         request: pb.ProcessStarted,
         context: grpc.aio.ServicerContext[pb.ProcessStarted, pb.Ack],
     ) -> pb.Ack:
         job = await self.require_job(context)
+        refusal = call_checks.process_started(job, request, self.launcher_pid, self.processes)
+        await self.refuse(context, "ReportProcessStarted", refusal)
         if not request.spare:
             self.apply(job.process_started(request.pid, request.rank))
         return pb.Ack()
@@ -353,6 +385,10 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.AttachWorkerRequest, pb.WorkerCommand],
     ) -> AsyncIterator[pb.WorkerCommand]:
         job = await self.require_job(context)
+        refusal = call_checks.attach_worker(
+            job, request, self.worker_queues, self.launcher_pid, self.processes
+        )
+        await self.refuse(context, "AttachWorker", refusal)
         queue: asyncio.Queue[Optional[pb.WorkerCommand]] = asyncio.Queue()
         self.worker_queues[request.pid] = queue
         self.apply(job.worker_attached(request.pid, request.rank, request.spare))
@@ -372,6 +408,7 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.HeartbeatRequest, pb.Ack],
     ) -> pb.Ack:
         job = await self.require_job(context)
+        await self.refuse(context, "Heartbeat", call_checks.heartbeat(job, request))
         if self.pod_health is not None:
             self.pod_health.on_heartbeat(request.rank, request.step_time_s, request.compute_s)
         self.apply(
@@ -392,6 +429,7 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.WorkerOutcome, pb.OutcomeVerdict],
     ) -> pb.OutcomeVerdict:
         job = await self.require_job(context)
+        await self.refuse(context, "ReportOutcome", call_checks.outcome(job, request))
         failure = request.failure if request.HasField("failure") else None
         verdict, effects = job.outcome(
             request.pid, request.generation, request.kind, failure, time.monotonic(), request.step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from supervisor import call_checks
 from supervisor.event_watch import watch_events
 from supervisor.service import Supervisor
 from supervisor.snapshots import harvest_arenas
@@ -20,6 +21,9 @@ class LauncherServicer(pb_grpc.LauncherServiceServicer):
         return await self.sup.report_process_started(request, context)
 
     async def ReportProcessExit(self, request, context):  # type: ignore[no-untyped-def]
+        await self.sup.require_job(context)
+        refusal = call_checks.process_exit(request, self.sup.launcher_pid, self.sup.processes)
+        await self.sup.refuse(context, "ReportProcessExit", refusal)
         harvest_arenas(self.sup, request.pid)  # a step it held but had not reported yet
         return await self.sup.report_process_exit(request, context)
 
@@ -48,5 +52,6 @@ class StatusServicer(pb_grpc.StatusServiceServicer):
 
     async def WatchEvents(self, request, context):  # type: ignore[no-untyped-def]
         # Authorized as GetStatus is: the whole StatusService (supervisor/auth.py).
+        await self.sup.refuse(context, "WatchEvents", call_checks.watch_events(request))
         async for event in watch_events(self.sup, request.after, request.follow):
             yield event

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import grpc
 
+from supervisor import call_checks
 from supervisor.commit import NONE, RankSnapshots, held_in_arena
 from supervisor.job import JobState
 from supervisor.offload_driver import OffloadDriver
@@ -94,6 +95,7 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
         self, request: pb.SnapshotSaved, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CommitReply:
         job = await self.sup.require_job(context)
+        await self.sup.refuse(context, "ReportSaved", call_checks.snapshot_saved(job, request))
         slot = job.slot_of(request.pid)
         stale = slot is None or slot.rank != request.rank or request.generation != job.generation
         if stale:  # an old process or generation: its steps count for nothing
@@ -120,6 +122,7 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
         self, request: pb.RestoreRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RestorePoint:
         job = await self.sup.require_job(context)
+        await self.sup.refuse(context, "GetRestorePoint", call_checks.restore_request(job, request))
         offload = self.sup.offload
         if offload is None:
             return pb.RestorePoint(step=NONE)
@@ -154,6 +157,9 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
         self, request: pb.RestoreReport, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Ack:
         job = await self.sup.require_job(context)
+        await self.sup.refuse(context, "ReportRestore", call_checks.restore_report(job, request))
+        if request.generation != job.generation:
+            return pb.Ack()  # a stopped generation's restore: nothing of it counts now
         job.snapshots.restored(request.rank, request.step, request.source)
         where = f"step {request.step} from {request.source}" if request.step >= 0 else "nothing"
         message = f"rank {request.rank} restored {where} in {request.seconds:.3f}s"

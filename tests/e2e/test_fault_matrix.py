@@ -293,7 +293,6 @@ LANDS_LATER = {
     "sigkill_follower_sidecar": "ridethrough",
     "sigkill_leader_sidecar": "ridethrough",
     "sigkill_launcher": "ridethrough",
-    "malformed_calls": "hostile",
 }
 
 

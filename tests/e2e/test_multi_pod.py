@@ -132,7 +132,7 @@ def test_bad_peer_calls_are_refused_and_change_nothing(tmp_path: Path) -> None:
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         leader_log = pods.sidecars[0].stderr
         assert "refused /train_supervisor.v1.PeerService/Join" in leader_log
-        assert "refused a join for job 'another-job'" in leader_log
+        assert "run id 'another-job' is not this job's (FAILED_PRECONDITION)" in leader_log
         for launcher in pods.launchers:
             assert launcher.wait(180) == 0, pods.logs()
         records = read_events(events)

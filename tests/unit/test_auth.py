@@ -11,6 +11,7 @@ import pytest
 
 from supervisor.auth import (
     Decision,
+    MalformedRequest,
     decide,
     guarded_handler,
     is_loopback_peer,
@@ -186,13 +187,36 @@ async def collect(responses: AsyncIterator[int]) -> list[int]:
     return [r async for r in responses]
 
 
-def test_wrapped_unary_handler_keeps_serializers_and_runs_when_allowed() -> None:
+def test_wrapped_unary_handler_parses_after_the_check_and_runs_when_allowed() -> None:
     handler = grpc.unary_unary_rpc_method_handler(unary, deserialize, serialize)
     wrapped = guarded_handler(handler, checker(decide(STATUS, [], TOKEN)))
-    assert wrapped.request_deserializer is deserialize
+    assert wrapped.request_deserializer is None  # gRPC hands over the raw bytes
     assert wrapped.response_serializer is serialize
     assert not wrapped.request_streaming and not wrapped.response_streaming
-    assert asyncio.run(wrapped.unary_unary(41, FakeContext(LOCAL))) == 42
+    assert asyncio.run(wrapped.unary_unary(bytes([41]), FakeContext(LOCAL))) == 42
+
+
+def test_a_refused_call_never_reaches_the_deserializer() -> None:
+    parsed: list[bytes] = []
+
+    def recording(data: bytes) -> int:
+        parsed.append(data)
+        return data[0]
+
+    handler = grpc.unary_unary_rpc_method_handler(unary, recording, serialize)
+    wrapped = guarded_handler(handler, checker(decide(HEARTBEAT, [], TOKEN)))
+    context = FakeContext(LOCAL)
+    with pytest.raises(Aborted):
+        asyncio.run(wrapped.unary_unary(b"\xff\xff not protobuf", context))
+    assert context.aborted == (grpc.StatusCode.UNAUTHENTICATED, "no job token")
+    assert parsed == []
+
+
+def test_bytes_that_do_not_parse_raise_malformed_request() -> None:
+    handler = grpc.unary_unary_rpc_method_handler(unary, deserialize, serialize)
+    wrapped = guarded_handler(handler, checker(decide(STATUS, [], TOKEN)))
+    with pytest.raises(MalformedRequest):
+        asyncio.run(wrapped.unary_unary(b"", FakeContext(LOCAL)))  # data[0]: IndexError
 
 
 def test_wrapped_unary_handler_aborts_before_running() -> None:

@@ -123,12 +123,14 @@ class Ack(_message.Message):
     def __init__(self) -> None: ...
 
 class AttachLauncherRequest(_message.Message):
-    __slots__ = ("spec", "launcher_pid")
+    __slots__ = ("spec", "launcher_pid", "pid_namespace")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     LAUNCHER_PID_FIELD_NUMBER: _ClassVar[int]
+    PID_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     spec: WorkerSpec
     launcher_pid: int
-    def __init__(self, spec: _Optional[_Union[WorkerSpec, _Mapping]] = ..., launcher_pid: _Optional[int] = ...) -> None: ...
+    pid_namespace: str
+    def __init__(self, spec: _Optional[_Union[WorkerSpec, _Mapping]] = ..., launcher_pid: _Optional[int] = ..., pid_namespace: _Optional[str] = ...) -> None: ...
 
 class SpawnWorker(_message.Message):
     __slots__ = ("rank", "local_rank", "spare", "env")
