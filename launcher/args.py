@@ -92,6 +92,7 @@ class LaunchConfig:
     spare_imports: str = "workers"  # launcher/warm_imports.py
     preimport: tuple[str, ...] = (DEFAULT_PREIMPORT,)
     reuse_freed_memory: bool = True  # launcher/processes.py: REUSE_FREED_TUNABLES
+    time_forward: bool = False  # launcher/heartbeat.py: global module forward hooks
 
 
 class _Parser(argparse.ArgumentParser):
@@ -189,6 +190,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "(GLIBC_TUNABLES, unless already set), so a re-entered script reuses what its "
         "previous run freed instead of unmapping it and faulting it in again; off: glibc's "
         "defaults",
+    )
+    opt(
+        ["--time-forward"],
+        "time_forward",
+        "off",
+        "on: time each rank's data loading + forward per step with global nn.Module forward "
+        "hooks, for the straggler rule (compute_s); they run on every module call (nn.Module's "
+        "slow path) and torch.compile warns about them. off: no straggler findings, the other "
+        "anomaly rules and hang detection unchanged",
     )
     opt(
         ["--unwind-timeout"],
@@ -370,6 +380,7 @@ def parse_args(
     _one_of("--spare-imports", ns.spare_imports, SPARE_IMPORTS)
     preimport = _module_names("--preimport", ns.preimport)
     _one_of("--reuse-freed-memory", ns.reuse_freed_memory, ("on", "off"))
+    _one_of("--time-forward", ns.time_forward, ("on", "off"))
     base_env = {} if "OMP_NUM_THREADS" in env or nproc == 1 else {"OMP_NUM_THREADS": "1"}
     run_id = ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none")
     return LaunchConfig(
@@ -404,4 +415,5 @@ def parse_args(
         spare_imports=ns.spare_imports,
         preimport=preimport,
         reuse_freed_memory=ns.reuse_freed_memory == "on",
+        time_forward=ns.time_forward == "on",
     )

@@ -34,6 +34,7 @@ from launcher.processes import (
     ENV_PARENT_PID,
     ENV_RANK,
     ENV_SUPERVISOR,
+    ENV_TIME_FORWARD,
     ENV_TOKEN,
     GLIBC_TUNABLES_ENV,
     SCRIPT_ADDRESS_ENV,
@@ -125,8 +126,10 @@ class Worker:
         rank: int,
         target: Target,
         imports_manifest: str = "",
+        time_forward: bool = False,
     ) -> None:
         self.pid = os.getpid()
+        self.time_forward = time_forward
         self.rank = rank
         self.target = target
         self.channel = client_channel(address, token)
@@ -190,7 +193,7 @@ class Worker:
         attach = pb.AttachWorkerRequest(pid=self.pid, rank=self.rank, spare=spare)
         stream = self.stub.AttachWorker(attach)
         threading.Thread(target=self._control, args=(stream,), name="control", daemon=True).start()
-        install_optimizer_hook(self.steps, self.groups.on_step)
+        install_optimizer_hook(self.steps, self.groups.on_step, time_forward=self.time_forward)
         while True:
             command = self.commands.get()
             if command is None:
@@ -313,7 +316,8 @@ def main() -> None:
     for problem in preimport([n for n in os.environ.pop(PREIMPORT_ENV, "").split(",") if n]):
         print(f"train-launch: --preimport {problem}", file=sys.stderr, flush=True)
     manifest = os.environ.pop(MANIFEST_ENV, "")
-    code = Worker(address, token, rank, target, manifest).run()
+    time_forward = bool(os.environ.pop(ENV_TIME_FORWARD, ""))
+    code = Worker(address, token, rank, target, manifest, time_forward).run()
     if code == 0:
         # A clean finish ends as the script would alone: exit handlers (trackers' and loggers'
         # flushes, logging.shutdown) run. Those registered by an aborted generation's run are

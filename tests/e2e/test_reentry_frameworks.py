@@ -7,6 +7,7 @@ the survivor's re-entry fail and the job spend its only restart on it.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 from pathlib import Path
@@ -48,3 +49,25 @@ def test_accelerate_survivor_keeps_its_pid_atexit_runs_and_logs_once(tmp_path: P
     duplicated = [line for line, n in collections.Counter(lines).items() if n > 1]
     assert not duplicated, duplicated
     assert any(line.startswith("generation 1 ") for line in lines)
+
+
+REPORT_HOOKS = REPO / "tests" / "workloads" / "report_hooks.py"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("time_forward", ["default", "on"])
+def test_global_module_hooks_only_with_time_forward(tmp_path: Path, time_forward: str) -> None:
+    flags = [] if time_forward == "default" else ["--time-forward", "on"]
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "1", "--warm-spares", "0", *flags],
+        [str(tmp_path)],
+        script=REPORT_HOOKS,
+    )
+    assert job.wait(240) == 0, job.stderr
+    seen = json.loads((tmp_path / "rank_0.json").read_text())
+    if time_forward == "default":
+        # Progress comes from the optimizer step hook alone: modules keep their fast path.
+        assert seen == {"forward_hooks": 0, "forward_pre_hooks": 0, "global_hook_warnings": 0}
+    else:
+        assert seen["forward_hooks"] == 1 and seen["forward_pre_hooks"] == 1
+        assert seen["global_hook_warnings"] >= 1

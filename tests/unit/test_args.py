@@ -444,3 +444,11 @@ def test_reuse_freed_memory_is_on_unless_turned_off_and_refuses_other_values(scr
     assert parse([script], {"PET_REUSE_FREED_MEMORY": "off"}).reuse_freed_memory is False
     error = usage_error(["--reuse-freed-memory", "yes", script])
     assert "--reuse-freed-memory" in error and "'yes'" in error, error
+
+
+def test_time_forward_is_off_unless_turned_on_and_refuses_other_values(script: str) -> None:
+    assert parse([script]).time_forward is False
+    assert parse(["--time-forward", "on", script]).time_forward is True
+    assert parse([script], {"PET_TIME_FORWARD": "on"}).time_forward is True
+    with pytest.raises(UsageError, match="--time-forward"):
+        parse(["--time-forward", "yes", script])
