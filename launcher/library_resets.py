@@ -7,6 +7,10 @@ megatron-core asserts "data parallel group is already initialized", DeepSpeed ra
 runs only when its module is already imported (never imported here), after the script
 ended and before the unwind destroys torch.distributed's groups; each also works on a
 destroyed world, as it is run once more just before the next generation starts.
+
+Looked at and left alone, as they do not stop a second initialization: megatron-core's RNG
+tracker (model_parallel_cuda_manual_seed resets it) and DeepSpeed's communication backend
+(deepspeed.comm's cdb asks torch.distributed whether it is initialized, and initializes again).
 """
 
 from __future__ import annotations
@@ -42,13 +46,6 @@ def reset_megatron_microbatches(calculator: ModuleType) -> None:
     calculator.destroy_num_microbatches_calculator()
 
 
-def reset_megatron_rng_tracker(random: ModuleType) -> None:
-    """megatron.core.tensor_parallel.random: the tracker holds the dead generation's RNG
-    states; a new process has none (model_parallel_cuda_manual_seed creates it)."""
-    setattr(random, "_CUDA_RNG_STATE_TRACKER", None)  # noqa: B010 (a module's global)
-    setattr(random, "_CUDA_RNG_STATE_TRACKER_INITIALIZED", False)  # noqa: B010
-
-
 # deepspeed.utils.groups at import, for versions without _release_process_group_references.
 DEEPSPEED_GROUP_GLOBALS: tuple[tuple[str, Callable[[], Any]], ...] = (
     ("_EXPERT_PARALLEL_GROUP", dict),
@@ -75,29 +72,22 @@ def reset_deepspeed_groups(groups: ModuleType) -> None:
     release = getattr(groups, "_release_process_group_references", None)
     if release is not None:  # what DeepSpeed's own destroy_process_group() calls
         release(group=None)
-        return
+    else:
+        reset_deepspeed_group_globals(groups)
+
+
+def reset_deepspeed_group_globals(groups: ModuleType) -> None:
+    """The same for DeepSpeed versions before _release_process_group_references."""
     for name, fresh in DEEPSPEED_GROUP_GLOBALS:
         if hasattr(groups, name):
             setattr(groups, name, fresh())
-
-
-DEEPSPEED_COMM_GLOBALS = ("cdb", "nccl_backend", "mpi_backend", "ccl_backend", "hccl_backend")
-
-
-def reset_deepspeed_comm(comm: ModuleType) -> None:
-    """deepspeed.comm.comm: the backend object (cdb) wrapping the dead world group."""
-    for name in DEEPSPEED_COMM_GLOBALS:
-        if hasattr(comm, name):
-            setattr(comm, name, None)
 
 
 LIBRARY_RESETS: tuple[LibraryReset, ...] = (
     LibraryReset("accelerate.state", reset_accelerate),
     LibraryReset("megatron.core.parallel_state", reset_megatron_parallel_state),
     LibraryReset("megatron.core.num_microbatches_calculator", reset_megatron_microbatches),
-    LibraryReset("megatron.core.tensor_parallel.random", reset_megatron_rng_tracker),
     LibraryReset("deepspeed.utils.groups", reset_deepspeed_groups),
-    LibraryReset("deepspeed.comm.comm", reset_deepspeed_comm),
 )
 
 

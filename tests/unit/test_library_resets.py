@@ -22,11 +22,19 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = REPO / "tests" / "workloads" / "library_reentry.py"
 
-# (library, ranks, the error of its second init without our reset)
-CASES = [
-    ("accelerate", 2, "Default process group has not been initialized"),
-    ("megatron", 1, "data parallel group is already initialized"),
-    ("deepspeed", 1, "is not registered"),
+# (library, ranks): each library's distributed set-up, twice in one process
+LIBRARIES = [("accelerate", 2), ("megatron", 1), ("deepspeed", 1)]
+# (reset step left out, library, ranks, the library's error on its second set-up)
+WITHOUT_ONE_STEP = [
+    ("accelerate.state", "accelerate", 2, "Default process group has not been initialized"),
+    ("megatron.core.parallel_state", "megatron", 1, "data parallel group is already initialized"),
+    (
+        "megatron.core.num_microbatches_calculator",
+        "megatron",
+        1,
+        "num microbatches calculator is already initialized",
+    ),
+    ("deepspeed.utils.groups", "deepspeed", 1, "is not registered"),
 ]
 
 
@@ -67,19 +75,34 @@ def run_generations(library: str, ranks: int, mode: str) -> list[tuple[int, str]
     return results
 
 
-@pytest.mark.timeout(420)
-@pytest.mark.parametrize(("library", "ranks", "error"), CASES)
-def test_reset_lets_the_library_initialize_again(library: str, ranks: int, error: str) -> None:
-    for code, out in run_generations(library, ranks, "reset"):
+def assert_second_generation_ok(results: list[tuple[int, str]]) -> None:
+    for code, out in results:
         assert code == 0 and "generation 1 ok" in out, out[-3000:]
         assert "reset failed" not in out, out[-3000:]
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize(("library", "ranks", "error"), CASES)
-def test_without_the_reset_the_second_init_fails(library: str, ranks: int, error: str) -> None:
-    for code, out in run_generations(library, ranks, "keep"):
+@pytest.mark.parametrize(("library", "ranks"), LIBRARIES)
+def test_the_resets_let_the_library_set_up_again(library: str, ranks: int) -> None:
+    assert_second_generation_ok(run_generations(library, ranks, "reset"))
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize(("step", "library", "ranks", "error"), WITHOUT_ONE_STEP)
+def test_without_one_step_the_second_set_up_fails(
+    step: str, library: str, ranks: int, error: str
+) -> None:
+    for code, out in run_generations(library, ranks, f"skip:{step}"):
         assert code == 1 and "generation 1 failed" in out and error in out, out[-3000:]
+
+
+def test_every_step_is_shown_needed() -> None:
+    assert sorted(s.module for s in LIBRARY_RESETS) == sorted(c[0] for c in WITHOUT_ONE_STEP)
+
+
+@pytest.mark.timeout(420)
+def test_deepspeed_groups_reset_for_versions_without_its_release_function() -> None:
+    assert_second_generation_ok(run_generations("deepspeed", 1, "deepspeed-globals"))
 
 
 def test_resets_never_import_a_library() -> None:

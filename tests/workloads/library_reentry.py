@@ -1,9 +1,12 @@
 """Two generations of a library's distributed set-up in one process, as a survivor runs them.
 
-`python library_reentry.py LIBRARY reset|keep PORT0 PORT1` with RANK and WORLD_SIZE set:
-generation 0 initializes torch.distributed (gloo) and LIBRARY's distributed state; the process
-then leaves it as the bootstrap's unwind does (launcher/bootstrap.py: library resets when
-`reset`, destroy_process_groups) and generation 1 initializes both again on a fresh port.
+`python library_reentry.py LIBRARY MODE PORT0 PORT1` with RANK and WORLD_SIZE set: generation
+0 initializes torch.distributed (gloo) and LIBRARY's distributed state; the process then leaves
+it as the bootstrap's unwind does (launcher/bootstrap.py: the library resets, then
+destroy_process_groups) and generation 1 initializes both again on a fresh port. MODE: `reset`
+(every step), `keep` (none), `skip:MODULE` (every step but that module's) or
+`deepspeed-globals` (DeepSpeed's groups reset as for versions without
+_release_process_group_references).
 Prints "generation 1 ok" or "generation 1 failed: <error>".
 """
 
@@ -17,7 +20,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from launcher.library_resets import reset_libraries
+from launcher.library_resets import (
+    LIBRARY_RESETS,
+    LibraryReset,
+    reset_deepspeed_group_globals,
+    reset_libraries,
+)
 from launcher.unwind import destroy_process_groups
 
 
@@ -73,12 +81,14 @@ def main() -> None:
     generation = GENERATIONS[library]
     generation(port0)
     print("generation 0 ok", flush=True)
-    if mode == "reset":
-        for failure in reset_libraries(sys.modules):
-            print(f"reset failed: {failure}", flush=True)
+    skipped = mode.removeprefix("skip:") if mode.startswith("skip:") else ""
+    steps = [] if mode == "keep" else [s for s in LIBRARY_RESETS if s.module != skipped]
+    if mode == "deepspeed-globals":
+        steps = [LibraryReset("deepspeed.utils.groups", reset_deepspeed_group_globals)]
+    for failure in reset_libraries(sys.modules, steps):
+        print(f"reset failed: {failure}", flush=True)
     destroy_process_groups()
-    if mode == "reset":  # the bootstrap resets again just before the next generation
-        reset_libraries(sys.modules)
+    reset_libraries(sys.modules, steps)  # the bootstrap's again, before the next generation
     try:
         generation(port1)
     except Exception as exc:
