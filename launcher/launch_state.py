@@ -110,11 +110,14 @@ def apply_environ(target: MutableMapping[str, str], wanted: Mapping[str, str]) -
             target[name] = value
 
 
-def is_library_logger(name: str, module_names: Iterable[str]) -> bool:
+def library_heads(module_names: Iterable[str]) -> frozenset[str]:
+    """Top-level names of the imported modules, lower-cased (`__main__` and such left out)."""
+    return frozenset(m.split(".", 1)[0].lower() for m in module_names if not m.startswith("__"))
+
+
+def is_library_logger(name: str, heads: frozenset[str]) -> bool:
     head = name.split(".", 1)[0].lower()
-    if not head or head in ("__main__", "__mp_main__"):
-        return False
-    return head in {m.split(".", 1)[0].lower() for m in module_names if not m.startswith("__")}
+    return bool(head) and head in heads
 
 
 def logger_targets(
@@ -123,12 +126,12 @@ def logger_targets(
     module_names: Iterable[str],
 ) -> dict[str, LoggerState]:
     """What each current logger must become: its launch state, itself (a library's), or new."""
-    modules = list(module_names)
+    heads = library_heads(module_names)
     wanted: dict[str, LoggerState] = {}
     for name, state in current.items():
         if name in launch:
             wanted[name] = launch[name]
-        elif is_library_logger(name, modules):
+        elif is_library_logger(name, heads):
             wanted[name] = state
         else:
             wanted[name] = FRESH_LOGGER
@@ -146,7 +149,8 @@ def restore_logging(state: LaunchState) -> None:
         for handler in logger.handlers:
             if id(handler) not in kept:
                 dropped[id(handler)] = handler
-        logger.setLevel(target.level)
+        if logger.level != target.level:  # setLevel clears every logger's cache
+            logger.setLevel(target.level)
         logger.handlers = list(target.handlers)
         logger.filters = list(target.filters)
         logger.propagate = target.propagate
@@ -165,7 +169,9 @@ def restore_warnings(state: LaunchState) -> None:
     _WARNINGS.onceregistry.update(state.warning_once_registry)
     # "once"/"default" warnings shown in the last generation show again, as in a new process.
     for module in list(sys.modules.values()):
-        registry = getattr(module, "__warningregistry__", None)
+        # The namespace itself: a lazy module's __getattr__ (transformers') may import.
+        namespace = getattr(module, "__dict__", None)
+        registry = namespace.get("__warningregistry__") if isinstance(namespace, dict) else None
         if isinstance(registry, dict):
             registry.clear()
     mutated = getattr(_WARNINGS, "_filters_mutated", None)

@@ -19,6 +19,7 @@ from launcher.launch_state import (
     apply_environ,
     environ_for_generation,
     is_library_logger,
+    library_heads,
     logger_targets,
 )
 
@@ -45,12 +46,12 @@ def test_apply_environ_changes_only_what_differs() -> None:
 
 
 def test_library_loggers_are_told_by_imported_module_names() -> None:
-    modules = ["deepspeed", "deepspeed.comm", "transformers.utils", "__main__"]
-    assert is_library_logger("DeepSpeed", modules)  # DeepSpeed's logger name
-    assert is_library_logger("transformers.trainer", modules)
-    assert not is_library_logger("__main__", modules)
-    assert not is_library_logger("train", modules)
-    assert not is_library_logger("", modules)
+    heads = library_heads(["deepspeed", "deepspeed.comm", "transformers.utils", "__main__"])
+    assert is_library_logger("DeepSpeed", heads)  # DeepSpeed's logger name
+    assert is_library_logger("transformers.trainer", heads)
+    assert not is_library_logger("__main__", heads)
+    assert not is_library_logger("train", heads)
+    assert not is_library_logger("", heads)
 
 
 def test_logger_targets() -> None:
