@@ -50,6 +50,7 @@ from launcher.unwind import (
     ProcessGroupKeeper,
     abort_communicators,
     destroy_process_groups,
+    process_group_initialized,
     sever_generation_connections,
     tcp_connections,
 )
@@ -237,7 +238,11 @@ class Worker:
         if self.warming is not None:
             self.warming.set()  # the script imports what it needs itself
         if self.runs > 0:
-            self._reset_libraries()  # again: a finished generation's were never reset
+            # Again, and the process group: a generation that finished was never unwound (and
+            # most scripts leave their group to the process's end).
+            self._reset_libraries()
+            if process_group_initialized():
+                destroy_process_groups()
             # The marker of the generation we left is about this process, not the script's.
             launch_state.restore(self.launch, start.env, carried=(SCRIPT_ENDED_GENERATION_ENV,))
         else:

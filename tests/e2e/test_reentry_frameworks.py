@@ -12,8 +12,12 @@ import os
 import signal
 from pathlib import Path
 
+import grpc
 import pytest
-from jobs import REPO, job_env, max_step, pids_by_rank, read_events, train_launch
+from jobs import REPO, RunningJob, job_env, max_step, pids_by_rank, read_events, train_launch
+
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +53,38 @@ def test_accelerate_survivor_keeps_its_pid_atexit_runs_and_logs_once(tmp_path: P
     duplicated = [line for line, n in collections.Counter(lines).items() if n > 1]
     assert not duplicated, duplicated
     assert any(line.startswith("generation 1 ") for line in lines)
+
+
+@pytest.mark.timeout(400)
+def test_a_rank_that_finished_re_enters_when_a_peer_dies_after_it(tmp_path: Path) -> None:
+    """Rank 0 ends its script (its process group left alive, as Accelerate does), rank 1 is
+    killed before it ends: rank 0 re-enters without the finished generation's group."""
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1"],
+        ["--steps", "12", "--out", str(tmp_path), "--linger-rank", str(VICTIM)],
+        env=job_env(OMP_NUM_THREADS="1"),
+        script=ACCELERATE_LOOP,
+    )
+    events_dir = tmp_path / "events"
+    job.wait_for(
+        lambda: any(e["event"] == "lingering" for e in read_events(events_dir)), 200, "the end"
+    )
+    job.wait_for(lambda: rank_state(job, SURVIVOR) == "WORKER_STATE_SUCCEEDED", 60, "rank 0 done")
+    before = pids_by_rank(read_events(events_dir), generation=0)
+    os.kill(before[VICTIM], signal.SIGKILL)
+
+    assert job.wait(300) == 0, job.stderr
+    events = read_events(events_dir)
+    after = pids_by_rank(events, generation=1)
+    assert after[SURVIVOR] == before[SURVIVOR], "the finished rank must re-enter in place"
+    assert {e["rank"] for e in events if e["event"] == "done" and e["gen"] == 1} == {0, 1}
+
+
+def rank_state(job: RunningJob, rank: int) -> str:
+    with grpc.insecure_channel(job.supervisor_address()) as channel:
+        status = pb_grpc.StatusServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=10)
+    states = {r.rank: pb.WorkerState.Name(r.state) for r in status.ranks}
+    return states.get(rank, "")
 
 
 REPORT_HOOKS = REPO / "tests" / "workloads" / "report_hooks.py"

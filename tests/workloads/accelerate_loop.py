@@ -23,6 +23,7 @@ parser.add_argument("--steps", type=int, default=30)
 parser.add_argument("--ckpt-every", type=int, default=5)
 parser.add_argument("--step-sleep", type=float, default=0.05)
 parser.add_argument("--out", required=True)
+parser.add_argument("--linger-rank", type=int, default=-1, help="waits at its end, gen 0 only")
 args = parser.parse_args()
 
 rank = int(os.environ["RANK"])
@@ -78,3 +79,6 @@ for step in range(start + 1, args.steps + 1):
 
 accelerator.wait_for_everyone()
 record("done")
+if rank == args.linger_rank and generation == 0:
+    record("lingering")
+    time.sleep(600)  # the test kills it here, once the other ranks have finished
