@@ -108,6 +108,7 @@ class WorkerProcesses:
         env[ENV_PARENT_PID] = str(os.getpid())
         if self.imports_manifest:
             env[MANIFEST_ENV] = self.imports_manifest
+        env.pop(ENV_TIME_FORWARD, None)  # ours to set, never inherited
         if not self.config.no_python:  # the bootstrap's, removed before the script runs
             env[PREIMPORT_ENV] = ",".join(self.config.preimport)
             if self.config.time_forward:
