@@ -53,10 +53,10 @@ def parse() -> argparse.Namespace:
     p.add_argument(
         "--warmup-s",
         type=float,
-        default=20.0,
+        default=15.0,
         help="seconds of steps before measuring, at least (the warm spare's imports end)",
     )
-    p.add_argument("--steps", type=int, default=200, help="measured steps per run")
+    p.add_argument("--steps", type=int, default=150, help="measured steps per run")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--out", default=str(DEFAULT_OUT))
     return p.parse_args()
