@@ -1,9 +1,12 @@
 """One rank of bench/steady_step.py: plain DDP on gloo, no fault, its step times recorded.
 
-`steady_step_worker.py MODEL OUT_JSON --warmup N --warmup-s S --steps M`: MODEL is `eager` (12
+`steady_step_worker.py MODEL OUT_JSON --warmup N --warmup-s S [--go-file F] --steps M`: MODEL
+is `eager` (12
 nn.TransformerEncoderLayer, d_model 128: many small module calls per forward) or `compiled`
-(the same model under torch.compile). Rank 0 writes the wall time of each measured step (one
-optimizer step to the next) to OUT_JSON. Nothing in it knows about train-launch.
+(the same model under torch.compile). The warm-up lasts N steps and S seconds at least, and
+until F exists when given (the benchmark creates it once the launcher's own processes are
+idle). Rank 0 writes the wall time of each measured step (one optimizer step to the next) and
+when measuring began and ended to OUT_JSON. Nothing in it knows about train-launch.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--warmup", type=int, default=30, help="warm-up steps, at least")
     p.add_argument("--warmup-s", type=float, default=0.0, help="warm-up seconds, at least")
+    p.add_argument("--go-file", default="", help="warm up until this file exists")
     p.add_argument("--steps", type=int, default=200)
     args = p.parse_args()
     dist.init_process_group("gloo")
@@ -50,6 +54,7 @@ def main() -> None:
     started = last = time.perf_counter()
     step = 0
     warming = True
+    began = 0.0
     while len(times) < args.steps:
         loss = model(inputs).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -61,14 +66,17 @@ def main() -> None:
             times.append(now - last)
         else:  # every rank leaves the warm-up at the same step: rank 0 decides, each step
             done = step >= args.warmup and now - started >= args.warmup_s
+            done = done and (not args.go_file or os.path.exists(args.go_file))
             flag = torch.tensor([1.0 if done and dist.get_rank() == 0 else 0.0])
             dist.broadcast(flag, src=0)
             warming = not bool(flag.item())
             now = time.perf_counter()
+            began = time.time()
         last = now
     if dist.get_rank() == 0:
         with open(args.out, "w") as handle:
-            json.dump({"step_s": times, "pid": os.getpid()}, handle)
+            record = {"step_s": times, "began": began, "ended": time.time()}
+            json.dump(record, handle)
     dist.destroy_process_group()
 
 
