@@ -87,7 +87,9 @@ class TreeCpu:
 
     def sample(self) -> tuple[float, float]:
         """(ranks', launcher's own) CPU seconds so far, the exited processes' included."""
-        procs = [psutil.Process(self.job.proc.pid), *self.job.children()]
+        procs = list(self.job.children())
+        with contextlib.suppress(psutil.Error):  # the job may have ended already
+            procs.append(psutil.Process(self.job.proc.pid))
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
