@@ -5,7 +5,9 @@ eager model (12 nn.TransformerEncoderLayer, d_model 128, batch 4x16: ~130 module
 forward) and on the same model under torch.compile. Runs of the launchers alternate (their
 order rotates each round), so drift in the machine's load hits all of them alike; each run's
 figure is the median of its measured steps, each launcher's the median over its runs, and
-the ratio is also taken round by round (median of the per-round ratios). Steady state: steps
+the ratio is also taken round by round (median of the per-round ratios). Rank 0's CPU time per
+step (all its threads) is reported too: on a shared machine it moves far less with the
+load than wall time does. Steady state: steps
 are measured once the launcher's own processes are idle. A third variant,
 train-launch --time-forward on, shows what the global module forward hooks cost (they were
 on by default before). torchrun runs with bench/recovery.py's TORCHRUN_ENV.
@@ -138,6 +140,7 @@ def run_once(
     elapsed = max(time.monotonic() - at_go[0], 1e-9)
     return {
         "step_s": statistics.median(record["step_s"]),
+        "cpu_step_s": record["cpu_step_s"],
         "own_cores": (own_cpu - at_go[2]) / elapsed,
         "rank_cores": (ranks_cpu - at_go[1]) / elapsed,
     }
@@ -154,19 +157,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 run = run_once(launcher, name, model, args)
                 by_launcher[name].append(run)
                 line = f"round {round_index} {model:8} {name:32} {run['step_s'] * 1000:8.2f} ms"
+                line += f", CPU {run['cpu_step_s'] * 1000:.2f} ms/step"
                 print(f"{line}, launcher's own {run['own_cores']:.3f} cores", flush=True)
     report: dict[str, Any] = {"models": {}}
     for model, by_launcher in runs.items():
         base = [run["step_s"] for run in by_launcher["torchrun"]]
+        base_cpu = [run["cpu_step_s"] for run in by_launcher["torchrun"]]
         rows = {}
         for name, results in by_launcher.items():
             medians = [run["step_s"] for run in results]
             per_round = [ours / theirs for ours, theirs in zip(medians, base)]
+            cpu = [run["cpu_step_s"] for run in results]
             rows[name] = {
                 "median_step_ms": round(statistics.median(medians) * 1000, 3),
                 "run_medians_ms": [round(m * 1000, 3) for m in medians],
                 "ratio_of_medians": round(statistics.median(medians) / statistics.median(base), 4),
                 "median_round_ratio": round(statistics.median(per_round), 4),
+                "median_cpu_step_ms": round(statistics.median(cpu) * 1000, 3),
+                "run_cpu_step_ms": [round(c * 1000, 3) for c in cpu],
+                "cpu_ratio_of_medians": round(
+                    statistics.median(cpu) / statistics.median(base_cpu), 4
+                ),
                 "own_cores": round(statistics.median(run["own_cores"] for run in results), 4),
                 "rank_cores": round(statistics.median(run["rank_cores"] for run in results), 4),
             }
@@ -183,14 +194,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['date']}. Goal: train-launch ÷ torchrun ≤ {GOAL}.",
         "",
         "| model | launcher | median step (ms) | ÷ torchrun (medians) "
-        "| ÷ torchrun (per round, median) | launcher's own CPU (cores) | ranks' CPU (cores) |",
-        "|---|---|---|---|---|---|---|",
+        "| ÷ torchrun (per round, median) | rank 0's CPU per step (ms) | ÷ torchrun (CPU) "
+        "| launcher's own CPU (cores) | ranks' CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for model, rows in report["models"].items():
         for name, row in rows.items():
             lines.append(
                 f"| {model} | {name} | {row['median_step_ms']:.2f} | "
                 f"{row['ratio_of_medians']:.3f} | {row['median_round_ratio']:.3f} | "
+                f"{row['median_cpu_step_ms']:.2f} | {row['cpu_ratio_of_medians']:.3f} | "
                 f"{row['own_cores']:.3f} | {row['rank_cores']:.2f} |"
             )
     lines += [
