@@ -216,7 +216,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"use < {QUIET_CORES} cores over {QUIET_WINDOW_S:.0f} s (the spare has imported what "
         "rank 0 loaded); their CPU use while the steps are measured is in the table.",
         "",
-        "Reproduce: `python bench/steady_step.py`.",
+        f"Reproduce: `python bench/steady_step.py --rounds {report['rounds']}`.",
         "",
     ]
     return "\n".join(lines)
