@@ -137,7 +137,9 @@ def hang_sleep(work: Path) -> Run:
 
 def straggler(work: Path) -> Run:
     events = work / "events"
-    pods = Pods(nnodes=3, nproc=1, warm_spares=0, sidecar_env=JSON_LOGS, launcher_env=JSON_LOGS)
+    # compute_s needs the opt-in forward timing (--time-forward on).
+    launcher_env = {**JSON_LOGS, "PET_TIME_FORWARD": "on"}
+    pods = Pods(nnodes=3, nproc=1, warm_spares=0, sidecar_env=JSON_LOGS, launcher_env=launcher_env)
     try:
         pods.start_launchers(["--steps", "100000", "--step-sleep", "0.1", "--events", str(events),
                               "--slow-rank", "2", "--slow-from-step", "60", "--slow-extra-s",

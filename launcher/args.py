@@ -95,6 +95,7 @@ class LaunchConfig:
     preimport: tuple[str, ...] = (DEFAULT_PREIMPORT,)
     reuse_freed_memory: bool = True  # launcher/processes.py: REUSE_FREED_TUNABLES
     reentry: str = "auto"  # one of REENTRY_MODES
+    time_forward: bool = False  # launcher/heartbeat.py: global module forward hooks
 
 
 class _Parser(argparse.ArgumentParser):
@@ -229,6 +230,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "an unwind that fails or times out) gives survivors fresh processes, at no cost to "
         "--max-restarts; always re-enters and never falls back; never always starts fresh "
         "processes (torchrun's way). With several nodes, node 0's setting rules",
+        ["--time-forward"],
+        "time_forward",
+        "off",
+        "on: time each rank's data loading + forward per step with global nn.Module forward "
+        "hooks, for the straggler rule (compute_s); they run on every module call (nn.Module's "
+        "slow path) and torch.compile warns about them. off: no straggler findings, the other "
+        "anomaly rules and hang detection unchanged",
     )
     opt(
         ["--unwind-timeout"],
@@ -427,6 +435,7 @@ def parse_args(
     preimport = _module_names(named("--preimport"), ns.preimport)
     _one_of(named("--reuse-freed-memory"), ns.reuse_freed_memory, ("on", "off"))
     _one_of(named("--reentry"), ns.reentry, REENTRY_MODES)
+    _one_of(named("--time-forward"), ns.time_forward, ("on", "off"))
     base_env = {} if "OMP_NUM_THREADS" in env or nproc == 1 else {"OMP_NUM_THREADS": "1"}
     run_id = ns.rdzv_id or (str(uuid.uuid4()) if ns.standalone else "none")
     return LaunchConfig(
@@ -462,4 +471,5 @@ def parse_args(
         preimport=preimport,
         reuse_freed_memory=ns.reuse_freed_memory == "on",
         reentry=ns.reentry,
+        time_forward=ns.time_forward == "on",
     )

@@ -7,6 +7,7 @@ it again in place (same PID, imports kept) with the next generation's env.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import gc
@@ -25,12 +26,15 @@ from typing import Optional
 
 import grpc
 
+from launcher import launch_state
 from launcher.heartbeat import StepCounter, install_optimizer_hook
+from launcher.library_resets import reset_libraries
 from launcher.processes import (
     ENV_OWN_TUNABLES,
     ENV_PARENT_PID,
     ENV_RANK,
     ENV_SUPERVISOR,
+    ENV_TIME_FORWARD,
     ENV_TOKEN,
     GLIBC_TUNABLES_ENV,
     SCRIPT_ADDRESS_ENV,
@@ -46,6 +50,7 @@ from launcher.unwind import (
     ProcessGroupKeeper,
     abort_communicators,
     destroy_process_groups,
+    process_group_initialized,
     sever_generation_connections,
     tcp_connections,
 )
@@ -122,8 +127,10 @@ class Worker:
         rank: int,
         target: Target,
         imports_manifest: str = "",
+        time_forward: bool = False,
     ) -> None:
         self.pid = os.getpid()
+        self.time_forward = time_forward
         self.rank = rank
         self.target = target
         self.channel = client_channel(address, token)
@@ -133,6 +140,8 @@ class Worker:
         self.supervisor_port = int(address.rpartition(":")[2])
         self.connections_before: set[Connection] = set()
         self.generation = -1
+        self.runs = 0  # generations this process ran the script in
+        self.launch = launch_state.capture()
         self.aborted_generation = -1
         self.unwound = False  # the supervisor knows this generation is over for us
         self.manifest = ManifestWriter(imports_manifest) if imports_manifest else None
@@ -185,7 +194,7 @@ class Worker:
         attach = pb.AttachWorkerRequest(pid=self.pid, rank=self.rank, spare=spare)
         stream = self.stub.AttachWorker(attach)
         threading.Thread(target=self._control, args=(stream,), name="control", daemon=True).start()
-        install_optimizer_hook(self.steps, self.groups.on_step)
+        install_optimizer_hook(self.steps, self.groups.on_step, time_forward=self.time_forward)
         while True:
             command = self.commands.get()
             if command is None:
@@ -228,7 +237,17 @@ class Worker:
         self.unwound = False
         if self.warming is not None:
             self.warming.set()  # the script imports what it needs itself
-        os.environ.update(start.env)
+        if self.runs > 0:
+            # Again, and the process group: a generation that finished was never unwound (and
+            # most scripts leave their group to the process's end).
+            self._reset_libraries()
+            if process_group_initialized():
+                destroy_process_groups()
+            # The marker of the generation we left is about this process, not the script's.
+            launch_state.restore(self.launch, start.env, carried=(SCRIPT_ENDED_GENERATION_ENV,))
+        else:
+            os.environ.update(start.env)
+        self.runs += 1
         os.environ[SCRIPT_GENERATION_ENV] = str(start.generation)
         self.steps.reset(start.generation)
         endpoint = store_endpoint(os.environ)
@@ -258,6 +277,9 @@ class Worker:
         detail = None if error is None else failure_detail(error)
         interrupted = isinstance(error, GenerationAborted)
         error = None  # drop the frames that hold the dead generation's tensors
+        # While torch.distributed still knows the groups the libraries hold (megatron destroys
+        # its gloo groups itself); their references dropped, the collection frees them too.
+        self._reset_libraries()
         destroy_process_groups()
         self.groups.release()
         if aborted or interrupted:
@@ -267,6 +289,10 @@ class Worker:
             sys.stderr.write(detail.traceback)
             write_error_file(detail)
         return verdict
+
+    def _reset_libraries(self) -> None:
+        for failure in reset_libraries(sys.modules):
+            print(f"train-launch: library reset failed: {failure}", file=sys.stderr, flush=True)
 
     def _run_script(self) -> None:
         sys.argv = [self.target.name, *self.target.args]
@@ -295,7 +321,15 @@ def main() -> None:
     for problem in preimport([n for n in os.environ.pop(PREIMPORT_ENV, "").split(",") if n]):
         print(f"train-launch: --preimport {problem}", file=sys.stderr, flush=True)
     manifest = os.environ.pop(MANIFEST_ENV, "")
-    code = Worker(address, token, rank, target, manifest).run()
+    time_forward = bool(os.environ.pop(ENV_TIME_FORWARD, ""))
+    code = Worker(address, token, rank, target, manifest, time_forward).run()
+    if code == 0:
+        # A clean finish ends as the script would alone: exit handlers (trackers' and loggers'
+        # flushes, logging.shutdown) run. Those registered by an aborted generation's run are
+        # among them, as they cannot be told from a library's (registered once, at import):
+        # they run once here, at the end, when under torchrun that generation's process would
+        # have been killed without running any.
+        atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: the script's threads may still be live

@@ -1,9 +1,12 @@
 """Zero-code progress heartbeats: a global optimizer step hook feeds a reporter thread.
 
-Global module forward hooks also time each rank's own work per step (data
-loading + forward, until the outermost forward returns): in synchronous
-training every rank has the same step period, because the backward's gradient
-all-reduce waits for the slowest rank, so only this part tells a straggler.
+With --time-forward on, global module forward hooks also time each rank's own
+work per step (data loading + forward, until the outermost forward returns): in
+synchronous training every rank has the same step period, because the backward's
+gradient all-reduce waits for the slowest rank, so only this part tells a
+straggler. Off by default: global hooks run on every module call (no fast path
+in nn.Module.__call__) and torch.compile warns about them and compiles an extra
+frame; without them compute_s is 0, which the supervisor reads as "not timed".
 """
 
 from __future__ import annotations
@@ -88,10 +91,10 @@ class StepCounter:
 
 
 def install_optimizer_hook(
-    counter: StepCounter, *also_on_step: Callable[..., None], time_forward: bool = True
+    counter: StepCounter, *also_on_step: Callable[..., None], time_forward: bool = False
 ) -> list[Any]:
-    """Register the global post-step hooks (the counter's, then `also_on_step`) and the
-    forward timing hooks.
+    """Register the global post-step hooks (the counter's, then `also_on_step`) and, when
+    `time_forward`, the global forward timing hooks.
 
     Returns the hooks' removable handles; none without torch.
     """

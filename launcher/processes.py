@@ -24,6 +24,7 @@ ENV_SUPERVISOR = "TRAIN_LAUNCH_SUPERVISOR"
 ENV_RANK = "TRAIN_LAUNCH_RANK"
 ENV_PARENT_PID = "TRAIN_LAUNCH_PARENT_PID"
 ENV_TOKEN = "TRAIN_LAUNCH_TOKEN"
+ENV_TIME_FORWARD = "TRAIN_LAUNCH_TIME_FORWARD"  # --time-forward on
 # What the script sees besides torchrun's environment: how the worker API
 # (launcher/snapshot.py) reaches this pod's supervisor.
 SCRIPT_ADDRESS_ENV = "TRAIN_SUPERVISOR_ADDRESS"
@@ -107,8 +108,11 @@ class WorkerProcesses:
         env[ENV_PARENT_PID] = str(os.getpid())
         if self.imports_manifest:
             env[MANIFEST_ENV] = self.imports_manifest
+        env.pop(ENV_TIME_FORWARD, None)  # ours to set, never inherited
         if not self.config.no_python:  # the bootstrap's, removed before the script runs
             env[PREIMPORT_ENV] = ",".join(self.config.preimport)
+            if self.config.time_forward:
+                env[ENV_TIME_FORWARD] = "1"
             if self.config.reuse_freed_memory and GLIBC_TUNABLES_ENV not in env:
                 env[GLIBC_TUNABLES_ENV] = REUSE_FREED_TUNABLES
                 env[ENV_OWN_TUNABLES] = "1"

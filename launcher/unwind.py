@@ -99,11 +99,16 @@ class ProcessGroupKeeper:
         self._registered = 0
 
 
+def process_group_initialized() -> bool:
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
+
+
 def destroy_process_groups() -> Optional[str]:
     """Tear down torch.distributed after an unwind so the script can init again."""
     dist = sys.modules.get("torch.distributed")
     error: Optional[str] = None
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    if dist is not None and process_group_initialized():
         try:
             dist.destroy_process_group()
         except Exception as exc:

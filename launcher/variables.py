@@ -15,6 +15,7 @@ from launcher.processes import (
     ENV_PARENT_PID,
     ENV_RANK,
     ENV_SUPERVISOR,
+    ENV_TIME_FORWARD,
     ENV_TOKEN,
     GLIBC_TUNABLES_ENV,
     REUSE_FREED_TUNABLES,
@@ -97,6 +98,7 @@ BOOTSTRAP_VARIABLES = (
     Variable(ENV_TOKEN, "", "the job token"),
     Variable(MANIFEST_ENV, "", "the file where local rank 0 lists its modules for the spares"),
     Variable(PREIMPORT_ENV, "", "--preimport's modules, comma-separated"),
+    Variable(ENV_TIME_FORWARD, "", "set: --time-forward on (global forward timing hooks)"),
     Variable(
         ENV_OWN_TUNABLES, "", "set: GLIBC_TUNABLES is train-launch's, to be taken out as well"
     ),

@@ -27,6 +27,9 @@ DETECT = {
 }
 
 
+TIME_FORWARD = {"PET_TIME_FORWARD": "on"}
+
+
 def findings(pods: Pods) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = pods.status(0).get("findings", [])
     return found
@@ -34,7 +37,8 @@ def findings(pods: Pods) -> list[dict[str, Any]]:
 
 def test_a_slow_pod_is_reported_as_straggler_then_asked_to_leave(tmp_path: Path) -> None:
     events = tmp_path / "events"
-    pods = Pods(nnodes=3, nproc=1, warm_spares=0, sidecar_env=DETECT)
+    # Forward timing (compute_s) is opt-in: without it there is no straggler rule.
+    pods = Pods(nnodes=3, nproc=1, warm_spares=0, sidecar_env=DETECT, launcher_env=TIME_FORWARD)
     try:
         pods.start_launchers(
             ["--steps", "100000", "--step-sleep", "0.1", "--events", str(events),

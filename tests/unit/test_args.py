@@ -489,3 +489,11 @@ def test_reentry_is_auto_unless_set_and_refuses_other_values(script: str) -> Non
     assert "'no'" in usage_error([script], {"PET_REENTRY": "no"})
     spec = worker_spec(parse(["--reentry", "never", script]), "/tmp/errors")
     assert spec.reentry == pb.ReentryMode.REENTRY_NEVER
+
+
+def test_time_forward_is_off_unless_turned_on_and_refuses_other_values(script: str) -> None:
+    assert parse([script]).time_forward is False
+    assert parse(["--time-forward", "on", script]).time_forward is True
+    assert parse([script], {"PET_TIME_FORWARD": "on"}).time_forward is True
+    with pytest.raises(UsageError, match="--time-forward"):
+        parse(["--time-forward", "yes", script])

@@ -28,7 +28,7 @@ class SlowForward(torch.nn.Module):  # type: ignore[misc]
 def test_compute_time_is_data_plus_forward_and_leaves_the_backward_out() -> None:
     sent: queue.Queue[tuple[int, int, float, float]] = queue.Queue()
     counter = StepCounter(lambda g, s, t, c: sent.put((g, s, t, c)))
-    handles = install_optimizer_hook(counter)
+    handles = install_optimizer_hook(counter, time_forward=True)
     try:
         model = SlowForward(forward_s=0.05)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -57,7 +57,7 @@ def test_compute_time_is_data_plus_forward_and_leaves_the_backward_out() -> None
 def test_a_step_without_any_forward_reports_no_compute_time() -> None:
     sent: queue.Queue[tuple[int, int, float, float]] = queue.Queue()
     counter = StepCounter(lambda g, s, t, c: sent.put((g, s, t, c)))
-    handles = install_optimizer_hook(counter)
+    handles = install_optimizer_hook(counter, time_forward=True)
     try:
         weight = torch.nn.Parameter(torch.ones(3))
         optimizer = torch.optim.SGD([weight], lr=0.1)
