@@ -230,6 +230,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "an unwind that fails or times out) gives survivors fresh processes, at no cost to "
         "--max-restarts; always re-enters and never falls back; never always starts fresh "
         "processes (torchrun's way). With several nodes, node 0's setting rules",
+    )
+    opt(
         ["--time-forward"],
         "time_forward",
         "off",
