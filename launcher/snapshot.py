@@ -55,6 +55,7 @@ from train_supervisor.arena import (
 )
 from train_supervisor.arena_paths import snapshot_directory
 from train_supervisor.credentials import client_channel
+from train_supervisor.rpc_errors import describe_rpc_error
 from train_supervisor.torch_format import TensorEntry
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -292,8 +293,10 @@ def _write_forever(work: queue.Queue[_WriterWork]) -> None:
             snapshots._write(pending)
         except Exception as err:  # any: a writer thread that died would leave training waiting
             pending.copied.set()
+            # Its supervisor may be restarting: the copy stays in the arena, and the next
+            # save's report names it again (held), so the commit goes on from there.
             print(f"[train-supervisor] rank {snapshots.rank}: snapshot of step {pending.step} "
-                  f"failed: {err}", file=sys.stderr, flush=True)  # fmt: skip
+                  f"failed: {describe_rpc_error(err)}", file=sys.stderr, flush=True)  # fmt: skip
         del snapshots, pending
 
 

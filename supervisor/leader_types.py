@@ -70,6 +70,10 @@ class LeaderTimings:
     # A pod silent for longer than this is lost. Well under the NCCL/gloo
     # timeouts, well over a heartbeat period plus a GC pause.
     heartbeat_timeout_s: float = 10.0
+    # A pod whose stream broke while its ranks train (its supervisor restarts) is kept this
+    # long for its re-join. A pod that really died is lost at once all the same: its peers'
+    # collectives break, which the other pods report (LeaderState.collective_broke).
+    rejoin_grace_s: float = 60.0
 
 
 # ----------------------------------------------------------------- messages
@@ -141,6 +145,8 @@ class PodView:
     restart_count: int
     history: tuple[Failure, ...]
     finished: bool = False  # this pod's ranks all finished `generation`
+    # Its ranks run `generation` now, unharmed (the pod's supervisor restarted under them).
+    running: bool = False
 
 
 def follow(view: Optional[PodView], message: Message) -> Optional[PodView]:

@@ -131,7 +131,7 @@ def view_from_wire(request: pb.JoinRequest) -> Optional[PodView]:
     if not request.has_view:
         return None
     v = request.view
-    return PodView(v.generation, v.restart_count, _history(v.history), v.finished)
+    return PodView(v.generation, v.restart_count, _history(v.history), v.finished, request.running)
 
 
 def copies_to_wire(copies: NodeCopies) -> pb.PodCopies:

@@ -21,7 +21,7 @@ from supervisor import restart_policy
 from supervisor.anomaly import AnomalyTracker
 from supervisor.job_health import JobHealth
 from supervisor.leader import JoinRefused, LeaderState
-from supervisor.leader_types import Broadcast, LeaderTimings
+from supervisor.leader_types import Broadcast, LeaderTimings, PodView
 from supervisor.offload_rounds import OffloadRounds
 from supervisor.peer_wire import (
     copies_from_wire,
@@ -72,7 +72,7 @@ class LeaderHub:
     def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
         return spec_mismatch(spec, self.nnodes, 0)
 
-    def launcher_attached(self, spec: pb.WorkerSpec) -> None:
+    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
         self.run_id = spec.run_id
         policy = restart_policy.RestartPolicy(
             spec.max_restarts, self.local.settings.crash_loop_threshold
@@ -93,7 +93,10 @@ class LeaderHub:
             self.timings,
             rounds=rounds,
         )
-        self._deliver(self.leader.join(0, spec.nproc_per_node, None, time.monotonic()))
+        self._deliver(self.leader.join(0, spec.nproc_per_node, resumed, time.monotonic()))
+        job = self.local.job
+        if resumed is not None and job is not None:  # for status: the generation runs on it
+            self.leader.master_port = job.master_port
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     def report(self, report: pb.PodReport) -> None:
@@ -211,6 +214,8 @@ class LeaderHub:
             done = report.offloaded
             errors = (done.replica_error, done.persist_error)
             self._deliver(leader.pod_offloaded(node, done.step, *errors, now))
+        elif kind == "collective_broke":
+            self._deliver(leader.collective_broke(node, report.collective_broke))
         elif kind == "restore_failed":
             failed = report.restore_failed
             self._deliver(

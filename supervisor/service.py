@@ -20,6 +20,7 @@ from supervisor.gpu_probe import default_probes, device_health
 from supervisor.hang_watch import hang_watch_for
 from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
 from supervisor.job_types import ToLeader
+from supervisor.leader_types import PodView
 from supervisor.metrics import REFRESH_S, MetricsBoard, snapshot_of
 from supervisor.offload import REPLICAS
 from supervisor.offload_config import OffloadConfig
@@ -29,7 +30,7 @@ from supervisor.pod_health import PodHealth
 from supervisor.pod_job import CoordinatedJobState
 from supervisor.pod_metrics import PodSampler
 from supervisor.ports import free_port
-from supervisor.snapshots import harvest_arenas
+from supervisor.snapshots import harvest_arenas, seed_commit_from_arenas
 from supervisor.status_view import job_status
 from train_supervisor.arena_paths import remove_arena
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -58,7 +59,8 @@ class Coordination(Protocol):
     def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
         """Why this launcher's spec does not fit the job, or None."""
 
-    def launcher_attached(self, spec: pb.WorkerSpec) -> None: ...
+    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
+        """`resumed`: the pod's job as rebuilt under running ranks (a restarted supervisor)."""
 
     def report(self, report: pb.PodReport) -> None: ...
 
@@ -94,6 +96,8 @@ class Supervisor:
         self.closing = False  # stopping: event streams end (supervisor/event_watch.py)
         self.metrics_board: Optional[MetricsBoard] = None  # set when /metrics is served
         self._metrics_at = -REFRESH_S
+        self.launcher_attached = False  # a launcher's command stream is open
+        self.resume_pending = False  # rebuilding the job under running ranks (_resumed)
 
     # ------------------------------------------------------------- plumbing
     def apply(self, effects: list[Effect]) -> None:
@@ -115,6 +119,8 @@ class Supervisor:
                 self.coordination.report(effect.report)
         if self.offload is not None:
             self.offload.generation_seen()
+        if self.resume_pending and self.job is not None and not self.job.resuming:
+            self._resumed()
         asyncio.get_running_loop().create_task(self._notify())
         self._log_new_events()
 
@@ -168,6 +174,16 @@ class Supervisor:
             status.samples.append(self.pod_health.latest)
         return status
 
+    def running_generation(self) -> Optional[int]:
+        """The generation every local rank runs (or finished) now; None between generations."""
+        job = self.job
+        live = (pb.WorkerState.WORKER_STATE_HEALTHY, pb.WorkerState.WORKER_STATE_SUCCEEDED)
+        if job is None or not job.started or job.over:
+            return None
+        if all(s.state in live and s.generation == job.generation for s in job.ranks.values()):
+            return job.generation
+        return None
+
     def leader_lost(self) -> None:
         if isinstance(self.job, CoordinatedJobState):
             self.apply(self.job.leader_lost(time.monotonic()))
@@ -219,8 +235,12 @@ class Supervisor:
         context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
     ) -> AsyncIterator[pb.LauncherCommand]:
         if self.job is not None:
-            why = "this supervisor's job is over" if self.job.over else "a launcher is attached"
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
+            if self.job.over or self.launcher_attached:
+                why = "this supervisor's job is over" if self.job.over else "a launcher is attached"
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
+            async for command in self._launcher_back(request, context):
+                yield command
+            return
         policy = restart_policy.RestartPolicy(
             max_restarts=request.spec.max_restarts,
             crash_loop_threshold=self.settings.crash_loop_threshold,
@@ -237,7 +257,8 @@ class Supervisor:
             self.job = CoordinatedJobState(
                 spec=request.spec, policy=policy, allocate_port=free_port, timings=timings
             )
-            self.coordination.launcher_attached(request.spec)
+            if not request.reattach:  # else once the job is rebuilt (_resumed)
+                self.coordination.launcher_attached(request.spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
         if request.spec.snapshot_dir:
             target = self.replica_target if self.coordination is not None else None
@@ -252,7 +273,41 @@ class Supervisor:
         self.pod_health = PodHealth(request.spec.node_rank, sampler, self.settings.detect.sample_s)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         job = self.job
-        self.apply(job.attach_launcher())
+        if request.reattach:  # this supervisor is new: the launcher and its workers train on
+            processes = [(p.pid, p.rank) for p in request.processes]
+            self.resume_pending = True
+            self.apply(job.resume_launcher(processes, time.monotonic()))
+        else:
+            self.apply(job.attach_launcher())
+        async for command in self._stream_to_launcher(job, context):
+            yield command
+
+    async def _launcher_back(
+        self,
+        request: pb.AttachLauncherRequest,
+        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
+    ) -> AsyncIterator[pb.LauncherCommand]:
+        """The pod's launcher attaches again to this supervisor (its container restarted):
+        its ranks failed when the old one's stream ended; it gets their new processes."""
+        job = self.job
+        assert job is not None
+        log.warning("launcher pid %d attached again", request.launcher_pid)
+        job.record("launcher_attached", f"launcher pid {request.launcher_pid} attached again")
+        for process in request.processes:  # counted failed already: not to run twice
+            reason = "its launcher's stream broke: the rank was given a new process"
+            self.launcher_queue.put_nowait(
+                pb.LauncherCommand(kill=pb.KillProcess(pid=process.pid, signal=9, reason=reason))
+            )
+        async for command in self._stream_to_launcher(job, context):
+            yield command
+
+    async def _stream_to_launcher(
+        self,
+        job: JobState,
+        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
+    ) -> AsyncIterator[pb.LauncherCommand]:
+        self.launcher_attached = True
+        await context.send_initial_metadata(())  # attached: the launcher counts on us now
         try:
             while True:
                 command = await self.launcher_queue.get()
@@ -260,8 +315,32 @@ class Supervisor:
                     return
                 yield command
         finally:
-            if not job.over:  # the launcher went away (SIGTERM, or it died): nothing runs now
-                self.apply(job.stop("the launcher detached"))
+            self.launcher_attached = False
+            if not job.over:  # the launcher died (its workers with it), or was stopped
+                self._drain_launcher_queue()
+                self.apply(job.launcher_lost(time.monotonic()))
+
+    def _drain_launcher_queue(self) -> None:
+        """Commands the gone launcher never got: for processes that are gone too."""
+        kept = []
+        while not self.launcher_queue.empty():
+            command = self.launcher_queue.get_nowait()
+            if command is not None and command.HasField("shutdown"):
+                kept.append(command)
+        for command in kept:
+            self.launcher_queue.put_nowait(command)
+
+    def _resumed(self) -> None:
+        """The job is rebuilt from the running launcher and workers (this supervisor is new):
+        what the ranks' arenas hold, and the leader's link, as if it had run all along."""
+        job = self.job
+        assert job is not None
+        self.resume_pending = False
+        seeded = seed_commit_from_arenas(job)
+        if seeded is not None:
+            job.record("snapshot_commit_rebuilt", f"step {seeded} held by every local rank")
+        if self.coordination is not None and isinstance(job, CoordinatedJobState):
+            self.coordination.launcher_attached(job.spec, job.resumed_view())
 
     async def report_process_started(
         self,
@@ -326,8 +405,15 @@ class Supervisor:
     ) -> AsyncIterator[pb.WorkerCommand]:
         job = await self.require_job(context)
         queue: asyncio.Queue[Optional[pb.WorkerCommand]] = asyncio.Queue()
+        old = self.worker_queues.get(request.pid)
+        if old is not None:
+            old.put_nowait(None)  # that stream is dead: its worker attached again
         self.worker_queues[request.pid] = queue
-        self.apply(job.worker_attached(request.pid, request.rank, request.spare))
+        if request.reattach:
+            self.apply(job.worker_reattached(request, time.monotonic()))
+        else:
+            self.apply(job.worker_attached(request.pid, request.rank, request.spare))
+        await context.send_initial_metadata(())  # attached: the worker may report now
         try:
             while True:
                 command = await queue.get()

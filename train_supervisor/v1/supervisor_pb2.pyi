@@ -112,12 +112,26 @@ class Ack(_message.Message):
     def __init__(self) -> None: ...
 
 class AttachLauncherRequest(_message.Message):
-    __slots__ = ("spec", "launcher_pid")
+    __slots__ = ("spec", "launcher_pid", "reattach", "processes")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     LAUNCHER_PID_FIELD_NUMBER: _ClassVar[int]
+    REATTACH_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     spec: WorkerSpec
     launcher_pid: int
-    def __init__(self, spec: _Optional[_Union[WorkerSpec, _Mapping]] = ..., launcher_pid: _Optional[int] = ...) -> None: ...
+    reattach: bool
+    processes: _containers.RepeatedCompositeFieldContainer[LauncherProcess]
+    def __init__(self, spec: _Optional[_Union[WorkerSpec, _Mapping]] = ..., launcher_pid: _Optional[int] = ..., reattach: bool = ..., processes: _Optional[_Iterable[_Union[LauncherProcess, _Mapping]]] = ...) -> None: ...
+
+class LauncherProcess(_message.Message):
+    __slots__ = ("pid", "rank", "local_rank")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    local_rank: int
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., local_rank: _Optional[int] = ...) -> None: ...
 
 class SpawnWorker(_message.Message):
     __slots__ = ("rank", "local_rank", "spare", "env")
@@ -203,14 +217,28 @@ class ProcessExit(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., output_tail: _Optional[str] = ..., oom_kills: _Optional[int] = ...) -> None: ...
 
 class AttachWorkerRequest(_message.Message):
-    __slots__ = ("pid", "rank", "spare")
+    __slots__ = ("pid", "rank", "spare", "reattach", "generation", "state", "step", "master_addr", "master_port", "restart_count")
     PID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     SPARE_FIELD_NUMBER: _ClassVar[int]
+    REATTACH_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
     pid: int
     rank: int
     spare: bool
-    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., spare: bool = ...) -> None: ...
+    reattach: bool
+    generation: int
+    state: WorkerState
+    step: int
+    master_addr: str
+    master_port: int
+    restart_count: int
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., spare: bool = ..., reattach: bool = ..., generation: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., restart_count: _Optional[int] = ...) -> None: ...
 
 class StartGeneration(_message.Message):
     __slots__ = ("generation", "rank", "local_rank", "env")
@@ -642,20 +670,22 @@ class PodView(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., finished: bool = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("run_id", "node_rank", "nproc", "view", "has_view", "incarnation")
+    __slots__ = ("run_id", "node_rank", "nproc", "view", "has_view", "incarnation", "running")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     NPROC_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     HAS_VIEW_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     node_rank: int
     nproc: int
     view: PodView
     has_view: bool
     incarnation: int
-    def __init__(self, run_id: _Optional[str] = ..., node_rank: _Optional[int] = ..., nproc: _Optional[int] = ..., view: _Optional[_Union[PodView, _Mapping]] = ..., has_view: bool = ..., incarnation: _Optional[int] = ...) -> None: ...
+    running: bool
+    def __init__(self, run_id: _Optional[str] = ..., node_rank: _Optional[int] = ..., nproc: _Optional[int] = ..., view: _Optional[_Union[PodView, _Mapping]] = ..., has_view: bool = ..., incarnation: _Optional[int] = ..., running: bool = ...) -> None: ...
 
 class OpenGenerationMsg(_message.Message):
     __slots__ = ("generation", "restart_count", "reason", "history")
@@ -791,7 +821,7 @@ class RestoreFailed(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class PodReport(_message.Message):
-    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "offloaded", "restore_failed", "copies", "ranks", "last_failure", "sample")
+    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "offloaded", "restore_failed", "collective_broke", "copies", "ranks", "last_failure", "sample")
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -801,6 +831,7 @@ class PodReport(_message.Message):
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     OFFLOADED_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FAILED_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIVE_BROKE_FIELD_NUMBER: _ClassVar[int]
     COPIES_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
@@ -814,11 +845,12 @@ class PodReport(_message.Message):
     snapshots: PodSnapshots
     offloaded: OffloadDone
     restore_failed: RestoreFailed
+    collective_broke: int
     copies: PodCopies
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
     last_failure: FailureRecord
     sample: PodSample
-    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., offloaded: _Optional[_Union[OffloadDone, _Mapping]] = ..., restore_failed: _Optional[_Union[RestoreFailed, _Mapping]] = ..., copies: _Optional[_Union[PodCopies, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., sample: _Optional[_Union[PodSample, _Mapping]] = ...) -> None: ...
+    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., offloaded: _Optional[_Union[OffloadDone, _Mapping]] = ..., restore_failed: _Optional[_Union[RestoreFailed, _Mapping]] = ..., collective_broke: _Optional[int] = ..., copies: _Optional[_Union[PodCopies, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., sample: _Optional[_Union[PodSample, _Mapping]] = ...) -> None: ...
 
 class PodReportReply(_message.Message):
     __slots__ = ("rejoin",)
