@@ -97,6 +97,11 @@ class JobState:
         self.snapshots.saved(rank, step, held, size, wait)
         return []
 
+    def commits_wait(self) -> bool:
+        """A rank's report of a saved step waits for its commit (CoordinatedJobState: not
+        while the leader or another pod is away, which would stall training)."""
+        return True
+
     def slot_of(self, pid: int) -> Optional[RankSlot]:
         return next((s for s in self.ranks.values() if s.pid == pid and pid), None)
 

@@ -142,7 +142,7 @@ class LeaderState:
         if self.end is None and node in self.members:
             if self._resumes(view):  # its supervisor restarted; its ranks train on
                 self.members[node] = _Member(now, incarnation, view)
-                return []
+                return [self._commits_wait(True)]
             effects += self._lose(node, "re-joined while still live: a new incarnation")
         if self.end is not None:
             return [*effects, Broadcast(node, self.end)]
@@ -197,7 +197,7 @@ class LeaderState:
             # Its supervisor may be restarting while its ranks train on: wait for the
             # re-join (rejoin_grace_s), unless a collective breaks first (collective_broke).
             member.detached_at = now
-            return []
+            return [self._commits_wait(False)]
         return self._lose(node, "stream lost")
 
     def collective_broke(self, node: int, generation: int) -> list[Broadcast]:
@@ -212,6 +212,16 @@ class LeaderState:
                 why = f"stream lost, and node {node}'s collective broke"
                 effects += self._lose(lost, why)
         return effects
+
+    def _commits_wait(self, again: bool) -> Broadcast:
+        """While a pod is away no commit can come: ranks must not wait for one."""
+        away = not again or any(m.detached_at is not None for m in self.members.values())
+        rounds = self.snapshots.rounds
+        step = CommitStep(
+            self.generation, self.snapshots.committed, None, rounds.replicated, rounds.persisted,
+            pod_away=away,
+        )  # fmt: skip
+        return Broadcast(None, step)
 
     def _resumes(self, view: Optional[PodView]) -> bool:
         """A (re-)joining pod whose ranks train the running generation unharmed."""
@@ -377,7 +387,7 @@ class LeaderState:
             # The leader's supervisor restarted while every rank trained on: go on.
             self.phase, self._ran = Phase.RUNNING, self.generation
             self._finished = {n for n, m in self.members.items() if m.view and m.view.finished}
-            return []
+            return [self._commits_wait(True)]
         lost = Failure(self.generation, 0, POD_LOST, 0)
         self.history.append(lost)
         for node in sorted(n for n, m in self.members.items() if m.view is None and n != 0):

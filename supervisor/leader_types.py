@@ -117,6 +117,9 @@ class CommitStep:
     offload: Optional[OffloadRound] = None  # a round every pod runs now
     replicated: int = -1  # newest step every pod's replica holds
     persisted: int = -1  # newest step every pod persisted
+    # A pod is away (its supervisor restarts): no commit comes until it is back, so the
+    # ranks must not wait for one (they would stall training); cleared by the next CommitStep.
+    pod_away: bool = False
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ def message_to_wire(message: Message) -> pb.LeaderMessage:
             step=message.step,
             replicated_step=message.replicated,
             persisted_step=message.persisted,
+            pod_away=message.pod_away,
         )
         if message.offload is not None:
             o = message.offload
@@ -112,7 +113,9 @@ def message_from_wire(message: pb.LeaderMessage) -> Message:
         offload = None
         if c.HasField("offload"):
             offload = OffloadRound(c.offload.step, c.offload.replicate, c.offload.persist)
-        return CommitStep(c.generation, c.step, offload, c.replicated_step, c.persisted_step)
+        return CommitStep(
+            c.generation, c.step, offload, c.replicated_step, c.persisted_step, c.pod_away
+        )
     if kind == "end":
         return EndJob(message.end.exit_code, message.end.report)
     raise ValueError("empty LeaderMessage")

@@ -31,6 +31,7 @@ class CoordinatedJobState(JobState):
     finished_reported: int = -1
     snapshots_reported: frozenset[int] = frozenset()  # steps every local rank holds, as told
     leader_away: bool = False  # the leader's stream broke; not re-joined yet
+    pod_away: bool = False  # the leader says a pod is away: commits wait for it
     collective_reported: int = -1  # generation whose broken collective was told to the leader
 
     def __post_init__(self) -> None:
@@ -52,7 +53,15 @@ class CoordinatedJobState(JobState):
         return [ToLeader(pb.PodReport(snapshots=report))]
 
     def commit_snapshot(self, message: pb.CommitMsg) -> bool:
-        return message.generation == self.generation and self.snapshots.commit(message.step)
+        """The leader's commit; True: waiting ranks are to be woken."""
+        if message.generation != self.generation:
+            return False
+        away, self.pod_away = self.pod_away, message.pod_away
+        return self.snapshots.commit(message.step) or (self.pod_away and not away)
+
+    def commits_wait(self) -> bool:
+        """A rank waits for its step's commit, unless none can come now (a pod is away)."""
+        return not self.leader_away and not self.pod_away
 
     # ------------------------------------------------- decisions: the leader's
     def _on_failure(

@@ -336,11 +336,13 @@ class Supervisor:
         job = self.job
         assert job is not None
         self.resume_pending = False
+        if self.coordination is not None and isinstance(job, CoordinatedJobState):
+            # The job's commit is the leader's: it says it again once this pod re-joined.
+            self.coordination.launcher_attached(job.spec, job.resumed_view())
+            return
         seeded = seed_commit_from_arenas(job)
         if seeded is not None:
             job.record("snapshot_commit_rebuilt", f"step {seeded} held by every local rank")
-        if self.coordination is not None and isinstance(job, CoordinatedJobState):
-            self.coordination.launcher_attached(job.spec, job.resumed_view())
 
     async def report_process_started(
         self,

@@ -167,7 +167,7 @@ def test_a_sidecar_away_past_the_grace_stops_the_launcher_with_its_own_code(
     finally:
         pod.stop()
     ending = [line for line in pod.launcher.stderr.splitlines() if line.startswith("train-launch:")]
-    assert ending and "did not come back within --supervisor-grace 3s" in ending[-1], ending
+    assert ending and "did not come back within --supervisor-grace 3s" in ending[-1], pod.logs()
     assert "UNAVAILABLE" in ending[-1], ending
     no_raw_grpc_text(pod.launcher.stderr)
     wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in workers), 30, "workers gone")
@@ -226,8 +226,10 @@ def test_a_killed_sidecar_of_two_pods_is_restarted_and_the_job_never_notices(
         pods.sidecars[node] = pods.start_sidecar(node)
 
         def rebuilt() -> bool:
-            ranks = {r.get("rank", 0): r.get("pid") for r in status(pods.ports[node]).get("ranks", [])}
-            return ranks == before
+            shown = status(pods.ports[node])
+            ranks = {r.get("rank", 0): r.get("pid") for r in shown.get("ranks", [])}
+            running = shown.get("state") in ("JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED")
+            return ranks == before and running
 
         first.wait_for(rebuilt, 60, "the new sidecar to show the job's ranks")
         for launcher in pods.launchers:

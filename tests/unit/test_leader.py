@@ -44,7 +44,6 @@ SIG = "ValueError: bad batch @ train.py:42"
 OTHER = "RuntimeError: NCCL timeout @ train.py:77"
 
 
-
 def died(
     leader: LeaderState, node: int, now: float, incarnation: Optional[int] = None
 ) -> list[Broadcast]:
@@ -56,6 +55,7 @@ def died(
         witness = next(n for n in leader.members if n != node)
         effects += leader.collective_broke(witness, leader.generation)
     return effects
+
 
 def make(
     nnodes: int = 2, *, max_restarts: int = 3, threshold: int = 3, timeout: float = 10.0

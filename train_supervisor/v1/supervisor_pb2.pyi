@@ -732,18 +732,20 @@ class OffloadRoundMsg(_message.Message):
     def __init__(self, step: _Optional[int] = ..., replicate: bool = ..., persist: bool = ...) -> None: ...
 
 class CommitMsg(_message.Message):
-    __slots__ = ("generation", "step", "offload", "replicated_step", "persisted_step")
+    __slots__ = ("generation", "step", "offload", "replicated_step", "persisted_step", "pod_away")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_FIELD_NUMBER: _ClassVar[int]
     REPLICATED_STEP_FIELD_NUMBER: _ClassVar[int]
     PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    POD_AWAY_FIELD_NUMBER: _ClassVar[int]
     generation: int
     step: int
     offload: OffloadRoundMsg
     replicated_step: int
     persisted_step: int
-    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., offload: _Optional[_Union[OffloadRoundMsg, _Mapping]] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ...) -> None: ...
+    pod_away: bool
+    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., offload: _Optional[_Union[OffloadRoundMsg, _Mapping]] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., pod_away: bool = ...) -> None: ...
 
 class EndJobMsg(_message.Message):
     __slots__ = ("exit_code", "report")
