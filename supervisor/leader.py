@@ -71,6 +71,7 @@ from supervisor.leader_types import (
     PodView,
     StartGeneration,
     give_up_report,
+    mark_finished,
     policy_history,
 )
 from supervisor.offload_rounds import OffloadRounds
@@ -197,6 +198,7 @@ class LeaderState:
             # Its supervisor may be restarting while its ranks train on: wait for the
             # re-join (rejoin_grace_s), unless a collective breaks first (collective_broke).
             member.detached_at = now
+            self.snapshots.forget_held(node)  # what it offered may be overwritten by now
             return [self._commits_wait(False)]
         return self._lose(node, "stream lost")
 
@@ -307,6 +309,13 @@ class LeaderState:
 
     def pod_finished(self, node: int, generation: int) -> list[Broadcast]:
         """Every local rank of the pod finished the script in `generation`."""
+        member = self.members.get(node)
+        if self.phase is Phase.FORMING and member is not None and member.view is not None:
+            if member.view.running and member.view.generation == generation:
+                # A leader forming under running ranks (its supervisor restarted): kept for
+                # the rebuild, which ends the job if every pod had finished.
+                member.view = mark_finished(member.view)
+            return []
         if not self._counts(node, generation):
             return []
         self._finished.add(node)

@@ -43,7 +43,12 @@ class CoordinatedJobState(JobState):
     def snapshot_saved(
         self, rank: int, step: int, held: list[int], size: int, wait: float
     ) -> list[Effect]:
-        """The leader commits: tell it when what every local rank holds changes."""
+        """The leader commits: tell it when what every local rank holds changes.
+
+        A step saved while commits do not wait (commits_wait) is not offered: its rank
+        may overwrite it at once, so it must never become the committed step."""
+        if not self.commits_wait():
+            return []
         self.snapshots.saved(rank, step, held, size, wait)
         common = self.snapshots.common()
         if common == self.snapshots_reported:

@@ -337,7 +337,9 @@ class Supervisor:
         assert job is not None
         self.resume_pending = False
         if self.coordination is not None and isinstance(job, CoordinatedJobState):
-            # The job's commit is the leader's: it says it again once this pod re-joined.
+            # The job's commit is the leader's: it says it again once this pod re-joined,
+            # and until then no rank waits for one (a new leader is forming meanwhile).
+            job.pod_away = True
             self.coordination.launcher_attached(job.spec, job.resumed_view())
             return
         seeded = seed_commit_from_arenas(job)
