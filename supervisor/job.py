@@ -481,9 +481,7 @@ class JobState:
             effects += self._maybe_finish()
         elif running:  # some ranks left the generation meanwhile: it cannot go on
             self.generation, self.started = newest, True
-            where = ", ".join(
-                f"rank {s.rank}: {WS.Name(s.state)} in {s.generation}" for s in slots
-            )
+            where = ", ".join(f"rank {s.rank}: {WS.Name(s.state)} in {s.generation}" for s in slots)
             self.record("resume_broken", f"generation {newest} cannot go on ({where})")
             effects += self._resume_broken(now)
         else:  # between generations: the next one starts once every rank is in place
