@@ -472,6 +472,10 @@ class JobState:
         slots = list(self.ranks.values())
         live = (WS.WORKER_STATE_HEALTHY, WS.WORKER_STATE_SUCCEEDED)
         newest = max((s.generation for s in slots if s.pid), default=-1)
+        for pid, *_ in self.exits_while_resuming:  # it ran until then: its exit is a failure
+            died = self.slot_of(pid)
+            if died is not None:
+                died.state, died.generation = WS.WORKER_STATE_HEALTHY, newest
         running = [s for s in slots if s.state in live and s.generation == newest]
         effects: list[Effect] = []
         if running and len(running) == len(slots):
