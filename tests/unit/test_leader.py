@@ -53,7 +53,7 @@ def died(
     member = leader.members.get(node)
     if member is not None and member.detached_at is not None:
         witness = next(n for n in leader.members if n != node)
-        effects += leader.collective_broke(witness, leader.generation)
+        effects = leader.collective_broke(witness, leader.generation)  # not the pod_away news
     return effects
 
 
