@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIGKILL
 from typing import Any, Optional, Protocol
 
 import grpc
@@ -296,7 +297,9 @@ class Supervisor:
         for process in request.processes:  # counted failed already: not to run twice
             reason = "its launcher's stream broke: the rank was given a new process"
             self.launcher_queue.put_nowait(
-                pb.LauncherCommand(kill=pb.KillProcess(pid=process.pid, signal=9, reason=reason))
+                pb.LauncherCommand(
+                    kill=pb.KillProcess(pid=process.pid, signal=SIGKILL, reason=reason)
+                )
             )
         async for command in self._stream_to_launcher(job, context):
             yield command
