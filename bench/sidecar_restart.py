@@ -18,11 +18,9 @@ torchrun has no sidecar to lose: its figure is the step rate of the same job wit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,12 +28,17 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+import grpc
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from jobs import REPO, TOY_DDP, RunningJob, job_env, max_step, read_events, torchrun
+from jobs import TOY_DDP, RunningJob, job_env, max_step, read_events, torchrun
 from readme_quote import write_results
 from recovery import TORCHRUN_ENV, TORCHRUN_NOTE
 
 from supervisor.ports import free_port
+from train_supervisor.credentials import client_channel
+from train_supervisor.v1 import supervisor_pb2 as pb
+from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKEN = "sidecar-restart-bench-token-0123456789"
@@ -61,15 +64,13 @@ def start_launcher(port: int, shm: Path, args: argparse.Namespace, events: Path)
     return RunningJob(argv, env)
 
 
-def status(port: int) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "status", "--json", "--address",
-         f"127.0.0.1:{port}"],
-        cwd=REPO, env=job_env(SUPERVISOR_TOKEN=TOKEN), capture_output=True, text=True,
-        timeout=30,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(done.stdout) if done.returncode == 0 else {}
-    return result
+def status(stub: pb_grpc.StatusServiceStub) -> Optional[pb.JobStatus]:
+    """GetStatus as `train-supervisor status` calls it; None while nothing answers."""
+    try:
+        reply: pb.JobStatus = stub.GetStatus(pb.GetStatusRequest(), timeout=2)
+    except grpc.RpcError:
+        return None
+    return reply
 
 
 def step_times(events: Path) -> list[float]:
@@ -131,15 +132,18 @@ def run_with_fault(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         sidecar.wait(30)
         step_at_kill = max_step(read_events(events), 0)
         sidecar = start_sidecar(port)  # at once, as the kubelet restarts a native sidecar
-        shown: dict[str, Any] = {}
+        stub = pb_grpc.StatusServiceStub(client_channel(f"127.0.0.1:{port}", TOKEN))
+        answered_at: Optional[float] = None
         while True:
-            shown = status(port)
-            ranks = {r.get("rank", 0): r.get("pid") for r in shown.get("ranks", [])}
-            if ranks == pids and shown.get("state") == "JOB_STATE_RUNNING":
+            shown = status(stub)
+            if shown is not None and answered_at is None:
+                answered_at = time.time()
+            ranks = {} if shown is None else {r.rank: r.pid for r in shown.ranks}
+            if shown is not None and ranks == pids and shown.state == pb.JOB_STATE_RUNNING:
                 break
             if launcher.proc.poll() is not None or time.time() - killed_at > 300:
                 raise RuntimeError(f"the new sidecar never showed the job: {shown}")
-            time.sleep(0.02)
+            time.sleep(0.01)
         serving_at = time.time()
         step_at_serving = max_step(read_events(events), 0)
         exit_code = launcher.wait(900)
@@ -152,6 +156,8 @@ def run_with_fault(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "exit_code": exit_code,
         "seconds_to_serving": serving_at - killed_at,
+        # Of which: until the new process answered at all (interpreter start, imports, bind).
+        "seconds_to_first_answer": (answered_at or serving_at) - killed_at,
         "step_at_kill": step_at_kill,
         "steps_during_outage": step_at_serving - step_at_kill,
         "steps_per_s_during_outage": rate(times, killed_at, serving_at),
@@ -160,7 +166,11 @@ def run_with_fault(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "pids_changed": sorted(
             {e["rank"] for e in records if e["event"] == "start" and pids[e["rank"]] != e["pid"]}
         ),
-        "status_after": {k: shown.get(k) for k in ("state", "generation", "committedStep")},
+        "status_after": {
+            "state": pb.JobState.Name(shown.state),
+            "generation": shown.generation,
+            "committed_step": shown.committed_step,
+        },
         "states": states(events),
         # A restart would run steps again from the committed one: counted as lost.
         "steps_run_twice": len(steps := [(e["rank"], e["step"]) for e in records
@@ -176,7 +186,8 @@ def markdown(report: dict[str, Any]) -> str:
         "| sidecar SIGKILL, restarted at once (1 pod, 2 ranks) | figure |",
         "|---|---|",
         f"| SIGKILL to the new sidecar serving `status` with the job | "
-        f"{fault['seconds_to_serving']:.2f} s |",
+        f"{fault['seconds_to_serving']:.2f} s (its process answering at all: "
+        f"{fault['seconds_to_first_answer']:.2f} s) |",
         f"| steps lost (state differs from an uninterrupted run, or ran twice) | {lost} |",
         f"| training paused | {paused}: {fault['steps_during_outage']} steps during the outage, "
         f"{fault['steps_per_s_during_outage']:.1f} steps/s |",
