@@ -31,7 +31,7 @@ from supervisor.pod_health import PodHealth
 from supervisor.pod_job import CoordinatedJobState
 from supervisor.pod_metrics import PodSampler
 from supervisor.ports import free_port
-from supervisor.snapshots import harvest_arenas, seed_commit_from_arenas
+from supervisor.snapshots import harvest_arenas
 from supervisor.status_view import job_status
 from train_supervisor.arena_paths import remove_arena
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -334,20 +334,18 @@ class Supervisor:
             self.launcher_queue.put_nowait(command)
 
     def _resumed(self) -> None:
-        """The job is rebuilt from the running launcher and workers (this supervisor is new):
-        what the ranks' arenas hold, and the leader's link, as if it had run all along."""
+        """The job is rebuilt from the running launcher and workers (this supervisor is new).
+
+        The committed step is not read back from the arenas: a rank whose last commit answer
+        was lost with the old supervisor may already be overwriting the newest common step.
+        The ranks' next reports commit again (one step later); with several pods the leader's
+        commit comes once this pod re-joined, and until then no rank waits for one."""
         job = self.job
         assert job is not None
         self.resume_pending = False
         if self.coordination is not None and isinstance(job, CoordinatedJobState):
-            # The job's commit is the leader's: it says it again once this pod re-joined,
-            # and until then no rank waits for one (a new leader is forming meanwhile).
             job.pod_away = True
             self.coordination.launcher_attached(job.spec, job.resumed_view())
-            return
-        seeded = seed_commit_from_arenas(job)
-        if seeded is not None:
-            job.record("snapshot_commit_rebuilt", f"step {seeded} held by every local rank")
 
     async def report_process_started(
         self,

@@ -84,26 +84,6 @@ def harvest_arenas(sup: Supervisor, pid: Optional[int] = None) -> None:
             job.record("snapshot_harvested", f"rank {slot.rank} holds steps {steps} ({found})")
 
 
-def seed_commit_from_arenas(job: JobState) -> Optional[int]:
-    """A new supervisor under running ranks (the sidecar restarted): the committed step is
-    the newest one every local rank's arena holds complete, written in one generation (a
-    step is committed once every rank reported it, and each rank reports only after its
-    copy is complete). Returns the step taken, or None (no arenas, nothing in common)."""
-    directory = Path(job.spec.snapshot_dir) if job.spec.snapshot_dir else None
-    if directory is None or not directory.is_dir():
-        return None
-    common: Optional[set[tuple[int, int]]] = None
-    for rank in job.ranks:
-        with RankArena(directory, rank) as arena:
-            headers = arena.slots()
-        complete = {(i.step, i.generation) for i in headers if i.state is SlotState.COMPLETE}
-        common = complete if common is None else common & complete
-    step = max((step for step, _ in common or ()), default=NONE)
-    if step == NONE or not job.snapshots.commit(step):
-        return None
-    return step
-
-
 class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
     def __init__(self, sup: Supervisor, commit_wait_s: float = COMMIT_WAIT_S) -> None:
         self.sup = sup

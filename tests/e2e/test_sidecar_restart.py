@@ -136,7 +136,9 @@ def test_a_killed_sidecar_is_restarted_and_the_job_never_notices(
             ranks = {r.get("rank", 0): r.get("pid") for r in shown.get("ranks", [])}
             # (A short job may have finished already, under the new sidecar's eyes.)
             state = shown.get("state")
-            return ranks == before and state in ("JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED")
+            committed = int(shown.get("committedStep", "-1")) >= killed_at_step
+            live = state in ("JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED")
+            return ranks == before and live and committed
 
         try:
             pod.launcher.wait_for(rebuilt, 60, "the new sidecar to show the running ranks")
