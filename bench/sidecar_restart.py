@@ -139,7 +139,10 @@ def run_with_fault(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             if shown is not None and answered_at is None:
                 answered_at = time.time()
             ranks = {} if shown is None else {r.rank: r.pid for r in shown.ranks}
-            if shown is not None and ranks == pids and shown.state == pb.JOB_STATE_RUNNING:
+            running = shown is not None and shown.state == pb.JOB_STATE_RUNNING
+            # The job's state: its ranks, its generation, and a committed step at least as
+            # new as the one when the old sidecar died.
+            if running and ranks == pids and shown.committed_step >= step_at_kill:
                 break
             if launcher.proc.poll() is not None or time.time() - killed_at > 300:
                 raise RuntimeError(f"the new sidecar never showed the job: {shown}")
