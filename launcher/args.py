@@ -89,6 +89,7 @@ class LaunchConfig:
     supervisor_port: int
     supervisor_address: str
     supervisor_wait: float
+    supervisor_grace: float = 300.0  # a lost sidecar may take this long to come back
     base_env: dict[str, str] = field(default_factory=dict)
     snapshot_dir: str = ""  # the pod's shared memory for the job's snapshots
     spare_imports: str = "workers"  # launcher/warm_imports.py
@@ -276,6 +277,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "supervisor_wait",
         "60",
         "seconds to wait for the sidecar supervisor to answer",
+    )
+    opt(
+        ["--supervisor-grace"],
+        "supervisor_grace",
+        "300",
+        "seconds the workers train on without their sidecar (it restarts) before train-launch "
+        "stops with exit code 5",
     )
     for unsupported in UNSUPPORTED_TORCHRUN_FLAGS:
         p.add_argument(
@@ -467,6 +475,7 @@ def parse_args(
         supervisor_port=_int(named("--supervisor-port"), ns.supervisor_port, 0, MAX_PORT),
         supervisor_address=_address(named("--supervisor-address"), ns.supervisor_address),
         supervisor_wait=_float(named("--supervisor-wait"), ns.supervisor_wait, 0.0),
+        supervisor_grace=_float(named("--supervisor-grace"), ns.supervisor_grace, 0.0),
         base_env=base_env,
         snapshot_dir=str(snapshot_directory(run_id, env)),
         spare_imports=ns.spare_imports,

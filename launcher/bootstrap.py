@@ -20,9 +20,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TypeVar
 
 import grpc
 
@@ -62,11 +62,16 @@ from launcher.warm_imports import (
     start_warming,
 )
 from train_supervisor.credentials import client_channel
+from train_supervisor.rpc_errors import describe_rpc_error, is_transient
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 PR_SET_PDEATHSIG = 1
 RPC_TIMEOUT_S = 30.0
+# Attaching again to a restarted supervisor: back off from 50 ms to 1 s.
+RECONNECT_MIN_S = 0.05
+RECONNECT_MAX_S = 1.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,9 @@ class Worker:
         self.manifest = ManifestWriter(imports_manifest) if imports_manifest else None
         self.steps = StepCounter(self._send_heartbeat)  # its thread uses the manifest
         self.groups = ProcessGroupKeeper()
+        self.attached = threading.Event()  # the command stream is open: calls may go
+        self.reported = (-1, pb.OutcomeKind.OUTCOME_UNSPECIFIED)  # last outcome sent
+        self.refused = ""  # why the supervisor refused this worker, if it did
         self.warming: Optional[threading.Event] = None  # set: a spare stops warming up
         if imports_manifest and rank < 0:
             self.warming = start_warming(imports_manifest, target.name if target.module else "")
@@ -167,16 +175,74 @@ class Worker:
             timeout=5,
         )
 
-    def _control(self, stream: Iterable[pb.WorkerCommand]) -> None:
-        try:
-            for command in stream:
-                if command.HasField("abort"):
-                    self._on_abort(command.abort.generation)
-                else:
-                    self.commands.put(command)
-        except grpc.RpcError:
-            pass
-        self.commands.put(None)  # supervisor gone
+    def _control(self) -> None:
+        """The command stream. When the supervisor goes away (its sidecar restarts) the
+        script trains on and this attaches again with backoff, saying where it stands; the
+        launcher decides when waiting is over (it stops, and this process with it)."""
+        request = pb.AttachWorkerRequest(pid=self.pid, rank=self.rank, spare=self.rank < 0)
+        delay = RECONNECT_MIN_S
+        while True:
+            try:
+                stream = self.stub.AttachWorker(request)
+                stream.initial_metadata()  # sent once the supervisor took us
+                if not stream.done():
+                    self.attached.set()
+                    delay = RECONNECT_MIN_S
+                self._follow(stream)
+            except grpc.RpcError as err:
+                if not is_transient(err):
+                    self.refused = describe_rpc_error(err)
+                    self.commands.put(None)
+                    return
+            self.attached.clear()
+            time.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+            request = self._reattach_request()
+
+    def _follow(self, stream: Iterable[pb.WorkerCommand]) -> None:
+        for command in stream:
+            if command.HasField("abort"):
+                self._on_abort(command.abort.generation)
+            else:
+                self.commands.put(command)
+
+    def _reattach_request(self) -> pb.AttachWorkerRequest:
+        """Where this process stands, for a new supervisor to rebuild the pod's job."""
+        WS = pb.WorkerState
+        generation, kind = self.reported
+        if self.generation < 0:
+            state = WS.WORKER_STATE_INIT
+        elif generation == self.generation and kind == pb.OutcomeKind.OUTCOME_FINISHED:
+            state = WS.WORKER_STATE_SUCCEEDED
+        elif self.unwound or self.aborted_generation >= self.generation:
+            state = WS.WORKER_STATE_INIT
+        else:
+            state = WS.WORKER_STATE_HEALTHY  # its script runs (or its outcome is on its way)
+        return pb.AttachWorkerRequest(
+            pid=self.pid,
+            rank=self.rank,
+            spare=self.rank < 0,
+            reattach=True,
+            generation=self.generation,
+            state=state,
+            step=self.steps.step(),
+            master_addr=os.environ.get("MASTER_ADDR", ""),
+            master_port=int(os.environ.get("MASTER_PORT", "0") or 0),
+            restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
+        )
+
+    def _call(self, call: Callable[[], T]) -> T:
+        """A unary call that outlives a supervisor restart: sent once attached (again)."""
+        delay = RECONNECT_MIN_S
+        while True:
+            self.attached.wait()
+            try:
+                return call()
+            except grpc.RpcError as err:
+                if not is_transient(err):
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
 
     def _on_abort(self, generation: int) -> None:
         self.aborted_generation = max(self.aborted_generation, generation)
@@ -190,15 +256,13 @@ class Worker:
         self.commands.put(pb.WorkerCommand(abort=pb.AbortGeneration(generation=generation)))
 
     def run(self) -> int:
-        spare = self.rank < 0
-        attach = pb.AttachWorkerRequest(pid=self.pid, rank=self.rank, spare=spare)
-        stream = self.stub.AttachWorker(attach)
-        threading.Thread(target=self._control, args=(stream,), name="control", daemon=True).start()
+        threading.Thread(target=self._control, name="control", daemon=True).start()
         install_optimizer_hook(self.steps, self.groups.on_step, time_forward=self.time_forward)
         while True:
             command = self.commands.get()
             if command is None:
-                print("train-launch: lost the supervisor; exiting", file=sys.stderr)
+                print(f"train-launch: the supervisor refused this worker ({self.refused}); "
+                      "exiting", file=sys.stderr)  # fmt: skip
                 return 1
             if command.HasField("exit"):
                 return command.exit.exit_code
@@ -225,7 +289,9 @@ class Worker:
             failure=failure,
             step=self.steps.step(),
         )
-        verdict: pb.Verdict = self.stub.ReportOutcome(outcome, timeout=RPC_TIMEOUT_S).verdict
+        self.reported = (self.generation, kind)
+        reply = self._call(lambda: self.stub.ReportOutcome(outcome, timeout=RPC_TIMEOUT_S))
+        verdict: pb.Verdict = reply.verdict
         self.unwound = kind == pb.OutcomeKind.OUTCOME_UNWOUND or (
             kind == pb.OutcomeKind.OUTCOME_RAISED and verdict == pb.Verdict.VERDICT_WAIT
         )

@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -24,6 +25,7 @@ from launcher.warm_imports import MANIFEST_NAME
 from supervisor.process_table import pid_namespace
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
+from train_supervisor.rpc_errors import describe_rpc_error, is_transient
 from train_supervisor.termination import record_ending
 from train_supervisor.text_log import log_text_to_stderr
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -85,13 +87,19 @@ class Launcher:
         self.done = threading.Event()
         self.result: Optional[RunResult] = None
         self.stopping = False
+        self.address = address
+        # While the supervisor is away (its sidecar restarts) the workers train on; the
+        # exits it could not be told of wait here, with the rank each process held.
+        self.attached = threading.Event()
+        self.unreported: list[tuple[int, pb.ProcessExit]] = []
+        self.unreported_lock = threading.Lock()
 
     def _report_started(self, pid: int, rank: int, spare: bool) -> None:
         started = pb.ProcessStarted(pid=pid, rank=rank, spare=spare)
         try:
             self.stub.ReportProcessStarted(started, timeout=30)
-        except grpc.RpcError as err:
-            log.error("could not report start of pid %d: %s", pid, err)
+        except grpc.RpcError as err:  # a supervisor attached again learns it from the re-attach
+            log.error("could not report start of pid %d: %s", pid, describe_rpc_error(err))
 
     def _report_exit(
         self, pid: int, exit_code: int, signum: int, tail: str, oom_kills: int
@@ -101,10 +109,14 @@ class Launcher:
         exit_report = pb.ProcessExit(
             pid=pid, exit_code=exit_code, signal=signum, output_tail=tail, oom_kills=oom_kills
         )
-        try:
-            self.stub.ReportProcessExit(exit_report, timeout=30)
-        except grpc.RpcError as err:
-            log.error("could not report exit of pid %d: %s", pid, err)
+        if self.attached.is_set():
+            try:
+                self.stub.ReportProcessExit(exit_report, timeout=30)
+                return
+            except grpc.RpcError as err:
+                log.warning("could not report exit of pid %d: %s", pid, describe_rpc_error(err))
+        with self.unreported_lock:  # told once attached again (_attached)
+            self.unreported.append((self.procs.rank_of(pid), exit_report))
 
     def _execute(self, command: pb.LauncherCommand) -> None:
         kind = command.WhichOneof("command")
@@ -123,19 +135,80 @@ class Launcher:
             self.done.set()
 
     def _follow(self) -> None:
+        """Execute the supervisor's commands; when it goes away (its sidecar restarts), the
+        workers train on and this attaches again, for up to --supervisor-grace seconds."""
         request = pb.AttachLauncherRequest(
             spec=worker_spec(self.config, self.error_dir),
             launcher_pid=os.getpid(),
             pid_namespace=pid_namespace(),  # lets the supervisor check worker pids
         )
-        try:
-            for command in self.stub.AttachLauncher(request):
-                self._execute(command)
-                if self.done.is_set():
+        lost_at: Optional[float] = None
+        while not self.done.is_set():
+            try:
+                stream = self.stub.AttachLauncher(request)
+                stream.initial_metadata()  # sent once the supervisor took us
+                if not stream.done():
+                    self._attached(lost_at)
+                    lost_at = None
+                for command in stream:
+                    self._execute(command)
+                    if self.done.is_set():
+                        return
+                why = "its command stream ended"
+            except grpc.RpcError as err:
+                why = describe_rpc_error(err)
+                if not is_transient(err) or (lost_at is None and not self.attached.is_set()):
+                    self._stop_following(exit_codes.GAVE_UP, f"the supervisor refused: {why}")
                     return
-        except grpc.RpcError as err:
-            if not self.done.is_set():
-                self.result = RunResult(exit_codes.GAVE_UP, f"lost the supervisor: {err}")
+            if self.done.is_set() or self.stopping:
+                return
+            self.attached.clear()
+            if lost_at is None:
+                lost_at = time.monotonic()
+                log.warning(
+                    "lost the supervisor at %s (%s); the workers train on, attaching again "
+                    "for up to %gs", self.address, why, self.config.supervisor_grace,
+                )  # fmt: skip
+            left = self.config.supervisor_grace - (time.monotonic() - lost_at)
+            try:
+                wait_for_supervisor(self.channel, self.address, max(left, 0.0), quiet=True)
+            except SupervisorUnreachable:
+                report = (
+                    f"lost the supervisor at {self.address} ({why}) and it did not come back "
+                    f"within --supervisor-grace {self.config.supervisor_grace:g}s"
+                )
+                self._stop_following(exit_codes.SUPERVISOR_LOST, report)
+                return
+            request = self._reattach_request(request)
+
+    def _attached(self, lost_at: Optional[float]) -> None:
+        """Attached (again): tell the supervisor the exits it missed."""
+        self.attached.set()
+        if lost_at is not None:
+            log.info("attached to the supervisor again after %.1fs", time.monotonic() - lost_at)
+        with self.unreported_lock:
+            missed, self.unreported = self.unreported, []
+        for _, exit_report in missed:
+            try:
+                self.stub.ReportProcessExit(exit_report, timeout=30)
+            except grpc.RpcError as err:
+                log.warning("could not report exit of pid %d: %s", exit_report.pid,
+                            describe_rpc_error(err))  # fmt: skip
+
+    def _reattach_request(self, first: pb.AttachLauncherRequest) -> pb.AttachLauncherRequest:
+        """Every process this launcher runs, and those whose exit is still to be told."""
+        request = pb.AttachLauncherRequest(spec=first.spec, launcher_pid=first.launcher_pid)
+        request.reattach = True
+        with self.unreported_lock:
+            exited = [(rank, report.pid) for rank, report in self.unreported]
+        running = [(rank, pid) for pid, rank in self.procs.ranks()]
+        for rank, pid in running + exited:
+            request.processes.add(pid=pid, rank=rank)
+        return request
+
+    def _stop_following(self, exit_code: int, report: str) -> None:
+        if not self.done.is_set():
+            self.result = RunResult(exit_code, report)
         self.done.set()
 
     def run(self) -> RunResult:
@@ -143,6 +216,8 @@ class Launcher:
         self.done.wait()
         result = self.result or RunResult(exit_codes.GAVE_UP, "no result")
         self.stopping = True
+        if result.exit_code == exit_codes.SUPERVISOR_LOST:  # nobody told the workers to go
+            self.procs.terminate_all(self.config.term_timeout)
         # Workers were told to exit; give them a moment, then make sure.
         if not self.procs.wait_all(self.config.term_timeout):
             self.procs.terminate_all(grace=5.0)

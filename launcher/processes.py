@@ -165,6 +165,16 @@ class WorkerProcesses:
             with contextlib.suppress(ProcessLookupError):
                 proc.popen.send_signal(signum)
 
+    def ranks(self) -> list[tuple[int, int]]:
+        """(pid, rank) of every process (rank -1: a spare)."""
+        with self.lock:
+            return [(pid, proc.rank) for pid, proc in self.procs.items()]
+
+    def rank_of(self, pid: int) -> int:
+        with self.lock:
+            proc = self.procs.get(pid)
+            return proc.rank if proc is not None else -1
+
     def pids(self) -> list[int]:
         with self.lock:
             return list(self.procs)

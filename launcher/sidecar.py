@@ -22,7 +22,9 @@ class SupervisorUnreachable(Exception):
     """No supervisor answered at the configured address in time."""
 
 
-def wait_for_supervisor(channel: grpc.Channel, address: str, timeout_s: float) -> None:
+def wait_for_supervisor(
+    channel: grpc.Channel, address: str, timeout_s: float, quiet: bool = False
+) -> None:
     """Poll grpc.health.v1 with exponential backoff until the supervisor is SERVING.
 
     The sidecar starts first (a native sidecar), but it may still be binding
@@ -31,14 +33,15 @@ def wait_for_supervisor(channel: grpc.Channel, address: str, timeout_s: float) -
     """
 
     def say_waiting(state: RetryCallState) -> None:
-        if state.attempt_number == 1:
+        if state.attempt_number == 1 and not quiet:
             log.info("waiting up to %gs for the supervisor at %s", timeout_s, address)
 
     health = health_pb2_grpc.HealthStub(channel)
     request = health_pb2.HealthCheckRequest(service="")
     retrying = Retrying(
         retry=retry_if_exception_type((grpc.RpcError, SupervisorUnreachable)),
-        wait=wait_exponential(multiplier=0.05, max=2.0),
+        # Capped at 1 s: a restarted sidecar is found within a second of serving.
+        wait=wait_exponential(multiplier=0.05, max=1.0),
         stop=stop_after_delay(timeout_s),
         before_sleep=say_waiting,
         reraise=False,

@@ -55,6 +55,7 @@ from train_supervisor.arena import (
 )
 from train_supervisor.arena_paths import snapshot_directory
 from train_supervisor.credentials import client_channel
+from train_supervisor.rpc_errors import describe_rpc_error
 from train_supervisor.torch_format import TensorEntry
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -91,6 +92,7 @@ class Snapshots:
         self.committed_slot: Optional[int] = None
         self.written: dict[int, int] = {}  # slot -> step written by this process
         self.last_blocking_s = 0.0
+        self.failing = False  # the last save's report failed (its supervisor is away)
         self._optimized: set[int] = set()  # data_ptrs of optimizer params and state
         self._pending: Optional[_Pending] = None
         self._queue: queue.Queue[_WriterWork] = queue.Queue()
@@ -299,10 +301,19 @@ def _write_forever(work: queue.Queue[_WriterWork]) -> None:
         del item
         try:
             snapshots._write(pending)
+            if snapshots.failing:
+                snapshots.failing = False
+                print(f"[train-supervisor] rank {snapshots.rank}: snapshot of step "
+                      f"{pending.step} reported", file=sys.stderr, flush=True)  # fmt: skip
         except Exception as err:  # any: a writer thread that died would leave training waiting
             pending.copied.set()
-            print(f"[train-supervisor] rank {snapshots.rank}: snapshot of step {pending.step} "
-                  f"failed: {err}", file=sys.stderr, flush=True)  # fmt: skip
+            # Its supervisor may be restarting: the next save's report goes on from there.
+            # Said once per run of failures, not once per step.
+            if not snapshots.failing:
+                print(f"[train-supervisor] rank {snapshots.rank}: snapshot of step "
+                      f"{pending.step} failed: {describe_rpc_error(err)}; training goes on",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            snapshots.failing = True
         del snapshots, pending
 
 

@@ -74,8 +74,11 @@ class FollowerLink:
     def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
         return spec_mismatch(spec, self.nnodes, self.node_rank)
 
-    def launcher_attached(self, spec: pb.WorkerSpec) -> None:
+    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
+        """`resumed`: this supervisor is new and rebuilt the pod's job from its running
+        ranks; the leader (or its replacement) keeps their generation running."""
         self.spec = spec
+        self.view = resumed
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow()), loop.create_task(self._heartbeat())]
 
@@ -130,6 +133,8 @@ class FollowerLink:
                 incarnation=self.incarnation,
                 has_view=self.view is not None,
                 view=view_to_wire(self.view) if self.view is not None else None,
+                running=self.view is not None
+                and self.local.running_generation() == self.view.generation,
             )
             try:
                 stream = self.stub.Join(request, metadata=self.metadata)

@@ -83,6 +83,11 @@ class JobState:
     master_port: int = 0
     master_addr: str = ""  # the spec's in standalone; the leader's otherwise
     generation_seen_at: Optional[float] = None  # first tick of the running generation
+    # A new supervisor under running ranks (the sidecar restarted): pids of the launcher's
+    # ranked processes that have not re-attached yet, and exits reported meanwhile.
+    awaiting: set[int] = field(default_factory=set)
+    resuming: bool = False
+    exits_while_resuming: list[tuple[int, int, int, str, int]] = field(default_factory=list)
     snapshots: CommitTracker = field(init=False)  # in-memory snapshots (supervisor/commit.py)
     # Optimizer steps the job completed in the generations before the running one
     # (job_step): the progress the restart policy reads (supervisor/restart_policy.py).
@@ -132,6 +137,11 @@ class JobState:
     def falls_back(self) -> bool:
         """A failed re-entry switches the job to fresh processes (not yet switched)."""
         return self.spec.reentry == pb.ReentryMode.REENTRY_AUTO and not self.fresh_processes
+
+    def commits_wait(self) -> bool:
+        """A rank's report of a saved step waits for its commit (CoordinatedJobState: not
+        while the leader or another pod is away, which would stall training)."""
+        return True
 
     def slot_of(self, pid: int) -> Optional[RankSlot]:
         return next((s for s in self.ranks.values() if s.pid == pid and pid), None)
@@ -282,6 +292,10 @@ class JobState:
         gpu: GpuHealth = NO_GPU,
     ) -> list[Effect]:
         """A process ended: its last output, its cgroup's OOM kills, its device's health."""
+        if self.resuming and pid in self.awaiting:  # handled once the job is rebuilt
+            self.awaiting.discard(pid)
+            self.exits_while_resuming.append((pid, exit_code, signum, tail, oom_kills))
+            return self._finish_resume(now) if not self.awaiting else []
         slot = self.slot_of(pid)
         if self.spares.exited(pid, holds_rank=slot is not None):
             self.record("spare_lost", f"spare pid {pid} exited ({exit_code}, signal {signum})")
@@ -550,6 +564,129 @@ class JobState:
     def _end(self, exit_code: int, report: str) -> list[Effect]:
         pids = [s.pid for s in self.ranks.values() if s.pid] + self.spares.idle
         return end_job(pids, exit_code, report)
+
+    # ------------------------------------ a supervisor restarted under running ranks
+    # The sidecar was restarted (killed, OOM, upgraded) while the launcher and the
+    # workers kept training: the collectives never needed it. The new supervisor
+    # rebuilds this pod's job from what they report when they attach again; nothing
+    # is spawned, aborted or started until every process the launcher runs answered.
+
+    def resume_launcher(self, processes: list[tuple[int, int]], now: float) -> list[Effect]:
+        """The launcher attached again with its processes ((pid, rank); rank -1: a spare)."""
+        self.resuming = True
+        for pid, rank in processes:
+            slot = self.ranks.get(rank)
+            if rank < 0:
+                self.spares.spawned(1)  # counted once it attaches again
+            elif slot is not None and not slot.pid:
+                slot.pid, slot.state, slot.process_starts = pid, WS.WORKER_STATE_UNKNOWN, 1
+                self.awaiting.add(pid)
+        self.record(
+            "supervisor_restarted",
+            f"launcher attached again with {len(processes)} processes; rebuilding from them",
+        )
+        return self._finish_resume(now) if not self.awaiting else []
+
+    def worker_reattached(self, report: pb.AttachWorkerRequest, now: float) -> list[Effect]:
+        """A running worker attached again: where it stands (its generation, state, step)."""
+        if self.over:
+            return [ToWorker(report.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+        if report.spare:
+            self.spares.attached(report.pid)
+            return [] if self.resuming else self._fill_vacancies() + self._maybe_start()
+        slot = self.slot_of(report.pid)
+        if slot is None or slot.rank != report.rank:
+            why = f"pid {report.pid} (rank {report.rank}) is not a process of this pod's launcher"
+            self.record("reattach_refused", why)
+            return [ToWorker(report.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=1)))]
+        if not self.resuming:  # the same supervisor: its stream broke, nothing else changed
+            return []
+        known = (WS.WORKER_STATE_HEALTHY, WS.WORKER_STATE_SUCCEEDED)
+        slot.state = report.state if report.state in known else WS.WORKER_STATE_INIT
+        slot.generation, slot.step = report.generation, report.step
+        slot.last_heartbeat = now if slot.state == WS.WORKER_STATE_HEALTHY else None
+        if slot.state in known and report.master_port:
+            self.master_addr, self.master_port = report.master_addr, report.master_port
+        self.restart_count = max(self.restart_count, report.restart_count)
+        self.awaiting.discard(report.pid)
+        return self._finish_resume(now) if not self.awaiting else []
+
+    def _finish_resume(self, now: float) -> list[Effect]:
+        """Every process answered: go on with the generation they run, or start the next."""
+        self.resuming = False
+        slots = list(self.ranks.values())
+        live = (WS.WORKER_STATE_HEALTHY, WS.WORKER_STATE_SUCCEEDED)
+        newest = max((s.generation for s in slots if s.pid), default=-1)
+        for pid, *_ in self.exits_while_resuming:  # it ran until then: its exit is a failure
+            died = self.slot_of(pid)
+            if died is not None:
+                died.state, died.generation = WS.WORKER_STATE_HEALTHY, newest
+        running = [s for s in slots if s.state in live and s.generation == newest]
+        effects: list[Effect] = []
+        if running and len(running) == len(slots):
+            self.generation, self.started = newest, True
+            self.state = pb.JobState.JOB_STATE_RUNNING
+            self.record("resumed", f"generation {newest} runs on: {len(running)} ranks re-attached")
+            effects += self._maybe_finish()
+        elif running:  # some ranks left the generation meanwhile: it cannot go on
+            self.generation, self.started = newest, True
+            where = ", ".join(f"rank {s.rank}: {WS.Name(s.state)} in {s.generation}" for s in slots)
+            self.record("resume_broken", f"generation {newest} cannot go on ({where})")
+            effects += self._resume_broken(now)
+        else:  # between generations: the next one starts once every rank is in place
+            self.generation = max(self.generation, newest + 1)
+            self.record("resumed", f"ranks wait for generation {self.generation}")
+            effects += self._fill_vacancies() + self._maybe_start()
+        exits, self.exits_while_resuming = self.exits_while_resuming, []
+        for pid, exit_code, signum, tail, oom_kills in exits:
+            effects += self.process_exited(pid, exit_code, signum, tail, now, oom_kills)
+        return effects
+
+    def _resume_broken(self, now: float) -> list[Effect]:
+        """A rebuilt generation some rank no longer runs: stop it (a restart, as a failure
+        would), the ranks not in it get processes, and the next one starts."""
+        self.restart_count += 1
+        self.master_port = self.allocate_port()
+        return (
+            self._open_generation(self.generation + 1, now)
+            + self._fill_vacancies()
+            + self._maybe_start()
+        )
+
+    def launcher_lost(self, now: float) -> list[Effect]:
+        """The launcher's stream ended without a shutdown: it died (its container restarts),
+        and its workers with it (PDEATHSIG). Its ranks failed; a launcher attaching again
+        gets their new processes."""
+        if self.over:
+            return []
+        self.record("launcher_lost", "the launcher detached; its processes died with it")
+        effects: list[Effect] = []
+        for pid in list(self.spares.idle):
+            self.spares.exited(pid, holds_rank=False)
+            self.spares.failures -= 1  # not the spare's fault
+        self.spares.spawning = 0
+        for slot in self.ranks.values():
+            if slot.pid:
+                tail = "its launcher died (the trainer container restarts)"
+                effects += self.process_exited(slot.pid, 0, signal.SIGKILL, tail, now)
+        for slot in self.ranks.values():
+            slot.spawning = False
+        # Spawns and kills made for the dead launcher: the next one gets its processes anew.
+        kept = [e for e in effects if not (isinstance(e, ToLauncher) and _for_processes(e))]
+        return kept + self._respawn_all()
+
+    def _respawn_all(self) -> list[Effect]:
+        effects: list[Effect] = []
+        if self.over:
+            return effects
+        for slot in self.ranks.values():
+            if not slot.pid and not slot.spawning and self.spec.bootstrapped:
+                effects.append(self._spawn_rank(slot))
+        return effects + self._replenish_spares()
+
+
+def _for_processes(effect: ToLauncher) -> bool:
+    return effect.command.WhichOneof("command") in ("spawn", "kill", "assigned")
 
 
 def reentry_error(record: pb.FailureRecord) -> str:

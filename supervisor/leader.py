@@ -79,6 +79,7 @@ from supervisor.leader_types import (
     PodView,
     StartGeneration,
     give_up_report,
+    mark_finished,
     policy_history,
 )
 from supervisor.offload_rounds import OffloadRounds
@@ -100,6 +101,7 @@ class _Member:
     last_heartbeat: float
     incarnation: int  # chosen by the caller (e.g. a stream id): a late loss of an old stream
     view: Optional[PodView]  # as given at join; None: the pod's processes are new
+    detached_at: Optional[float] = None  # its stream broke while its ranks train
 
 
 @dataclass
@@ -128,6 +130,7 @@ class LeaderState:
     _ready: set[int] = field(default_factory=set, init=False)  # for the open generation
     _finished: set[int] = field(default_factory=set, init=False)  # the running generation
     _ran: int = field(default=-1, init=False)  # the generation that started last
+    _broke: int = field(default=-1, init=False)  # generation a pod saw a collective break in
 
     def __post_init__(self) -> None:
         if self.nnodes < 1 or self.nproc < 1:
@@ -149,6 +152,9 @@ class LeaderState:
             raise JoinRefused(f"node {node} has {nproc} ranks per pod, the job has {self.nproc}")
         effects: list[Broadcast] = []
         if self.end is None and node in self.members:
+            if self._resumes(view):  # its supervisor restarted; its ranks train on
+                self.members[node] = _Member(now, incarnation, view)
+                return [self._commits_wait(True)]
             effects += self._lose(node, "re-joined while still live: a new incarnation")
         if self.end is not None:
             return [*effects, Broadcast(node, self.end)]
@@ -174,13 +180,21 @@ class LeaderState:
 
     def tick(self, now: float) -> list[Broadcast]:
         """Pods silent for longer than the heartbeat timeout are lost."""
-        timeout = self.timings.heartbeat_timeout_s
-        late = [n for n, m in self.members.items() if now - m.last_heartbeat > timeout]
+        timeout, grace = self.timings.heartbeat_timeout_s, self.timings.rejoin_grace_s
+        late = [
+            (n, f"no heartbeat for more than {timeout:g}s")
+            for n, m in self.members.items()
+            if m.detached_at is None and now - m.last_heartbeat > timeout
+        ] + [
+            (n, f"its stream broke and it did not re-join within {grace:g}s")
+            for n, m in self.members.items()
+            if m.detached_at is not None and now - m.detached_at > grace
+        ]
         effects: list[Broadcast] = []
-        for node in late:
+        for node, why in late:
             if self.end is not None:
                 break
-            effects += self._lose(node, f"no heartbeat for more than {timeout:g}s")
+            effects += self._lose(node, why)
         return effects
 
     def pod_lost(self, node: int, now: float, incarnation: Optional[int] = None) -> list[Broadcast]:
@@ -191,7 +205,45 @@ class LeaderState:
             return []
         if incarnation is not None and incarnation != member.incarnation:
             return []
+        if self.phase is Phase.RUNNING and self._broke != self.generation:
+            # Its supervisor may be restarting while its ranks train on: wait for the
+            # re-join (rejoin_grace_s), unless a collective breaks first (collective_broke).
+            member.detached_at = now
+            self.snapshots.forget_held(node)  # what it offered may be overwritten by now
+            return [self._commits_wait(False)]
         return self._lose(node, "stream lost")
+
+    def collective_broke(self, node: int, generation: int) -> list[Broadcast]:
+        """A rank on `node` saw a collective of `generation` lose a peer: a pod whose stream
+        is down (detached) did not just restart its supervisor, it died."""
+        if not self._counts(node, generation):
+            return []
+        self._broke = generation  # a stream that breaks from now on is a lost pod
+        effects: list[Broadcast] = []
+        for lost, member in sorted(self.members.items()):
+            if member.detached_at is not None:
+                why = f"stream lost, and node {node}'s collective broke"
+                effects += self._lose(lost, why)
+        return effects
+
+    def _commits_wait(self, again: bool) -> Broadcast:
+        """While a pod is away no commit can come: ranks must not wait for one."""
+        away = not again or any(m.detached_at is not None for m in self.members.values())
+        rounds = self.snapshots.rounds
+        step = CommitStep(
+            self.generation, self.snapshots.committed, None, rounds.replicated, rounds.persisted,
+            pod_away=away,
+        )  # fmt: skip
+        return Broadcast(None, step)
+
+    def _resumes(self, view: Optional[PodView]) -> bool:
+        """A (re-)joining pod whose ranks train the running generation unharmed."""
+        return (
+            view is not None
+            and view.running
+            and self.phase is Phase.RUNNING
+            and view.generation == self.generation
+        )
 
     def pod_ready(self, node: int, generation: int) -> list[Broadcast]:
         """Every local rank of the pod is attached and unwound for `generation`."""
@@ -273,6 +325,13 @@ class LeaderState:
 
     def pod_finished(self, node: int, generation: int) -> list[Broadcast]:
         """Every local rank of the pod finished the script in `generation`."""
+        member = self.members.get(node)
+        if self.phase is Phase.FORMING and member is not None and member.view is not None:
+            if member.view.running and member.view.generation == generation:
+                # A leader forming under running ranks (its supervisor restarted): kept for
+                # the rebuild, which ends the job if every pod had finished.
+                member.view = mark_finished(member.view)
+            return []
         if not self._counts(node, generation):
             return []
         self._finished.add(node)
@@ -366,6 +425,11 @@ class LeaderState:
                 f"all {self.nnodes} pods had finished generation {self.generation} "
                 "before the leader changed",
             )
+        if all(v is not None and v.running and v.generation == self.generation for v in given):
+            # The leader's supervisor restarted while every rank trained on: go on.
+            self.phase, self._ran = Phase.RUNNING, self.generation
+            self._finished = {n for n, m in self.members.items() if m.view and m.view.finished}
+            return [self._commits_wait(True)]
         lost = Failure(self.generation, 0, POD_LOST, 0)
         self.history.append(lost)
         for node in sorted(n for n, m in self.members.items() if m.view is None and n != 0):

@@ -77,6 +77,10 @@ class JobSnapshots:
         """No copy of `step` on `node` passed its checksums: never choose it again there."""
         self.unusable.setdefault(node, set()).add(step)
 
+    def forget_held(self, node: int) -> None:
+        """Pod `node` is away: nothing commits until it offers its steps again."""
+        self.commits.ranks.pop(node, None)
+
     def lost(self, node: int) -> None:
         """The pod's memory is gone; its durable copies are not (it reports them again)."""
         self.commits.ranks.pop(node, None)

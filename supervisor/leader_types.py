@@ -65,6 +65,10 @@ class LeaderTimings:
     # A pod silent for longer than this is lost. Well under the NCCL/gloo
     # timeouts, well over a heartbeat period plus a GC pause.
     heartbeat_timeout_s: float = 10.0
+    # A pod whose stream broke while its ranks train (its supervisor restarts) is kept this
+    # long for its re-join. A pod that really died is lost at once all the same: its peers'
+    # collectives break, which the other pods report (LeaderState.collective_broke).
+    rejoin_grace_s: float = 60.0
 
 
 # ----------------------------------------------------------------- messages
@@ -111,6 +115,9 @@ class CommitStep:
     replicated: int = -1  # newest step every pod's replica holds
     persisted: int = -1  # newest step every pod persisted
     drop_persisted: tuple[int, ...] = ()  # steps not every pod persisted: parts to delete
+    # A pod is away (its supervisor restarts): no commit comes until it is back, so the
+    # ranks must not wait for one (they would stall training); cleared by the next CommitStep.
+    pod_away: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,8 @@ class PodView:
     history: tuple[Failure, ...]
     finished: bool = False  # this pod's ranks all finished `generation`
     fresh_processes: str = ""  # as the last Open said
+    # Its ranks run `generation` now, unharmed (the pod's supervisor restarted under them).
+    running: bool = False
 
 
 def follow(view: Optional[PodView], message: Message) -> Optional[PodView]:

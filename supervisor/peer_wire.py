@@ -85,6 +85,7 @@ def message_to_wire(message: Message) -> pb.LeaderMessage:
             replicated_step=message.replicated,
             persisted_step=message.persisted,
             drop_persisted=message.drop_persisted,
+            pod_away=message.pod_away,
         )
         if message.offload is not None:
             o = message.offload
@@ -126,6 +127,7 @@ def message_from_wire(message: pb.LeaderMessage) -> Message:
             c.replicated_step,
             c.persisted_step,
             tuple(c.drop_persisted),
+            c.pod_away,
         )
     if kind == "end":
         return EndJob(message.end.exit_code, message.end.report)
@@ -147,7 +149,9 @@ def view_from_wire(request: pb.JoinRequest) -> Optional[PodView]:
         return None
     v = request.view
     history = _history(v.history)
-    return PodView(v.generation, v.restart_count, history, v.finished, v.fresh_processes)
+    return PodView(
+        v.generation, v.restart_count, history, v.finished, v.fresh_processes, request.running
+    )
 
 
 def copies_to_wire(copies: NodeCopies) -> pb.PodCopies:

@@ -22,7 +22,7 @@ from supervisor.anomaly import AnomalyTracker
 from supervisor.job import fresh_from_the_start
 from supervisor.job_health import JobHealth
 from supervisor.leader import JoinRefused, LeaderState
-from supervisor.leader_types import Broadcast, LeaderTimings
+from supervisor.leader_types import Broadcast, LeaderTimings, PodView
 from supervisor.offload_rounds import OffloadRounds
 from supervisor.peer_wire import (
     copies_from_wire,
@@ -73,7 +73,7 @@ class LeaderHub:
     def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
         return spec_mismatch(spec, self.nnodes, 0)
 
-    def launcher_attached(self, spec: pb.WorkerSpec) -> None:
+    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
         self.run_id = spec.run_id
         settings = self.local.settings
         policy = restart_policy.RestartPolicy(
@@ -97,7 +97,10 @@ class LeaderHub:
             fresh_processes=fresh_from_the_start(spec, "node 0's "),
             falls_back=spec.reentry != pb.ReentryMode.REENTRY_ALWAYS,
         )
-        self._deliver(self.leader.join(0, spec.nproc_per_node, None, time.monotonic()))
+        self._deliver(self.leader.join(0, spec.nproc_per_node, resumed, time.monotonic()))
+        job = self.local.job
+        if resumed is not None and job is not None:  # for status: the generation runs on it
+            self.leader.master_port = job.master_port
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     def report(self, report: pb.PodReport) -> None:
@@ -236,6 +239,8 @@ class LeaderHub:
             self._deliver(leader.pod_offloaded(node, done.step, *errors, now))
         elif kind == "reentry_failed":
             leader.reentry_failed(node, report.reentry_failed)
+        elif kind == "collective_broke":
+            self._deliver(leader.collective_broke(node, report.collective_broke))
         elif kind == "restore_failed":
             failed = report.restore_failed
             self._deliver(

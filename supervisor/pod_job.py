@@ -11,13 +11,15 @@ each once (the leader may repeat them after a re-join).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from supervisor import restart_policy
 from supervisor.classify import Classification
 from supervisor.commit import CommitTracker
-from supervisor.failure_evidence import policy_failure
+from supervisor.failure_evidence import peer_echo, policy_failure
 from supervisor.job import JobState, reentry_error
 from supervisor.job_types import Effect, ToLeader, describe_failure
+from supervisor.leader_types import PodView
 from supervisor.peer_wire import failure_to_wire
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -28,6 +30,9 @@ class CoordinatedJobState(JobState):
     ready_reported: int = -1  # generation last reported ready
     finished_reported: int = -1
     snapshots_reported: frozenset[int] = frozenset()  # steps every local rank holds, as told
+    leader_away: bool = False  # the leader's stream broke; not re-joined yet
+    pod_away: bool = False  # the leader says a pod is away: commits wait for it
+    collective_reported: int = -1  # generation whose broken collective was told to the leader
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,7 +43,12 @@ class CoordinatedJobState(JobState):
     def snapshot_saved(
         self, rank: int, step: int, held: list[int], size: int, wait: float
     ) -> list[Effect]:
-        """The leader commits: tell it when what every local rank holds changes."""
+        """The leader commits: tell it when what every local rank holds changes.
+
+        A step saved while commits do not wait (commits_wait) is not offered: its rank
+        may overwrite it at once, so it must never become the committed step."""
+        if not self.commits_wait():
+            return []
         self.snapshots.saved(rank, step, held, size, wait)
         common = self.snapshots.common()
         if common == self.snapshots_reported:
@@ -48,7 +58,15 @@ class CoordinatedJobState(JobState):
         return [ToLeader(pb.PodReport(snapshots=report))]
 
     def commit_snapshot(self, message: pb.CommitMsg) -> bool:
-        return message.generation == self.generation and self.snapshots.commit(message.step)
+        """The leader's commit; True: waiting ranks are to be woken."""
+        if message.generation != self.generation:
+            return False
+        away, self.pod_away = self.pod_away, message.pod_away
+        return self.snapshots.commit(message.step) or (self.pod_away and not away)
+
+    def commits_wait(self) -> bool:
+        """A rank waits for its step's commit, unless none can come now (a pod is away)."""
+        return not self.leader_away and not self.pod_away
 
     # ------------------------------------------------- decisions: the leader's
     def _fall_back(self, why: str) -> list[Effect]:
@@ -147,20 +165,62 @@ class CoordinatedJobState(JobState):
     def leader_lost(self, now: float) -> list[Effect]:
         """The leader's stream broke or it no longer counts this pod.
 
-        Whatever comes next (the leader's timeout, a re-join, a new leader)
-        opens a new generation, so stop this one now: the ranks unwind and wait
-        in place, instead of failing on collectives with the lost pod's ranks
-        and being replaced when the settle window ends with no leader to abort.
+        The ranks train on: the collectives do not need the leader, and a leader
+        whose supervisor restarts rebuilds the running generation from the pods'
+        views. Only once a collective breaks (its pod died, or the leader opened the
+        next generation without us) do the ranks unwind and wait in place (outcome).
         """
-        if self.over or not self.started:
+        if self.over or self.leader_away:
+            self.leader_away = True
             return []
-        self.record("leader_lost", f"generation {self.generation} stopped; ranks wait in place")
-        return self._unwind_all(self.generation, now, "the leader was lost")
+        self.leader_away = True
+        if self.started and any(peer_echo(s.evidence) for s in self.ranks.values()):
+            # A collective already broke: nobody else will stop this generation.
+            self.record("leader_lost", f"generation {self.generation} stopped; ranks wait in place")
+            return self._unwind_all(self.generation, now, "the leader was lost")
+        self.record("leader_lost", f"generation {self.generation} trains on; re-joining")
+        return []
 
     def rejoined(self) -> list[Effect]:
         """A new leader knows nothing of our reports: give them again."""
+        self.leader_away = False
         self.ready_reported = self.finished_reported = -1
         return self._maybe_start() + self._maybe_finish()
+
+    def outcome(
+        self,
+        pid: int,
+        generation: int,
+        kind: pb.OutcomeKind,
+        detail: Optional[pb.FailureDetail],
+        now: float,
+        step: int = 0,
+    ) -> tuple[Optional[pb.Verdict], list[Effect]]:
+        """A rank's collective broke (a peer's death): with no leader to open the next
+        generation, stop this one here, so the ranks wait in place instead of being
+        judged the failure when the settle window ends; else tell the leader at once,
+        which loses a pod whose stream is down (LeaderState.collective_broke)."""
+        effects: list[Effect] = []
+        broke = (
+            kind == pb.OutcomeKind.OUTCOME_RAISED
+            and peer_echo(detail)
+            and self.started
+            and not self.over
+            and generation == self.generation
+        )
+        if broke and self.leader_away:
+            self.record("leader_lost", f"generation {generation} stopped; ranks wait in place")
+            effects += self._unwind_all(generation, now, "the leader was lost")
+        elif broke and self.collective_reported != generation:
+            self.collective_reported = generation
+            effects.append(ToLeader(pb.PodReport(collective_broke=generation)))
+        verdict, more = super().outcome(pid, generation, kind, detail, now, step)
+        return verdict, effects + more
+
+    def resumed_view(self) -> PodView:
+        """What this pod gives a leader after its supervisor restarted under its ranks."""
+        finished = self._all_finished()
+        return PodView(self.generation, self.restart_count, (), finished, running=self.started)
 
     def asked_to_leave(self, reason: str) -> list[Effect]:
         """The leader wants this pod replaced (a straggler past the policy): end it so."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIGKILL
 from typing import Any, Optional, Protocol
 
 import grpc
@@ -24,6 +25,7 @@ from supervisor.hang_watch import hang_watch_for
 from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
 from supervisor.job_types import ToLeader
 from supervisor.kube.reporter import KubeReporter
+from supervisor.leader_types import PodView
 from supervisor.metrics import REFRESH_S, MetricsBoard, snapshot_of
 from supervisor.offload import REPLICAS
 from supervisor.offload_config import OffloadConfig
@@ -73,7 +75,8 @@ class Coordination(Protocol):
     def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
         """Why this launcher's spec does not fit the job, or None."""
 
-    def launcher_attached(self, spec: pb.WorkerSpec) -> None: ...
+    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
+        """`resumed`: the pod's job as rebuilt under running ranks (a restarted supervisor)."""
 
     def report(self, report: pb.PodReport) -> None: ...
 
@@ -114,6 +117,8 @@ class Supervisor:
         # The launcher's pid once /proc can vouch for worker pids (supervisor/process_table.py).
         self.launcher_pid: Optional[int] = None
         self.processes: Processes = NoProcesses()
+        self.launcher_attached = False  # a launcher's command stream is open
+        self.resume_pending = False  # rebuilding the job under running ranks (_resumed)
 
     # ------------------------------------------------------------- plumbing
     def apply(self, effects: list[Effect]) -> None:
@@ -135,6 +140,8 @@ class Supervisor:
                 self.coordination.report(effect.report)
         if self.offload is not None:
             self.offload.generation_seen()
+        if self.resume_pending and self.job is not None and not self.job.resuming:
+            self._resumed()
         asyncio.get_running_loop().create_task(self._notify())
         self._log_new_events()
 
@@ -189,6 +196,16 @@ class Supervisor:
         if self.pod_health is not None and self.pod_health.latest is not None:
             status.samples.append(self.pod_health.latest)
         return status
+
+    def running_generation(self) -> Optional[int]:
+        """The generation every local rank runs (or finished) now; None between generations."""
+        job = self.job
+        live = (pb.WorkerState.WORKER_STATE_HEALTHY, pb.WorkerState.WORKER_STATE_SUCCEEDED)
+        if job is None or not job.started or job.over:
+            return None
+        if all(s.state in live and s.generation == job.generation for s in job.ranks.values()):
+            return job.generation
+        return None
 
     def leader_lost(self) -> None:
         if isinstance(self.job, CoordinatedJobState):
@@ -254,8 +271,12 @@ class Supervisor:
     ) -> AsyncIterator[pb.LauncherCommand]:
         await self.refuse(context, "AttachLauncher", call_checks.attach_launcher(request))
         if self.job is not None:
-            why = "this supervisor's job is over" if self.job.over else "a launcher is attached"
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
+            if self.job.over or self.launcher_attached:
+                why = "this supervisor's job is over" if self.job.over else "a launcher is attached"
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
+            async for command in self._launcher_back(request, context):
+                yield command
+            return
         policy = restart_policy.RestartPolicy(
             max_restarts=request.spec.max_restarts,
             crash_loop_threshold=self.settings.crash_loop_threshold,
@@ -282,7 +303,8 @@ class Supervisor:
                 timings=timings,
                 failure_memory=memory,
             )
-            self.coordination.launcher_attached(request.spec)
+            if not request.reattach:  # else once the job is rebuilt (_resumed)
+                self.coordination.launcher_attached(request.spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
         self.note_launcher(request)
         if request.spec.snapshot_dir:
@@ -298,7 +320,43 @@ class Supervisor:
         self.pod_health = PodHealth(request.spec.node_rank, sampler, self.settings.detect.sample_s)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         job = self.job
-        self.apply(job.attach_launcher())
+        if request.reattach:  # this supervisor is new: the launcher and its workers train on
+            processes = [(p.pid, p.rank) for p in request.processes]
+            self.resume_pending = True
+            self.apply(job.resume_launcher(processes, time.monotonic()))
+        else:
+            self.apply(job.attach_launcher())
+        async for command in self._stream_to_launcher(job, context):
+            yield command
+
+    async def _launcher_back(
+        self,
+        request: pb.AttachLauncherRequest,
+        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
+    ) -> AsyncIterator[pb.LauncherCommand]:
+        """The pod's launcher attaches again to this supervisor (its container restarted):
+        its ranks failed when the old one's stream ended; it gets their new processes."""
+        job = self.job
+        assert job is not None
+        log.warning("launcher pid %d attached again", request.launcher_pid)
+        job.record("launcher_attached", f"launcher pid {request.launcher_pid} attached again")
+        for process in request.processes:  # counted failed already: not to run twice
+            reason = "its launcher's stream broke: the rank was given a new process"
+            self.launcher_queue.put_nowait(
+                pb.LauncherCommand(
+                    kill=pb.KillProcess(pid=process.pid, signal=SIGKILL, reason=reason)
+                )
+            )
+        async for command in self._stream_to_launcher(job, context):
+            yield command
+
+    async def _stream_to_launcher(
+        self,
+        job: JobState,
+        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
+    ) -> AsyncIterator[pb.LauncherCommand]:
+        self.launcher_attached = True
+        await context.send_initial_metadata(())  # attached: the launcher counts on us now
         try:
             while True:
                 command = await self.launcher_queue.get()
@@ -306,8 +364,34 @@ class Supervisor:
                     return
                 yield command
         finally:
-            if not job.over:  # the launcher went away (SIGTERM, or it died): nothing runs now
-                self.apply(job.stop("the launcher detached"))
+            self.launcher_attached = False
+            if not job.over:  # the launcher died (its workers with it), or was stopped
+                self._drain_launcher_queue()
+                self.apply(job.launcher_lost(time.monotonic()))
+
+    def _drain_launcher_queue(self) -> None:
+        """Commands the gone launcher never got: for processes that are gone too."""
+        kept = []
+        while not self.launcher_queue.empty():
+            command = self.launcher_queue.get_nowait()
+            if command is not None and command.HasField("shutdown"):
+                kept.append(command)
+        for command in kept:
+            self.launcher_queue.put_nowait(command)
+
+    def _resumed(self) -> None:
+        """The job is rebuilt from the running launcher and workers (this supervisor is new).
+
+        The committed step is not read back from the arenas: a rank whose last commit answer
+        was lost with the old supervisor may already be overwriting the newest common step.
+        The ranks' next reports commit again (one step later); with several pods the leader's
+        commit comes once this pod re-joined, and until then no rank waits for one."""
+        job = self.job
+        assert job is not None
+        self.resume_pending = False
+        if self.coordination is not None and isinstance(job, CoordinatedJobState):
+            job.pod_away = True
+            self.coordination.launcher_attached(job.spec, job.resumed_view())
 
     def check_replica_header(self, header: pb.ReplicaHeader) -> Optional[Refusal]:
         """For ReplicaService pushes: the copy is of another pod of the job that runs here."""
@@ -390,8 +474,15 @@ class Supervisor:
         )
         await self.refuse(context, "AttachWorker", refusal)
         queue: asyncio.Queue[Optional[pb.WorkerCommand]] = asyncio.Queue()
+        old = self.worker_queues.get(request.pid)
+        if old is not None:
+            old.put_nowait(None)  # that stream is dead: its worker attached again
         self.worker_queues[request.pid] = queue
-        self.apply(job.worker_attached(request.pid, request.rank, request.spare))
+        if request.reattach:
+            self.apply(job.worker_reattached(request, time.monotonic()))
+        else:
+            self.apply(job.worker_attached(request.pid, request.rank, request.spare))
+        await context.send_initial_metadata(())  # attached: the worker may report now
         try:
             while True:
                 command = await queue.get()

@@ -111,7 +111,8 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
             raise AssertionError("unreachable: abort raises") from None
 
         def settled() -> bool:
-            return tracker.is_settled(request.step) or job.generation != request.generation
+            settled = tracker.is_settled(request.step) or not job.commits_wait()
+            return settled or job.generation != request.generation
 
         async with self.sup.changed:
             with contextlib.suppress(asyncio.TimeoutError):

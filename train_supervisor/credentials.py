@@ -91,6 +91,11 @@ def client_channel(
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # A restarted supervisor (the sidecar) is reached again within a second, not after
+        # gRPC's default reconnect back-off (up to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     if tls_ca is None:
         if server_name is not None:

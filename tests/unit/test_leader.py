@@ -44,6 +44,19 @@ SIG = "ValueError: bad batch @ train.py:42"
 OTHER = "RuntimeError: NCCL timeout @ train.py:77"
 
 
+def died(
+    leader: LeaderState, node: int, now: float, incarnation: Optional[int] = None
+) -> list[Broadcast]:
+    """Pod `node` died: its stream broke, and so did the other pods' collectives with its
+    ranks (a stream that breaks alone is a supervisor restarting: see the ride-through tests)."""
+    effects = leader.pod_lost(node, now, incarnation)
+    member = leader.members.get(node)
+    if member is not None and member.detached_at is not None:
+        witness = next(n for n in leader.members if n != node)
+        effects = leader.collective_broke(witness, leader.generation)  # not the pod_away news
+    return effects
+
+
 def make(
     nnodes: int = 2, *, max_restarts: int = 3, threshold: int = 3, timeout: float = 10.0
 ) -> LeaderState:
@@ -304,7 +317,7 @@ def test_a_stale_failure_is_ignored() -> None:
 
 def test_a_failure_from_a_pod_that_is_not_a_member_is_ignored() -> None:
     leader = formed(3)
-    opened(leader.pod_lost(2, now=1.0))
+    opened(died(leader, 2, now=1.0))
     assert leader.failure(2, 1, fail(rank=4)) == []
     assert leader.restart_count == 1
 
@@ -419,7 +432,7 @@ def test_after_the_end_nothing_changes_and_late_joiners_hear_it_again() -> None:
     assert leader.failure(0, 0, fail(rank=0)) == []
     assert leader.pod_ready(0, 0) == []
     assert leader.pod_finished(0, 0) == []
-    assert leader.pod_lost(1, 1.0) == []
+    assert died(leader, 1, 1.0) == []
     assert leader.tick(1_000.0) == []
     assert not leader.heartbeat(0, 1.0)  # re-join to hear the end
     assert ended(leader.join(1, NPROC, None, 2.0), target=1) == end
@@ -456,7 +469,7 @@ def test_a_heartbeat_keeps_a_pod() -> None:
 
 def test_a_broken_stream_loses_the_pod_at_once() -> None:
     leader = formed(2)
-    message = opened(leader.pod_lost(1, now=0.1))
+    message = opened(died(leader, 1, now=0.1))
     assert (message.generation, message.restart_count) == (1, 1)
     assert "stream lost" in message.reason
     assert leader.pod_ready(0, 1) == []
@@ -469,18 +482,18 @@ def test_the_loss_of_an_old_stream_after_a_rejoin_changes_nothing() -> None:
     leader.join(0, NPROC, None, 0.0, incarnation=1)
     leader.join(1, NPROC, None, 0.0, incarnation=2)
     started(ready_all(leader, 0))
-    opened(leader.pod_lost(1, 1.0, incarnation=2))
+    opened(died(leader, 1, 1.0, incarnation=2))
     leader.join(1, NPROC, None, 2.0, incarnation=3)
-    assert leader.pod_lost(1, 2.1, incarnation=2) == []  # the old stream's teardown
+    assert died(leader, 1, 2.1, incarnation=2) == []  # the old stream's teardown
     assert 1 in leader.members
-    assert leader.pod_lost(1, 2.2, incarnation=3) == []  # lost while no generation runs
+    assert died(leader, 1, 2.2, incarnation=3) == []  # lost while no generation runs
     assert 1 not in leader.members
 
 
 def test_a_pod_unknown_to_the_leader_cannot_be_lost() -> None:
     leader = formed(2)
-    leader.pod_lost(1, 1.0)
-    assert leader.pod_lost(1, 1.1) == []
+    died(leader, 1, 1.0)
+    assert died(leader, 1, 1.1) == []
     assert leader.restart_count == 1
 
 
@@ -497,7 +510,7 @@ def test_a_pod_lost_between_generations_spends_no_restart() -> None:
     # A pod killed whole: a survivor's echo is often reported before its stream breaks.
     leader = formed(2)
     opened(leader.failure(0, 0, fail(rank=0, signature=OTHER)))
-    assert leader.pod_lost(1, 1.0) == []
+    assert died(leader, 1, 1.0) == []
     assert (leader.generation, leader.restart_count) == (1, 1)
     assert leader.history[-1] == Failure(0, 2, POD_LOST, 0)  # context of generation 0
     only(leader.join(1, NPROC, None, 2.0), target=1)
@@ -508,7 +521,7 @@ def test_a_pod_lost_before_the_first_start_interrupts_nothing() -> None:
     leader = make(2)
     join_all(leader)
     leader.pod_ready(1, 0)
-    assert leader.pod_lost(1, 1.0) == []
+    assert died(leader, 1, 1.0) == []
     assert (leader.restart_count, leader.history) == (0, [])
     assert leader.pod_ready(0, 0) == []
     only(leader.join(1, NPROC, None, 2.0), target=1)
@@ -527,7 +540,7 @@ def test_a_pod_lost_while_forming_is_waited_for() -> None:
 def test_lost_pods_never_make_a_crash_loop() -> None:
     leader = formed(2, threshold=3, max_restarts=10)
     for generation in range(4):
-        opened(leader.pod_lost(1, float(generation)))
+        opened(died(leader, 1, float(generation)))
         leader.join(1, NPROC, None, float(generation))
         started(ready_all(leader, generation + 1))
     assert (leader.end, leader.restart_count) == (None, 4)
@@ -537,7 +550,7 @@ def test_a_lost_pod_breaks_a_run_of_one_error() -> None:
     leader = formed(2, threshold=3, max_restarts=10)
     opened(leader.failure(1, 0, fail(rank=3)))
     started(ready_all(leader, 1))
-    opened(leader.pod_lost(1, 1.0))
+    opened(died(leader, 1, 1.0))
     leader.join(1, NPROC, None, 1.0)
     started(ready_all(leader, 2))
     opened(leader.failure(1, 2, fail(rank=3)))  # two of one error, not in a row
@@ -549,10 +562,10 @@ def test_a_lost_pod_breaks_a_run_of_one_error() -> None:
 
 def test_lost_pods_spend_the_budget() -> None:
     leader = formed(2, max_restarts=1)
-    opened(leader.pod_lost(1, 1.0))
+    opened(died(leader, 1, 1.0))
     leader.join(1, NPROC, None, 2.0)
     started(ready_all(leader, 1))
-    end = ended(leader.pod_lost(1, 3.0))
+    end = ended(died(leader, 1, 3.0))
     assert end.exit_code == exit_codes.GAVE_UP
     for part in ("restart budget spent", "rank: 2", "node: 1", "step: unknown", POD_LOST):
         assert part in end.report
@@ -835,7 +848,7 @@ def test_a_thousand_pods_form_one_generation() -> None:
     start = started(effects)
     assert (start.world_size, start.nnodes) == (nnodes * NPROC, nnodes)
     assert leader.tick(5.0) == []
-    assert opened(leader.pod_lost(999, 6.0)).generation == 1
+    assert opened(died(leader, 999, 6.0)).generation == 1
     assert dataclasses.replace(leader.view(6.0), members=()).missing == (999,)
 
 
@@ -878,6 +891,6 @@ def test_a_lost_pod_forgets_the_committed_step() -> None:
     leader = formed(2)
     leader.pod_snapshots(0, 0, [5])
     only(leader.pod_snapshots(1, 0, [5]))
-    opened(leader.pod_lost(1, now=1.0))
+    opened(died(leader, 1, now=1.0))
     leader.join(1, NPROC, None, 2.0)
     assert started(ready_all(leader, 1)).restore_step == -1

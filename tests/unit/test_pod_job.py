@@ -479,7 +479,9 @@ def test_a_peers_error_waits_in_place_while_the_rank_with_its_own_error_is_the_f
     running(sim)
     culprit, echo = sim.pid(3), sim.pid(2)
     raised = pb.OutcomeKind.OUTCOME_RAISED
-    assert sim.job.outcome(echo, 0, raised, peer_lost(), sim.now) == (None, [])
+    # The leader hears of the broken collective at once (LeaderState.collective_broke).
+    told = [ToLeader(pb.PodReport(collective_broke=0))]
+    assert sim.job.outcome(echo, 0, raised, peer_lost(), sim.now) == (None, told)
     assert sim.job.settle(echo, final=False) == (None, []), "no cause known yet: one more window"
     assert sim.job.outcome(culprit, 0, raised, boom(), sim.now) == (None, [])
     assert sim.job.settle(echo, final=True) == (pb.Verdict.VERDICT_WAIT, [])
@@ -506,7 +508,7 @@ def test_leader_lost_stops_the_generation_and_ranks_wait_in_place() -> None:
     running(sim)
     before = sim.pids()
     raised = sim.pid(2)  # its collective with the dead pod's ranks failed
-    verdict, _ = sim.job.outcome(raised, 0, pb.OutcomeKind.OUTCOME_RAISED, boom(), sim.now)
+    verdict, _ = sim.job.outcome(raised, 0, pb.OutcomeKind.OUTCOME_RAISED, peer_lost(), sim.now)
     assert verdict is None
 
     effects = sim.job.leader_lost(sim.now)
@@ -823,7 +825,8 @@ def test_a_hardware_fault_ends_the_pod_with_replace_and_tells_the_leader_nothing
     # The leader heard nothing; when the pod's sidecar goes too, its stream breaks:
     # a lost pod, one restart, and the job waits for the replacement.
     assert c.phase() is Phase.RUNNING and c.leader.history == []
-    c.deliver(c.leader.pod_lost(1, c.now))
+    # (Its ranks died with its launcher: pod 0's collectives broke.)
+    c.deliver(c.leader.pod_lost(1, c.now) + c.leader.collective_broke(0, c.leader.generation))
     assert (c.phase(), c.leader.generation, c.leader.view(c.now).missing) == (Phase.OPEN, 1, (1,))
     c.pods[1] = PodSim(node_rank=1, first_pid=5000)
     c.join(1)

@@ -131,6 +131,7 @@ def test_the_bootstrap_marks_its_generation_ended_before_it_reports_an_unwind_or
     register = partial(pb_grpc.add_WorkerServiceServicer_to_server, recorder)
     with on_loopback(register) as address:
         worker = Worker(address, None, 0, Target(False, "train.py", []))
+        worker.attached.set()  # reports go once its command stream is open (not served here)
         kinds = pb.OutcomeKind
         for generation, kind in [
             (3, kinds.OUTCOME_FINISHED),  # a script that ended well keeps its last save

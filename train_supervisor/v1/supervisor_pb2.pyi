@@ -123,14 +123,28 @@ class Ack(_message.Message):
     def __init__(self) -> None: ...
 
 class AttachLauncherRequest(_message.Message):
-    __slots__ = ("spec", "launcher_pid", "pid_namespace")
+    __slots__ = ("spec", "launcher_pid", "pid_namespace", "reattach", "processes")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     LAUNCHER_PID_FIELD_NUMBER: _ClassVar[int]
     PID_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    REATTACH_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     spec: WorkerSpec
     launcher_pid: int
     pid_namespace: str
-    def __init__(self, spec: _Optional[_Union[WorkerSpec, _Mapping]] = ..., launcher_pid: _Optional[int] = ..., pid_namespace: _Optional[str] = ...) -> None: ...
+    reattach: bool
+    processes: _containers.RepeatedCompositeFieldContainer[LauncherProcess]
+    def __init__(self, spec: _Optional[_Union[WorkerSpec, _Mapping]] = ..., launcher_pid: _Optional[int] = ..., pid_namespace: _Optional[str] = ..., reattach: bool = ..., processes: _Optional[_Iterable[_Union[LauncherProcess, _Mapping]]] = ...) -> None: ...
+
+class LauncherProcess(_message.Message):
+    __slots__ = ("pid", "rank", "local_rank")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    rank: int
+    local_rank: int
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., local_rank: _Optional[int] = ...) -> None: ...
 
 class SpawnWorker(_message.Message):
     __slots__ = ("rank", "local_rank", "spare", "env")
@@ -216,14 +230,28 @@ class ProcessExit(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., output_tail: _Optional[str] = ..., oom_kills: _Optional[int] = ...) -> None: ...
 
 class AttachWorkerRequest(_message.Message):
-    __slots__ = ("pid", "rank", "spare")
+    __slots__ = ("pid", "rank", "spare", "reattach", "generation", "state", "step", "master_addr", "master_port", "restart_count")
     PID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     SPARE_FIELD_NUMBER: _ClassVar[int]
+    REATTACH_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
     pid: int
     rank: int
     spare: bool
-    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., spare: bool = ...) -> None: ...
+    reattach: bool
+    generation: int
+    state: WorkerState
+    step: int
+    master_addr: str
+    master_port: int
+    restart_count: int
+    def __init__(self, pid: _Optional[int] = ..., rank: _Optional[int] = ..., spare: bool = ..., reattach: bool = ..., generation: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., step: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., restart_count: _Optional[int] = ...) -> None: ...
 
 class StartGeneration(_message.Message):
     __slots__ = ("generation", "rank", "local_rank", "env")
@@ -676,20 +704,22 @@ class PodView(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., finished: bool = ..., fresh_processes: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("run_id", "node_rank", "nproc", "view", "has_view", "incarnation")
+    __slots__ = ("run_id", "node_rank", "nproc", "view", "has_view", "incarnation", "running")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     NPROC_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     HAS_VIEW_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     node_rank: int
     nproc: int
     view: PodView
     has_view: bool
     incarnation: int
-    def __init__(self, run_id: _Optional[str] = ..., node_rank: _Optional[int] = ..., nproc: _Optional[int] = ..., view: _Optional[_Union[PodView, _Mapping]] = ..., has_view: bool = ..., incarnation: _Optional[int] = ...) -> None: ...
+    running: bool
+    def __init__(self, run_id: _Optional[str] = ..., node_rank: _Optional[int] = ..., nproc: _Optional[int] = ..., view: _Optional[_Union[PodView, _Mapping]] = ..., has_view: bool = ..., incarnation: _Optional[int] = ..., running: bool = ...) -> None: ...
 
 class OpenGenerationMsg(_message.Message):
     __slots__ = ("generation", "restart_count", "reason", "history", "fresh_processes")
@@ -738,20 +768,22 @@ class OffloadRoundMsg(_message.Message):
     def __init__(self, step: _Optional[int] = ..., replicate: bool = ..., persist: bool = ...) -> None: ...
 
 class CommitMsg(_message.Message):
-    __slots__ = ("generation", "step", "offload", "replicated_step", "persisted_step", "drop_persisted")
+    __slots__ = ("generation", "step", "offload", "replicated_step", "persisted_step", "drop_persisted", "pod_away")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_FIELD_NUMBER: _ClassVar[int]
     REPLICATED_STEP_FIELD_NUMBER: _ClassVar[int]
     PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
     DROP_PERSISTED_FIELD_NUMBER: _ClassVar[int]
+    POD_AWAY_FIELD_NUMBER: _ClassVar[int]
     generation: int
     step: int
     offload: OffloadRoundMsg
     replicated_step: int
     persisted_step: int
     drop_persisted: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., offload: _Optional[_Union[OffloadRoundMsg, _Mapping]] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., drop_persisted: _Optional[_Iterable[int]] = ...) -> None: ...
+    pod_away: bool
+    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., offload: _Optional[_Union[OffloadRoundMsg, _Mapping]] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., drop_persisted: _Optional[_Iterable[int]] = ..., pod_away: bool = ...) -> None: ...
 
 class EndJobMsg(_message.Message):
     __slots__ = ("exit_code", "report")
@@ -829,7 +861,7 @@ class RestoreFailed(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class PodReport(_message.Message):
-    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "offloaded", "restore_failed", "reentry_failed", "copies", "ranks", "last_failure", "sample")
+    __slots__ = ("node_rank", "incarnation", "ready", "finished", "failure", "heartbeat", "snapshots", "offloaded", "restore_failed", "reentry_failed", "collective_broke", "copies", "ranks", "last_failure", "sample")
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -840,6 +872,7 @@ class PodReport(_message.Message):
     OFFLOADED_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FAILED_FIELD_NUMBER: _ClassVar[int]
     REENTRY_FAILED_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIVE_BROKE_FIELD_NUMBER: _ClassVar[int]
     COPIES_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
@@ -854,11 +887,12 @@ class PodReport(_message.Message):
     offloaded: OffloadDone
     restore_failed: RestoreFailed
     reentry_failed: str
+    collective_broke: int
     copies: PodCopies
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
     last_failure: FailureRecord
     sample: PodSample
-    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., offloaded: _Optional[_Union[OffloadDone, _Mapping]] = ..., restore_failed: _Optional[_Union[RestoreFailed, _Mapping]] = ..., reentry_failed: _Optional[str] = ..., copies: _Optional[_Union[PodCopies, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., sample: _Optional[_Union[PodSample, _Mapping]] = ...) -> None: ...
+    def __init__(self, node_rank: _Optional[int] = ..., incarnation: _Optional[int] = ..., ready: _Optional[int] = ..., finished: _Optional[int] = ..., failure: _Optional[_Union[PolicyFailure, _Mapping]] = ..., heartbeat: bool = ..., snapshots: _Optional[_Union[PodSnapshots, _Mapping]] = ..., offloaded: _Optional[_Union[OffloadDone, _Mapping]] = ..., restore_failed: _Optional[_Union[RestoreFailed, _Mapping]] = ..., reentry_failed: _Optional[str] = ..., collective_broke: _Optional[int] = ..., copies: _Optional[_Union[PodCopies, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_failure: _Optional[_Union[FailureRecord, _Mapping]] = ..., sample: _Optional[_Union[PodSample, _Mapping]] = ...) -> None: ...
 
 class PodReportReply(_message.Message):
     __slots__ = ("rejoin",)

@@ -1,0 +1,215 @@
+"""Our own parts restart under running ranks: the pure rules (supervisor/job.py's rebuild,
+supervisor/leader.py's detached pods, supervisor/pod_job.py's lost leader)."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+
+from effects import aborts, exits, launcher_commands, shutdowns, starts
+from test_job import Sim, rank_spawns
+from test_leader import NPROC, formed, make, opened
+
+from supervisor.job import JobState, Timings
+from supervisor.leader_types import CommitStep, PodView
+from supervisor.pod_job import CoordinatedJobState
+from supervisor.restart_policy import RestartPolicy
+from train_supervisor import exit_codes
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+WS = pb.WorkerState
+
+
+def reattach(pid: int, rank: int, state: int, generation: int = 0, step: int = 7):
+    return pb.AttachWorkerRequest(
+        pid=pid, rank=rank, reattach=True, generation=generation, state=state, step=step,
+        master_addr="10.0.0.1", master_port=29555, restart_count=generation,
+    )  # fmt: skip
+
+
+def new_supervisor(sim: Sim) -> JobState:
+    """What the sidecar's replacement makes of the same spec: a fresh JobState."""
+    return JobState(
+        spec=sim.spec,
+        policy=RestartPolicy(max_restarts=3, crash_loop_threshold=3),
+        allocate_port=itertools.count(41000).__next__,
+        timings=Timings(),
+    )
+
+
+def running_sim() -> tuple[Sim, dict[int, int], int]:
+    sim = Sim()
+    sim.launch()
+    sim.step_all(5)
+    pids = {rank: sim.pid(rank) for rank in sim.job.ranks}
+    return sim, pids, sim.job.spares.idle[0]
+
+
+def test_a_new_supervisor_takes_the_running_generation_as_it_is() -> None:
+    sim, pids, spare = running_sim()
+    job = new_supervisor(sim)
+    processes = [(pids[0], 0), (pids[1], 1), (spare, -1)]
+    assert job.resume_launcher(processes, 200.0) == []  # nothing spawned, nothing started
+    assert job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_HEALTHY), 200.0) == []
+    assert job.resuming and job.state == pb.JobState.JOB_STATE_STARTING
+    spare_back = pb.AttachWorkerRequest(pid=spare, rank=-1, spare=True, reattach=True)
+    assert job.worker_reattached(spare_back, 200.0) == []
+    effects = job.worker_reattached(reattach(pids[1], 1, WS.WORKER_STATE_HEALTHY), 200.0)
+    assert effects == [], "no start, no spawn, no abort: the generation runs on"
+    assert (job.started, job.generation, job.state) == (True, 0, pb.JobState.JOB_STATE_RUNNING)
+    assert {r: s.pid for r, s in job.ranks.items()} == pids
+    assert (job.master_addr, job.master_port) == ("10.0.0.1", 29555)
+    assert job.spares.idle == [spare] and job.ranks[1].step == 7
+    assert "resumed" in [e.kind for e in job.events]
+    # It carries on as the old one would: a rank's death is a failure, restored in place.
+    effects = job.process_exited(pids[1], 0, signal.SIGKILL, "", 201.0)
+    assert job.generation == 1 and aborts(effects) == {pids[0]: aborts(effects)[pids[0]]}
+
+
+def test_ranks_that_finished_while_it_was_away_end_the_job() -> None:
+    sim, pids, _ = running_sim()
+    job = new_supervisor(sim)
+    job.resume_launcher([(pids[0], 0), (pids[1], 1)], 200.0)
+    job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_SUCCEEDED), 200.0)
+    effects = job.worker_reattached(reattach(pids[1], 1, WS.WORKER_STATE_SUCCEEDED), 200.0)
+    [shutdown] = shutdowns(effects)
+    assert shutdown.exit_code == exit_codes.SUCCEEDED and set(exits(effects)) == set(pids.values())
+
+
+def test_a_rank_that_died_while_it_was_away_is_a_failure_once_the_job_is_rebuilt() -> None:
+    sim, pids, _ = running_sim()
+    job = new_supervisor(sim)
+    job.resume_launcher([(pids[0], 0), (pids[1], 1)], 200.0)
+    # The launcher tells the exit it could not report before the rank re-attached.
+    assert job.process_exited(pids[1], 1, 0, "Traceback ...", 200.0) == []
+    effects = job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_HEALTHY), 200.0)
+    assert job.generation == 1 and job.failures[-1].rank == 1
+    assert job.generation == 1 and job.restart_count == 1, "one failure, one restart"
+    assert pids[0] in aborts(effects) and launcher_commands(effects, "spawn")  # rank 1 anew
+
+
+def test_ranks_that_disagree_start_the_next_generation() -> None:
+    sim, pids, _ = running_sim()
+    job = new_supervisor(sim)
+    job.resume_launcher([(pids[0], 0), (pids[1], 1)], 200.0)
+    job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_HEALTHY), 200.0)
+    effects = job.worker_reattached(reattach(pids[1], 1, WS.WORKER_STATE_INIT), 200.0)
+    assert job.generation == 1 and job.restart_count == 1
+    assert set(aborts(effects)) == {pids[0]}
+    assert "resume_broken" in [e.kind for e in job.events]
+
+
+def test_between_generations_the_next_one_starts_when_every_rank_is_back() -> None:
+    sim, pids, _ = running_sim()
+    job = new_supervisor(sim)
+    job.resume_launcher([(pids[0], 0), (pids[1], 1)], 200.0)
+    job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_INIT), 200.0)
+    effects = job.worker_reattached(reattach(pids[1], 1, WS.WORKER_STATE_INIT), 200.0)
+    assert job.generation == 1 and set(starts(effects)) == set(pids.values())
+
+
+def test_a_worker_that_is_not_the_launchers_is_refused() -> None:
+    sim, pids, _ = running_sim()
+    job = new_supervisor(sim)
+    job.resume_launcher([(pids[0], 0), (pids[1], 1)], 200.0)
+    effects = job.worker_reattached(reattach(4242, 0, WS.WORKER_STATE_HEALTHY), 200.0)
+    assert exits(effects)[4242].exit_code == 1 and job.ranks[0].pid == pids[0]
+
+
+def test_a_lost_launcher_fails_its_ranks_and_the_next_one_gets_new_processes() -> None:
+    sim, pids, _ = running_sim()
+    effects = sim.job.launcher_lost(200.0)
+    failed = sim.job.failures[-1]
+    assert failed.rank in pids and "launcher" in failed.reason + failed.detail.signature + str(
+        [e.message for e in sim.job.events]
+    )
+    assert sim.job.generation == 1 and not sim.job.over
+    assert sorted(rank_spawns(effects)) == [0, 1], "every rank gets a new process"
+    assert all(not s.pid for s in sim.job.ranks.values())
+
+
+def coordinated(node: int = 1) -> Sim:
+    sim = Sim()
+    spec = sim.spec
+    spec.nnodes, spec.node_rank = 2, node
+    sim.job = CoordinatedJobState(
+        spec=spec, policy=RestartPolicy(3, 3), allocate_port=itertools.count(42000).__next__
+    )
+    return sim
+
+
+def test_a_follower_trains_on_while_the_leader_is_away_until_a_collective_breaks() -> None:
+    sim = coordinated()
+    sim.play(sim.job.attach_launcher())
+    start = pb.StartGenerationMsg(generation=0, master_addr="a", master_port=1, restore_step=-1)
+    sim.play(sim.job.start_generation(start))
+    assert sim.job.started
+    assert sim.job.leader_lost(200.0) == [] and sim.job.started and not sim.job.commits_wait()
+    broke = pb.FailureDetail(exception_type="RuntimeError", message="Connection reset by peer")
+    pid = sim.job.ranks[2].pid
+    _, effects = sim.job.outcome(pid, 0, pb.OutcomeKind.OUTCOME_RAISED, broke, 201.0)
+    assert not sim.job.started and set(aborts(effects)) == {pid, sim.job.ranks[3].pid}
+    sim.job.rejoined()
+    assert sim.job.commits_wait()
+
+
+def test_a_rebuilt_pod_says_its_ranks_run() -> None:
+    sim = coordinated()
+    sim.play(sim.job.attach_launcher())
+    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    view = sim.job.resumed_view()
+    assert (view.generation, view.running, view.finished) == (0, True, False)
+
+
+def test_a_pod_whose_stream_breaks_while_training_is_kept_until_it_rejoins() -> None:
+    leader = formed(2)
+    broadcasts = leader.pod_lost(1, 1.0)
+    [away] = [b.message for b in broadcasts]
+    assert isinstance(away, CommitStep) and away.pod_away, "ranks stop waiting for commits"
+    assert leader.generation == 0 and 1 in leader.members
+    # Its new supervisor re-joins with the running generation: nothing restarts.
+    back = leader.join(1, NPROC, PodView(0, 0, (), running=True), 3.0, incarnation=9)
+    [again] = [b.message for b in back]
+    assert isinstance(again, CommitStep) and not again.pod_away
+    assert (leader.generation, leader.restart_count, leader.members[1].incarnation) == (0, 0, 9)
+
+
+def test_a_detached_pod_is_lost_at_once_when_a_collective_breaks() -> None:
+    leader = formed(2)
+    leader.pod_lost(1, 1.0)
+    message = opened(leader.collective_broke(0, 0))
+    assert message.generation == 1 and "node 1 lost" in message.reason
+
+
+def test_a_detached_pod_that_never_rejoins_is_lost_after_the_grace() -> None:
+    leader = formed(2)
+    leader.pod_lost(1, 1.0)
+    leader.heartbeat(0, 50.0)
+    assert leader.tick(50.0) == []
+    leader.heartbeat(0, 62.0)
+    assert opened(leader.tick(62.0)).generation == 1
+
+
+def test_a_new_leader_under_running_ranks_resumes_their_generation() -> None:
+    leader = make(2)
+    running = PodView(4, 2, (), running=True)
+    leader.join(0, NPROC, running, 0.0)
+    [message] = [b.message for b in leader.join(1, NPROC, running, 0.1)]
+    assert isinstance(message, CommitStep)
+    assert (leader.phase.value, leader.generation, leader.restart_count) == ("running", 4, 2)
+
+
+def test_a_new_leader_with_one_pod_not_running_rebuilds_with_a_restart() -> None:
+    leader = make(2)
+    leader.join(0, NPROC, PodView(4, 2, (), running=True), 0.0)
+    message = opened(leader.join(1, NPROC, PodView(4, 2, ()), 0.1))
+    assert (message.generation, message.restart_count) == (5, 3)
+
+
+def test_pods_that_finished_while_the_new_leader_formed_end_the_job() -> None:
+    leader = make(2)
+    leader.join(0, NPROC, PodView(4, 2, (), running=True), 0.0)
+    assert leader.pod_finished(0, 4) == []
+    end = leader.join(1, NPROC, PodView(4, 2, (), finished=True, running=True), 0.1)
+    [message] = [b.message for b in end]
+    assert getattr(message, "exit_code", None) == exit_codes.SUCCEEDED
