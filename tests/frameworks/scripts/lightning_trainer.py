@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)
-parser.add_argument("--steps", type=int, default=60)
-parser.add_argument("--ckpt-every", type=int, default=5)
+parser.add_argument("--steps", type=int, default=200)
+parser.add_argument("--ckpt-every", type=int, default=10)
 args = parser.parse_args()
 RANK = int(os.environ.get("RANK", "0"))
 WORLD = int(os.environ.get("WORLD_SIZE", "1"))
