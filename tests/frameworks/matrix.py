@@ -1,4 +1,4 @@
-"""The framework matrix: run a framework's script under a launcher with faults injected from outside.
+"""The framework matrix: a framework's script under a launcher, faults injected from outside.
 
 The scripts (tests/frameworks/scripts/) know nothing of train-launch. This
 harness reads what they log like any script does (a per-rank log file with
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from jobs import RunningJob, job_env, train_launch
-
-from launcher.processes import GLIBC_TUNABLES_ENV, REUSE_FREED_TUNABLES
+from recovery import TORCHRUN_ENV
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 NPROC = 2
@@ -40,12 +40,6 @@ FRAMEWORKS = {
 }
 # What a framework needs in its environment under either launcher.
 FRAMEWORK_ENV = {"deepspeed": {"DS_ACCELERATOR": "cpu"}}
-# Without the first, torch 2.13 + gloo does not recover; the second gives torchrun's workers
-# the malloc train-launch gives its own (--reuse-freed-memory), so both run the same allocator.
-TORCHRUN_ENV = {
-    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-    GLIBC_TUNABLES_ENV: REUSE_FREED_TUNABLES,
-}
 # A SIGSTOPped rank is named by its process state once it is this overdue (default 10 s).
 HANG_ENV = {"SUPERVISOR_HANG_FLOOR_S": "3"}
 RESTART_LINE = re.compile(r"restart (\d+) of \d+")

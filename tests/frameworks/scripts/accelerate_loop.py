@@ -1,4 +1,8 @@
-"""A bare Accelerate loop: Accelerator(cpu=True), prepare, save_state/load_state (as accelerate's docs teach)."""
+"""A bare Accelerate loop, as accelerate's docs teach.
+
+Accelerator(cpu=True), prepare, save_state every few steps, load_state and
+skip_first_batches on start.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ def main() -> None:
     set_seed(0)
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(args.steps * 16 * accelerator.num_processes, 64,
-                    generator=torch.Generator().manual_seed(1))  # fmt: skip
+    x = torch.randn(
+        args.steps * 16 * accelerator.num_processes, 64, generator=torch.Generator().manual_seed(1)
+    )
     loader = DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True).sin()), batch_size=16)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     ckpt_dir = Path(args.out) / "ckpt"
@@ -42,7 +47,8 @@ def main() -> None:
         start = int(saved[-1].name.split("_")[1])
     log.info("start rank %d resume %s", RANK, start)
     # The loader has exactly --steps batches: skip those the checkpoint already trained on.
-    for step, (inputs, targets) in enumerate(accelerator.skip_first_batches(loader, start), start + 1):
+    remaining = accelerator.skip_first_batches(loader, start)
+    for step, (inputs, targets) in enumerate(remaining, start + 1):
         loss = nn.functional.mse_loss(model(inputs), targets)
         accelerator.backward(loss)
         optimizer.step()

@@ -1,4 +1,4 @@
-"""DDP + torch.compile, checkpointing with torch.save every few steps and resuming from the newest."""
+"""DDP + torch.compile, saving with torch.save every few steps and resuming from the newest."""
 
 from __future__ import annotations
 

@@ -45,8 +45,9 @@ def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 1))
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                           config=CONFIG)  # fmt: skip
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=CONFIG
+    )
     ckpt_dir = Path(args.out) / "ckpt"
     start = 0
     if (ckpt_dir / "latest").exists():

@@ -41,8 +41,9 @@ def main() -> None:
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                          nn.Linear(256, 1))  # fmt: skip
+    model = nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1)
+    )
     for layer in model:
         if isinstance(layer, nn.Linear):
             fully_shard(layer, mesh=mesh)
@@ -50,15 +51,18 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ckpt_dir = Path(args.out) / "ckpt"
     # A checkpoint is complete once dcp.save wrote its .metadata (the coordinator writes it last).
-    saved = sorted((p for p in ckpt_dir.glob("step_*") if (p / ".metadata").exists()),
-                   key=lambda p: int(p.name.split("_")[1]))  # fmt: skip
+    saved = sorted(
+        (p for p in ckpt_dir.glob("step_*") if (p / ".metadata").exists()),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
     start = 0
     if saved:
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state}
         dcp.load(state, checkpoint_id=saved[-1])
-        set_state_dict(model, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])  # fmt: skip
+        set_state_dict(
+            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
         start = int(saved[-1].name.split("_")[1])
     log.info("start rank %d resume %s", RANK, start)
     for step in range(start + 1, args.steps + 1):
@@ -70,8 +74,10 @@ def main() -> None:
         step_loss(log, result, step, loss.item())
         if step % args.ckpt_every == 0:
             model_state, optim_state = get_state_dict(model, optimizer)
-            dcp.save({"model": model_state, "optim": optim_state},
-                     checkpoint_id=ckpt_dir / f"step_{step}")  # fmt: skip
+            dcp.save(
+                {"model": model_state, "optim": optim_state},
+                checkpoint_id=ckpt_dir / f"step_{step}",
+            )
     log.info("finished step %s loss %s", result.get("step"), result.get("loss"))
     dist.destroy_process_group()
 

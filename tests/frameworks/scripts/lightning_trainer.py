@@ -1,4 +1,4 @@
-"""Lightning Trainer, DDP on CPU, resuming from ModelCheckpoint's last.ckpt (as Lightning's docs teach)."""
+"""Lightning Trainer, DDP on CPU, resuming from ModelCheckpoint's last.ckpt, as its docs teach."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ class Regressor(L.LightningModule):
 
 
 class LogSteps(Callback):
-    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step_loss(log, result, trainer.global_step, outputs["loss"].item())
 
 

@@ -41,9 +41,14 @@ class ParallelMLP(nn.Module):
             64, 256, config=config, init_method=init, bias=True, gather_output=False
         )
         self.down = tensor_parallel.RowParallelLinear(
-            256, 1, config=config, init_method=init, bias=True, input_is_parallel=True,
+            256,
+            1,
+            config=config,
+            init_method=init,
+            bias=True,
+            input_is_parallel=True,
             skip_bias_add=False,
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.up(x)
@@ -61,16 +66,19 @@ def main() -> None:
     dist.init_process_group("gloo")
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=dist.get_world_size())
     torch.manual_seed(0)
-    config = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=1,
-                               use_cpu_initialization=True)  # fmt: skip
+    config = TransformerConfig(
+        num_layers=1, hidden_size=64, num_attention_heads=1, use_cpu_initialization=True
+    )
     model = ParallelMLP(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ckpt_dir = Path(args.out) / "ckpt"
     world = dist.get_world_size()
-    saved = sorted(
-        (p for p in ckpt_dir.glob("step_*") if all((p / f"rank_{r}.pt").exists() for r in range(world))),
-        key=lambda p: int(p.name.split("_")[1]),
-    )  # fmt: skip
+    complete = [
+        p
+        for p in ckpt_dir.glob("step_*")
+        if all((p / f"rank_{r}.pt").exists() for r in range(world))
+    ]
+    saved = sorted(complete, key=lambda p: int(p.name.split("_")[1]))
     start = 0
     if saved:
         state = torch.load(saved[-1] / f"rank_{RANK}.pt")
