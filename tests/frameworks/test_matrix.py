@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from matrix import FRAMEWORKS, NPROC, SCENARIOS, STEPS, JobRun, run_job
 
-pytestmark = pytest.mark.slow
+# A test's first run of a framework also makes torchrun's reference run: two jobs.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 FALLBACK = "survivors get fresh processes"
 
 
