@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "frameworks"))
 from matrix import FRAMEWORKS, SCENARIOS, STEPS, JobRun, run_job
-from readme_quote import write_results
+from readme_quote import publish
 from recovery import TORCHRUN_NOTE
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,7 +105,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=1, help="runs of each; the median is reported")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated")
-    p.add_argument("--out", default=str(RESULTS / "recovery_frameworks"))
+    p.add_argument("--out", default=str(RESULTS / "recovery_frameworks"), help="path stem")
     args = p.parse_args()
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
@@ -120,8 +120,9 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as work:
                     found.append(run_job(launcher, framework, SCENARIOS["kill"], Path(work)))
         report["rows"].append(row(framework, runs["train-launch"], runs["torchrun"]))
-        print(markdown(report), flush=True)
-    write_results(Path(args.out), report, markdown(report))
+        print(f"{framework}: {report['rows'][-1]['ratio']:.2f}×", flush=True)
+    default = RESULTS / "recovery_frameworks"
+    publish("recovery_frameworks", Path(args.out), default, report, markdown(report))
 
 
 if __name__ == "__main__":
