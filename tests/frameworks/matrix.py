@@ -42,7 +42,8 @@ FRAMEWORKS = {
 FRAMEWORK_ENV = {"deepspeed": {"DS_ACCELERATOR": "cpu"}}
 # A SIGSTOPped rank is named by its process state once it is this overdue (default 10 s).
 HANG_ENV = {"SUPERVISOR_HANG_FLOOR_S": "3"}
-RESTART_LINE = re.compile(r"restart (\d+) of \d+")
+# The job's restart count as each generation opens (a fallback to fresh processes spends none).
+RESTART_LINE = re.compile(r"generation_opened: generation \d+ \(restart (\d+)\)")
 LOG_LINE = re.compile(r"^(\S+) pid=(\d+) (.*)$")
 STEP = re.compile(r"^step (\d+)")
 LOSS = re.compile(r"^step \d+ loss (\S+)$")
