@@ -83,6 +83,9 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
+        if "failed" in r:
+            lines.append(f"| {r['framework']} | **did not recover**: {r['failed']} |||||||")
+            continue
         lines.append(
             f"| {r['framework']} | **{r['train_launch_s']:.2f} s** | {r['torchrun_s']:.2f} s "
             f"| **{r['ratio']:.2f}×** | {r['extra_restarts']} | {survivor(r)} "
@@ -94,6 +97,7 @@ def markdown(report: dict[str, Any]) -> str:
         + "; ".join(
             f"{r['framework']} {r['train_launch_all_s']} / {r['torchrun_all_s']}"
             for r in report["rows"]
+            if "failed" not in r
         ),
         "",
         f"{TORCHRUN_NOTE} Reproduce: `python bench/recovery_frameworks.py`.",
@@ -104,6 +108,7 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=1, help="runs of each; the median is reported")
+    p.add_argument("--timeout", type=float, default=240, help="seconds a job may wait on a step")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated")
     p.add_argument("--out", default=str(RESULTS / "recovery_frameworks"), help="path stem")
     args = p.parse_args()
@@ -115,12 +120,19 @@ def main() -> None:
     }
     for framework in args.frameworks.split(","):
         runs: dict[str, list[JobRun]] = {"train-launch": [], "torchrun": []}
-        for _ in range(args.repeat):  # interleaved, so that drift in the machine hits both
-            for launcher, found in runs.items():
-                with tempfile.TemporaryDirectory() as work:
-                    found.append(run_job(launcher, framework, SCENARIOS["kill"], Path(work)))
-        report["rows"].append(row(framework, runs["train-launch"], runs["torchrun"]))
-        print(f"{framework}: {report['rows'][-1]['ratio']:.2f}×", flush=True)
+        try:
+            for _ in range(args.repeat):  # interleaved, so that drift in the machine hits both
+                for launcher, found in runs.items():
+                    with tempfile.TemporaryDirectory() as work:
+                        run = run_job(
+                            launcher, framework, SCENARIOS["kill"], Path(work), timeout=args.timeout
+                        )
+                        found.append(run)
+            report["rows"].append(row(framework, runs["train-launch"], runs["torchrun"]))
+        except AssertionError as failed:  # a job that did not recover: the row says how
+            first_line = str(failed).splitlines()[0]
+            report["rows"].append({"framework": framework, "failed": f"{launcher}: {first_line}"})
+        print(f"{framework}: {report['rows'][-1].get('ratio', 'failed')}", flush=True)
     default = RESULTS / "recovery_frameworks"
     publish("recovery_frameworks", Path(args.out), default, report, markdown(report))
 
