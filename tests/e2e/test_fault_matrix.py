@@ -289,20 +289,6 @@ ROWS = {
     "malformed_calls": Row(malformed_calls, expect_unchanged),
     "unauthenticated_calls": Row(unauthenticated_calls, expect_every_call_unauthenticated),
 }
-LANDS_LATER = {
-    "sigkill_follower_sidecar": "ridethrough",
-    "sigkill_leader_sidecar": "ridethrough",
-    "sigkill_launcher": "ridethrough",
-}
-
-
-def row_params() -> Iterator[Any]:
-    for name in ROWS:
-        helper = LANDS_LATER.get(name)
-        # Not run until then: today such a row hangs its job to the 240 s timeout.
-        later = pytest.mark.xfail(strict=False, run=False, reason=f"lands with {helper}")
-        marks = [later] if helper else []
-        yield pytest.param(name, id=name, marks=marks)
 
 
 @pytest.fixture
@@ -320,7 +306,7 @@ def matrix(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Matrix]:
         yield Matrix(pods, tmp_path / "events", durable)
 
 
-@pytest.mark.parametrize("matrix", list(row_params()), indirect=True)
+@pytest.mark.parametrize("matrix", list(ROWS), indirect=True)
 def test_fault_matrix(matrix: Matrix, request: pytest.FixtureRequest) -> None:
     m, row = matrix, ROWS[request.node.callspec.id]
     m.pods.start_launchers([*SCRIPT, "--events", str(m.events)])
