@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from fuzz import GateResult, run_gate
-from readme_quote import write_results
+from readme_quote import publish
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fuzz_gate"
 
@@ -122,8 +122,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     report = report_of(result, args)
     text = markdown(report)
-    write_results(args.out, report, text)
-    print(text)
+    publish("fuzz_gate", args.out, RESULTS, report, text)
 
 
 if __name__ == "__main__":

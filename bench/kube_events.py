@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 from jobs import TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_events  # noqa: E402
 from kube_api import FakeKubeApi  # noqa: E402
-from readme_quote import write_results  # noqa: E402
+from readme_quote import publish  # noqa: E402
 
 from supervisor.ports import free_port  # noqa: E402
 
@@ -164,8 +164,7 @@ def main() -> None:
         "summary": {key: summary([r[key] for r in runs]) for key in runs[0]},
     }
     text = markdown(report)
-    write_results(Path(args.out), report, text)
-    print(text)
+    publish("kube_events", Path(args.out), RESULTS / "kube_events", report, text)
 
 
 if __name__ == "__main__":

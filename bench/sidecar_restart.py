@@ -32,7 +32,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import TOY_DDP, RunningJob, job_env, max_step, read_events, torchrun
-from readme_quote import write_results
+from readme_quote import publish
 from recovery import TORCHRUN_ENV, TORCHRUN_NOTE
 
 from supervisor.ports import free_port
@@ -238,8 +238,7 @@ def main() -> None:
         "steps_compared": len(got),
     }
     text = markdown(report)
-    write_results(args.out, report, text)
-    print(text)
+    publish("sidecar_restart", args.out, RESULTS / "sidecar_restart", report, text)
 
 
 if __name__ == "__main__":
