@@ -50,7 +50,7 @@ from jobs import (
     wait_until,
 )
 from pods import Pods
-from readme_quote import publish
+from results_doc import publish
 
 from supervisor.ports import free_port
 

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from fuzz import GateResult, run_gate
-from readme_quote import publish
+from results_doc import publish
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fuzz_gate"
 

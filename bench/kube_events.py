@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 from jobs import TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_events  # noqa: E402
 from kube_api import FakeKubeApi  # noqa: E402
-from readme_quote import publish  # noqa: E402
+from results_doc import publish  # noqa: E402
 
 from supervisor.ports import free_port  # noqa: E402
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from readme_quote import publish
+from results_doc import publish
 from snapshot_stall import busy_cpu_s, machine
 
 from launcher.snapshot_payload import write_state

@@ -41,7 +41,7 @@ from jobs import (
     torchrun,
     train_launch,
 )
-from readme_quote import quote_in_readme, write_results
+from results_doc import quote_in_doc, write_results
 
 from launcher.processes import GLIBC_TUNABLES_ENV, REUSE_FREED_TUNABLES
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -389,7 +389,7 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0], victim=2, out=RESULTS / "recovery").parse_args()
     report = compare(args, run_train_launch, run_torchrun)
     write_results(Path(args.out), report, markdown(report))
-    quote_in_readme("recovery", markdown(report))
+    quote_in_doc("recovery", markdown(report))
     print(markdown(report))
 
 

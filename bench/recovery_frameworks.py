@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "frameworks"))
 from matrix import FRAMEWORKS, SCENARIOS, STEPS, JobRun, run_job
-from readme_quote import publish
+from results_doc import publish
 from recovery import TORCHRUN_NOTE
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import RunningJob, job_env, pids_by_rank, read_events, torchrun
 from pods import Pods
-from readme_quote import publish
+from results_doc import publish
 from recovery import (
     TORCHRUN_ENV,
     TORCHRUN_NOTE,

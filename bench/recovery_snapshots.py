@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from readme_quote import quote_in_readme, write_results
+from results_doc import quote_in_doc, write_results
 from recovery import (
     NPROC,
     RESULTS,
@@ -84,7 +84,7 @@ def main() -> None:
     report = compare(args, run_train_launch, run_torchrun)
     write_results(Path(args.out), report, markdown(report))
     if Path(args.out) == DEFAULT_OUT:
-        quote_in_readme("recovery_snapshots", markdown(report))
+        quote_in_doc("recovery_snapshots", markdown(report))
     print(markdown(report))
 
 

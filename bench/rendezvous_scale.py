@@ -26,7 +26,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_quote import quote_in_readme, write_results
+from results_doc import quote_in_doc, write_results
 
 from supervisor.leader_types import LeaderTimings
 from supervisor.peers import LeaderHub, PeerServicer
@@ -175,7 +175,7 @@ def main() -> None:
         "runs": runs,
     }
     write_results(Path(args.out), report, markdown(report))
-    quote_in_readme("rendezvous_scale", markdown(report))
+    quote_in_doc("rendezvous_scale", markdown(report))
     print(markdown(report))
 
 

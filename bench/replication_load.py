@@ -30,7 +30,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import RunningJob, read_events
 from pods import Pods
-from readme_quote import publish
+from results_doc import publish
 from recovery import RESULTS, TORCHRUN_ENV, TORCHRUN_NOTE, script_args
 from recovery_multi_pod import NNODES, NPROC_PER_NODE, start_torchrun_agents
 

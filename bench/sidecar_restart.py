@@ -32,7 +32,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import TOY_DDP, RunningJob, job_env, max_step, read_events, torchrun
-from readme_quote import publish
+from results_doc import publish
 from recovery import TORCHRUN_ENV, TORCHRUN_NOTE
 
 from supervisor.ports import free_port

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from readme_quote import publish
+from results_doc import publish
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "snapshot_stall_worker.py"

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import job_env, max_step, read_events, train_launch
-from readme_quote import quote_in_readme, write_results
+from results_doc import quote_in_doc, write_results
 
 from supervisor.ports import free_port
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -151,7 +151,7 @@ def main() -> None:
     for name, script_args in LOADS.items():
         report[name] = measure_load(name, script_args, args.calls, args.interval_ms / 1000)
     write_results(Path(args.out), report, markdown(report))
-    quote_in_readme("status_latency", markdown(report))
+    quote_in_doc("status_latency", markdown(report))
     print(markdown(report))
 
 

@@ -17,7 +17,7 @@ def write_results(out: Path, report: dict[str, Any], text: str) -> None:
     out.with_suffix(".md").write_text(text)
 
 
-def quote_in_readme(name: str, markdown: str, readme: Path = BENCHMARKS_DOC) -> bool:
+def quote_in_doc(name: str, markdown: str, readme: Path = BENCHMARKS_DOC) -> bool:
     """Replace the block between <!-- results:NAME --> markers; False if there are none."""
     text = readme.read_text()
     begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
@@ -33,5 +33,5 @@ def publish(name: str, out: Path, default_out: Path, report: dict[str, Any], tex
     (quick runs elsewhere leave it alone); print them."""
     write_results(out, report, text)
     if out.resolve() == default_out.resolve():
-        quote_in_readme(name, text)
+        quote_in_doc(name, text)
     print(text)
