@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "frameworks"))
 from matrix import FRAMEWORKS, SCENARIOS, STEPS, JobRun, run_job
-from results_doc import publish
 from recovery import TORCHRUN_NOTE
+from results_doc import publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 0.15

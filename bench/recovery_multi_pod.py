@@ -37,7 +37,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import RunningJob, job_env, pids_by_rank, read_events, torchrun
 from pods import Pods
-from results_doc import publish
 from recovery import (
     TORCHRUN_ENV,
     TORCHRUN_NOTE,
@@ -53,6 +52,7 @@ from recovery import (
     script_args,
 )
 from recovery_snapshots import snapshot_targets
+from results_doc import publish
 
 from supervisor.ports import free_port
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from results_doc import quote_in_doc, write_results
 from recovery import (
     NPROC,
     RESULTS,
@@ -28,6 +27,7 @@ from recovery import (
     run_torchrun,
     run_train_launch,
 )
+from results_doc import quote_in_doc, write_results
 
 DEFAULT_OUT = RESULTS / "recovery_snapshots"
 

@@ -30,9 +30,9 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import RunningJob, read_events
 from pods import Pods
-from results_doc import publish
 from recovery import RESULTS, TORCHRUN_ENV, TORCHRUN_NOTE, script_args
 from recovery_multi_pod import NNODES, NPROC_PER_NODE, start_torchrun_agents
+from results_doc import publish
 
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc

@@ -17,14 +17,14 @@ def write_results(out: Path, report: dict[str, Any], text: str) -> None:
     out.with_suffix(".md").write_text(text)
 
 
-def quote_in_doc(name: str, markdown: str, readme: Path = BENCHMARKS_DOC) -> bool:
+def quote_in_doc(name: str, markdown: str, doc: Path = BENCHMARKS_DOC) -> bool:
     """Replace the block between <!-- results:NAME --> markers; False if there are none."""
-    text = readme.read_text()
+    text = doc.read_text()
     begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
         return False
-    readme.write_text(pattern.sub(lambda _: f"{begin}\n{markdown.rstrip()}\n{end}", text))
+    doc.write_text(pattern.sub(lambda _: f"{begin}\n{markdown.rstrip()}\n{end}", text))
     return True
 
 

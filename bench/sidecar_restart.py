@@ -32,8 +32,8 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import TOY_DDP, RunningJob, job_env, max_step, read_events, torchrun
-from results_doc import publish
 from recovery import TORCHRUN_ENV, TORCHRUN_NOTE
+from results_doc import publish
 
 from supervisor.ports import free_port
 from train_supervisor.credentials import client_channel

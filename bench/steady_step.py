@@ -31,8 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 import psutil
 from jobs import RunningJob, job_env
-from results_doc import publish
 from recovery import TORCHRUN_ENV
+from results_doc import publish
 
 from launcher.processes import ENV_RANK
 
