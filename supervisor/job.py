@@ -437,6 +437,11 @@ class JobState:
         if decision.action is not restart_policy.Action.RESTART:
             report = give_up_report(decision.reason, record)
             return self._fail(exit_codes.GAVE_UP, "gave_up", report)
+        return self._restart(now)
+
+    def _restart(self, now: float) -> list[Effect]:
+        """Spend a restart: the next generation opens, the ranks without a process get one,
+        and it starts once every rank is in place."""
         self.restart_count += 1
         self.master_port = self.allocate_port()
         return (
@@ -632,7 +637,7 @@ class JobState:
             self.generation, self.started = newest, True
             where = ", ".join(f"rank {s.rank}: {WS.Name(s.state)} in {s.generation}" for s in slots)
             self.record("resume_broken", f"generation {newest} cannot go on ({where})")
-            effects += self._resume_broken(now)
+            effects += self._restart(now)  # as a failure would: a restart
         else:  # between generations: the next one starts once every rank is in place
             self.generation = max(self.generation, newest + 1)
             self.record("resumed", f"ranks wait for generation {self.generation}")
@@ -641,17 +646,6 @@ class JobState:
         for pid, exit_code, signum, tail, oom_kills in exits:
             effects += self.process_exited(pid, exit_code, signum, tail, now, oom_kills)
         return effects
-
-    def _resume_broken(self, now: float) -> list[Effect]:
-        """A rebuilt generation some rank no longer runs: stop it (a restart, as a failure
-        would), the ranks not in it get processes, and the next one starts."""
-        self.restart_count += 1
-        self.master_port = self.allocate_port()
-        return (
-            self._open_generation(self.generation + 1, now)
-            + self._fill_vacancies()
-            + self._maybe_start()
-        )
 
     def launcher_lost(self, now: float) -> list[Effect]:
         """The launcher's stream ended without a shutdown: it died (its container restarts),
