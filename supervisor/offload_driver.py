@@ -267,6 +267,8 @@ class OffloadDriver:
                 "persisted",
                 f"step {step} flushed at shutdown in {time.perf_counter() - began:.2f}s",
             )
+            if self.job.spec.nnodes <= 1:  # one pod: its part is the whole step (as a round's)
+                await self._prune_persisted()
         self.on_change()
 
     def status(self, status: pb.JobStatus) -> None:
