@@ -28,6 +28,7 @@ from supervisor.hang import (
     culprit,
     describe_stacks,
     overdue,
+    stuck_reentry,
     threshold_s,
 )
 from supervisor.job import JobState
@@ -78,6 +79,9 @@ class HangWatch:
             if stacks is not None:
                 with_stacks = {r: replace(e, stack=stacks.get(r, "")) for r, e in evidence.items()}
                 found = culprit(with_stacks)
+        if found is None:
+            reentered = {s.rank for s in stepping if s.reentered}
+            found = stuck_reentry([progress[r] for r in late], reentered)
         slowest = min(progress[r].last_step_at or progress[r].started_at for r in late)
         limit = threshold_s(progress[late[0]], self.settings)
         what = f"ranks {late} made no step for {now - slowest:.1f}s (threshold {limit:.1f}s)"

@@ -20,6 +20,7 @@ from supervisor.restart_policy import RestartPolicy
 
 SETTINGS = HangSettings(floor_s=3.0, factor=5.0, startup_s=60.0)
 START = 100.0
+NO_SUCH_PID = 2**22 + 1000  # above any pid_max: psutil finds no such process
 
 
 @pytest.fixture
@@ -70,3 +71,31 @@ def test_a_generation_that_never_steps_is_watched_against_the_startup_allowance(
         (stuck, signal.SIGKILL)
     ]
     assert job.events.by_kind["hang"] == 1
+
+
+def test_a_reentry_stuck_before_its_first_step_falls_back_to_fresh_processes() -> None:
+    """Rank 1 is killed; the survivor re-enters and it and the replacement wait forever in
+    the new generation's init (as the HF Trainer's gloo group did): nothing stands out, so
+    the re-entered survivor is the culprit, and its rank gets a fresh process with no
+    restart spent, as for any failed re-entry."""
+    pids = itertools.count(NO_SUCH_PID)
+    job = started_job([next(pids) for _ in range(3)])
+    for slot in job.ranks.values():
+        job.heartbeat(slot.pid, slot.generation, 5, 0.1, START + 1)
+    killed, survivor = job.ranks[1].pid, job.ranks[0].pid
+    play_pod(
+        job, job.process_exited(killed, 0, signal.SIGKILL, "", START + 2), pids.__next__, START + 2
+    )
+    assert job.generation == 1 and job.ranks[0].pid == survivor and job.restart_count == 1
+    watch = HangWatch(SETTINGS)
+    assert watch.check(job, START + 3) == []
+    effects = watch.check(job, START + 4 + SETTINGS.startup_s)
+    assert [c.kill.pid for c in launcher_commands(effects, "kill")] == [survivor]
+    play_pod(
+        job,
+        job.process_exited(survivor, 0, signal.SIGKILL, "", START + 70),
+        pids.__next__,
+        START + 70,
+    )
+    assert job.fresh_processes and job.restart_count == 1
+    assert job.events.by_kind["reentry_fallback"] == 1
