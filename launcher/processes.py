@@ -5,12 +5,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import IO, Optional
 
@@ -98,8 +100,27 @@ class WorkerProcesses:
         self.lock = threading.Lock()
         self.all_exited = threading.Condition(self.lock)
         self.oom = OomCounters()
+        # A worker's PR_SET_PDEATHSIG (bootstrap.die_with_parent) fires when the *thread* that
+        # forked it ends, not the process: forked by the command stream's thread, which ends
+        # with the job, every worker was SIGKILLed while it still ran its exit hooks. One
+        # thread that lives as long as this process forks them all.
+        self.to_fork: queue.Queue[tuple[Callable[[], int], Future[int]]] = queue.Queue()
+        threading.Thread(target=self._fork_forever, name="worker-forker", daemon=True).start()
 
     def spawn(self, rank: int, local_rank: int, env_overrides: dict[str, str], spare: bool) -> int:
+        done: Future[int] = Future()
+        self.to_fork.put((lambda: self._spawn(rank, local_rank, env_overrides, spare), done))
+        return done.result()
+
+    def _fork_forever(self) -> None:
+        while True:
+            start, done = self.to_fork.get()
+            try:
+                done.set_result(start())
+            except BaseException as exc:  # the caller of spawn() sees it
+                done.set_exception(exc)
+
+    def _spawn(self, rank: int, local_rank: int, env_overrides: dict[str, str], spare: bool) -> int:
         env = dict(os.environ)
         env.update(self.config.base_env)
         env.update(env_overrides)

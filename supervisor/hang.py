@@ -15,7 +15,7 @@ supervisor/hang_watch.py applies these rules each tick.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -91,6 +91,19 @@ def culprit(evidence: Mapping[int, ProcessEvidence]) -> Optional[Culprit]:
                 f"{len(majority)} ranks waiting in {waiting}",
             )
     return None
+
+
+def stuck_reentry(late: Sequence[RankProgress], reentered: Collection[int]) -> Optional[Culprit]:
+    """No process stands out, and no late rank stepped in this generation: a survivor that
+    re-entered is the likeliest cause (process-wide state no reset undid, a group it waits in
+    that its peers never join). Its rank gets a fresh process, which job.py counts as a failed
+    re-entry: no restart spent, fresh processes from then on."""
+    if any(p.last_step_at is not None for p in late):
+        return None
+    candidates = sorted(p.rank for p in late if p.rank in reentered)
+    if not candidates:
+        return None
+    return Culprit(candidates[0], "it re-entered and never reached its first step")
 
 
 def describe_stacks(stacks: Mapping[int, str]) -> str:

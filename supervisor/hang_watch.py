@@ -28,6 +28,7 @@ from supervisor.hang import (
     culprit,
     describe_stacks,
     overdue,
+    stuck_reentry,
     threshold_s,
 )
 from supervisor.job import JobState
@@ -48,6 +49,9 @@ class HangWatch:
     _cpu: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds at the last look
     _suspected: set[int] = field(default_factory=set)  # generations already reported
     _acted: set[int] = field(default_factory=set)  # generations whose culprit was killed
+    # (generation, pid) -> when a tick first saw that process run the generation: the start
+    # a rank that never stepped in it (a re-entry stuck in init_process_group) is timed from.
+    _seen_since: dict[tuple[int, int], float] = field(default_factory=dict)
 
     def check(self, job: JobState, now: float) -> list[Effect]:
         if not job.started or job.over or job.generation in self._acted:
@@ -55,9 +59,12 @@ class HangWatch:
         stepping = [
             s for s in job.ranks.values()
             if s.pid and s.state == pb.WorkerState.WORKER_STATE_HEALTHY
-            and s.generation == job.generation and s.last_heartbeat is not None
+            and s.generation == job.generation
         ]  # fmt: skip
-        progress = {s.rank: _progress(s) for s in stepping}
+        seen = {(job.generation, s.pid): self._seen_since.get((job.generation, s.pid), now)
+                for s in stepping}  # fmt: skip
+        self._seen_since = seen  # older generations' processes are done with
+        progress = {s.rank: _progress(s, seen[(job.generation, s.pid)]) for s in stepping}
         late = overdue(list(progress.values()), now, self.settings)
         if not late:
             return []
@@ -72,7 +79,10 @@ class HangWatch:
             if stacks is not None:
                 with_stacks = {r: replace(e, stack=stacks.get(r, "")) for r, e in evidence.items()}
                 found = culprit(with_stacks)
-        slowest = min(progress[r].last_step_at or now for r in late)
+        if found is None:
+            reentered = {s.rank for s in stepping if s.reentered}
+            found = stuck_reentry([progress[r] for r in late], reentered)
+        slowest = min(progress[r].last_step_at or progress[r].started_at for r in late)
         limit = threshold_s(progress[late[0]], self.settings)
         what = f"ranks {late} made no step for {now - slowest:.1f}s (threshold {limit:.1f}s)"
         if stacks and any(stacks.values()):
@@ -117,9 +127,9 @@ class HangWatch:
         return ProcessEvidence(state=state, cpu_advancing=advancing)
 
 
-def _progress(slot: RankSlot) -> RankProgress:
+def _progress(slot: RankSlot, started_at: float) -> RankProgress:
     recent = (slot.step_time_s,) if slot.step_time_s > 0 else ()
-    return RankProgress(slot.rank, slot.last_heartbeat or 0.0, slot.last_heartbeat, recent)
+    return RankProgress(slot.rank, started_at, slot.last_heartbeat, recent)
 
 
 def hang_watch_for(config: DetectConfig) -> HangWatch:

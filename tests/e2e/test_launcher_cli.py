@@ -107,6 +107,34 @@ def test_bad_input_gets_one_clear_error_and_starts_nothing(case: str, tmp_path: 
     assert not marker.exists()
 
 
+# A tracker's flush at exit (an upload, a file sync) that takes a while: the launcher must let
+# it finish. It writes once it is done, so a worker killed while flushing leaves no record.
+SLOW_EXIT_HOOK = """
+import atexit, os, sys, time
+import torch.distributed as dist
+
+def flush():
+    time.sleep(1.0)  # the flush's work
+    with open(os.path.join(sys.argv[1], f"flushed_{os.environ['RANK']}"), "w") as f:
+        f.write(str(os.getpid()))
+
+atexit.register(flush)
+dist.init_process_group("gloo")
+dist.barrier()
+"""
+
+
+@pytest.mark.slow
+def test_a_clean_finish_lets_every_worker_finish_its_exit_hooks(tmp_path: Path) -> None:
+    """Workers forked by a thread that ends with the job died with it (PR_SET_PDEATHSIG is
+    per thread), SIGKILLed within milliseconds while their exit hooks still ran."""
+    script = tmp_path / "train.py"
+    script.write_text(SLOW_EXIT_HOOK)
+    job = train_launch(["--standalone", "--nproc-per-node", "2"], [str(tmp_path)], script=script)
+    assert job.wait(120) == 0, job.stderr
+    assert sorted(p.name for p in tmp_path.glob("flushed_*")) == ["flushed_0", "flushed_1"]
+
+
 @pytest.mark.slow
 def test_sigterm_stops_every_worker_and_exits_with_the_documented_code(tmp_path: Path) -> None:
     events = tmp_path / "events"

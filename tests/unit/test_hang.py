@@ -9,6 +9,7 @@ from supervisor.hang import (
     culprit,
     describe_stacks,
     overdue,
+    stuck_reentry,
     threshold_s,
 )
 
@@ -90,3 +91,12 @@ def test_stack_groups_largest_first() -> None:
         "rank 0 in a (a.py); rank 1 in b (b.py); rank 2 with no stack"
     ), "ties in rank order; a failed dump is said"
     assert describe_stacks({}) == ""
+
+
+def test_a_generation_stuck_before_its_first_step_blames_a_reentered_survivor() -> None:
+    never = [RankProgress(0, 10.0, None), RankProgress(1, 10.0, None)]
+    found = stuck_reentry(never, reentered={0})
+    assert found is not None and found.rank == 0
+    assert stuck_reentry(never, reentered=set()) is None  # fresh processes only: no guess
+    stepped = [RankProgress(0, 10.0, 12.0, (0.1,)), RankProgress(1, 10.0, None)]
+    assert stuck_reentry(stepped, reentered={0}) is None  # a step was made: not a start hang
