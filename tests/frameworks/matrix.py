@@ -59,10 +59,12 @@ class Fault:
 SCENARIOS = {
     "kill": (Fault(signal.SIGKILL, 1, 30),),
     "hang": (Fault(signal.SIGSTOP, 1, 30),),
+    # Between checkpoints (every 10 steps): a kill of the rank that writes them while it
+    # writes leaves a partial checkpoint the script would resume from, under any launcher.
     "three_kills": (
-        Fault(signal.SIGKILL, 1, 30),
-        Fault(signal.SIGKILL, 0, 80),
-        Fault(signal.SIGKILL, 1, 130),
+        Fault(signal.SIGKILL, 1, 35),
+        Fault(signal.SIGKILL, 0, 85),
+        Fault(signal.SIGKILL, 1, 135),
     ),
 }
 

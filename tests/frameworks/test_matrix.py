@@ -47,8 +47,32 @@ def torchrun_runs(tmp_path_factory: pytest.TempPathFactory) -> TorchrunReference
     return TorchrunReferences(tmp_path_factory)
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+# Rows that failed on this project's machines and are not fixed yet: still run, reported as
+# xfail; docs/framework-matrix.md says what each did. A row that passes shows as XPASS.
+KNOWN_FAILURES = {
+    ("deepspeed", "three_kills"): "final loss differs from torchrun's in the last bits after "
+    "three faults (seen twice; cause not found)",
+    ("hf_trainer", "kill"): "flaky on a loaded machine: once a final loss off torchrun's, and a "
+    "gloo deadlock at re-entry in 3 of ~6 runs (cause not found)",
+}
+
+
+def rows() -> list[object]:
+    return [
+        pytest.param(
+            framework,
+            scenario,
+            marks=[pytest.mark.xfail(strict=False, reason=KNOWN_FAILURES[framework, scenario])]
+            if (framework, scenario) in KNOWN_FAILURES
+            else [],
+            id=f"{framework}-{scenario}",
+        )
+        for scenario in SCENARIOS
+        for framework in FRAMEWORKS
+    ]
+
+
+@pytest.mark.parametrize(("framework", "scenario"), rows())
 def test_recovers_like_torchrun(
     framework: str, scenario: str, torchrun_runs: TorchrunReferences, tmp_path: Path
 ) -> None:
