@@ -249,8 +249,9 @@ class LeaderState:
         """Every local rank of the pod is attached and unwound for `generation`."""
         if self.phase is not Phase.OPEN or generation != self.generation:
             return []
-        if node not in self.members:
-            return []
+        member = self.members.get(node)
+        if member is None or member.detached_at is not None:
+            return []  # a pod whose stream is down says it again once re-joined (no pod away)
         self._ready.add(node)
         if len(self._ready) < self.nnodes:  # ready pods are members: every pod joined and ready
             return []

@@ -151,6 +151,11 @@ class CoordinatedJobState(JobState):
         self.master_addr, self.master_port = message.master_addr, message.master_port
         self.snapshots.adopt(message.restore_step)
         self.snapshots_reported = frozenset()
+        # A pod away in the last generation (its stream broke) was lost or is back: the
+        # leader starts a generation only once every pod joined and is ready. Kept, it
+        # would keep this pod's steps from the leader for good, and the other pods'
+        # ranks waiting for commits that never come.
+        self.pod_away = False
         return self._start_now()
 
     def end_job(self, message: pb.EndJobMsg) -> list[Effect]:

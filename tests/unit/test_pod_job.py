@@ -468,6 +468,21 @@ def test_each_generation_starts_from_the_leaders_restore_step() -> None:
     assert sim.job.snapshots.committed == -1 and sim.job.snapshots.held(2) == frozenset()
 
 
+def test_a_pod_away_in_the_last_generation_holds_no_commit_back_in_the_next() -> None:
+    sim = PodSim()
+    running(sim)
+    # A pod's stream broke while training: no commit can come, ranks stop waiting.
+    sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=-1, pod_away=True))
+    assert not sim.job.commits_wait()
+    # It was lost (a collective broke): the next generation starts with every pod ready.
+    sim.play(sim.job.open_generation(open_msg(1, 1), sim.now))
+    sim.job.start_generation(start_msg(1, restart_count=1, restore_step=-1))
+    assert sim.job.started and sim.job.commits_wait()
+    sim.job.snapshot_saved(2, 3, [3], 1, 0.0)
+    effects = sim.job.snapshot_saved(3, 3, [3], 1, 0.0)
+    assert reports(effects) == [pb.PodReport(snapshots=pb.PodSnapshots(generation=1, held=[3]))]
+
+
 def peer_lost() -> pb.FailureDetail:
     message = "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:16550"
     return pb.FailureDetail(exception_type="RuntimeError", message=message)

@@ -8,12 +8,12 @@ import signal
 
 from effects import aborts, exits, launcher_commands, shutdowns, starts
 from test_job import Sim, rank_spawns
-from test_leader import NPROC, formed, make, opened
+from test_leader import NPROC, formed, make, opened, started
 
 from supervisor.job import JobState, Timings
 from supervisor.leader_types import CommitStep, PodView
 from supervisor.pod_job import CoordinatedJobState
-from supervisor.restart_policy import RestartPolicy
+from supervisor.restart_policy import Failure, RestartPolicy
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -179,6 +179,16 @@ def test_a_detached_pod_is_lost_at_once_when_a_collective_breaks() -> None:
     leader.pod_lost(1, 1.0)
     message = opened(leader.collective_broke(0, 0))
     assert message.generation == 1 and "node 1 lost" in message.reason
+
+
+def test_a_generation_starts_with_no_pod_away() -> None:
+    leader = formed(3)
+    leader.pod_lost(2, 1.0)  # detached: its ranks may train on
+    opened(leader.failure(0, 0, Failure(0, 0, "boom", 5)))  # another pod's rank fails
+    assert leader.pod_ready(0, 1) == [] and leader.pod_ready(1, 1) == []
+    assert leader.pod_ready(2, 1) == [], "its stream is down: the pods' commits would wait on it"
+    leader.join(2, NPROC, None, 2.0, incarnation=7)
+    assert started(leader.pod_ready(2, 1)).generation == 1
 
 
 def test_a_detached_pod_that_never_rejoins_is_lost_after_the_grace() -> None:
