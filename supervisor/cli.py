@@ -182,6 +182,7 @@ def settings_from(config: SidecarConfig) -> SupervisorSettings:
     return SupervisorSettings(
         crash_loop_threshold=config.crash_loop_threshold,
         unwind_timeout_s=config.unwind_timeout_s,
+        heartbeat_timeout_s=config.heartbeat_timeout_s,
         failure_settle_s=config.failure_settle_s,
         offload=config.offload,
         detect=config.detect,

@@ -33,6 +33,10 @@ class CoordinatedJobState(JobState):
     leader_away: bool = False  # the leader's stream broke; not re-joined yet
     pod_away: bool = False  # the leader says a pod is away: commits wait for it
     collective_reported: int = -1  # generation whose broken collective was told to the leader
+    # With the leader away, this long without a step of any local rank: cut off (set to the
+    # leader's heartbeat timeout, after which it counts this pod lost).
+    stall_timeout_s: float = 10.0
+    leader_away_since: Optional[float] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -178,17 +182,47 @@ class CoordinatedJobState(JobState):
         if self.over or self.leader_away:
             self.leader_away = True
             return []
-        self.leader_away = True
+        self.leader_away, self.leader_away_since = True, now
         if self.started and any(peer_echo(s.evidence) for s in self.ranks.values()):
             # A collective already broke: nobody else will stop this generation.
             self.record("leader_lost", f"generation {self.generation} stopped; ranks wait in place")
             return self._unwind_all(self.generation, now, "the leader was lost")
+        if self._cut_off(now):
+            return self._stop_cut_off(now)
         self.record("leader_lost", f"generation {self.generation} trains on; re-joining")
         return []
 
+    def tick(self, now: float) -> list[Effect]:
+        effects = super().tick(now)
+        if self.leader_away and not self.over and self._cut_off(now):
+            effects += self._stop_cut_off(now)
+        return effects
+
+    def _cut_off(self, now: float) -> bool:
+        """The leader is away and no local rank stepped for stall_timeout_s (or two of its
+        steps): a partition, whose collectives across the cut hang, not a restarting leader
+        sidecar, whose pods train on."""
+        if not self.started or self.leader_away_since is None:
+            return False
+        slots = self.ranks.values()
+        stepped = [s.last_heartbeat for s in slots if s.last_heartbeat is not None]
+        last = max(stepped) if stepped else self.leader_away_since
+        patience = max(self.stall_timeout_s, 2 * max((s.step_time_s for s in slots), default=0))
+        return now - last >= patience
+
+    def _stop_cut_off(self, now: float) -> list[Effect]:
+        """Unwind while the partition lasts: severed now, the generation's sockets still
+        live and their shutdown breaks the hung collectives. Once the link is back, the far
+        pod's closes reach gloo first and can leave a rank's send waiting for its timeout
+        (30 min): the rank could not unwind and would get a fresh process."""
+        stalled = f"no step for {self.stall_timeout_s:g}s with the leader away"
+        self.record("leader_lost", f"generation {self.generation} stopped ({stalled}); "
+                    "ranks wait in place")  # fmt: skip
+        return self._unwind_all(self.generation, now, f"cut off from the leader: {stalled}")
+
     def rejoined(self) -> list[Effect]:
         """A new leader knows nothing of our reports: give them again."""
-        self.leader_away = False
+        self.leader_away, self.leader_away_since = False, None
         self.ready_reported = self.finished_reported = -1
         return self._maybe_start() + self._maybe_finish()
 

@@ -61,6 +61,9 @@ NOTABLE_EVENTS = frozenset(
 class SupervisorSettings:
     crash_loop_threshold: int = 3
     unwind_timeout_s: float = 10.0
+    # Multi-pod: the leader loses a pod silent this long; a follower whose ranks stopped
+    # stepping this long with the leader away counts itself cut off (pod_job.py).
+    heartbeat_timeout_s: float = 10.0
     # How long a rank's exception waits for news of a peer's death before it
     # is judged to be the failure itself.
     failure_settle_s: float = 1.0
@@ -302,6 +305,7 @@ class Supervisor:
                 allocate_port=free_port,
                 timings=timings,
                 failure_memory=memory,
+                stall_timeout_s=self.settings.heartbeat_timeout_s,
             )
             if not request.reattach:  # else once the job is rebuilt (_resumed)
                 self.coordination.launcher_attached(request.spec)

@@ -153,6 +153,40 @@ def test_a_follower_trains_on_while_the_leader_is_away_until_a_collective_breaks
     assert sim.job.commits_wait()
 
 
+def test_a_follower_cut_off_stops_its_generation_once_its_ranks_stop_stepping() -> None:
+    """A partition: the collectives across the cut hang. Unwound while it lasts, the ranks'
+    sockets still live, so the abort breaks them (tests/e2e/test_partition.py)."""
+    sim = coordinated()
+    sim.play(sim.job.attach_launcher())
+    start = pb.StartGenerationMsg(generation=0, master_addr="a", master_port=1, restore_step=-1)
+    sim.play(sim.job.start_generation(start))
+    sim.step_all(3)  # at 100 s
+    pids = {slot.pid for slot in sim.job.ranks.values()}
+    assert sim.job.leader_lost(101.0) == [] and sim.job.started, "a sidecar restart: trains on"
+    assert not aborts(sim.job.tick(109.9)) and sim.job.started
+    assert set(aborts(sim.job.tick(110.0))) == pids and not sim.job.started
+
+
+def test_a_follower_whose_ranks_step_rides_through_a_long_leader_absence() -> None:
+    sim = coordinated()
+    sim.play(sim.job.attach_launcher())
+    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.step_all(3)
+    sim.job.leader_lost(101.0)
+    for step in range(4, 40):  # one step a second, 36 s without a leader
+        sim.now = 100.0 + step
+        sim.step_all(step)
+        assert not aborts(sim.job.tick(sim.now + 0.5)) and sim.job.started
+
+
+def test_a_follower_that_finds_its_leader_gone_after_its_ranks_stalled_stops_at_once() -> None:
+    sim = coordinated()
+    sim.play(sim.job.attach_launcher())
+    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.step_all(3)
+    assert set(aborts(sim.job.leader_lost(111.0))) == {s.pid for s in sim.job.ranks.values()}
+
+
 def test_a_rebuilt_pod_says_its_ranks_run() -> None:
     sim = coordinated()
     sim.play(sim.job.attach_launcher())
