@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from supervisor.kube.notes import EventNote
+from supervisor.token_bucket import TokenBucket
 
 MAX_KEYS = 4096  # client-go's LRU size: keys past it are forgotten (a repeat is created anew)
 
@@ -49,24 +50,6 @@ Verdict = Union[CreateEvent, PatchEvent, Dropped]
 
 
 @dataclass
-class TokenBucket:
-    burst: int
-    refill_s: float
-    tokens: float = -1.0  # -1: full at the first take
-    at: float = 0.0
-
-    def take(self, now: float) -> bool:
-        if self.tokens < 0:
-            self.tokens, self.at = float(self.burst), now
-        self.tokens = min(float(self.burst), self.tokens + max(0.0, now - self.at) / self.refill_s)
-        self.at = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
-@dataclass
 class _Seen:
     name: str
     count: int
@@ -82,7 +65,7 @@ class EventCorrelator:
     seen: collections.OrderedDict[EventNote, _Seen] = field(default_factory=collections.OrderedDict)
 
     def observe(self, note: EventNote, now: float) -> Verdict:
-        if not self.bucket.take(now):
+        if not self.bucket.admit(now)[0]:
             return Dropped(note)
         known = self.seen.get(note)
         if known is None:

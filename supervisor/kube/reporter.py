@@ -27,11 +27,11 @@ from supervisor.kube.correlator import (
     Dropped,
     EventCorrelator,
     PatchEvent,
-    TokenBucket,
 )
 from supervisor.kube.notes import NodeFault, failure_of, node_fault_of, notes_for
 from supervisor.kube.outcomes import OK, outcome_of_status
 from supervisor.kube.settings import KubeConfig
+from supervisor.token_bucket import TokenBucket
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 log = logging.getLogger("train_supervisor")
@@ -65,7 +65,7 @@ class KubeReporter:
         self.config, self.pod, self.api, self.clock = config, config.pod, api, clock
         self.timeout_s = config.api.timeout_s
         self.correlator = EventCorrelator(
-            config.pod.name, TokenBucket(config.burst, config.refill_s)
+            config.pod.name, TokenBucket(rate=1.0 / config.refill_s, burst=config.burst)
         )
         self.queue: queue.Queue[Optional[Work]] = queue.Queue(maxsize=config.queue_size)
         self._lock = threading.Lock()

@@ -14,10 +14,10 @@ from supervisor.kube.correlator import (
     Dropped,
     EventCorrelator,
     PatchEvent,
-    TokenBucket,
 )
 from supervisor.kube.notes import NORMAL, WARNING, EventNote, failure_of, node_fault_of, notes_for
 from supervisor.kube.settings import parse_kube
+from supervisor.token_bucket import TokenBucket
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 POD_ENV = {"POD_NAME": "job-0-abc", "POD_NAMESPACE": "train", "POD_UID": "uid-1"}
@@ -109,7 +109,7 @@ def test_only_a_hardware_verdict_that_replaces_the_pod_blames_the_node() -> None
 
 
 def correlator(burst: int = 25, refill_s: float = 300.0) -> EventCorrelator:
-    return EventCorrelator("job-0-abc", TokenBucket(burst, refill_s))
+    return EventCorrelator("job-0-abc", TokenBucket(rate=1.0 / refill_s, burst=burst))
 
 
 def test_a_repeat_patches_the_count_of_the_first_event() -> None:
