@@ -3,7 +3,7 @@
 Each training stack of the framework matrix (tests/frameworks/scripts/: the
 Lightning Trainer, the HF Trainer, a bare Accelerate loop, FSDP2 + DCP, DDP +
 torch.compile, megatron-core, DeepSpeed ZeRO-1; 2 ranks, CPU, gloo, no line
-for train-launch) runs under both launchers with rank 1 SIGKILLed at step 30
+for train-launch) runs under both launchers with rank 1 SIGKILLed at step 35
 of 200. Measured from the scripts' own logs: time from the kill until every
 rank has logged a step again. Also: restarts used beyond the one fault, whether
 the survivor kept its PID (or was given a fresh process by the fallback), and
@@ -73,7 +73,7 @@ def survivor(r: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
-        f"Recovery per framework: rank 1 SIGKILLed at step 30 of {STEPS} (2 ranks, CPU + gloo, "
+        f"Recovery per framework: rank 1 SIGKILLed at step 35 of {STEPS} (2 ranks, CPU + gloo, "
         f"{report['machine']}, median of {cfg['repeat']}), kill → every rank logged a step "
         f"again, measured {report['date']}. Goal: ≤ {GOAL}× torchrun, 0 restarts beyond the "
         "fault.",

@@ -56,11 +56,12 @@ class Fault:
     at_step: int
 
 
+# Every fault falls between checkpoints (every 10 steps): a rank killed or stopped while it
+# writes its part leaves a partial checkpoint (DeepSpeed's `latest` already names it) that the
+# script would resume from under any launcher.
 SCENARIOS = {
-    "kill": (Fault(signal.SIGKILL, 1, 30),),
-    "hang": (Fault(signal.SIGSTOP, 1, 30),),
-    # Between checkpoints (every 10 steps): a kill of the rank that writes them while it
-    # writes leaves a partial checkpoint the script would resume from, under any launcher.
+    "kill": (Fault(signal.SIGKILL, 1, 35),),
+    "hang": (Fault(signal.SIGSTOP, 1, 35),),
     "three_kills": (
         Fault(signal.SIGKILL, 1, 35),
         Fault(signal.SIGKILL, 0, 85),
