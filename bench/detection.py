@@ -52,7 +52,7 @@ from jobs import (
 from pods import Pods
 from results_doc import publish
 
-from supervisor.ports import free_port
+from supervisor.workers.ports import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "detection"

@@ -34,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "unit")]
 from snapshot_service import rank0_env, serve_snapshots  # noqa: E402
 from snapshot_stall_worker import Trainer  # noqa: E402
 
-from launcher.snapshot import Snapshots  # noqa: E402
+from launcher.worker.snapshot import Snapshots  # noqa: E402
 
 GB = 1e9
 

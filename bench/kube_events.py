@@ -37,7 +37,7 @@ from jobs import TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_even
 from kube_api import FakeKubeApi  # noqa: E402
 from results_doc import publish  # noqa: E402
 
-from supervisor.ports import free_port  # noqa: E402
+from supervisor.workers.ports import free_port  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKEN = "kube-events-bench-token-0123456789"
@@ -77,7 +77,7 @@ def trial(work: Path) -> dict[str, float]:
     sidecar = RunningJob([sys.executable, "-m", "supervisor.cli", "serve"], env)
     events = work / "events"
     argv = [
-        sys.executable, "-m", "launcher.main", "--supervisor-address", f"127.0.0.1:{port}",
+        sys.executable, "-m", "launcher.launch.main", "--supervisor-address", f"127.0.0.1:{port}",
         "--nproc-per-node", "2", "--max-restarts", "2", str(TOY_DDP),
         "--steps", "25", "--step-sleep", "0.05", "--events", str(events),
     ]  # fmt: skip

@@ -28,12 +28,11 @@ import torch
 from results_doc import publish
 from snapshot_stall import busy_cpu_s, machine
 
-from launcher.snapshot_payload import write_state
-from supervisor.durable import DurableStore
-from supervisor.offload import REPLICAS, STAGED, Offloader
-from supervisor.offload_config import OffloadConfig, parse_offload
-from supervisor.offload_rounds import OffloadRound
-from supervisor.offload_types import RoundResult
+from launcher.worker.snapshot_payload import write_state
+from supervisor.settings.snapshots import OffloadConfig, parse_offload
+from supervisor.snapshots.durable import DurableStore
+from supervisor.snapshots.offload import REPLICAS, STAGED, Offloader, RoundResult
+from supervisor.snapshots.rounds import OffloadRound
 from train_supervisor.arena import RankArena
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -57,9 +56,9 @@ ROWS = {  # measured key -> table label
 SERVER = """
 import asyncio, os, sys
 from pathlib import Path
-from supervisor.replica import ReplicaServicer
-from supervisor.server import start_server
-from supervisor.service import Supervisor, SupervisorSettings
+from supervisor.snapshots.replica import ReplicaServicer
+from supervisor.rpc.server import start_server
+from supervisor.rpc.service import Supervisor, SupervisorSettings
 
 async def main():
     job = (sys.argv[1], Path(sys.argv[2]))

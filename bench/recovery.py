@@ -43,7 +43,7 @@ from jobs import (
 )
 from results_doc import quote_in_doc, write_results
 
-from launcher.processes import GLIBC_TUNABLES_ENV, REUSE_FREED_TUNABLES
+from launcher.launch.processes import GLIBC_TUNABLES_ENV, REUSE_FREED_TUNABLES
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 

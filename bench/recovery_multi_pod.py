@@ -54,7 +54,7 @@ from recovery import (
 from recovery_snapshots import snapshot_targets
 from results_doc import publish
 
-from supervisor.ports import free_port
+from supervisor.workers.ports import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "recovery_multi_pod"

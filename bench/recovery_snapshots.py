@@ -2,7 +2,7 @@
 
 The workload of bench/recovery.py (4 ranks, ~200 MB of model + Adam state per
 rank, SIGKILL of rank 2 at step 15), except that under train-launch the script
-also saves every step with the worker API (launcher/snapshot.py) and restores
+also saves every step with the worker API (launcher/worker/snapshot.py) and restores
 from shared memory before it looks at its disk checkpoint. torchrun has no
 such thing: it reloads the newest disk checkpoint (every 10 steps), run with
 TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, without which torch 2.13 + gloo does not

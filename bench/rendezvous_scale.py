@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_doc import quote_in_doc, write_results
 
-from supervisor.leader_types import LeaderTimings
-from supervisor.peers import LeaderHub, PeerServicer
-from supervisor.server import start_server
-from supervisor.service import Supervisor, SupervisorSettings
+from supervisor.rpc.peers import LeaderHub, PeerServicer
+from supervisor.rpc.server import start_server
+from supervisor.rpc.service import Supervisor, SupervisorSettings
+from supervisor.rules.leader import LeaderTimings
 from train_supervisor.credentials import TOKEN_METADATA_KEY, bearer
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc

@@ -35,7 +35,7 @@ from jobs import TOY_DDP, RunningJob, job_env, max_step, read_events, torchrun
 from recovery import TORCHRUN_ENV, TORCHRUN_NOTE
 from results_doc import publish
 
-from supervisor.ports import free_port
+from supervisor.workers.ports import free_port
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -57,7 +57,7 @@ def start_sidecar(port: int) -> RunningJob:
 
 
 def start_launcher(port: int, shm: Path, args: argparse.Namespace, events: Path) -> RunningJob:
-    argv = [sys.executable, "-m", "launcher.main", "--nproc-per-node", str(NPROC),
+    argv = [sys.executable, "-m", "launcher.launch.main", "--nproc-per-node", str(NPROC),
             "--supervisor-address", f"127.0.0.1:{port}", str(TOY_DDP),
             *script_args(args, events)]  # fmt: skip
     env = job_env(SUPERVISOR_TOKEN=TOKEN, TRAIN_SUPERVISOR_SNAPSHOT_DIR=str(shm))

@@ -3,7 +3,7 @@
 One train-launch job (--standalone, 1 rank, no spare) runs bench/snapshot_stall_worker.py on a
 model of nn.Linear layers whose params + Adam state make --size-gb (fp32, CPU). In that one
 process it measures: the memcpy floor (copy_ of every state tensor into preallocated /dev/shm
-memory), torch.save of the same state dict to local disk, how long launcher/snapshot.py's
+memory), torch.save of the same state dict to local disk, how long launcher/worker/snapshot.py's
 save() blocks the loop with and without compute to hide the copy, the step time of a loop that
 saves every step against one that does not, and the arena's memory.
 
@@ -56,7 +56,7 @@ def run_worker(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     result = work / "result.json"
     argv = [
-        *(sys.executable, "-m", "launcher.main", "--standalone", "--nproc-per-node", "1"),
+        *(sys.executable, "-m", "launcher.launch.main", "--standalone", "--nproc-per-node", "1"),
         *("--warm-spares", "0", "--supervisor-port", "0", str(WORKER)),
         *("--size-gb", str(args.size_gb), "--hidden", str(args.hidden), "--batch", str(args.batch)),
         *("--repeats", str(args.repeats), "--steps", str(args.steps)),

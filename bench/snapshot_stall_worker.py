@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from launcher.snapshot import Snapshots
+from launcher.worker.snapshot import Snapshots
 
 GB = 1e9
 ALIGN = 64  # the arena's per-tensor alignment, so the floor copies the same layout

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from jobs import job_env, max_step, read_events, train_launch
 from results_doc import quote_in_doc, write_results
 
-from supervisor.ports import free_port
+from supervisor.workers.ports import free_port
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 

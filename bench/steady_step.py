@@ -34,7 +34,7 @@ from jobs import RunningJob, job_env
 from recovery import TORCHRUN_ENV
 from results_doc import publish
 
-from launcher.processes import ENV_RANK
+from launcher.launch.processes import ENV_RANK
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "steady_step_worker.py"
@@ -49,10 +49,10 @@ NPROC = 2
 # (name, argv before the script); train-launch with its defaults (one warm spare included).
 LAUNCHERS: tuple[tuple[str, list[str]], ...] = (
     ("torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone"]),
-    ("train-launch", [sys.executable, "-m", "launcher.main", "--standalone"]),
+    ("train-launch", [sys.executable, "-m", "launcher.launch.main", "--standalone"]),
     (
         "train-launch --time-forward on",
-        [sys.executable, "-m", "launcher.main", "--standalone", "--time-forward", "on"],
+        [sys.executable, "-m", "launcher.launch.main", "--standalone", "--time-forward", "on"],
     ),
 )
 MODELS = ("eager", "compiled")
@@ -109,7 +109,7 @@ def run_once(
     idle (a warm spare has imported what it needs) and the worker's warm-up is over."""
     with tempfile.TemporaryDirectory(prefix="ts-steady-") as work:
         out, go = Path(work) / "steps.json", Path(work) / "go"
-        extra = ["--supervisor-port", "0"] if "launcher.main" in launcher else []
+        extra = ["--supervisor-port", "0"] if "launcher.launch.main" in launcher else []
         argv = [*launcher, *extra, "--nproc-per-node", str(NPROC), str(WORKER), model, str(out)]
         argv += ["--warmup", str(args.warmup), "--warmup-s", str(args.warmup_s)]
         argv += ["--go-file", str(go), "--steps", str(args.steps)]

@@ -15,7 +15,18 @@ from typing import NoReturn, Optional
 import grpc
 from google.protobuf import json_format
 
-from supervisor.config import (
+from supervisor.detect.gpu_probe import default_probes, report_to_dict
+from supervisor.events_cli import add_events_command, run_events
+from supervisor.outputs.kube.reporter import KUBE_FLUSH_S, KubeReporter, reporter_for
+from supervisor.outputs.logs import use_log_format
+from supervisor.outputs.metrics import MetricsPortError, start_metrics
+from supervisor.rpc.follower import FollowerLink
+from supervisor.rpc.peers import LeaderHub, PeerServicer
+from supervisor.rpc.server import start_server
+from supervisor.rpc.service import Supervisor, SupervisorSettings
+from supervisor.rules.leader import LeaderTimings
+from supervisor.settings.env_values import ConfigError
+from supervisor.settings.serve import (
     SidecarConfig,
     join_host_port,
     parse_config,
@@ -23,20 +34,9 @@ from supervisor.config import (
     split_host_port,
     unknown_variables,
 )
-from supervisor.env_values import ConfigError
-from supervisor.events_cli import add_events_command, run_events
-from supervisor.follower import FollowerLink
-from supervisor.gpu_probe import default_probes, report_to_dict
-from supervisor.kube.reporter import KUBE_FLUSH_S, KubeReporter, reporter_for
-from supervisor.leader_types import LeaderTimings
-from supervisor.logs import use_log_format
-from supervisor.metrics import MetricsPortError, start_metrics
-from supervisor.offload_driver import ReplicaTarget
-from supervisor.peers import LeaderHub, PeerServicer
-from supervisor.replica import ReplicaServicer
-from supervisor.server import start_server
-from supervisor.service import Supervisor, SupervisorSettings
-from supervisor.sidecar_variables import DEFAULT_PORT, VARIABLES
+from supervisor.settings.variables import DEFAULT_PORT, VARIABLES
+from supervisor.snapshots.offload_runner import ReplicaTarget
+from supervisor.snapshots.replica import ReplicaServicer
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.termination import record_ending

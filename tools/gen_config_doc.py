@@ -1,7 +1,7 @@
 """Write docs/configuration.md from the configuration's definitions in the code.
 
-Every variable comes from its definition (supervisor/config.py VARIABLES,
-supervisor/*_config.py, launcher/variables.py), every flag from the parsers
+Every variable comes from its definition (supervisor/settings/serve.py VARIABLES,
+supervisor/*_config.py, launcher/launch/variables.py), every flag from the parsers
 themselves (argparse introspection), so the reference cannot drift; the unit
 test tests/unit/test_config_doc.py fails when the file is stale.
 Run:  python tools/gen_config_doc.py            (rewrites the file)
@@ -19,20 +19,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # After the path: the package is imported from this checkout.
-from launcher.args import UNSUPPORTED_TORCHRUN_FLAGS  # noqa: E402
-from launcher.args import build_parser as launch_parser  # noqa: E402
-from launcher.variables import (  # noqa: E402
+from launcher.launch.args import UNSUPPORTED_TORCHRUN_FLAGS  # noqa: E402
+from launcher.launch.args import build_parser as launch_parser  # noqa: E402
+from launcher.launch.variables import (  # noqa: E402
     BOOTSTRAP_VARIABLES,
     LAUNCHER_VARIABLES,
     SCRIPT_VARIABLES,
 )
 from supervisor.cli import build_parser as supervisor_parser  # noqa: E402
-from supervisor.detect_config import DETECT_VARIABLES  # noqa: E402
-from supervisor.env_values import Variable  # noqa: E402
-from supervisor.kube.settings import KUBE_VARIABLES, POD_VARIABLES  # noqa: E402
-from supervisor.offload_config import OFFLOAD_VARIABLES  # noqa: E402
-from supervisor.outputs_config import OUTPUTS_VARIABLES  # noqa: E402
-from supervisor.sidecar_variables import FOREIGN_VARIABLES, VARIABLES  # noqa: E402
+from supervisor.outputs.kube.settings import KUBE_VARIABLES, POD_VARIABLES  # noqa: E402
+from supervisor.settings.detection import DETECT_VARIABLES  # noqa: E402
+from supervisor.settings.env_values import Variable  # noqa: E402
+from supervisor.settings.outputs import OUTPUTS_VARIABLES  # noqa: E402
+from supervisor.settings.snapshots import OFFLOAD_VARIABLES  # noqa: E402
+from supervisor.settings.variables import FOREIGN_VARIABLES, VARIABLES  # noqa: E402
 
 DOC = REPO / "docs" / "configuration.md"
 PROBE = "__probe__"  # a PET_* value no default equals

@@ -26,14 +26,42 @@ import errno
 import fcntl
 import mmap
 import os
+import re
+import shutil
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import crc32c
+
+_SLOT_FILE = re.compile(r"rank-(\d+)\.slot[01]")
+
+
+def ranks_in(directory: Path) -> list[int]:
+    """The ranks that have slot files in `directory` (none when it does not exist)."""
+    found = (_SLOT_FILE.fullmatch(p.name) for p in directory.glob("rank-*.slot*"))
+    return sorted({int(m.group(1)) for m in found if m})
+
+
+SNAPSHOT_DIR_ENV = "TRAIN_SUPERVISOR_SNAPSHOT_DIR"
+
+
+def snapshot_directory(run_id: str, env: Mapping[str, str]) -> Path:
+    """The pod's directory for a job's arenas: shared by its sidecar, launcher and workers."""
+    if env.get(SNAPSHOT_DIR_ENV):
+        return Path(env[SNAPSHOT_DIR_ENV])
+    return Path("/dev/shm/train-supervisor") / run_id
+
+
+def remove_arena(directory: Path) -> None:
+    """Delete a job's arena directory (on job end). Processes still mapping it keep their pages
+    until they unmap; tmpfs frees them then."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(directory)
+
 
 MAGIC = b"TSSNAP01"
 FORMAT_VERSION = 2  # 2: the data checksum is CRC-32C (Castagnoli), was zlib's CRC-32

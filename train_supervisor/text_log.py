@@ -4,7 +4,7 @@
 
 Shared by the launcher (inside training images) and the sidecar, so it lives here, with no
 dependency beyond the standard library. SUPERVISOR_LOG_FORMAT=json replaces these lines with
-supervisor/logs.py's JSON objects, which carry the same time.
+supervisor/outputs/logs.py's JSON objects, which carry the same time.
 """
 
 from __future__ import annotations

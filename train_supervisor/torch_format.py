@@ -1,6 +1,6 @@
 """Snapshot images as torch.save files, written and read without torch (the sidecar has none).
 
-A rank's manifest (launcher/snapshot.py writes it into its arena slot), little endian:
+A rank's manifest (launcher/worker/snapshot.py writes it into its arena slot), little endian:
   magic b"TSTENSOR" | version u16 | tensor count u32 | data.pkl length u64
   | per tensor: dtype name length u8, dtype name (ascii, e.g. "bfloat16"), ndim u8,
     shape ndim x u64, offset in the payload u64, nbytes u64

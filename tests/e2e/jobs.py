@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import psutil
 
-from supervisor.stacks import PySpy
+from supervisor.detect.stacks import PySpy
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_DDP = REPO / "tests" / "workloads" / "toy_ddp.py"
@@ -144,7 +144,7 @@ def train_launch(
     prefix: Sequence[str] = (),
 ) -> RunningJob:
     """`train-launch ARGS SCRIPT SCRIPT_ARGS`; `prefix` runs it under another command."""
-    argv = [sys.executable, "-m", "launcher.main", "--supervisor-port", "0", *args]
+    argv = [sys.executable, "-m", "launcher.launch.main", "--supervisor-port", "0", *args]
     return RunningJob([*prefix, *argv, str(script), *script_args], env)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from jobs import REPO, TOY_DDP, RunningJob, job_env
 from netns import Host
 
-from supervisor.ports import free_port
+from supervisor.workers.ports import free_port
 
 TOKEN = "multi-pod-test-token-0123456789"
 
@@ -93,7 +93,7 @@ class Pods:
 
     def start_launcher(self, node: int) -> RunningJob:
         argv = [
-            sys.executable, "-m", "launcher.main", "--nnodes", str(len(self.ports)),
+            sys.executable, "-m", "launcher.launch.main", "--nnodes", str(len(self.ports)),
             "--node-rank", str(node), "--nproc-per-node", str(self.nproc), "--max-restarts", "3",
             "--warm-spares", str(self.warm_spares),
             "--supervisor-address", f"127.0.0.1:{self.ports[node]}",

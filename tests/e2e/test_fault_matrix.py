@@ -27,7 +27,7 @@ from jobs import max_step, pids_by_rank, read_events, wait_until
 from mounts import tmpfs
 from pods import TOKEN, Pods
 
-from supervisor.durable import DurableStore
+from supervisor.snapshots.durable import DurableStore
 from train_supervisor import exit_codes
 from train_supervisor.arena import HEADER_SIZE
 from train_supervisor.credentials import TOKEN_METADATA_KEY, bearer

@@ -1,4 +1,5 @@
-"""Snapshots from inside the frameworks' own checkpoint calls (launcher/integrations/), end to end:
+"""Snapshots from inside the frameworks' own checkpoint calls (launcher/worker/integrations/), end
+to end:
 a real train-launch job of 2 CPU ranks (gloo) with the real framework, rank 1 SIGKILLs itself
 right after a step; every rank goes on from the job's committed step, losing at most that one
 step, holding bitwise the state it had at that step before the kill."""

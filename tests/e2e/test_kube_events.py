@@ -20,7 +20,7 @@ from jobs import REPO, TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, rea
 from kube_api import FakeKubeApi
 from pods import Pods
 
-from supervisor.ports import free_port
+from supervisor.workers.ports import free_port
 from train_supervisor import exit_codes
 
 TOKEN = "kube-events-test-token-0123456789"
@@ -51,7 +51,7 @@ def kube_env(api: FakeKubeApi, tmp_path: Path, port: int) -> dict[str, str]:
 
 def launch(port: int, events: Path, tmp_path: Path) -> RunningJob:
     argv = [
-        sys.executable, "-m", "launcher.main",
+        sys.executable, "-m", "launcher.launch.main",
         "--supervisor-address", f"127.0.0.1:{port}",
         "--nproc-per-node", "2", "--max-restarts", "2",
         str(TOY_DDP),

@@ -31,7 +31,7 @@ from train_supervisor import exit_codes
 
 # Differ by design: ports and run ids are fresh per run; the error file lives
 # in our own per-generation directory; workers host their own store; the
-# snapshot API (launcher/snapshot.py) finds the supervisor from three more.
+# snapshot API (launcher/worker/snapshot.py) finds the supervisor from three more.
 EXPECTED_DIFFERENCES = {
     "MASTER_PORT",
     "TORCHELASTIC_RUN_ID",
@@ -93,7 +93,7 @@ def test_bad_input_gets_one_clear_error_and_starts_nothing(case: str, tmp_path: 
     flags, expected = BAD_INPUTS[case]
     argv = [a.format(script=script, missing=tmp_path / "nope.py", shell=shell) for a in flags]
     done = subprocess.run(
-        [sys.executable, "-m", "launcher.main", "--standalone", *argv],
+        [sys.executable, "-m", "launcher.launch.main", "--standalone", *argv],
         cwd=REPO,
         env=job_env(),
         capture_output=True,
@@ -219,7 +219,7 @@ def test_a_foreign_supervisor_package_is_named_in_one_line(tmp_path: Path) -> No
     script.write_text("pass\n")
     env = job_env(PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(REPO)]))
     done = subprocess.run(
-        [sys.executable, "-m", "launcher.main", "--standalone", str(script)],
+        [sys.executable, "-m", "launcher.launch.main", "--standalone", str(script)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -307,7 +307,9 @@ def test_standalone_next_to_a_held_29400_logs_timed_lines_and_no_invented_kill_s
             "2",
         ]
         script = ["--steps", "8", "--kill-self-rank", "1", "--kill-self-at-step", "3"]
-        job = RunningJob([sys.executable, "-m", "launcher.main", *launch, str(TOY_DDP), *script])
+        job = RunningJob(
+            [sys.executable, "-m", "launcher.launch.main", *launch, str(TOY_DDP), *script]
+        )
         assert job.wait(180) == exit_codes.SUCCEEDED, job.stderr
     assert not job.supervisor_address().endswith(f":{TORCHRUN_C10D_PORT}")
     ours = [line for line in job.stderr_lines if "[train-launch]" in line]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from jobs import REPO, TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_events
 
-from supervisor.ports import free_port
+from supervisor.workers.ports import free_port
 from train_supervisor import exit_codes
 
 TOKEN = "sidecar-test-token-0123456789"
@@ -31,7 +31,7 @@ def launch(port: int, script_args: list[str], *flags: str) -> RunningJob:
     argv = [
         sys.executable,
         "-m",
-        "launcher.main",
+        "launcher.launch.main",
         "--supervisor-address",
         f"127.0.0.1:{port}",
         "--nproc-per-node",
@@ -55,7 +55,7 @@ def test_no_sidecar_is_one_clear_error(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "launcher.main",
+            "launcher.launch.main",
             "--supervisor-address",
             f"127.0.0.1:{port}",
             "--supervisor-wait",

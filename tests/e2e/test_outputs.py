@@ -18,7 +18,7 @@ import pytest
 from jobs import REPO, TOY_DDP, RunningJob, job_env, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.ports import free_port
+from supervisor.workers.ports import free_port
 
 TOKEN = "outputs-test-token-0123456789"
 EVENT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z pod 0 #(\d+) (\w+): (.*)$")
@@ -72,7 +72,7 @@ def test_events_metrics_and_json_logs_of_a_job_with_a_killed_rank(tmp_path: Path
             [
                 sys.executable,
                 "-m",
-                "launcher.main",
+                "launcher.launch.main",
                 "--supervisor-address",
                 f"127.0.0.1:{port}",
                 "--nproc-per-node",

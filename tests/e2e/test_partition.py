@@ -17,7 +17,7 @@ from pods import Pods
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(netns.unavailable()), reason="no netns")]
 
 HEARTBEAT_TIMEOUT_S = 3.0
-LEADER_TICK_S = 0.2  # supervisor/peers.py TICK_S: how often the leader looks for silent pods
+LEADER_TICK_S = 0.2  # supervisor/rpc/peers.py TICK_S: how often the leader looks for silent pods
 
 
 def loss_reported(status: dict[str, Any]) -> list[dict[str, Any]]:

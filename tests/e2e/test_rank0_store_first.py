@@ -1,4 +1,5 @@
-"""Ranks other than 0 enter the script once rank 0's TCPStore listens (launcher/store_wait.py).
+"""Ranks other than 0 enter the script once rank 0's TCPStore listens
+(launcher/worker/store_wait.py).
 
 Else torch's TCPStore client, refused, backs off for up to a second: after a
 failure every rank re-enters at once, and that backoff was most of the

@@ -1,6 +1,6 @@
 """A bare Accelerate loop under train-launch: one rank SIGKILLed, the survivor re-enters.
 
-Before the library resets (launcher/library_resets.py) Accelerate's state singletons made
+Before the library resets (launcher/worker/library_resets.py) Accelerate's state singletons made
 the survivor's re-entry fail and the job spend its only restart on it.
 """
 

@@ -22,7 +22,7 @@ import pytest
 from jobs import REPO, TOY_DDP, RunningJob, job_env, max_step, pids_by_rank, read_events, wait_until
 from pods import TOKEN, Pods
 
-from supervisor.ports import free_port
+from supervisor.workers.ports import free_port
 from train_supervisor import exit_codes
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ class Pod:
 
     def start_launcher(self) -> RunningJob:
         argv = [
-            sys.executable, "-m", "launcher.main", "--nproc-per-node", "2",
+            sys.executable, "-m", "launcher.launch.main", "--nproc-per-node", "2",
             "--warm-spares", "1", "--max-restarts", "3",
             "--supervisor-address", f"127.0.0.1:{self.port}", *self.flags,
             str(TOY_DDP), *SCRIPT, "--events", str(self.events),
@@ -93,7 +93,7 @@ def status(port: int) -> dict[str, Any]:
 def reference_states(tmp_path: Path, shm: Path, nproc: int) -> dict[tuple[int, int], str]:
     """Each (rank, step)'s state hash in an uninterrupted run of the same job."""
     events = tmp_path / "reference"
-    argv = [sys.executable, "-m", "launcher.main", "--standalone", "--nproc-per-node",
+    argv = [sys.executable, "-m", "launcher.launch.main", "--standalone", "--nproc-per-node",
             str(nproc), str(TOY_DDP), *SCRIPT, "--events", str(events)]  # fmt: skip
     job = RunningJob(argv, job_env(TRAIN_SUPERVISOR_SNAPSHOT_DIR=str(shm / "reference")))
     assert job.wait(240) == 0, job.stderr

@@ -165,7 +165,15 @@ def test_the_readme_example_runs(tmp_path: Path, shm_dir: Path) -> None:
     script.write_text(example.group(1))
     flags = ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", "1"]
     job = RunningJob(
-        [sys.executable, "-m", "launcher.main", "--supervisor-port", "0", *flags, str(script)],
+        [
+            sys.executable,
+            "-m",
+            "launcher.launch.main",
+            "--supervisor-port",
+            "0",
+            *flags,
+            str(script),
+        ],
         job_env(TRAIN_SUPERVISOR_SNAPSHOT_DIR=str(shm_dir)),
     )
     assert job.wait(180) == 0, job.stderr

@@ -15,7 +15,7 @@ from jobs import read_events, wait_until
 from mounts import remount, tmpfs
 from pods import Pods
 
-from supervisor.durable import DurableStore
+from supervisor.snapshots.durable import DurableStore
 from train_supervisor import exit_codes
 
 pytestmark = pytest.mark.slow

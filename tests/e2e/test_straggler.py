@@ -1,6 +1,6 @@
 """Three pods, one rank each; pod 2's rank gets its data late (2x its own work per step).
 
-The leader compares the pods' samples (supervisor/anomaly.py) and reports pod 2
+The leader compares the pods' samples (supervisor/rules/anomaly.py) and reports pod 2
 as a straggler with the metric that drove it; past the replace policy it asks
 pod 2 to leave, and pod 2's launcher exits with the replace-this-pod code.
 """

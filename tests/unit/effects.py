@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from supervisor.job import JobState
-from supervisor.job_types import Effect, ToLauncher, ToWorker
+from supervisor.rules.job import Effect, JobState, ToLauncher, ToWorker
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 ERROR_DIR = "/tmp/train-launch-errors"
@@ -22,7 +21,8 @@ def make_spec(
     node_rank: int = 0,
     reentry: pb.ReentryMode = pb.ReentryMode.REENTRY_AUTO,
 ) -> pb.WorkerSpec:
-    """What launcher/main.py:worker_spec sends for `--nnodes N --node-rank I --rdzv-id job1`."""
+    """What launcher/launch/main.py:worker_spec sends for `--nnodes N --node-rank I --rdzv-id
+    job1`."""
     return pb.WorkerSpec(
         run_id="job1",
         role="default",
@@ -79,7 +79,7 @@ def play_pod(
     """Play the launcher's and bootstrap's side until nothing is pending.
 
     Every SpawnWorker becomes a process: the launcher reports a rank's process
-    started (as launcher/main.py does), then (bootstrapped) the process
+    started (as launcher/launch/main.py does), then (bootstrapped) the process
     attaches. Every AbortGeneration is answered with OUTCOME_UNWOUND. Returns
     the input effects and everything that followed.
     """

@@ -1,4 +1,4 @@
-"""A SnapshotService on loopback for tests of the worker API (launcher/snapshot.py): it
+"""A SnapshotService on loopback for tests of the worker API (launcher/worker/snapshot.py): it
 records each ReportSaved and answers it as a one-rank job would (the step is committed), except
 that it can hold the answers of one generation, as the real one holds them until a commit."""
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 
-from launcher.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV
-from supervisor.ports import free_port
-from train_supervisor.arena_paths import SNAPSHOT_DIR_ENV
+from launcher.launch.processes import SCRIPT_ADDRESS_ENV, SCRIPT_GENERATION_ENV
+from supervisor.workers.ports import free_port
+from train_supervisor.arena import SNAPSHOT_DIR_ENV
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from supervisor.anomaly import (
+from supervisor.rules.anomaly import (
     OUTLIER,
     STRAGGLER,
     Z_CAP,

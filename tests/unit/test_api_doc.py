@@ -25,8 +25,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from supervisor.server import EmbeddedSupervisor
-from supervisor.service import SupervisorSettings
+from supervisor.rpc.server import EmbeddedSupervisor
+from supervisor.rpc.service import SupervisorSettings
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -197,5 +197,5 @@ def test_each_grpcurl_command_works(
 def test_a_token_is_what_lets_a_remote_caller_in() -> None:
     remote = [c for c in COMMANDS if c.headers]
     assert remote and all(c.headers == [("authorization", "Bearer $TOKEN")] for c in remote), (
-        "the documented header is the one supervisor/auth.py checks"
+        "the documented header is the one supervisor/rpc/auth.py checks"
     )

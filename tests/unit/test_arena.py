@@ -20,8 +20,8 @@ from train_supervisor.arena import (
     CorruptSnapshot,
     RankArena,
     SlotState,
+    remove_arena,
 )
-from train_supervisor.arena_paths import remove_arena
 
 
 def write(arena: RankArena, slot: int, step: int, manifest: bytes, payload: bytes) -> None:

@@ -1,4 +1,4 @@
-"""launcher/args.py: torchrun's command line and PET_* environment."""
+"""launcher/launch/args.py: torchrun's command line and PET_* environment."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from launcher.args import UNSUPPORTED_TORCHRUN_FLAGS, LaunchConfig, UsageError, parse_args
-from launcher.main import worker_spec
+from launcher.launch.args import UNSUPPORTED_TORCHRUN_FLAGS, LaunchConfig, UsageError, parse_args
+from launcher.launch.main import worker_spec
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 

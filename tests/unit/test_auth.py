@@ -1,4 +1,4 @@
-"""supervisor/auth.py: who may call what, and the handler wrapping (no network)."""
+"""supervisor/rpc/auth.py: who may call what, and the handler wrapping (no network)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Optional
 import grpc
 import pytest
 
-from supervisor.auth import (
+from supervisor.rpc.auth import (
     Decision,
     MalformedRequest,
     decide,

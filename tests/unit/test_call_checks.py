@@ -1,4 +1,5 @@
-"""The per-call checks (supervisor/call_checks.py) against a real JobState, and /proc's answers."""
+"""The per-call checks (supervisor/rpc/call_checks.py) against a real JobState, and /proc's
+answers."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import grpc
 import pytest
 from effects import make_spec
 
-from supervisor import call_checks
-from supervisor.call_checks import Membership, NoProcesses, Refusal
-from supervisor.job import JobState
-from supervisor.process_table import ProcessTable, launcher_in_view, pid_namespace
-from supervisor.restart_policy import RestartPolicy
+from supervisor.detect.process_table import ProcessTable, launcher_in_view, pid_namespace
+from supervisor.rpc import call_checks
+from supervisor.rpc.call_checks import Membership, NoProcesses, Refusal
+from supervisor.rules.job import JobState
+from supervisor.rules.restart_policy import RestartPolicy
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

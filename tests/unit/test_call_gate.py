@@ -11,13 +11,13 @@ import grpc
 import pytest
 from effects import make_spec
 
-from supervisor.call_gate import CallGate
-from supervisor.leader_types import LeaderTimings
-from supervisor.peers import LeaderHub, PeerServicer
-from supervisor.refusals import RefusalLog, TokenBucket
-from supervisor.replica import ReplicaServicer
-from supervisor.server import start_server
-from supervisor.service import Supervisor, SupervisorSettings
+from supervisor.rpc.call_gate import CallGate
+from supervisor.rpc.peers import LeaderHub, PeerServicer
+from supervisor.rpc.refusals import RefusalLog, TokenBucket
+from supervisor.rpc.server import start_server
+from supervisor.rpc.service import Supervisor, SupervisorSettings
+from supervisor.rules.leader import LeaderTimings
+from supervisor.snapshots.replica import ReplicaServicer
 from train_supervisor.credentials import bearer
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from supervisor.classify import (
+from supervisor.rules.classify import (
     OOM_REPEATS_TO_STOP,
     POD_FAULTS_TO_REPLACE,
     Action,
@@ -213,7 +213,7 @@ def test_every_class_and_action_is_in_the_table() -> None:
 def test_only_a_bare_exit_code_or_signal_is_unexplained(
     evidence: Evidence, explained: bool
 ) -> None:
-    # What supervisor/failure_evidence.py counts towards "faults on this pod".
+    # What supervisor/rules/failure_evidence.py counts towards "faults on this pod".
     assert classify(evidence).explained is explained
 
 

@@ -1,17 +1,19 @@
-"""supervisor/commit.py: a step is committed once every rank holds it, never two steps apart."""
+"""supervisor/snapshots/commit.py: a step is committed once every rank holds it, never two steps
+apart."""
 
 from __future__ import annotations
 
 import pytest
 
-from supervisor.commit import NONE, CommitTracker, held_in_arena
+from supervisor.snapshots.commit import CommitTracker, held_in_arena
+from train_supervisor.steps import NO_STEP
 
 
 def test_a_step_commits_only_when_the_last_rank_holds_it() -> None:
     tracker = CommitTracker(world_size=3)
     assert not tracker.saved(0, 5, [5])
     assert not tracker.saved(1, 5, [5])
-    assert tracker.committed == NONE and not tracker.is_settled(5)
+    assert tracker.committed == NO_STEP and not tracker.is_settled(5)
     assert tracker.saved(2, 5, [5])
     assert tracker.committed == 5 and tracker.is_settled(5) and tracker.is_settled(4)
 
@@ -61,7 +63,7 @@ def test_forget_starts_over_and_restores_are_recorded() -> None:
     tracker = CommitTracker(world_size=1)
     tracker.saved(0, 3, [3], size=4096, blocking_s=0.01)
     tracker.forget()
-    assert tracker.committed == NONE and tracker.held(0) == frozenset()
+    assert tracker.committed == NO_STEP and tracker.held(0) == frozenset()
     assert tracker.saved(0, 1, [1]) and tracker.committed == 1
     tracker.restored(0, 1, "shm")
     entry = tracker.ranks[0]

@@ -1,4 +1,4 @@
-"""supervisor/config.py: every SUPERVISOR_* rule, and flags over environment."""
+"""supervisor/settings/serve.py: every SUPERVISOR_* rule, and flags over environment."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import (
+from supervisor.settings.serve import (
     ConfigError,
     SidecarConfig,
     parse_config,
     split_host_port,
     unknown_variables,
 )
-from supervisor.sidecar_variables import VARIABLES
+from supervisor.settings.variables import VARIABLES
 
 TOKEN = "0123456789abcdef-token"
 

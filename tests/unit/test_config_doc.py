@@ -14,11 +14,11 @@ from types import ModuleType
 
 import pytest
 
-from supervisor.config import parse_config
-from supervisor.detect_config import DETECT_VARIABLES
-from supervisor.env_values import Variable
-from supervisor.offload_config import OFFLOAD_VARIABLES
-from supervisor.sidecar_variables import VARIABLES
+from supervisor.settings.detection import DETECT_VARIABLES
+from supervisor.settings.env_values import Variable
+from supervisor.settings.serve import parse_config
+from supervisor.settings.snapshots import OFFLOAD_VARIABLES
+from supervisor.settings.variables import VARIABLES
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "configuration.md"

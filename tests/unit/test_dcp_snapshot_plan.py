@@ -1,4 +1,4 @@
-"""The pure part of launcher/integrations/dcp.py: DCP's own save plan -> plain records -> the
+"""The pure part of launcher/worker/integrations/dcp.py: DCP's own save plan -> plain records -> the
 rank-local Metadata DCP's own load planner plans from (no process group, no snapshot)."""
 
 from __future__ import annotations
@@ -10,7 +10,12 @@ import torch
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.planner import LoadItemType
 
-from launcher.integrations.dcp import describe, metadata_of, step_from_checkpoint_id, stored_tensor
+from launcher.worker.integrations.dcp import (
+    describe,
+    metadata_of,
+    step_from_checkpoint_id,
+    stored_tensor,
+)
 
 
 def saved_state() -> dict[str, object]:

@@ -1,15 +1,15 @@
-"""supervisor/detect_config.py: SUPERVISOR_HANG_* values, and one clear line for a bad one."""
+"""supervisor/settings/detection.py: SUPERVISOR_HANG_* values, and one clear line for a bad one."""
 
 from __future__ import annotations
 
 import pytest
 
-from supervisor.anomaly import AnomalySettings
-from supervisor.classify import PodFaultRule
-from supervisor.config import unknown_variables
-from supervisor.detect_config import DETECT_VARIABLES, DetectConfig, parse_detect
-from supervisor.env_values import ConfigError
-from supervisor.hang import HangSettings
+from supervisor.rules.anomaly import AnomalySettings
+from supervisor.rules.classify import PodFaultRule
+from supervisor.rules.hang import HangSettings
+from supervisor.settings.detection import DETECT_VARIABLES, DetectConfig, parse_detect
+from supervisor.settings.env_values import ConfigError
+from supervisor.settings.serve import unknown_variables
 
 
 def test_defaults() -> None:

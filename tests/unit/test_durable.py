@@ -1,4 +1,5 @@
-"""supervisor/durable.py on real files: persisted steps load with plain torch.load in a fresh
+"""supervisor/snapshots/durable.py on real files: persisted steps load with plain torch.load in a
+fresh
 interpreter, restore to an arena bit for bit, and survive corruption, full and read-only disks."""
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 from mounts import remount, tmpfs
 from test_torch_format import assert_same, training_state
 
-from launcher.snapshot_payload import read_state, write_state
-from supervisor.durable import MANIFEST, DurableError, DurableStore, _file_crc
-from supervisor.throttle import Throttle
+from launcher.worker.snapshot_payload import read_state, write_state
+from supervisor.snapshots.durable import MANIFEST, DurableError, DurableStore, _file_crc
+from supervisor.snapshots.throttle import Throttle
 from train_supervisor.arena import CorruptSnapshot, RankArena, SnapshotImage
 
 RUN = "run-7"

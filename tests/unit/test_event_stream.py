@@ -11,11 +11,10 @@ import itertools
 
 from effects import make_spec
 
-from supervisor.event_watch import watch_events
-from supervisor.job import JobState
-from supervisor.job_types import EventLog
-from supervisor.restart_policy import RestartPolicy
-from supervisor.service import Supervisor, SupervisorSettings
+from supervisor.rpc.event_watch import watch_events
+from supervisor.rpc.service import Supervisor, SupervisorSettings
+from supervisor.rules.job import EventLog, JobState
+from supervisor.rules.restart_policy import RestartPolicy
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WAIT_S = 5.0  # bounds every await: a broken stream fails the test instead of hanging it

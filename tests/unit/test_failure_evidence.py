@@ -1,4 +1,5 @@
-"""supervisor/failure_evidence.py: what a pod knows of a death, and the history rules' memory."""
+"""supervisor/rules/failure_evidence.py: what a pod knows of a death, and the history rules'
+memory."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import signal
 
 import pytest
 
-from supervisor.classify import (
+from supervisor.rules.classify import (
     HUNG_SIGNATURE,
     OOM_REPEATS_TO_STOP,
     Action,
@@ -15,14 +16,14 @@ from supervisor.classify import (
     GpuHealth,
     PodFaultRule,
 )
-from supervisor.failure_evidence import (
+from supervisor.rules.failure_evidence import (
     FailureMemory,
     Settled,
     evidence_of,
     policy_failure,
     settle_raised,
 )
-from supervisor.job_types import failure_record
+from supervisor.rules.job import failure_record
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 KILL = int(signal.SIGKILL)

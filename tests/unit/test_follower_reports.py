@@ -1,4 +1,4 @@
-"""supervisor/follower.py: a pod's reports reach the leader one at a time, in the order they
+"""supervisor/rpc/follower.py: a pod's reports reach the leader one at a time, in the order they
 were made (a real FollowerLink against a real gRPC server on loopback in the leader's place)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import asyncio
 
 import grpc
 
-from supervisor.follower import FollowerLink
-from supervisor.service import Supervisor, SupervisorSettings
+from supervisor.rpc.follower import FollowerLink
+from supervisor.rpc.service import Supervisor, SupervisorSettings
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 

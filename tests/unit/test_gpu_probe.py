@@ -12,8 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
-from supervisor.classify import GpuHealth
-from supervisor.gpu_probe import (
+from supervisor.detect.gpu_probe import (
     AcceleratorProbe,
     DeviceHealth,
     NvmlProbe,
@@ -26,6 +25,7 @@ from supervisor.gpu_probe import (
     read_device,
     report_to_dict,
 )
+from supervisor.rules.classify import GpuHealth
 
 
 def _nvml_loadable() -> bool:
@@ -56,7 +56,7 @@ def test_without_nvml_the_probe_says_why_and_keeps_saying_it() -> None:
 def test_without_pynvml_the_probe_imports_and_says_so() -> None:
     script = (
         "import sys, json; sys.modules['pynvml'] = None\n"  # `import pynvml` now fails
-        "from supervisor.gpu_probe import NvmlProbe, report_to_dict\n"
+        "from supervisor.detect.gpu_probe import NvmlProbe, report_to_dict\n"
         "p = NvmlProbe(); print(json.dumps([report_to_dict(p.read()), report_to_dict(p.read())]))"
     )
     done = subprocess.run(

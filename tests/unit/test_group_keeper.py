@@ -1,4 +1,4 @@
-"""launcher/unwind.py:ProcessGroupKeeper with a real gloo process group (world size 1)."""
+"""launcher/worker/unwind.py:ProcessGroupKeeper with a real gloo process group (world size 1)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from launcher.unwind import ProcessGroupKeeper
+from launcher.worker.unwind import ProcessGroupKeeper
 
 
 def test_the_keeper_holds_a_generations_groups_after_the_script_destroyed_them(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.hang import (
+from supervisor.rules.hang import (
     HangSettings,
     ProcessEvidence,
     RankProgress,

@@ -1,4 +1,5 @@
-"""supervisor/hang_watch.py over a real job state and real processes, `now` passed explicitly."""
+"""supervisor/detect/hang_watch.py over a real job state and real processes, `now` passed
+explicitly."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import psutil
 import pytest
 from effects import launcher_commands, make_spec, play_pod
 
-from supervisor.hang import HangSettings
-from supervisor.hang_watch import HangWatch
-from supervisor.job import JobState
-from supervisor.restart_policy import RestartPolicy
+from supervisor.detect.hang_watch import HangWatch
+from supervisor.rules.hang import HangSettings
+from supervisor.rules.job import JobState
+from supervisor.rules.restart_policy import RestartPolicy
 
 SETTINGS = HangSettings(floor_s=3.0, factor=5.0, startup_s=60.0)
 START = 100.0

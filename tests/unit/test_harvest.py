@@ -1,4 +1,5 @@
-"""supervisor/snapshots.py:harvest_arenas: a rank killed between its copy and its report (or a
+"""supervisor/rpc/snapshot_service.py:harvest_arenas: a rank killed between its copy and its
+report (or a
 survivor whose report is on its way) still counts for the step its arena holds (real arenas
 in tmp, the real Supervisor and JobState); on another pod, what its ranks copied counts when
 the leader's Open comes."""
@@ -13,12 +14,12 @@ from pathlib import Path
 import torch
 from effects import make_spec
 
-from launcher.snapshot_payload import write_state
-from supervisor.job import JobState
-from supervisor.pod_job import CoordinatedJobState
-from supervisor.restart_policy import RestartPolicy
-from supervisor.service import Supervisor, SupervisorSettings
-from supervisor.snapshots import harvest_arenas, record_saved
+from launcher.worker.snapshot_payload import write_state
+from supervisor.rpc.service import Supervisor, SupervisorSettings
+from supervisor.rpc.snapshot_service import harvest_arenas, record_saved
+from supervisor.rules.job import JobState
+from supervisor.rules.pod_job import CoordinatedJobState
+from supervisor.rules.restart_policy import RestartPolicy
 from train_supervisor.arena import RankArena
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -92,7 +93,7 @@ def test_a_survivors_copied_but_unreported_step_counts_and_one_being_copied_does
 
 
 class LeaderLink:
-    """What this pod tells the leader, in order (the link of supervisor/peers.py, recorded)."""
+    """What this pod tells the leader, in order (the link of supervisor/rpc/peers.py, recorded)."""
 
     def __init__(self) -> None:
         self.reports: list[pb.PodReport] = []

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from launcher.heartbeat import StepCounter, install_optimizer_hook
+from launcher.worker.heartbeat import StepCounter, install_optimizer_hook
 
 torch = pytest.importorskip("torch")
 

@@ -1,4 +1,5 @@
-"""launcher/integrations/hf.py's RNG state: every generator the Trainer draws from comes back,
+"""launcher/worker/integrations/hf.py's RNG state: every generator the Trainer draws from comes
+back,
 in plain values and tensors (a persisted copy loads with weights_only=True)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import random
 import numpy as np
 import torch
 
-from launcher.integrations.hf import rng_state, set_rng_state
+from launcher.worker.integrations.hf import rng_state, set_rng_state
 
 
 def draws() -> tuple[float, float, float]:

@@ -20,9 +20,9 @@ def loaded_frameworks(*modules: str) -> set[str]:
 
 
 def test_the_launcher_and_the_dcp_integration_load_no_framework() -> None:
-    assert loaded_frameworks("launcher.main", "launcher.integrations.dcp") == set()
+    assert loaded_frameworks("launcher.launch.main", "launcher.worker.integrations.dcp") == set()
 
 
 def test_each_framework_integration_loads_its_own_framework() -> None:
-    assert "lightning" in loaded_frameworks("launcher.integrations.lightning")
-    assert "transformers" in loaded_frameworks("launcher.integrations.hf")
+    assert "lightning" in loaded_frameworks("launcher.worker.integrations.lightning")
+    assert "transformers" in loaded_frameworks("launcher.worker.integrations.hf")

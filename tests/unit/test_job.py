@@ -1,4 +1,4 @@
-"""supervisor/job.py: the pod's job state machine, driven event by event.
+"""supervisor/rules/job.py: the pod's job state machine, driven event by event.
 
 No clock and no processes: ports come from a counter, pids from another, and
 `now` is passed explicitly. Helpers play the launcher and the bootstrap where a
@@ -24,10 +24,10 @@ from effects import (
     starts,
 )
 
-from launcher.args import parse_args
-from launcher.main import worker_spec
-from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
-from supervisor.restart_policy import RestartPolicy
+from launcher.launch.args import parse_args
+from launcher.launch.main import worker_spec
+from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToWorker
+from supervisor.rules.restart_policy import RestartPolicy
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -95,7 +95,7 @@ class Sim:
         """Run the launcher's and bootstrap's side until nothing is pending.
 
         Every SpawnWorker becomes a process: the launcher reports a rank's
-        process started (as launcher/main.py does before its exit can be seen;
+        process started (as launcher/launch/main.py does before its exit can be seen;
         the service drops the report of a spare), then, with the bootstrap, the
         process attaches. Every AbortGeneration is answered with OUTCOME_UNWOUND.
         Returns the input effects and everything that followed.

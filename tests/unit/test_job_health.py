@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from supervisor.anomaly import AnomalySettings, AnomalyTracker
-from supervisor.job_health import JobHealth
-from supervisor.pod_health import slowest_rank_median
+from supervisor.detect.pod_health import slowest_rank_median
+from supervisor.rules.anomaly import AnomalySettings, AnomalyTracker
+from supervisor.rules.job_health import JobHealth
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WINDOW = 5.0

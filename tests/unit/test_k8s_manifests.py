@@ -33,8 +33,8 @@ from k8s_examples import (
     workloads,
 )
 
-from launcher.args import build_parser, parse_args
-from supervisor.config import ConfigError, SidecarConfig, parse_config, unknown_variables
+from launcher.launch.args import build_parser, parse_args
+from supervisor.settings.serve import ConfigError, SidecarConfig, parse_config, unknown_variables
 from train_supervisor import exit_codes
 
 OLDEST_SUPPORTED = (1, 29)  # native sidecars: SidecarContainers is on by default from 1.29

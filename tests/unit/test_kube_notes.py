@@ -1,4 +1,4 @@
-"""The pure rules of supervisor/kube/: which job events Kubernetes hears of, how they read,
+"""The pure rules of supervisor/outputs/kube/: which job events Kubernetes hears of, how they read,
 how repeats aggregate and how many go out, and the settings."""
 
 from __future__ import annotations
@@ -7,17 +7,24 @@ import signal
 
 import pytest
 
-from supervisor.env_values import ConfigError
-from supervisor.job_types import describe_failure
-from supervisor.kube.correlator import (
+from supervisor.outputs.kube.correlator import (
     CreateEvent,
     Dropped,
     EventCorrelator,
     PatchEvent,
 )
-from supervisor.kube.notes import NORMAL, WARNING, EventNote, failure_of, node_fault_of, notes_for
-from supervisor.kube.settings import parse_kube
-from supervisor.token_bucket import TokenBucket
+from supervisor.outputs.kube.notes import (
+    NORMAL,
+    WARNING,
+    EventNote,
+    failure_of,
+    node_fault_of,
+    notes_for,
+)
+from supervisor.outputs.kube.settings import parse_kube
+from supervisor.rules.job import describe_failure
+from supervisor.rules.token_bucket import TokenBucket
+from supervisor.settings.env_values import ConfigError
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 POD_ENV = {"POD_NAME": "job-0-abc", "POD_NAMESPACE": "train", "POD_UID": "uid-1"}

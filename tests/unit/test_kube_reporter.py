@@ -1,4 +1,5 @@
-"""supervisor/kube/reporter.py with the real kubernetes client against a loopback API server.
+"""supervisor/outputs/kube/reporter.py with the real kubernetes client against a loopback API
+server.
 
 The job is a real JobState driven through a rank's SIGKILL (and a GPU's ECC
 errors); every request the client makes is checked by tests/kube_api.py
@@ -21,13 +22,13 @@ import pytest
 from effects import make_spec
 from kube_api import HANG, FakeKubeApi
 
-from supervisor.classify import GpuHealth
-from supervisor.env_values import ConfigError
-from supervisor.job import JobState
-from supervisor.kube.api import core_v1
-from supervisor.kube.reporter import CONDITION_TYPE, TAINT_KEY, KubeReporter, reporter_for
-from supervisor.kube.settings import ApiAccess, KubeConfig, PodIdentity
-from supervisor.restart_policy import RestartPolicy
+from supervisor.outputs.kube.api import core_v1
+from supervisor.outputs.kube.reporter import CONDITION_TYPE, TAINT_KEY, KubeReporter, reporter_for
+from supervisor.outputs.kube.settings import ApiAccess, KubeConfig, PodIdentity
+from supervisor.rules.classify import GpuHealth
+from supervisor.rules.job import JobState
+from supervisor.rules.restart_policy import RestartPolicy
+from supervisor.settings.env_values import ConfigError
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 POD = PodIdentity(name="job-0-abc", namespace="train", uid="uid-0", node="node-a")

@@ -1,4 +1,5 @@
-"""What a re-entered script finds: the interpreter state of launch (launcher/launch_state.py)."""
+"""What a re-entered script finds: the interpreter state of launch
+(launcher/worker/launch_state.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import launch_state
-from launcher.launch_state import (
+from launcher.worker import launch_state
+from launcher.worker.launch_state import (
     FRESH_LOGGER,
     LoggerState,
     apply_environ,

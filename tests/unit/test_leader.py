@@ -1,4 +1,4 @@
-"""supervisor/leader.py: the multi-pod leader's rules, driven event by event.
+"""supervisor/rules/leader.py: the multi-pod leader's rules, driven event by event.
 
 No gRPC and no clock: pods are node ranks, ports come from a counter, `now`
 is passed explicitly. Helpers play the followers (join everyone, report ready).
@@ -13,18 +13,15 @@ from typing import Optional
 
 import pytest
 
-from supervisor.classify import Action
-from supervisor.leader import (
+from supervisor.rules.classify import Action
+from supervisor.rules.leader import (
     MAX_FAILURES_PER_GENERATION,
-    JoinRefused,
-    LeaderState,
-    policy_history,
-)
-from supervisor.leader_types import (
     POD_LOST,
     Broadcast,
     CommitStep,
     EndJob,
+    JoinRefused,
+    LeaderState,
     LeaderTimings,
     Message,
     OpenGeneration,
@@ -33,8 +30,9 @@ from supervisor.leader_types import (
     StartGeneration,
     follow,
     mark_finished,
+    policy_history,
 )
-from supervisor.restart_policy import Failure, RestartPolicy
+from supervisor.rules.restart_policy import Failure, RestartPolicy
 from train_supervisor import exit_codes
 
 NPROC = 2

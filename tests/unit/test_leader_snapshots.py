@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import itertools
 
-from supervisor.commit import NONE
-from supervisor.leader import LeaderState
-from supervisor.leader_snapshots import JobSnapshots
-from supervisor.leader_types import CommitStep, OpenGeneration, StartGeneration
-from supervisor.offload_rounds import OffloadRound, OffloadRounds
-from supervisor.restart_policy import RestartPolicy
-from supervisor.restore import DURABLE, PEER, SHM, NodeCopies
+from supervisor.rules.leader import CommitStep, LeaderState, OpenGeneration, StartGeneration
+from supervisor.rules.restart_policy import RestartPolicy
+from supervisor.snapshots.job_snapshots import JobSnapshots
+from supervisor.snapshots.restore import DURABLE, PEER, SHM, NodeCopies
+from supervisor.snapshots.rounds import OffloadRound, OffloadRounds
+from train_supervisor.steps import NO_STEP
 
 
 def snapshots(nnodes: int = 2, persist: bool = False) -> JobSnapshots:
@@ -31,7 +30,7 @@ def test_a_commit_starts_a_round_and_the_round_ends_when_every_pod_reported() ->
     assert job.offloaded(0, 3, "", "", now=0.2) is None, "pod 1 has not finished it"
     done = job.offloaded(1, 3, "UNAVAILABLE: pod 0 gone", "", now=0.3)
     assert done is not None and done.offload == OffloadRound(4, True, False), "the newest next"
-    assert (done.replicated, done.persisted) == (NONE, 3)
+    assert (done.replicated, done.persisted) == (NO_STEP, 3)
     assert job.rounds.errors == {"replica": "node 1: UNAVAILABLE: pod 0 gone"}
 
 
@@ -77,7 +76,7 @@ def test_the_leader_restarts_a_generation_whose_restore_failed_without_that_step
     for node in (0, 1):
         start = [b.message for b in leader.pod_ready(node, 1)]
     [second] = start
-    assert isinstance(second, StartGeneration) and second.restore_step == NONE
+    assert isinstance(second, StartGeneration) and second.restore_step == NO_STEP
 
 
 def test_rounds_reach_the_pods_in_the_commit_message() -> None:
@@ -92,12 +91,12 @@ def test_rounds_reach_the_pods_in_the_commit_message() -> None:
         leader.pod_ready(node, 0)
     leader.pod_snapshots(0, 0, [1], now=0.0)
     [commit] = [b.message for b in leader.pod_snapshots(1, 0, [1], now=0.0)]
-    assert commit == CommitStep(0, 1, OffloadRound(1, True, False), NONE, NONE)
+    assert commit == CommitStep(0, 1, OffloadRound(1, True, False), NO_STEP, NO_STEP)
     leader.pod_offloaded(0, 1, "", "", now=0.1)
     leader.pod_snapshots(0, 0, [1, 2], now=0.1)
     leader.pod_snapshots(1, 0, [1, 2], now=0.1)
     [done] = [b.message for b in leader.pod_offloaded(1, 1, "", "", now=0.2)]
-    assert done == CommitStep(0, 2, OffloadRound(2, True, False), 1, NONE)
+    assert done == CommitStep(0, 2, OffloadRound(2, True, False), 1, NO_STEP)
 
 
 def test_a_round_not_every_pod_persisted_tells_every_pod_to_drop_its_part() -> None:
@@ -109,7 +108,7 @@ def test_a_round_not_every_pod_persisted_tells_every_pod_to_drop_its_part() -> N
     assert news is not None and news.offload == OffloadRound(3, True, True)
     job.offloaded(0, 3, "", "", now=0.1)
     done = job.offloaded(1, 3, "", "node-1/step-000000000003.tmp-9: No space left (ENOSPC)", 0.2)
-    assert done is not None and done.drop_persisted == (3,) and done.persisted == NONE
+    assert done is not None and done.drop_persisted == (3,) and done.persisted == NO_STEP
     assert "ENOSPC" in job.rounds.errors["persist"]
     job.held(0, [3, 13], now=10.0)
     news = job.held(1, [3, 13], now=10.0)

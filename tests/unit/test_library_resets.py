@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.library_resets import LIBRARY_RESETS, reset_libraries
+from launcher.worker.library_resets import LIBRARY_RESETS, reset_libraries
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_resets_never_import_a_library() -> None:
 def test_a_failing_step_is_reported_and_the_others_still_run() -> None:
     import types
 
-    from launcher.library_resets import LibraryReset
+    from launcher.worker.library_resets import LibraryReset
 
     ran = []
     broken = types.ModuleType("broken")

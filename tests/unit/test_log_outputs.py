@@ -10,11 +10,11 @@ from typing import Optional
 
 import pytest
 
-from supervisor.config import parse_config, unknown_variables
-from supervisor.env_values import ConfigError, Source
 from supervisor.events_cli import event_json, event_line
-from supervisor.logs import JsonFormatter
-from supervisor.outputs_config import OutputsConfig, outputs_from_env, parse_outputs
+from supervisor.outputs.logs import JsonFormatter
+from supervisor.settings.env_values import ConfigError, Source
+from supervisor.settings.outputs import OutputsConfig, outputs_from_env, parse_outputs
+from supervisor.settings.serve import parse_config, unknown_variables
 from train_supervisor.text_log import TextFormatter, iso_utc
 from train_supervisor.v1 import supervisor_pb2 as pb
 

@@ -17,11 +17,11 @@ from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.classify import FailureClass
-from supervisor.gpu_probe import DeviceHealth, ProbeReport
-from supervisor.metrics import MetricsExporter, snapshot_of
-from supervisor.pod_health import PodHealth
-from supervisor.pod_metrics import PodSampler
+from supervisor.detect.gpu_probe import DeviceHealth, ProbeReport
+from supervisor.detect.pod_health import PodHealth
+from supervisor.detect.pod_metrics import PodSampler
+from supervisor.outputs.metrics import MetricsExporter, snapshot_of
+from supervisor.rules.classify import FailureClass
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -88,7 +88,7 @@ def test_every_failure_class_is_named() -> None:
 
 
 class OneThrottledGpu:
-    """An accelerator probe (supervisor/gpu_probe.py's interface) with every figure set."""
+    """An accelerator probe (supervisor/detect/gpu_probe.py's interface) with every figure set."""
 
     name = "doc-gpu"
 

@@ -1,4 +1,5 @@
-"""supervisor/metrics.py: a published snapshot as Prometheus text; the exporter over HTTP."""
+"""supervisor/outputs/metrics.py: a published snapshot as Prometheus text; the exporter over
+HTTP."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.metrics import (
+from supervisor.outputs.metrics import (
     MetricsBoard,
     MetricsExporter,
     MetricsPortError,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from supervisor.commit import NONE
-from supervisor.offload_rounds import PERSIST_RETRY_S, ROUND_LIMIT_S, OffloadRounds
+from supervisor.snapshots.rounds import PERSIST_RETRY_S, ROUND_LIMIT_S, OffloadRounds
+from train_supervisor.steps import NO_STEP
 
 
 def test_one_round_at_a_time_and_the_newest_committed_step_next() -> None:
@@ -23,7 +23,7 @@ def test_a_failed_persist_is_reported_and_retried_after_a_pause() -> None:
     rnd = rounds.next_round(1, now=0.0)
     assert rnd is not None and rnd.persist
     rounds.finished(1, "", "No space left on device: /durable", now=1.0)
-    assert rounds.persisted == NONE and "persist" in rounds.errors
+    assert rounds.persisted == NO_STEP and "persist" in rounds.errors
     assert rounds.next_round(2, now=1.0 + PERSIST_RETRY_S / 2) is None, "no retry every step"
     again = rounds.next_round(3, now=1.0 + PERSIST_RETRY_S)
     assert again is not None and again.persist
@@ -37,7 +37,7 @@ def test_restoring_an_older_step_voids_later_copies() -> None:
     assert rnd is not None
     rounds.finished(8, "", "", now=1.0)
     rounds.restart_from(5)
-    assert (rounds.replicated, rounds.persisted, rounds.last_round) == (NONE, NONE, 5)
+    assert (rounds.replicated, rounds.persisted, rounds.last_round) == (NO_STEP, NO_STEP, 5)
     again = rounds.next_round(6, now=2.0)
     assert again is not None and again.step == 6
 

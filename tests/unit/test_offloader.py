@@ -1,4 +1,5 @@
-"""The Offloader (supervisor/offload.py) on real arenas, a real replica server and real files."""
+"""The Offloader (supervisor/snapshots/offload.py) on real arenas, a real replica server and real
+files."""
 
 from __future__ import annotations
 
@@ -14,18 +15,18 @@ import torch
 from effects import make_spec
 from test_replica import RUN, Peer
 
-from launcher.snapshot_payload import read_state, write_state
-from supervisor.commit import NONE
-from supervisor.job import JobState
-from supervisor.offload import REPLICAS, STAGED, Offloader
-from supervisor.offload_config import OffloadConfig
-from supervisor.offload_driver import OffloadDriver
-from supervisor.offload_rounds import OffloadRound
-from supervisor.ports import free_port
-from supervisor.restart_policy import RestartPolicy
-from supervisor.restore import DURABLE, PEER, SHM, SOURCE_ORDER, NodeCopies
+from launcher.worker.snapshot_payload import read_state, write_state
+from supervisor.rules.job import JobState
+from supervisor.rules.restart_policy import RestartPolicy
+from supervisor.settings.snapshots import OffloadConfig
+from supervisor.snapshots.offload import REPLICAS, STAGED, Offloader
+from supervisor.snapshots.offload_runner import OffloadDriver
+from supervisor.snapshots.restore import DURABLE, PEER, SHM, SOURCE_ORDER, NodeCopies
+from supervisor.snapshots.rounds import OffloadRound
+from supervisor.workers.ports import free_port
 from train_supervisor.arena import HEADER_SIZE, RankArena, SlotState
 from train_supervisor.credentials import client_channel
+from train_supervisor.steps import NO_STEP
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 RANKS = (2, 3)  # pod 1 of a job with 2 ranks per pod
@@ -194,7 +195,7 @@ def test_a_fresh_start_drops_every_older_copy_on_one_pod_as_on_several(tmp_path:
         driver.close()
         return done.step
 
-    assert asyncio.run(restore()) == NONE, "nothing is committed: a fresh start"
+    assert asyncio.run(restore()) == NO_STEP, "nothing is committed: a fresh start"
     assert driver.offloader.copies() == NodeCopies(), "no copy of the old step 4 is left"
     assert any(e.kind == "snapshot_void" for e in job.events)
 

@@ -1,4 +1,4 @@
-"""launcher/oom.py: finding and reading a worker's memory cgroup OOM kill count."""
+"""launcher/launch/oom.py: finding and reading a worker's memory cgroup OOM kill count."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.oom import OomBaseline, OomCounters, claim, counter_files, oom_kill_count
+from launcher.launch.oom import OomBaseline, OomCounters, claim, counter_files, oom_kill_count
 
 KILL = int(signal.SIGKILL)
 R = "/sys/fs/cgroup"

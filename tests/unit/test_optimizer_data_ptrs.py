@@ -12,8 +12,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict
 from torch.distributed.fsdp import fully_shard
 
-from launcher.snapshot import optimizer_data_ptrs
-from supervisor.ports import free_port
+from launcher.worker.snapshot import optimizer_data_ptrs
+from supervisor.workers.ports import free_port
 
 
 @pytest.fixture

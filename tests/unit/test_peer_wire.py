@@ -1,4 +1,4 @@
-"""supervisor/peer_wire.py: the leader's values to and from the protobuf wire.
+"""supervisor/rpc/peer_wire.py: the leader's values to and from the protobuf wire.
 
 Each kind is checked field by field on the wire (a swap in both directions
 would survive a round trip) and then round-tripped through bytes.
@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.classify import Action
-from supervisor.leader_types import (
+from supervisor.rpc.peer_wire import (
+    failure_from_wire,
+    failure_to_wire,
+    message_from_wire,
+    message_to_wire,
+    view_from_wire,
+    view_to_wire,
+)
+from supervisor.rules.classify import Action
+from supervisor.rules.leader import (
     POD_LOST,
     CommitStep,
     EndJob,
@@ -18,15 +26,7 @@ from supervisor.leader_types import (
     PodView,
     StartGeneration,
 )
-from supervisor.peer_wire import (
-    failure_from_wire,
-    failure_to_wire,
-    message_from_wire,
-    message_to_wire,
-    view_from_wire,
-    view_to_wire,
-)
-from supervisor.restart_policy import Failure
+from supervisor.rules.restart_policy import Failure
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 

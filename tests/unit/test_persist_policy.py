@@ -1,10 +1,11 @@
-"""supervisor/persist_policy.py: when a committed step is persisted, and which copies go."""
+"""supervisor/snapshots/persist_policy.py: when a committed step is persisted, and which copies
+go."""
 
 from __future__ import annotations
 
 import pytest
 
-from supervisor.persist_policy import persist_due, steps_to_prune
+from supervisor.snapshots.persist_policy import persist_due, steps_to_prune
 
 NONE = -1
 

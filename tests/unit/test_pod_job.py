@@ -1,4 +1,4 @@
-"""supervisor/pod_job.py: one pod of a multi-pod job, driven event by event.
+"""supervisor/rules/pod_job.py: one pod of a multi-pod job, driven event by event.
 
 CoordinatedJobState keeps JobState's local rules but leaves the job-wide
 decisions to the leader: failures are reported (ToLeader), generations open
@@ -27,13 +27,12 @@ from effects import (
     starts,
 )
 
-from supervisor.classify import Action
-from supervisor.job_types import Effect, Timings, ToLeader
-from supervisor.leader import LeaderState
-from supervisor.leader_types import Broadcast, EndJob, Phase, StartGeneration
-from supervisor.peer_wire import failure_from_wire, message_to_wire
-from supervisor.pod_job import CoordinatedJobState
-from supervisor.restart_policy import Failure, RestartPolicy
+from supervisor.rpc.peer_wire import failure_from_wire, message_to_wire
+from supervisor.rules.classify import Action
+from supervisor.rules.job import Effect, Timings, ToLeader
+from supervisor.rules.leader import Broadcast, EndJob, LeaderState, Phase, StartGeneration
+from supervisor.rules.pod_job import CoordinatedJobState
+from supervisor.rules.restart_policy import Failure, RestartPolicy
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -642,7 +641,7 @@ def test_no_python_pod_is_ready_at_once_and_spawns_with_the_leaders_env() -> Non
 class Cluster:
     """A real LeaderState and two pods (node 0, node 1), wired in-process.
 
-    What the gRPC layer (supervisor/peers.py) carries is routed here: a pod's
+    What the gRPC layer (supervisor/rpc/peers.py) carries is routed here: a pod's
     ToLeader reports go to the leader, the leader's Broadcasts go through
     message_to_wire to each pod's open/start/end, and every effect a pod
     produces is played (spawns attach, aborts unwind) and kept per node.
@@ -797,7 +796,7 @@ def test_two_pods_and_a_leader_form_recover_one_rank_and_finish() -> None:
 def test_ranks_ready_before_the_job_forms_still_start(bootstrapped: bool) -> None:
     """Node 0's ranks attach before node 1 joined (pod 1 still being scheduled).
 
-    In supervisor/peers.py node 0 joins its own leader when its launcher attaches
+    In supervisor/rpc/peers.py node 0 joins its own leader when its launcher attaches
     and has no re-join to call rejoined() later; with --no-python its pod is
     ready (and reports it) within attach_launcher itself.
     """

@@ -16,8 +16,8 @@ from typing import IO, Callable
 import psutil
 import pytest
 
-from supervisor.gpu_probe import DeviceHealth, ProbeReport
-from supervisor.pod_metrics import CounterSnapshot, PodSampler, counter_rates, window_rates
+from supervisor.detect.gpu_probe import DeviceHealth, ProbeReport
+from supervisor.detect.pod_metrics import CounterSnapshot, PodSampler, counter_rates, window_rates
 
 Spawn = Callable[..., "subprocess.Popen[str]"]
 WINDOW_S = 1.5  # the measured interval; sleeping through it is the measurement, not a race

@@ -1,4 +1,4 @@
-"""supervisor/job.py, pod_job.py, leader.py: a survivor that cannot re-enter gets a fresh
+"""supervisor/rules/job.py, pod_job.py, leader.py: a survivor that cannot re-enter gets a fresh
 process, at no cost to the restart budget, and the job uses fresh processes from then on.
 
 The worker side's contract: an OUTCOME_RAISED at step 0 of a generation from a process
@@ -15,13 +15,11 @@ from collections.abc import Iterator
 
 from effects import aborts, exits, make_spec, play_pod, shutdowns, starts
 
-from supervisor.job import Effect, JobState, Timings, ToLauncher, ToWorker
-from supervisor.job_types import ToLeader
-from supervisor.leader import LeaderState
-from supervisor.leader_types import Broadcast, OpenGeneration, PodView
-from supervisor.pod_job import CoordinatedJobState
-from supervisor.restart_policy import Failure, RestartPolicy
-from supervisor.status_view import job_status
+from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToLeader, ToWorker
+from supervisor.rules.leader import Broadcast, LeaderState, OpenGeneration, PodView
+from supervisor.rules.pod_job import CoordinatedJobState
+from supervisor.rules.restart_policy import Failure, RestartPolicy
+from supervisor.rules.status_view import job_status
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 

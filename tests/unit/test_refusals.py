@@ -1,4 +1,4 @@
-"""Refusals are logged at a bounded rate (supervisor/refusals.py)."""
+"""Refusals are logged at a bounded rate (supervisor/rpc/refusals.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from supervisor.refusals import RefusalLog, TokenBucket
+from supervisor.rpc.refusals import RefusalLog, TokenBucket
 
 
 def test_the_bucket_admits_a_burst_then_its_rate_and_counts_the_rest() -> None:

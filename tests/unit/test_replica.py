@@ -1,4 +1,5 @@
-"""supervisor/replica.py: peer replicas over a real gRPC server on loopback, real arena files."""
+"""supervisor/snapshots/replica.py: peer replicas over a real gRPC server on loopback, real arena
+files."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import crc32c
 import grpc
 import pytest
 
-from supervisor.replica import CHUNK_BYTES, NEWEST, ReplicaServicer
-from supervisor.replica_client import fetch_replica, push_replica, replica_chunks
-from supervisor.server import start_server
-from supervisor.service import Supervisor, SupervisorSettings
-from supervisor.throttle import Throttle
+from supervisor.rpc.server import start_server
+from supervisor.rpc.service import Supervisor, SupervisorSettings
+from supervisor.snapshots.replica import CHUNK_BYTES, NEWEST, ReplicaServicer
+from supervisor.snapshots.replica_client import fetch_replica, push_replica, replica_chunks
+from supervisor.snapshots.throttle import Throttle
 from train_supervisor.arena import CorruptSnapshot, RankArena, SlotState, SnapshotImage
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb

@@ -1,4 +1,4 @@
-"""supervisor/restart_policy.py: crash-loop detection and the job-wide restart budget."""
+"""supervisor/rules/restart_policy.py: crash-loop detection and the job-wide restart budget."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from supervisor.classify import Action as ClassAction
-from supervisor.restart_policy import (
+from supervisor.rules.classify import Action as ClassAction
+from supervisor.rules.restart_policy import (
     Action,
     Failure,
     RestartPolicy,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from supervisor.commit import NONE
-from supervisor.restore import DURABLE, PEER, SHM, NodeCopies, choose_restore, sources
+from supervisor.snapshots.restore import DURABLE, PEER, SHM, NodeCopies, choose_restore, sources
+from train_supervisor.steps import NO_STEP
 
 
 def test_every_pod_in_its_own_memory_restores_the_committed_step() -> None:
@@ -44,18 +44,18 @@ def test_a_step_whose_copies_failed_is_left_out() -> None:
 def test_nothing_common_means_a_fresh_start() -> None:
     copies = {0: NodeCopies(shm=frozenset({9})), 1: NodeCopies(shm=frozenset({8}))}
     choice = choose_restore([0, 1], copies, newest=9)
-    assert choice.step == NONE
+    assert choice.step == NO_STEP
     assert choice.why() == (
         "no step has a usable copy for every pod (held in part: 9, 8): "
         "the script starts from its beginning"
     )
     # A pod's own replica of itself does not count as a peer copy.
     alone = {0: NodeCopies(replicas={0: frozenset({3})})}
-    assert choose_restore([0], alone, 9).step == NONE
+    assert choose_restore([0], alone, 9).step == NO_STEP
 
 
 def test_a_first_start_does_not_read_like_an_error() -> None:
     """A first start with snapshots on said "no step has a copy for every pod: fresh start"."""
-    choice = choose_restore([0, 1], {0: NodeCopies(), 1: NodeCopies()}, newest=NONE)
-    assert choice.step == NONE
+    choice = choose_restore([0, 1], {0: NodeCopies(), 1: NodeCopies()}, newest=NO_STEP)
+    assert choice.step == NO_STEP
     assert choice.why() == "no snapshot saved yet: the script starts from its beginning"

@@ -1,5 +1,5 @@
-"""Our own parts restart under running ranks: the pure rules (supervisor/job.py's rebuild,
-supervisor/leader.py's detached pods, supervisor/pod_job.py's lost leader)."""
+"""Our own parts restart under running ranks: the pure rules (supervisor/rules/job.py's rebuild,
+supervisor/rules/leader.py's detached pods, supervisor/rules/pod_job.py's lost leader)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from effects import aborts, exits, launcher_commands, shutdowns, starts
 from test_job import Sim, rank_spawns
 from test_leader import NPROC, formed, make, opened, started
 
-from supervisor.job import JobState, Timings
-from supervisor.leader_types import CommitStep, PodView
-from supervisor.pod_job import CoordinatedJobState
-from supervisor.restart_policy import Failure, RestartPolicy
+from supervisor.rules.job import JobState, Timings
+from supervisor.rules.leader import CommitStep, PodView
+from supervisor.rules.pod_job import CoordinatedJobState
+from supervisor.rules.restart_policy import Failure, RestartPolicy
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 

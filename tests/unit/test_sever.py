@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.unwind import _connections_to_sever, tcp_connections
+from launcher.worker.unwind import _connections_to_sever, tcp_connections
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ sys.stdin.read()
 
 WORKER = """
 import json, socket, sys
-from launcher.unwind import _connections_to_sever, tcp_connections
+from launcher.worker.unwind import _connections_to_sever, tcp_connections
 sibling = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 parent = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
 before = tcp_connections()  # both connections are older than the generation

@@ -1,4 +1,4 @@
-"""launcher/snapshot_cuda.py on a GPU: CUDA tensors snapshot through pinned arena memory on a
+"""launcher/worker/snapshot_cuda.py on a GPU: CUDA tensors snapshot through pinned arena memory on a
 side stream, and the optimizer's update waits for the copy on the device, not on the host.
 
 Skipped where torch sees no GPU (CI, and every session of this project so far). Run on a GPU
@@ -14,8 +14,8 @@ import pytest
 import torch
 from snapshot_service import CommittingSupervisor, rank0_env, serve_snapshots
 
-from launcher.snapshot import Snapshots
-from launcher.snapshot_payload import read_state
+from launcher.worker.snapshot import Snapshots
+from launcher.worker.snapshot_payload import read_state
 from train_supervisor.arena import RankArena
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -1,4 +1,4 @@
-"""launcher/snapshot.py's writer thread across an in-place re-entry: a save of a run that a
+"""launcher/worker/snapshot.py's writer thread across an in-place re-entry: a save of a run that a
 failure unwound never lands over the next run's snapshots.
 
 The scripts' side is real (Snapshots, its writer thread, shared memory in tmp); the supervisor's
@@ -21,10 +21,10 @@ import pytest
 import torch
 from snapshot_service import CommittingSupervisor, on_loopback, rank0_env, serve_snapshots
 
-from launcher.bootstrap import Target, Worker
-from launcher.processes import SCRIPT_ENDED_GENERATION_ENV, SCRIPT_GENERATION_ENV
-from launcher.snapshot import Snapshots
-from launcher.snapshot_payload import fill, plan, read_state, write_state
+from launcher.launch.processes import SCRIPT_ENDED_GENERATION_ENV, SCRIPT_GENERATION_ENV
+from launcher.worker.bootstrap import Target, Worker
+from launcher.worker.snapshot import Snapshots
+from launcher.worker.snapshot_payload import fill, plan, read_state, write_state
 from train_supervisor.arena import RankArena, SlotState, SnapshotImage
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc

@@ -1,8 +1,8 @@
-"""supervisor/spares.py: the warm spare pool's bookkeeping, alone."""
+"""supervisor/workers/spares.py: the warm spare pool's bookkeeping, alone."""
 
 from __future__ import annotations
 
-from supervisor.spares import SparePool
+from supervisor.workers.spares import SparePool
 
 
 def test_an_empty_pool_wants_its_target() -> None:

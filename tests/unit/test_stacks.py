@@ -1,4 +1,5 @@
-"""supervisor/stacks.py: py-spy dumps reduced to groupable stacks, and py-spy run for real."""
+"""supervisor/detect/stacks.py: py-spy dumps reduced to groupable stacks, and py-spy run for
+real."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.hang import ProcessEvidence, culprit, describe_stacks
-from supervisor.stacks import PySpy, StackRounds, find_py_spy, main_thread_stack
+from supervisor.detect.stacks import PySpy, StackRounds, find_py_spy, main_thread_stack
+from supervisor.rules.hang import ProcessEvidence, culprit, describe_stacks
 
 DUMPS = Path(__file__).parent / "pyspy_dumps"  # captured from real ranks on this machine
 DDP_WAIT = "_engine_run_backward (graph.py)\nbackward (__init__.py)\nTensor.backward (_tensor.py)"

@@ -1,4 +1,4 @@
-"""supervisor/status_view.py and `train-supervisor status`'s table (supervisor/cli.py)."""
+"""supervisor/rules/status_view.py and `train-supervisor status`'s table (supervisor/cli.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import itertools
 import signal
 
 from supervisor.cli import render_table
-from supervisor.job import JobState, ToWorker
-from supervisor.restart_policy import RestartPolicy
-from supervisor.status_view import job_status, job_wide_ranks
+from supervisor.rules.job import JobState, ToWorker
+from supervisor.rules.restart_policy import RestartPolicy
+from supervisor.rules.status_view import job_status, job_wide_ranks
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState

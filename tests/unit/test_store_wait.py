@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from launcher.store_wait import store_endpoint, wait_until_listening
-from supervisor.ports import free_port
+from launcher.worker.store_wait import store_endpoint, wait_until_listening
+from supervisor.workers.ports import free_port
 
 GENERATION = {"RANK": "3", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 

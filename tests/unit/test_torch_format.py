@@ -1,4 +1,5 @@
-"""train_supervisor/torch_format.py and the worker's manifests (launcher/snapshot.py): snapshot
+"""train_supervisor/torch_format.py and the worker's manifests (launcher/worker/snapshot.py):
+snapshot
 images written as torch.save files without torch, on real arenas and real files."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import crc32c
 import pytest
 import torch
 
-from launcher.snapshot_payload import read_state, write_state
+from launcher.worker.snapshot_payload import read_state, write_state
 from train_supervisor.arena import CorruptSnapshot, RankArena, SnapshotImage
 from train_supervisor.torch_format import (
     TensorEntry,
@@ -201,7 +202,8 @@ def test_an_old_pickle_manifest_is_a_corrupt_snapshot_not_a_crash(arena: RankAre
 def test_the_writer_and_the_store_never_import_torch(tmp_path: Path) -> None:
     code = (
         f"import sys; sys.path.insert(0, {str(REPO)!r}); "
-        "import train_supervisor.torch_format, supervisor.durable, supervisor.persist_policy; "
+        "import train_supervisor.torch_format, supervisor.snapshots.durable, "
+        "supervisor.snapshots.persist_policy; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     done = subprocess.run(

@@ -1,4 +1,5 @@
-"""What a warm spare imports while idle (launcher/warm_imports.py), on real files and modules."""
+"""What a warm spare imports while idle (launcher/worker/warm_imports.py), on real files and
+modules."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.warm_imports import (
+from launcher.worker.warm_imports import (
     ManifestWriter,
     importable_names,
     preimport,

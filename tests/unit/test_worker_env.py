@@ -1,11 +1,11 @@
-"""supervisor/worker_env.py: the environment a worker sees is torchrun's."""
+"""supervisor/workers/worker_env.py: the environment a worker sees is torchrun's."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 
-from supervisor.worker_env import GenerationLayout, error_file_path, torchrun_env
+from supervisor.workers.worker_env import GenerationLayout, error_file_path, torchrun_env
 
 # What torch.distributed.elastic's local agent sets for every worker.
 TORCHRUN_VARIABLES = {

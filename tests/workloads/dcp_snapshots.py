@@ -1,4 +1,5 @@
-"""FSDP2 (`fully_shard`) + torch.distributed.checkpoint, snapshots via launcher.integrations.dcp.
+"""FSDP2 (`fully_shard`) + torch.distributed.checkpoint, snapshots via
+launcher.worker.integrations.dcp.
 
 The script a DCP user writes, with the storage writer/reader of the supervisor's memory in place
 of a directory: `dcp.save(state, checkpoint_id=f"step_{step}", storage_writer=writer)` every step
@@ -20,8 +21,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.fsdp import fully_shard
 
-from launcher.integrations.dcp import SnapshotReader, SnapshotWriter
-from launcher.snapshot import Snapshots
+from launcher.worker.integrations.dcp import SnapshotReader, SnapshotWriter
+from launcher.worker.snapshot import Snapshots
 
 
 class AppState(Stateful):

@@ -1,5 +1,5 @@
 """A Hugging Face Trainer (tiny GPT-2 from a config, CPU, DDP) with snapshots through
-launcher.integrations.hf: the script the transformers docs teach, plus
+launcher.worker.integrations.hf: the script the transformers docs teach, plus
 `SupervisorSnapshotCallback()` in `callbacks`. `StepTracer` only records steps for the test.
 """
 
@@ -21,7 +21,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from launcher.integrations.hf import SupervisorSnapshotCallback
+from launcher.worker.integrations.hf import SupervisorSnapshotCallback
 
 
 class RandomTokens(Dataset[dict[str, torch.Tensor]]):

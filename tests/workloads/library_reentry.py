@@ -2,7 +2,7 @@
 
 `python library_reentry.py LIBRARY MODE PORT0 PORT1` with RANK and WORLD_SIZE set: generation
 0 initializes torch.distributed (gloo) and LIBRARY's distributed state; the process then leaves
-it as the bootstrap's unwind does (launcher/bootstrap.py: the library resets, then
+it as the bootstrap's unwind does (launcher/worker/bootstrap.py: the library resets, then
 destroy_process_groups) and generation 1 initializes both again on a fresh port. MODE: `reset`
 (every step), `keep` (none), `skip:MODULE` (every step but that module's) or
 `deepspeed-globals` (DeepSpeed's groups reset as for versions without
@@ -20,13 +20,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from launcher.library_resets import (
+from launcher.worker.library_resets import (
     LIBRARY_RESETS,
     LibraryReset,
     reset_deepspeed_group_globals,
     reset_libraries,
 )
-from launcher.unwind import destroy_process_groups
+from launcher.worker.unwind import destroy_process_groups
 
 
 def init_torch(port: str) -> None:

@@ -1,4 +1,4 @@
-"""A Lightning Trainer (ddp, CPU) with snapshots through launcher.integrations.lightning.
+"""A Lightning Trainer (ddp, CPU) with snapshots through launcher.worker.integrations.lightning.
 
 The script the Lightning docs teach, plus `SupervisorSnapshots()` in `callbacks`; `StepTracer`
 only records steps for the test (tests/workloads/step_trace.py).
@@ -15,7 +15,7 @@ from step_trace import StepTrace, add_arguments, training_state_sha256
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from launcher.integrations.lightning import SupervisorSnapshots
+from launcher.worker.integrations.lightning import SupervisorSnapshots
 
 
 class TinyRegression(pl.LightningModule):

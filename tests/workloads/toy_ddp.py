@@ -145,7 +145,7 @@ def main() -> None:
         weakref.finalize(cycle, log.write, "cycle_freed")
     step, state, snapshots = 0, None, None
     if args.snapshot:  # the worker API: memory first (and the import below)
-        from launcher.snapshot import Snapshots
+        from launcher.worker.snapshot import Snapshots
 
         snapshots = Snapshots()
         step, state = snapshots.load()

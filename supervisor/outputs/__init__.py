@@ -1,0 +1,1 @@
+"""What the supervisor tells the world besides gRPC: log lines, Prometheus metrics, Kubernetes."""

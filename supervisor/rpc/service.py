@@ -1,0 +1,563 @@
+"""gRPC adapter around JobState: one asyncio loop owns the state, servicers feed it events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from signal import SIGKILL
+from typing import Any, Optional, Protocol
+
+import grpc
+
+from supervisor.detect.gpu_probe import default_probes, device_health
+from supervisor.detect.hang_watch import hang_watch_for
+from supervisor.detect.pod_health import PodHealth
+from supervisor.detect.pod_metrics import PodSampler
+from supervisor.detect.process_table import ProcessTable, launcher_in_view
+from supervisor.outputs.kube.reporter import KubeReporter
+from supervisor.outputs.metrics import REFRESH_S, MetricsBoard, snapshot_of
+from supervisor.rpc import call_checks
+from supervisor.rpc.call_checks import NoProcesses, Processes, Refusal
+from supervisor.rpc.peer_wire import copies_to_wire
+from supervisor.rpc.refusals import RefusalLog
+from supervisor.rpc.snapshot_service import harvest_arenas
+from supervisor.rules import restart_policy
+from supervisor.rules.classify import GpuHealth
+from supervisor.rules.failure_evidence import FailureMemory
+from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToLeader, ToWorker
+from supervisor.rules.leader import PodView
+from supervisor.rules.pod_job import CoordinatedJobState
+from supervisor.rules.status_view import job_status
+from supervisor.settings.detection import DetectConfig
+from supervisor.settings.snapshots import OffloadConfig
+from supervisor.snapshots.offload import REPLICAS
+from supervisor.snapshots.offload_runner import OffloadDriver, ReplicaTarget
+from supervisor.workers.ports import free_port
+from train_supervisor.arena import remove_arena
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+log = logging.getLogger("train_supervisor")
+NOTABLE_EVENTS = frozenset(
+    {
+        "failure",
+        "unwind_timeout",
+        "gave_up",
+        "replace_pod",
+        "spare_lost",
+        "snapshot_problem",
+        "reentry_fallback",
+        "persist_error",  # a full or failing durable disk: training goes on, unprotected
+    }
+)
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    crash_loop_threshold: int = 3
+    unwind_timeout_s: float = 10.0
+    # Multi-pod: the leader loses a pod silent this long; a follower whose ranks stopped
+    # stepping this long with the leader away counts itself cut off (pod_job.py).
+    heartbeat_timeout_s: float = 10.0
+    # How long a rank's exception waits for news of a peer's death before it
+    # is judged to be the failure itself.
+    failure_settle_s: float = 1.0
+    tick_s: float = 0.1
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+
+
+class Coordination(Protocol):
+    """The link to the job's leader when the job spans pods (supervisor/rpc/peers.py)."""
+
+    def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
+        """Why this launcher's spec does not fit the job, or None."""
+
+    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
+        """`resumed`: the pod's job as rebuilt under running ranks (a restarted supervisor)."""
+
+    def report(self, report: pb.PodReport) -> None: ...
+
+    async def job_status(self, local: pb.JobStatus) -> pb.JobStatus:
+        """The whole job's status, given this pod's."""
+
+
+class Supervisor:
+    """Holds one pod's JobState. Every method runs on the event loop thread."""
+
+    def __init__(
+        self,
+        settings: SupervisorSettings,
+        leader: str = "local",
+        coordination: Optional[Coordination] = None,
+    ) -> None:
+        self.settings = settings
+        self.leader = leader
+        self.coordination = coordination
+        self.job: Optional[JobState] = None
+        self.launcher_queue: asyncio.Queue[Optional[pb.LauncherCommand]] = asyncio.Queue()
+        self.worker_queues: dict[int, asyncio.Queue[Optional[pb.WorkerCommand]]] = {}
+        self.changed = asyncio.Condition()
+        self.finished = asyncio.Event()
+        self.ended: Optional[pb.Shutdown] = None  # how the job ended, once it did
+        self.events_logged = 0
+        self._ticker: Optional[asyncio.Task[None]] = None
+        self.replica_target: Optional[ReplicaTarget] = None  # the next pod (multi-pod only)
+        self.offload: Optional[OffloadDriver] = None  # once a job with snapshots attached
+        self.hang_watch = hang_watch_for(settings.detect)
+        self.pod_health: Optional[PodHealth] = None  # once a launcher attached
+        self.probes = default_probes()  # accelerator health (supervisor/detect/gpu_probe.py)
+        self.closing = False  # stopping: event streams end (supervisor/rpc/event_watch.py)
+        self.metrics_board: Optional[MetricsBoard] = None  # set when /metrics is served
+        self.kube: Optional[KubeReporter] = None  # Kubernetes Events (supervisor/outputs/kube/)
+        self._metrics_at = -REFRESH_S
+        self.refusals = RefusalLog()  # refused calls, logged at a bounded rate
+        # The launcher's pid once /proc can vouch for worker pids
+        # (supervisor/detect/process_table.py).
+        self.launcher_pid: Optional[int] = None
+        self.processes: Processes = NoProcesses()
+        self.launcher_attached = False  # a launcher's command stream is open
+        self.resume_pending = False  # rebuilding the job under running ranks (_resumed)
+
+    # ------------------------------------------------------------- plumbing
+    def apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, ToWorker):
+                queue = self.worker_queues.get(effect.pid)
+                if queue is not None:
+                    queue.put_nowait(effect.command)
+            elif isinstance(effect, ToLauncher):
+                self.launcher_queue.put_nowait(effect.command)
+                if effect.command.HasField("shutdown"):
+                    self.ended = effect.command.shutdown
+                    self.finished.set()
+            elif isinstance(effect, ToLeader) and self.coordination is not None:
+                if effect.report.HasField("ready") and self.offload is not None:
+                    # The leader chooses the restore step from every pod's copies.
+                    copies = copies_to_wire(self.offload.copies_now())
+                    effect.report.copies.CopyFrom(copies)
+                self.coordination.report(effect.report)
+        if self.offload is not None:
+            self.offload.generation_seen()
+        if self.resume_pending and self.job is not None and not self.job.resuming:
+            self._resumed()
+        asyncio.get_running_loop().create_task(self._notify())
+        self._log_new_events()
+
+    def _log_new_events(self) -> None:
+        if self.job is None:
+            return
+        for event in self.job.events.since(self.events_logged):
+            level = logging.WARNING if event.kind in NOTABLE_EVENTS else logging.INFO
+            fields = {"kind": event.kind, "seq": event.seq, "node_rank": event.node_rank}
+            log.log(level, "%s: %s", event.kind, event.message, extra=fields)
+            if self.kube is not None:
+                self.kube.job_event(event, self.job)  # queued: never waits on the API
+        self.events_logged = self.job.events.recorded
+
+    def on_leader_message(self, message: pb.LeaderMessage) -> None:
+        """Apply what the leader decided to this pod's ranks."""
+        job = self.job
+        if not isinstance(job, CoordinatedJobState):
+            return
+        kind = message.WhichOneof("message")
+        if kind == "open":  # first: what the ranks copied of the generation it stops
+            harvest_arenas(self)
+            self.apply(job.open_generation(message.open, time.monotonic()))
+        elif kind == "start":
+            self.apply(job.start_generation(message.start))
+        elif kind == "end":
+            self.apply(job.end_job(message.end))
+        elif kind == "replace" and message.replace.node_rank == job.spec.node_rank:
+            self.apply(job.asked_to_leave(message.replace.reason))
+        elif kind == "commit":
+            if job.commit_snapshot(message.commit):
+                self.apply([])  # wakes the ranks waiting for this commit
+            if self.offload is not None and message.commit.generation == job.generation:
+                self.offload.leader_round(message.commit)
+
+    def replica_job(self) -> Optional[tuple[str, Path]]:
+        """Where the previous pod's replicas go: (run id, directory), once a job attached."""
+        if self.job is None or not self.job.spec.snapshot_dir:
+            return None
+        return self.job.spec.run_id, Path(self.job.spec.snapshot_dir) / REPLICAS
+
+    def local_ranks(self) -> list[pb.RankStatus]:
+        return list(self.local_status().ranks)
+
+    def local_status(self) -> pb.JobStatus:
+        """This pod's part of the job's status."""
+        if self.job is None:
+            return pb.JobStatus(state=pb.JobState.JOB_STATE_STARTING, leader=self.leader)
+        status = job_status(self.job, time.monotonic(), self.leader)
+        if self.offload is not None:
+            self.offload.status(status)
+        if self.pod_health is not None and self.pod_health.latest is not None:
+            status.samples.append(self.pod_health.latest)
+        return status
+
+    def running_generation(self) -> Optional[int]:
+        """The generation every local rank runs (or finished) now; None between generations."""
+        job = self.job
+        live = (pb.WorkerState.WORKER_STATE_HEALTHY, pb.WorkerState.WORKER_STATE_SUCCEEDED)
+        if job is None or not job.started or job.over:
+            return None
+        if all(s.state in live and s.generation == job.generation for s in job.ranks.values()):
+            return job.generation
+        return None
+
+    def leader_lost(self) -> None:
+        if isinstance(self.job, CoordinatedJobState):
+            self.apply(self.job.leader_lost(time.monotonic()))
+
+    def rejoined(self) -> None:
+        if isinstance(self.job, CoordinatedJobState):
+            self.apply(self.job.rejoined())
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            if self.job is not None:
+                now = time.monotonic()
+                effects = self.job.tick(now) + self.hang_watch.check(self.job, now)
+                if effects or self.job.events.recorded != self.events_logged:
+                    self.apply(effects)  # else nothing changed: wake no one (the sidecar's CPU)
+                if self.pod_health is not None:
+                    self.pod_health.tick(self.job, now)
+            await self._publish_metrics()
+
+    async def _publish_metrics(self) -> None:
+        """Rebuild what /metrics shows (supervisor/outputs/metrics.py), at most every REFRESH_S."""
+        job, now = self.job, time.monotonic()
+        if self.metrics_board is None or job is None or now - self._metrics_at < REFRESH_S:
+            return
+        self._metrics_at = now
+        job_wide = None
+        if self.coordination is not None and job.spec.node_rank == 0:
+            # The leader's pod also exports the job's findings and every pod's sample.
+            job_wide = await self.coordination.job_status(self.local_status())
+        snapshot = snapshot_of(self.local_status(), job.failures, job.events.by_kind, job_wide)
+        if self.kube is not None:
+            snapshot = dataclasses.replace(
+                snapshot, kube_requests=self.kube.counts(), kube_drops=self.kube.drops()
+            )
+        self.metrics_board.publish(snapshot)
+
+    async def refuse(
+        self, context: grpc.aio.ServicerContext[Any, Any], call: str, refusal: Optional[Refusal]
+    ) -> None:
+        """Abort the call when `refusal` says so (supervisor/rpc/call_checks.py), before any
+        change."""
+        if refusal is None:
+            return
+        self.refusals.refusal(call, context.peer(), refusal.code.name, refusal.reason)
+        await context.abort(refusal.code, refusal.reason)
+
+    async def require_job(self, context: grpc.aio.ServicerContext[Any, Any]) -> JobState:
+        if self.job is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no launcher attached yet")
+            raise AssertionError("unreachable: abort raises")
+        return self.job
+
+    # ------------------------------------------------------------- launcher
+    async def attach_launcher(
+        self,
+        request: pb.AttachLauncherRequest,
+        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
+    ) -> AsyncIterator[pb.LauncherCommand]:
+        await self.refuse(context, "AttachLauncher", call_checks.attach_launcher(request))
+        if self.job is not None:
+            if self.job.over or self.launcher_attached:
+                why = "this supervisor's job is over" if self.job.over else "a launcher is attached"
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
+            async for command in self._launcher_back(request, context):
+                yield command
+            return
+        policy = restart_policy.RestartPolicy(
+            max_restarts=request.spec.max_restarts,
+            crash_loop_threshold=self.settings.crash_loop_threshold,
+            crash_loop_window_s=self.settings.detect.crash_loop_window_s,
+        )
+        timings = Timings(unwind_timeout_s=self.settings.unwind_timeout_s)
+        memory = FailureMemory(pod_fault_rule=self.settings.detect.pod_faults)
+        if self.coordination is None:
+            self.job = JobState(
+                spec=request.spec,
+                policy=policy,
+                allocate_port=free_port,
+                timings=timings,
+                failure_memory=memory,
+            )
+        else:
+            mismatch = self.coordination.check_spec(request.spec)
+            if mismatch is not None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, mismatch)
+            self.job = CoordinatedJobState(
+                spec=request.spec,
+                policy=policy,
+                allocate_port=free_port,
+                timings=timings,
+                failure_memory=memory,
+                stall_timeout_s=self.settings.heartbeat_timeout_s,
+            )
+            if not request.reattach:  # else once the job is rebuilt (_resumed)
+                self.coordination.launcher_attached(request.spec)
+        log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
+        self.note_launcher(request)
+        if request.spec.snapshot_dir:
+            target = self.replica_target if self.coordination is not None else None
+            self.offload = OffloadDriver(
+                self.job,
+                self.settings.offload,
+                target,
+                on_change=lambda: self.apply([]),
+                to_leader=lambda report: self.apply([ToLeader(report)]),
+            )
+        sampler = PodSampler(self.probes)
+        self.pod_health = PodHealth(request.spec.node_rank, sampler, self.settings.detect.sample_s)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        job = self.job
+        if request.reattach:  # this supervisor is new: the launcher and its workers train on
+            processes = [(p.pid, p.rank) for p in request.processes]
+            self.resume_pending = True
+            self.apply(job.resume_launcher(processes, time.monotonic()))
+        else:
+            self.apply(job.attach_launcher())
+        async for command in self._stream_to_launcher(job, context):
+            yield command
+
+    async def _launcher_back(
+        self,
+        request: pb.AttachLauncherRequest,
+        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
+    ) -> AsyncIterator[pb.LauncherCommand]:
+        """The pod's launcher attaches again to this supervisor (its container restarted):
+        its ranks failed when the old one's stream ended; it gets their new processes."""
+        job = self.job
+        assert job is not None
+        log.warning("launcher pid %d attached again", request.launcher_pid)
+        job.record("launcher_attached", f"launcher pid {request.launcher_pid} attached again")
+        for process in request.processes:  # counted failed already: not to run twice
+            reason = "its launcher's stream broke: the rank was given a new process"
+            self.launcher_queue.put_nowait(
+                pb.LauncherCommand(
+                    kill=pb.KillProcess(pid=process.pid, signal=SIGKILL, reason=reason)
+                )
+            )
+        async for command in self._stream_to_launcher(job, context):
+            yield command
+
+    async def _stream_to_launcher(
+        self,
+        job: JobState,
+        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
+    ) -> AsyncIterator[pb.LauncherCommand]:
+        self.launcher_attached = True
+        await context.send_initial_metadata(())  # attached: the launcher counts on us now
+        try:
+            while True:
+                command = await self.launcher_queue.get()
+                if command is None:
+                    return
+                yield command
+        finally:
+            self.launcher_attached = False
+            if not job.over:  # the launcher died (its workers with it), or was stopped
+                self._drain_launcher_queue()
+                self.apply(job.launcher_lost(time.monotonic()))
+
+    def _drain_launcher_queue(self) -> None:
+        """Commands the gone launcher never got: for processes that are gone too."""
+        kept = []
+        while not self.launcher_queue.empty():
+            command = self.launcher_queue.get_nowait()
+            if command is not None and command.HasField("shutdown"):
+                kept.append(command)
+        for command in kept:
+            self.launcher_queue.put_nowait(command)
+
+    def _resumed(self) -> None:
+        """The job is rebuilt from the running launcher and workers (this supervisor is new).
+
+        The committed step is not read back from the arenas: a rank whose last commit answer
+        was lost with the old supervisor may already be overwriting the newest common step.
+        The ranks' next reports commit again (one step later); with several pods the leader's
+        commit comes once this pod re-joined, and until then no rank waits for one."""
+        job = self.job
+        assert job is not None
+        self.resume_pending = False
+        if self.coordination is not None and isinstance(job, CoordinatedJobState):
+            job.pod_away = True
+            self.coordination.launcher_attached(job.spec, job.resumed_view())
+
+    def check_replica_header(self, header: pb.ReplicaHeader) -> Optional[Refusal]:
+        """For ReplicaService pushes: the copy is of another pod of the job that runs here."""
+        return None if self.job is None else call_checks.replica_header(self.job.spec, header)
+
+    def note_launcher(self, request: pb.AttachLauncherRequest) -> None:
+        """Whether /proc can vouch for this launcher's worker pids (call on every attach,
+        a re-attach included: the checks follow the launcher that runs now)."""
+        if launcher_in_view(request.launcher_pid, request.pid_namespace):
+            self.launcher_pid, self.processes = request.launcher_pid, ProcessTable()
+        else:
+            self.launcher_pid, self.processes = None, NoProcesses()
+
+    async def report_process_started(
+        self,
+        request: pb.ProcessStarted,
+        context: grpc.aio.ServicerContext[pb.ProcessStarted, pb.Ack],
+    ) -> pb.Ack:
+        job = await self.require_job(context)
+        refusal = call_checks.process_started(job, request, self.launcher_pid, self.processes)
+        await self.refuse(context, "ReportProcessStarted", refusal)
+        if not request.spare:
+            self.apply(job.process_started(request.pid, request.rank))
+        return pb.Ack()
+
+    async def report_process_exit(
+        self, request: pb.ProcessExit, context: grpc.aio.ServicerContext[pb.ProcessExit, pb.Ack]
+    ) -> pb.Ack:
+        job = await self.require_job(context)
+        queue = self.worker_queues.pop(request.pid, None)
+        if queue is not None:
+            queue.put_nowait(None)
+        self.apply(
+            job.process_exited(
+                request.pid,
+                request.exit_code,
+                request.signal,
+                request.output_tail,
+                time.monotonic(),
+                request.oom_kills,
+                self._device_health(job, request.pid),
+            )
+        )
+        return pb.Ack()
+
+    def _device_health(self, job: JobState, pid: int) -> GpuHealth:
+        """The exited rank's accelerator (by local rank), for the failure's classification."""
+        slot = job.slot_of(pid)
+        return device_health(self.probes, slot.local_rank) if slot is not None else GpuHealth()
+
+    def stop(self, report: str) -> None:
+        self.closing = True
+        if self.job is not None:
+            self.apply(self.job.stop(report))
+        else:
+            asyncio.get_running_loop().create_task(self._notify())  # wakes event watchers
+
+    async def finish_offload(self) -> None:
+        """Before exit: persist the newest committed step, then free the shared memory of a
+        job that succeeded (a failed one keeps it for whoever comes next)."""
+        if self.offload is None or self.job is None:
+            return
+        await self.offload.flush()
+        self.offload.close()
+        if self.job.state == pb.JobState.JOB_STATE_SUCCEEDED:
+            try:
+                remove_arena(Path(self.job.spec.snapshot_dir))
+            except OSError as err:  # the job succeeded all the same
+                log.warning("could not remove %s: %s", self.job.spec.snapshot_dir, err)
+
+    # --------------------------------------------------------------- worker
+    async def attach_worker(
+        self,
+        request: pb.AttachWorkerRequest,
+        context: grpc.aio.ServicerContext[pb.AttachWorkerRequest, pb.WorkerCommand],
+    ) -> AsyncIterator[pb.WorkerCommand]:
+        job = await self.require_job(context)
+        refusal = call_checks.attach_worker(
+            job, request, self.worker_queues, self.launcher_pid, self.processes
+        )
+        await self.refuse(context, "AttachWorker", refusal)
+        queue: asyncio.Queue[Optional[pb.WorkerCommand]] = asyncio.Queue()
+        old = self.worker_queues.get(request.pid)
+        if old is not None:
+            old.put_nowait(None)  # that stream is dead: its worker attached again
+        self.worker_queues[request.pid] = queue
+        if request.reattach:
+            self.apply(job.worker_reattached(request, time.monotonic()))
+        else:
+            self.apply(job.worker_attached(request.pid, request.rank, request.spare))
+        await context.send_initial_metadata(())  # attached: the worker may report now
+        try:
+            while True:
+                command = await queue.get()
+                if command is None:
+                    return
+                yield command
+        finally:
+            if self.worker_queues.get(request.pid) is queue:
+                del self.worker_queues[request.pid]
+
+    async def heartbeat(
+        self,
+        request: pb.HeartbeatRequest,
+        context: grpc.aio.ServicerContext[pb.HeartbeatRequest, pb.Ack],
+    ) -> pb.Ack:
+        job = await self.require_job(context)
+        await self.refuse(context, "Heartbeat", call_checks.heartbeat(job, request))
+        if self.pod_health is not None:
+            self.pod_health.on_heartbeat(request.rank, request.step_time_s, request.compute_s)
+        self.apply(
+            job.heartbeat(
+                request.pid,
+                request.generation,
+                request.step,
+                request.step_time_s,
+                time.monotonic(),
+                compute_s=request.compute_s,
+            )
+        )
+        return pb.Ack()
+
+    async def report_outcome(
+        self,
+        request: pb.WorkerOutcome,
+        context: grpc.aio.ServicerContext[pb.WorkerOutcome, pb.OutcomeVerdict],
+    ) -> pb.OutcomeVerdict:
+        job = await self.require_job(context)
+        await self.refuse(context, "ReportOutcome", call_checks.outcome(job, request))
+        failure = request.failure if request.HasField("failure") else None
+        verdict, effects = job.outcome(
+            request.pid, request.generation, request.kind, failure, time.monotonic(), request.step
+        )
+        self.apply(effects)
+        for final in (False, True):  # a peer's error may wait a second window (JobState.settle)
+            if verdict is not None:
+                break
+            await self._wait_for_abort(job, request.generation)
+            verdict, effects = job.settle(request.pid, final)
+            self.apply(effects)
+        assert verdict is not None  # the final window always decides
+        return pb.OutcomeVerdict(verdict=verdict)
+
+    async def _wait_for_abort(self, job: JobState, generation: int) -> None:
+        def aborted() -> bool:
+            return job.generation > generation or job.over or not job.started
+
+        async with self.changed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self.changed.wait_for(aborted), timeout=self.settings.failure_settle_s
+                )
+
+    # --------------------------------------------------------------- status
+    async def get_status(
+        self,
+        request: pb.GetStatusRequest,
+        context: grpc.aio.ServicerContext[pb.GetStatusRequest, pb.JobStatus],
+    ) -> pb.JobStatus:
+        local = self.local_status()
+        if self.coordination is None:
+            return local
+        return await self.coordination.job_status(local)

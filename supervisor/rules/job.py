@@ -1,0 +1,865 @@
+"""The job's state machine for one pod: ranks, generations, failures.
+
+Every input is an event (a process attached, exited, reported); every output is
+a list of effects (commands for a worker or for the launcher). No I/O, no
+clock: callers pass `now` (monotonic seconds) so the rules are testable alone.
+
+Re-entry and its fallback (spec.reentry, train-launch --reentry). Survivors of an
+aborted generation re-enter the script in place. When one cannot — its script
+raises before its first step of the new generation (an OUTCOME_RAISED at step 0
+from a process that started an earlier generation), or its unwind fails or times
+out — the job falls back to what torchrun does, once and for good: that rank gets
+a fresh process (a warm spare when ready), and from then on every survivor of an
+aborted generation is replaced by a fresh process too (`fresh_processes` says
+why). The fallback is the supervisor's doing, not the script's: it spends no
+restart, is no failure of the restart policy and is never classified. A script
+that fails the same way in a fresh process is a failure like any other, which
+the crash-loop rule and the budget bound. REENTRY_NEVER starts in fresh-process
+mode; REENTRY_ALWAYS never falls back (a failed re-entry is an ordinary failure).
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from supervisor.rules import failure_evidence, restart_policy
+from supervisor.rules.classify import Classification, GpuHealth
+from supervisor.rules.failure_evidence import NO_GPU, FailureMemory, Settled, policy_failure
+from supervisor.snapshots.commit import CommitTracker
+from supervisor.workers.spares import SparePool
+from supervisor.workers.worker_env import spec_env
+from train_supervisor import exit_codes
+from train_supervisor.v1 import supervisor_pb2 as pb
+
+WS = pb.WorkerState
+
+
+@dataclass(frozen=True)
+class ToWorker:
+    pid: int
+    command: pb.WorkerCommand
+
+
+@dataclass(frozen=True)
+class ToLauncher:
+    command: pb.LauncherCommand
+
+
+@dataclass(frozen=True)
+class ToLeader:
+    """A report for the job's leader (multi-pod): it decides, this pod carries out."""
+
+    report: pb.PodReport
+
+
+Effect = Union[ToWorker, ToLauncher, ToLeader]
+
+
+def spawn(rank: int, local_rank: int = 0, env: Optional[dict[str, str]] = None) -> ToLauncher:
+    """A new process for `rank` (-1: a warm spare)."""
+    command = pb.SpawnWorker(rank=rank, local_rank=local_rank, env=env or {}, spare=rank < 0)
+    return ToLauncher(pb.LauncherCommand(spawn=command))
+
+
+def kill(pid: int, signum: int, reason: str) -> ToLauncher:
+    command = pb.KillProcess(pid=pid, signal=signum, reason=reason)
+    return ToLauncher(pb.LauncherCommand(kill=command))
+
+
+def end_job(pids: list[int], exit_code: int, report: str) -> list[Effect]:
+    """Every process leaves, then the launcher exits with `exit_code` and `report`."""
+    bye = pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0))
+    shutdown = pb.Shutdown(exit_code=exit_code, report=report)
+    goodbyes: list[Effect] = [ToWorker(pid, bye) for pid in pids]
+    return [*goodbyes, ToLauncher(pb.LauncherCommand(shutdown=shutdown))]
+
+
+@dataclass
+class RankSlot:
+    rank: int
+    local_rank: int
+    pid: int = 0  # 0: no process holds the rank
+    spawning: bool = False
+    state: pb.WorkerState = WS.WORKER_STATE_UNKNOWN
+    generation: int = -1  # generation the holding process last started
+    step: int = 0
+    step_time_s: float = 0.0
+    compute_s: float = 0.0  # own work in the last step (launcher/worker/heartbeat.py)
+    last_heartbeat: Optional[float] = None
+    process_starts: int = 0
+    evidence: Optional[pb.FailureDetail] = None
+    unwind_deadline: Optional[float] = None
+    # The generation the holding process started first (-1: none yet): a process that
+    # started an earlier one than it runs now re-entered the script in place.
+    first_generation: int = -1
+
+    @property
+    def reentered(self) -> bool:
+        return 0 <= self.first_generation < self.generation
+
+    def forget_progress(self) -> None:
+        """Steps (and a raised error's evidence) count per process and per generation."""
+        self.step, self.step_time_s, self.last_heartbeat = 0, 0.0, None
+        self.evidence = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    unwind_timeout_s: float = 10.0  # survivor must be back in place by then
+    max_spare_failures: int = 3  # stop replenishing spares that keep dying
+    # Spares are replaced when every rank steps again; a script that never
+    # calls optimizer.step() gets them back after this long instead.
+    spare_replenish_fallback_s: float = 60.0
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@dataclass
+class EventLog:
+    """The job's recent events, for status and WatchEvents; `recorded` counts all, kept or not.
+
+    Events are numbered 1, 2, ... (`seq` = how many were recorded up to and
+    including it), so a watcher resumes with `since(last seq it got)`.
+    """
+
+    kept: collections.deque[pb.JobEvent] = field(
+        default_factory=lambda: collections.deque(maxlen=200)
+    )
+    recorded: int = 0
+    node_rank: int = 0  # stamped on every event: the pod whose supervisor recorded it
+    by_kind: collections.Counter[str] = field(default_factory=collections.Counter)  # all recorded
+
+    def add(self, kind: str, message: str) -> None:
+        self.recorded += 1
+        self.by_kind[kind] += 1
+        event = pb.JobEvent(
+            time_unix=time.time(),
+            kind=kind,
+            message=message,
+            seq=self.recorded,
+            node_rank=self.node_rank,
+        )
+        self.kept.append(event)
+
+    def since(self, seq: int) -> list[pb.JobEvent]:
+        """Kept events with a seq above `seq` (those recorded after the first `seq`)."""
+        new = min(self.recorded - seq, len(self.kept))
+        return list(self.kept)[len(self.kept) - new :] if new > 0 else []
+
+    def __iter__(self) -> Iterator[pb.JobEvent]:
+        return iter(self.kept)
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+
+def failure_record(
+    generation: int,
+    rank: int,
+    pid: int,
+    exit_code: int,
+    signum: int,
+    evidence: Optional[pb.FailureDetail],
+    step: int,
+    job_step: Optional[int] = None,
+) -> pb.FailureRecord:
+    """What is known of a rank's death; the signature falls back to the signal or exit code.
+
+    `step`: the rank's steps in `generation`; `job_step`: the job's over all generations
+    (JobState.job_step; None: `step`, as in generation 0)."""
+    detail = evidence or pb.FailureDetail()
+    if not detail.signature:
+        detail.signature = signal_name(signum) if signum else f"exit code {exit_code}"
+    return pb.FailureRecord(
+        generation=generation,
+        rank=rank,
+        pid=pid,
+        exit_code=exit_code,
+        signal=signum,
+        detail=detail,
+        step=step,
+        job_step=step if job_step is None else job_step,
+        time_unix=time.time(),
+    )
+
+
+def describe_failure(record: pb.FailureRecord, then: str) -> str:
+    """One line: who died how, the class and its evidence (supervisor/rules/classify.py), what
+    follows."""
+    what = (
+        f"signal {signal_name(record.signal)}" if record.signal else f"exit code {record.exit_code}"
+    )
+    return (
+        # Heartbeats are coalesced (one per 0.5 s): the steps may be a little behind.
+        f"rank {record.rank} pid {record.pid} {what} at step {where_in_job(record)}; "
+        f"looks like {record.failure_class} ({record.reason}) -> {then}"
+    )
+
+
+def where_in_job(record: pb.FailureRecord) -> str:
+    """The job-wide step first: a rank's own count restarts at 0 in every generation."""
+    return f"{record.job_step} of the job ({record.step} in generation {record.generation})"
+
+
+def give_up_report(reason: str, record: pb.FailureRecord, heading: str = "job given up") -> str:
+    """The report a job (or a pod) ends with: why, where, the class's evidence, the traceback."""
+    detail = record.detail
+    return (
+        f"{heading}: {reason}\n  rank: {record.rank}\n  step: {where_in_job(record)}\n"
+        f"  error: {detail.exception_type or detail.signature}: {detail.message}\n"
+        f"  class: {record.failure_class} ({record.reason})\n"
+        f"{detail.traceback}"
+    )
+
+
+JS = pb.JobState
+
+
+def fresh_from_the_start(spec: pb.WorkerSpec, whose: str = "") -> str:
+    """Why survivors never re-enter in this job ("" : they do)."""
+    never = spec.bootstrapped and spec.reentry == pb.ReentryMode.REENTRY_NEVER
+    return f"{whose}train-launch --reentry never" if never else ""
+
+
+ENDED = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_STOPPED)  # over: no restarts
+__all__ = ["Effect", "JobState", "RankSlot", "Timings", "ToLauncher", "ToWorker"]
+
+
+@dataclass
+class JobState:
+    spec: pb.WorkerSpec
+    policy: restart_policy.RestartPolicy
+    allocate_port: Callable[[], int]
+    timings: Timings = field(default_factory=Timings)
+    generation: int = 0
+    started: bool = False
+    restart_count: int = 0
+    state: pb.JobState = pb.JobState.JOB_STATE_STARTING
+    ranks: dict[int, RankSlot] = field(default_factory=dict)
+    spares: SparePool = field(default_factory=lambda: SparePool(target=0))
+    killed_by_us: set[int] = field(default_factory=set)
+    history: list[restart_policy.Failure] = field(default_factory=list)
+    failures: list[pb.FailureRecord] = field(default_factory=list)
+    failure_memory: FailureMemory = field(default_factory=FailureMemory)  # for classify's history
+    events: EventLog = field(default_factory=EventLog)
+    master_port: int = 0
+    master_addr: str = ""  # the spec's in standalone; the leader's otherwise
+    generation_seen_at: Optional[float] = None  # first tick of the running generation
+    # A new supervisor under running ranks (the sidecar restarted): pids of the launcher's
+    # ranked processes that have not re-attached yet, and exits reported meanwhile.
+    awaiting: set[int] = field(default_factory=set)
+    resuming: bool = False
+    exits_while_resuming: list[tuple[int, int, int, str, int]] = field(default_factory=list)
+    snapshots: CommitTracker = field(
+        init=False
+    )  # in-memory snapshots (supervisor/snapshots/commit.py)
+    # Optimizer steps the job completed in the generations before the running one
+    # (job_step): the progress the restart policy reads (supervisor/rules/restart_policy.py).
+    steps_before: int = 0
+    # Not empty: survivors get fresh processes instead of re-entering, and why.
+    fresh_processes: str = ""
+
+    def __post_init__(self) -> None:
+        base = self.spec.node_rank * self.spec.nproc_per_node
+        for local_rank in range(self.spec.nproc_per_node):
+            self.ranks[base + local_rank] = RankSlot(rank=base + local_rank, local_rank=local_rank)
+        self.master_port = self.allocate_port()
+        self.master_addr = self.master_addr or self.spec.master_addr
+        self.spares = SparePool(self.spec.warm_spares, self.timings.max_spare_failures)
+        self.snapshots = CommitTracker(self.world_size)
+        self.events.node_rank = self.spec.node_rank
+        self.fresh_processes = fresh_from_the_start(self.spec)
+        if self.fresh_processes:
+            self.record("fresh_processes", f"survivors get fresh processes: {self.fresh_processes}")
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def world_size(self) -> int:
+        return self.spec.nnodes * self.spec.nproc_per_node
+
+    @property
+    def over(self) -> bool:
+        return self.state in ENDED
+
+    def record(self, kind: str, message: str) -> None:
+        self.events.add(kind, message)
+
+    def snapshot_saved(
+        self, rank: int, step: int, held: list[int], size: int, wait: float
+    ) -> list[Effect]:
+        """A rank wrote snapshot `step` (ValueError: its report breaks the protocol)."""
+        self.snapshots.saved(rank, step, held, size, wait)
+        return []
+
+    def job_step(self) -> int:
+        """Optimizer steps the job completed over all generations: those before the running
+        generation, plus the most any rank took in it (ranks step together)."""
+        running = [s.step for s in self.ranks.values() if s.generation == self.generation]
+        return self.steps_before + max(running, default=0)
+
+    @property
+    def falls_back(self) -> bool:
+        """A failed re-entry switches the job to fresh processes (not yet switched)."""
+        return self.spec.reentry == pb.ReentryMode.REENTRY_AUTO and not self.fresh_processes
+
+    def commits_wait(self) -> bool:
+        """A rank's report of a saved step waits for its commit (CoordinatedJobState: not
+        while the leader or another pod is away, which would stall training)."""
+        return True
+
+    def slot_of(self, pid: int) -> Optional[RankSlot]:
+        return next((s for s in self.ranks.values() if s.pid == pid and pid), None)
+
+    def _spawn_rank(self, slot: RankSlot, env: Optional[dict[str, str]] = None) -> Effect:
+        slot.spawning = True
+        return spawn(slot.rank, slot.local_rank, env)
+
+    def _replenish_spares(self) -> list[Effect]:
+        if self.over or not self.spec.bootstrapped:
+            return []
+        count = self.spares.deficit()
+        self.spares.spawned(count)
+        return [spawn(-1) for _ in range(count)]
+
+    def _stepping(self) -> bool:
+        """The current generation is past its first step on every rank: recovery is over."""
+        return self.started and all(
+            s.step > 0 and s.generation == self.generation for s in self.ranks.values()
+        )
+
+    # ------------------------------------------------------------------ events
+    def attach_launcher(self) -> list[Effect]:
+        effects: list[Effect] = []
+        if self.spec.bootstrapped:
+            effects += [self._spawn_rank(slot) for slot in self.ranks.values()]
+            effects += self._replenish_spares()
+        self.record("launcher_attached", f"{len(self.ranks)} ranks, {self.spec.warm_spares} spares")
+        return effects + self._maybe_start()
+
+    def worker_attached(self, pid: int, rank: int, spare: bool) -> list[Effect]:
+        if self.over:
+            return [ToWorker(pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+        if spare:
+            self.spares.attached(pid)
+            return self._fill_vacancies() + self._maybe_start()
+        slot = self.ranks[rank]
+        self._take_rank(slot, pid)
+        return self._maybe_start()
+
+    def process_started(self, pid: int, rank: int) -> list[Effect]:
+        """The launcher spawned a process for `rank`.
+
+        A bootstrapped worker holds the rank from its AttachWorker on; knowing
+        the pid now makes a death before that attach a failure of the rank,
+        not an unknown exit. A --no-python worker runs as soon as it exists.
+        """
+        slot = self.ranks[rank]
+        if self.spec.bootstrapped:
+            if slot.spawning:
+                slot.pid = pid
+            return []
+        self._take_rank(slot, pid)
+        slot.state = WS.WORKER_STATE_HEALTHY
+        slot.generation = self.generation
+        return []
+
+    def _take_rank(self, slot: RankSlot, pid: int) -> None:
+        slot.pid, slot.spawning = pid, False
+        slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
+        slot.forget_progress()
+        slot.process_starts += 1
+        slot.first_generation = -1
+
+    def heartbeat(
+        self,
+        pid: int,
+        generation: int,
+        step: int,
+        step_time_s: float,
+        now: float,
+        compute_s: float = 0.0,
+    ) -> list[Effect]:
+        slot = self.slot_of(pid)
+        if slot is None or generation != slot.generation:
+            return []
+        slot.step, slot.step_time_s, slot.last_heartbeat = step, step_time_s, now
+        slot.compute_s = compute_s
+        # Spares used up by a recovery are replaced once every rank steps again.
+        return self._replenish_spares() if self._stepping() else []
+
+    def outcome(
+        self,
+        pid: int,
+        generation: int,
+        kind: pb.OutcomeKind,
+        detail: Optional[pb.FailureDetail],
+        now: float,
+        step: int = 0,
+    ) -> tuple[Optional[pb.Verdict], list[Effect]]:
+        """A worker's script ended. Returns (verdict or None if not yet known, effects).
+
+        `step` is exact where heartbeats are coalesced: the failure report names it.
+        """
+        slot = self.slot_of(pid)
+        if slot is None or self.over or generation != slot.generation:
+            return pb.Verdict.VERDICT_WAIT, []  # stale: that generation is already settled
+        slot.step = max(slot.step, step)
+        aborted = generation < self.generation or not self.started
+        if kind == pb.OutcomeKind.OUTCOME_UNWOUND or aborted:
+            return pb.Verdict.VERDICT_WAIT, self._unwound(slot)
+        if kind == pb.OutcomeKind.OUTCOME_FINISHED:
+            slot.state = WS.WORKER_STATE_SUCCEEDED
+            return pb.Verdict.VERDICT_WAIT, self._maybe_finish()
+        # Raised in a live generation: the first error of a failure or the
+        # echo of a peer's death that has not been reported yet. settle() decides.
+        slot.evidence = detail
+        return None, []
+
+    def settle(self, pid: int, final: bool = True) -> tuple[Optional[pb.Verdict], list[Effect]]:
+        """The settle window after a RAISED outcome is over: decide (None: one more window;
+        failure_evidence.settle_raised says why)."""
+        slot = self.slot_of(pid)
+        if slot is None or self.over:
+            return pb.Verdict.VERDICT_EXIT_FAILED, []
+        if slot.generation < self.generation or not self.started:
+            return pb.Verdict.VERDICT_WAIT, self._unwound(slot)
+        raised = [s.evidence for s in self.ranks.values()]
+        settled = failure_evidence.settle_raised(slot.evidence, raised, final)
+        if settled is Settled.ECHO_WAITS:
+            slot.state, slot.evidence = WS.WORKER_STATE_INIT, None
+            return pb.Verdict.VERDICT_WAIT, []
+        return (None if settled is Settled.UNDECIDED else pb.Verdict.VERDICT_EXIT_FAILED), []
+
+    def _unwound(self, slot: RankSlot) -> list[Effect]:
+        """`slot`'s process left its generation and waits: it re-enters the next one, or,
+        with fresh processes, leaves for a new process."""
+        slot.state, slot.unwind_deadline = WS.WORKER_STATE_INIT, None
+        if self.fresh_processes and self.spec.bootstrapped:
+            return self._retire(slot)
+        return self._maybe_start()
+
+    def _retire(self, slot: RankSlot) -> list[Effect]:
+        """Fresh-process mode: a waiting survivor exits; its rank gets a new process once it
+        is gone (process_exited), or once tick() killed it if it lingers."""
+        self.killed_by_us.add(slot.pid)
+        slot.state, slot.unwind_deadline = WS.WORKER_STATE_STOPPED, None
+        return [ToWorker(slot.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+
+    def process_exited(
+        self,
+        pid: int,
+        exit_code: int,
+        signum: int,
+        tail: str,
+        now: float,
+        oom_kills: int = 0,
+        gpu: GpuHealth = NO_GPU,
+    ) -> list[Effect]:
+        """A process ended: its last output, its cgroup's OOM kills, its device's health."""
+        if self.resuming and pid in self.awaiting:  # handled once the job is rebuilt
+            self.awaiting.discard(pid)
+            self.exits_while_resuming.append((pid, exit_code, signum, tail, oom_kills))
+            return self._finish_resume(now) if not self.awaiting else []
+        slot = self.slot_of(pid)
+        if self.spares.exited(pid, holds_rank=slot is not None):
+            self.record("spare_lost", f"spare pid {pid} exited ({exit_code}, signal {signum})")
+            return self._replenish_spares()
+        if slot is None:
+            return []
+        slot.spawning = False
+        if self.over:
+            slot.pid, slot.state = 0, WS.WORKER_STATE_STOPPED
+            return []
+        ours = pid in self.killed_by_us
+        unwinding = slot.state == WS.WORKER_STATE_UNWINDING
+        self.killed_by_us.discard(pid)
+        if (
+            not (ours or unwinding)
+            and not self.spec.bootstrapped
+            and exit_code == 0
+            and signum == 0
+        ):
+            slot.state = WS.WORKER_STATE_SUCCEEDED
+            slot.pid = 0
+            return self._maybe_finish()
+        record = failure_record(
+            self.generation,
+            slot.rank,
+            pid,
+            exit_code,
+            signum,
+            slot.evidence,
+            slot.step,
+            self.job_step(),
+        )
+        reentry_failed = self._reentry_failed(slot)
+        slot.pid, slot.state, slot.unwind_deadline = 0, WS.WORKER_STATE_FAILED, None
+        if ours or unwinding:
+            self.record("respawn", f"rank {slot.rank} pid {pid} replaced after an abort")
+            effects: list[Effect] = []
+            if unwinding and not ours and self.spec.bootstrapped and self.falls_back:
+                how = f"signal {signal_name(signum)}" if signum else f"exit code {exit_code}"
+                effects += self._fall_back(f"rank {slot.rank} pid {pid} died unwinding ({how})")
+            return effects + self._fill_vacancies() + self._maybe_start()
+        if reentry_failed:
+            return self._reentry_fallback(record, now)
+        self.failures.append(record)
+        found = self.failure_memory.judge(record, tail, oom_kills, gpu, now)
+        return self._on_failure(record, found, now)
+
+    def _reentry_failed(self, slot: RankSlot) -> bool:
+        """The worker side's contract: an error raised before the first step of the running
+        generation by a process that had started an earlier one (it re-entered). Not a
+        peer's echo (a collective that lost its peer): that is another rank's failure."""
+        return (
+            self.falls_back
+            and self.spec.bootstrapped
+            and self.started
+            and slot.evidence is not None
+            and not failure_evidence.peer_echo(slot.evidence)
+            and slot.step == 0
+            and slot.generation == self.generation
+            and slot.reentered
+        )
+
+    def tick(self, now: float) -> list[Effect]:
+        """Enforce the unwind grace period; replenish spares if no heartbeat ever does."""
+        effects: list[Effect] = []
+        if self.started:
+            if self.generation_seen_at is None:
+                self.generation_seen_at = now
+            elif now - self.generation_seen_at >= self.timings.spare_replenish_fallback_s:
+                effects += self._replenish_spares()
+        for slot in self.ranks.values():
+            if not slot.pid:
+                continue
+            if slot.state == WS.WORKER_STATE_STOPPED and slot.pid in self.killed_by_us:
+                # Retired (fresh-process mode): told to exit; killed if it lingers.
+                if slot.unwind_deadline is None:
+                    slot.unwind_deadline = now + self.timings.unwind_timeout_s
+                elif now >= slot.unwind_deadline:
+                    slot.unwind_deadline = now + self.timings.unwind_timeout_s
+                    effects.append(kill(slot.pid, signal.SIGKILL, "did not exit when retired"))
+                continue
+            late = slot.unwind_deadline is not None and now >= slot.unwind_deadline
+            if slot.state == WS.WORKER_STATE_UNWINDING and late:
+                slot.unwind_deadline = None
+                self.killed_by_us.add(slot.pid)
+                reason = f"rank {slot.rank} did not unwind within {self.timings.unwind_timeout_s}s"
+                self.record("unwind_timeout", f"{reason}; killing pid {slot.pid}")
+                effects.append(kill(slot.pid, signal.SIGKILL, reason))
+                if self.falls_back and self.spec.bootstrapped:
+                    effects += self._fall_back(reason)
+        return effects
+
+    def stop(self, report: str) -> list[Effect]:
+        """The launcher is shutting down (SIGTERM): no more restarts."""
+        self.state = pb.JobState.JOB_STATE_STOPPED
+        self.record("stopped", report)
+        return []
+
+    # --------------------------------------------------------------- decisions
+    def _switch_to_fresh(self, why: str) -> bool:
+        """Fresh processes for survivors from now on, said once (False: already so)."""
+        if self.fresh_processes:
+            return False
+        self.fresh_processes = why
+        self.record(
+            "reentry_fallback",
+            f"survivors get fresh processes from now on: {why} (no restart spent; "
+            "train-launch --reentry always keeps re-entering)",
+        )
+        return True
+
+    def _fall_back(self, why: str) -> list[Effect]:
+        """A survivor of this pod could not re-enter (`why`)."""
+        self._switch_to_fresh(f"re-entry failed: {why}")
+        return []
+
+    def _reentry_fallback(self, record: pb.FailureRecord, now: float) -> list[Effect]:
+        """A survivor's re-entry raised: a fresh process for its rank and for every survivor,
+        in a generation that spends no restart (the rank failed, not the script)."""
+        effects = self._fall_back(reentry_error(record))
+        self.master_port = self.allocate_port()
+        return (
+            effects
+            + self._open_generation(self.generation + 1, now, "a re-entry failed")
+            + self._fill_vacancies()
+            + self._maybe_start()
+        )
+
+    def _on_failure(
+        self, record: pb.FailureRecord, found: Classification, now: float
+    ) -> list[Effect]:
+        """Decide with the failure's class (`found`); one event says what and why."""
+        self.history.append(policy_failure(record, found))
+        decision = restart_policy.decide(self.policy, self.history, self.restart_count)
+        record.action = decision.action.value
+        self.record("failure", describe_failure(record, f"{record.action}: {decision.reason}"))
+        if decision.action is restart_policy.Action.REPLACE_POD:
+            return self._replace_pod(decision.reason, record)
+        if decision.action is not restart_policy.Action.RESTART:
+            report = give_up_report(decision.reason, record)
+            return self._fail(exit_codes.GAVE_UP, "gave_up", report)
+        return self._restart(now)
+
+    def _restart(self, now: float) -> list[Effect]:
+        """Spend a restart: the next generation opens, the ranks without a process get one,
+        and it starts once every rank is in place."""
+        self.restart_count += 1
+        self.master_port = self.allocate_port()
+        return (
+            self._open_generation(self.generation + 1, now)
+            + self._fill_vacancies()
+            + self._maybe_start()
+        )
+
+    def _open_generation(
+        self, generation: int, now: float, reason: str = "a rank failed"
+    ) -> list[Effect]:
+        """Abort the running generation here: survivors unwind and wait for `generation`."""
+        old = self.generation
+        self.steps_before = self.job_step()
+        self.generation = generation
+        self.snapshots.new_generation()
+        effects = self._unwind_all(old, now, reason)
+        self.record(
+            "generation_opened", f"generation {self.generation} (restart {self.restart_count})"
+        )
+        return effects
+
+    def _unwind_all(self, old: int, now: float, reason: str) -> list[Effect]:
+        """Every live rank leaves generation `old` (in place where bootstrapped)."""
+        self.started = False
+        self.state = pb.JobState.JOB_STATE_RESTARTING
+        effects: list[Effect] = []
+        deadline = now + self.timings.unwind_timeout_s
+        for slot in self.ranks.values():
+            live = (WS.WORKER_STATE_HEALTHY, WS.WORKER_STATE_SUCCEEDED)
+            waiting = slot.pid and slot.state == WS.WORKER_STATE_INIT and not slot.spawning
+            if (
+                waiting
+                and self.fresh_processes
+                and self.spec.bootstrapped
+                and slot.first_generation >= 0
+            ):
+                effects += self._retire(slot)  # waits in place: a fresh process instead
+                continue
+            if not slot.pid or slot.state not in live:
+                continue
+            slot.state, slot.unwind_deadline = WS.WORKER_STATE_UNWINDING, deadline
+            if self.spec.bootstrapped:
+                abort = pb.AbortGeneration(generation=old, reason=reason)
+                effects.append(ToWorker(slot.pid, pb.WorkerCommand(abort=abort)))
+            else:
+                self.killed_by_us.add(slot.pid)
+                effects.append(kill(slot.pid, signal.SIGTERM, "restart all"))
+        return effects
+
+    def _fill_vacancies(self) -> list[Effect]:
+        if not self.spec.bootstrapped or self.over:
+            return []
+        effects: list[Effect] = []
+        for slot in self.ranks.values():
+            if slot.pid or slot.spawning:
+                continue
+            pid = self.spares.take()
+            if pid is not None:
+                self._take_rank(slot, pid)
+                self.record("spare_promoted", f"spare pid {pid} takes rank {slot.rank}")
+                assigned = pb.RankAssigned(pid=pid, rank=slot.rank, local_rank=slot.local_rank)
+                effects.append(ToLauncher(pb.LauncherCommand(assigned=assigned)))
+            else:
+                effects.append(self._spawn_rank(slot))
+        return effects
+
+    def _ready(self) -> bool:
+        """Every rank of this pod can start the current generation."""
+        if self.started or self.over:
+            return False
+        slots = self.ranks.values()
+        if self.spec.bootstrapped:
+            return all(s.pid and s.state == WS.WORKER_STATE_INIT for s in slots)
+        return not any(s.pid or s.spawning for s in slots)
+
+    def _maybe_start(self) -> list[Effect]:
+        return self._start_now() if self._ready() else []
+
+    def _start_now(self) -> list[Effect]:
+        slots = self.ranks.values()
+        self.started = True
+        self.generation_seen_at = None
+        self.state = pb.JobState.JOB_STATE_RUNNING
+        self.record("generation_started", f"generation {self.generation}, port {self.master_port}")
+        effects: list[Effect] = []
+        master = (self.master_addr, self.master_port)
+        for slot in slots:
+            env = spec_env(self.spec, slot.rank, slot.local_rank, self.generation, *master)
+            slot.generation = self.generation
+            if slot.first_generation < 0:
+                slot.first_generation = self.generation
+            slot.forget_progress()  # survivors' too
+            if not self.spec.bootstrapped:
+                effects.append(self._spawn_rank(slot, env))
+                continue
+            slot.state = WS.WORKER_STATE_HEALTHY
+            start = pb.StartGeneration(
+                generation=self.generation, rank=slot.rank, local_rank=slot.local_rank, env=env
+            )
+            effects.append(ToWorker(slot.pid, pb.WorkerCommand(start=start)))
+        return effects
+
+    def _all_finished(self) -> bool:
+        return all(s.state == WS.WORKER_STATE_SUCCEEDED for s in self.ranks.values())
+
+    def _maybe_finish(self) -> list[Effect]:
+        if not self._all_finished():
+            return []
+        self.state = pb.JobState.JOB_STATE_SUCCEEDED
+        self.record(
+            "succeeded", f"all {len(self.ranks)} ranks finished generation {self.generation}"
+        )
+        return self._end(exit_codes.SUCCEEDED, "all ranks finished")
+
+    def _replace_pod(self, reason: str, record: pb.FailureRecord) -> list[Effect]:
+        report = give_up_report(reason, record, heading="this pod must be replaced")
+        return self._fail(exit_codes.REPLACE_POD, "replace_pod", report)
+
+    def _fail(self, exit_code: int, kind: str, report: str) -> list[Effect]:
+        self.state = pb.JobState.JOB_STATE_FAILED
+        self.record(kind, report.splitlines()[0])
+        return self._end(exit_code, report)
+
+    def _end(self, exit_code: int, report: str) -> list[Effect]:
+        pids = [s.pid for s in self.ranks.values() if s.pid] + self.spares.idle
+        return end_job(pids, exit_code, report)
+
+    # ------------------------------------ a supervisor restarted under running ranks
+    # The sidecar was restarted (killed, OOM, upgraded) while the launcher and the
+    # workers kept training: the collectives never needed it. The new supervisor
+    # rebuilds this pod's job from what they report when they attach again; nothing
+    # is spawned, aborted or started until every process the launcher runs answered.
+
+    def resume_launcher(self, processes: list[tuple[int, int]], now: float) -> list[Effect]:
+        """The launcher attached again with its processes ((pid, rank); rank -1: a spare)."""
+        self.resuming = True
+        for pid, rank in processes:
+            slot = self.ranks.get(rank)
+            if rank < 0:
+                self.spares.spawned(1)  # counted once it attaches again
+            elif slot is not None and not slot.pid:
+                slot.pid, slot.state, slot.process_starts = pid, WS.WORKER_STATE_UNKNOWN, 1
+                self.awaiting.add(pid)
+        self.record(
+            "supervisor_restarted",
+            f"launcher attached again with {len(processes)} processes; rebuilding from them",
+        )
+        return self._finish_resume(now) if not self.awaiting else []
+
+    def worker_reattached(self, report: pb.AttachWorkerRequest, now: float) -> list[Effect]:
+        """A running worker attached again: where it stands (its generation, state, step)."""
+        if self.over:
+            return [ToWorker(report.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+        if report.spare:
+            self.spares.attached(report.pid)
+            return [] if self.resuming else self._fill_vacancies() + self._maybe_start()
+        slot = self.slot_of(report.pid)
+        if slot is None or slot.rank != report.rank:
+            why = f"pid {report.pid} (rank {report.rank}) is not a process of this pod's launcher"
+            self.record("reattach_refused", why)
+            return [ToWorker(report.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=1)))]
+        if not self.resuming:  # the same supervisor: its stream broke, nothing else changed
+            return []
+        known = (WS.WORKER_STATE_HEALTHY, WS.WORKER_STATE_SUCCEEDED)
+        slot.state = report.state if report.state in known else WS.WORKER_STATE_INIT
+        slot.generation, slot.step = report.generation, report.step
+        slot.last_heartbeat = now if slot.state == WS.WORKER_STATE_HEALTHY else None
+        if slot.state in known and report.master_port:
+            self.master_addr, self.master_port = report.master_addr, report.master_port
+        self.restart_count = max(self.restart_count, report.restart_count)
+        self.awaiting.discard(report.pid)
+        return self._finish_resume(now) if not self.awaiting else []
+
+    def _finish_resume(self, now: float) -> list[Effect]:
+        """Every process answered: go on with the generation they run, or start the next."""
+        self.resuming = False
+        slots = list(self.ranks.values())
+        live = (WS.WORKER_STATE_HEALTHY, WS.WORKER_STATE_SUCCEEDED)
+        newest = max((s.generation for s in slots if s.pid), default=-1)
+        for pid, *_ in self.exits_while_resuming:  # it ran until then: its exit is a failure
+            died = self.slot_of(pid)
+            if died is not None:
+                died.state, died.generation = WS.WORKER_STATE_HEALTHY, newest
+        running = [s for s in slots if s.state in live and s.generation == newest]
+        effects: list[Effect] = []
+        if running and len(running) == len(slots):
+            self.generation, self.started = newest, True
+            self.state = pb.JobState.JOB_STATE_RUNNING
+            self.record("resumed", f"generation {newest} runs on: {len(running)} ranks re-attached")
+            effects += self._maybe_finish()
+        elif running:  # some ranks left the generation meanwhile: it cannot go on
+            self.generation, self.started = newest, True
+            where = ", ".join(f"rank {s.rank}: {WS.Name(s.state)} in {s.generation}" for s in slots)
+            self.record("resume_broken", f"generation {newest} cannot go on ({where})")
+            effects += self._restart(now)  # as a failure would: a restart
+        else:  # between generations: the next one starts once every rank is in place
+            self.generation = max(self.generation, newest + 1)
+            self.record("resumed", f"ranks wait for generation {self.generation}")
+            effects += self._fill_vacancies() + self._maybe_start()
+        exits, self.exits_while_resuming = self.exits_while_resuming, []
+        for pid, exit_code, signum, tail, oom_kills in exits:
+            effects += self.process_exited(pid, exit_code, signum, tail, now, oom_kills)
+        return effects
+
+    def launcher_lost(self, now: float) -> list[Effect]:
+        """The launcher's stream ended without a shutdown: it died (its container restarts),
+        and its workers with it (PDEATHSIG). Its ranks failed; a launcher attaching again
+        gets their new processes."""
+        if self.over:
+            return []
+        self.record("launcher_lost", "the launcher detached; its processes died with it")
+        effects: list[Effect] = []
+        for pid in list(self.spares.idle):
+            self.spares.exited(pid, holds_rank=False)
+            self.spares.failures -= 1  # not the spare's fault
+        self.spares.spawning = 0
+        for slot in self.ranks.values():
+            if slot.pid:
+                tail = "its launcher died (the trainer container restarts)"
+                effects += self.process_exited(slot.pid, 0, signal.SIGKILL, tail, now)
+        for slot in self.ranks.values():
+            slot.spawning = False
+        # Spawns and kills made for the dead launcher: the next one gets its processes anew.
+        kept = [e for e in effects if not (isinstance(e, ToLauncher) and _for_processes(e))]
+        return kept + self._respawn_all()
+
+    def _respawn_all(self) -> list[Effect]:
+        effects: list[Effect] = []
+        if self.over:
+            return effects
+        for slot in self.ranks.values():
+            if not slot.pid and not slot.spawning and self.spec.bootstrapped:
+                effects.append(self._spawn_rank(slot))
+        return effects + self._replenish_spares()
+
+
+def _for_processes(effect: ToLauncher) -> bool:
+    return effect.command.WhichOneof("command") in ("spawn", "kill", "assigned")
+
+
+def reentry_error(record: pb.FailureRecord) -> str:
+    """What a survivor that could not re-enter raised, for the log, the events and status."""
+    detail = record.detail
+    error = f"{detail.exception_type}: {detail.message}" if detail.exception_type else ""
+    what = error or detail.signature
+    return f"rank {record.rank} pid {record.pid} raised before its first step ({what})"

@@ -1,0 +1,1 @@
+"""What the sidecar gives the pod's worker processes: their environment, ports, warm spares."""
