@@ -8,13 +8,15 @@ job must finish, reach the last step with the same final loss, bit for bit,
 as the same script under torchrun with a rank killed (each script resumes
 exactly from its checkpoint, so where the faults land does not change the
 loss: one torchrun run per framework is the reference of all three
-scenarios), spend one restart per fault and no more, keep the survivors'
+scenarios; DeepSpeed's resume is not bit-exact, see INEXACT_RESUME), spend
+one restart per fault and no more, keep the survivors'
 PIDs (or switch to fresh processes by the documented fallback, still at no
 extra restart), run the final process's exit hooks, and log no line twice.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -53,11 +55,16 @@ def torchrun_runs(tmp_path_factory: pytest.TempPathFactory) -> TorchrunReference
     return TorchrunReferences(tmp_path_factory)
 
 
+# Stacks whose resume from a checkpoint is not bit-exact, so the final loss depends on which
+# checkpoints a run resumed from (where the faults landed), under torchrun too: DeepSpeed
+# ZeRO-1 under torchrun ended at 0.4742901921272278 with one kill (resumed from step 30) and
+# 0.47429022192955017 with three (30, 80, 130). Their final loss is compared to 1e-6 relative.
+INEXACT_RESUME = {"deepspeed"}
+
+
 # Rows that failed on this project's machines and are not fixed yet: still run, reported as
 # xfail; docs/framework-matrix.md says what each did. A row that passes shows as XPASS.
 KNOWN_FAILURES = {
-    ("deepspeed", "three_kills"): "final loss differs from torchrun's in the last bits after "
-    "three faults (seen twice; cause not found)",
     ("hf_trainer", "kill"): "flaky on a loaded machine: once a final loss off torchrun's, and a "
     "gloo deadlock at re-entry in 3 of ~6 runs (cause not found)",
 }
@@ -88,7 +95,13 @@ def test_recovers_like_torchrun(
     assert run.exit_code == 0, run.stderr
     assert run.final_steps == dict.fromkeys(range(NPROC), STEPS), run.final_steps
     reference = torchrun_runs.of(framework)
-    assert run.final_losses == reference.final_losses, "final loss differs from torchrun's"
+    if framework in INEXACT_RESUME:
+        for rank, loss in run.final_losses.items():
+            theirs = reference.final_losses[rank]
+            assert loss is not None and theirs is not None, run.final_losses
+            assert math.isclose(float(loss), float(theirs), rel_tol=1e-6), (rank, loss, theirs)
+    else:
+        assert run.final_losses == reference.final_losses, "final loss differs from torchrun's"
     assert run.restarts == len(faults), f"{run.restarts} restarts for {len(faults)} faults"
     fell_back = FALLBACK in run.stderr
     for outcome in run.faults:

@@ -2,7 +2,10 @@
 
 As DeepSpeed's docs teach: deepspeed.init_distributed, deepspeed.initialize
 with a config dict, engine.backward/engine.step, engine.save_checkpoint every
-few steps and engine.load_checkpoint (its `latest` tag) on start.
+few steps and engine.load_checkpoint on start. DeepSpeed's `latest` file is
+written by rank 0 without waiting for the other ranks' parts, so a rank killed
+while it saves leaves `latest` naming a partial checkpoint (under any launcher):
+the script loads the newest tag every rank finished instead.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import deepspeed
 import torch
@@ -41,6 +44,14 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, x.sum(dim=1, keepdim=True).sin()
 
 
+def newest_complete(ckpt_dir: Path, world: int) -> Optional[str]:
+    """The newest step_N tag with the model states and every rank's optimizer partition."""
+    parts = ["mp_rank_00_model_states.pt"]
+    parts += [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
+    done = [tag for tag in ckpt_dir.glob("step_*") if all((tag / p).exists() for p in parts)]
+    return max(done, key=lambda t: int(t.name.split("_")[1])).name if done else None
+
+
 def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
@@ -50,8 +61,9 @@ def main() -> None:
     )
     ckpt_dir = Path(args.out) / "ckpt"
     start = 0
-    if (ckpt_dir / "latest").exists():
-        _, client_state = engine.load_checkpoint(str(ckpt_dir))
+    tag = newest_complete(ckpt_dir, int(os.environ["WORLD_SIZE"]))
+    if tag is not None:
+        _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         start = client_state["step"]
     log.info("start rank %d resume %s", RANK, start)
     for step in range(start + 1, args.steps + 1):
