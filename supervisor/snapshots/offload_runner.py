@@ -24,7 +24,7 @@ from supervisor.rpc.peer_wire import copies_to_wire
 from supervisor.rules.job import JobState
 from supervisor.settings.snapshots import OffloadConfig
 from supervisor.snapshots.offload import Materialized, Offloader, RoundResult
-from supervisor.snapshots.restore import SOURCE_ORDER, NodeCopies, RestoreChoice, choose_restore
+from supervisor.snapshots.restore import NodeCopies, RestoreChoice, choose_restore
 from supervisor.snapshots.rounds import OffloadRound, OffloadRounds
 from train_supervisor.credentials import client_channel
 from train_supervisor.steps import NO_STEP
@@ -197,7 +197,10 @@ class OffloadDriver:
         while True:
             copies = await self.copies()
             newest = max([self.job.snapshots.committed, *copies.persisted])
-            choice = choose_restore([node], {node: copies}, newest, {node: frozenset(unusable)})
+            order = [store.name for store in self.offloader.restore_order]
+            choice = choose_restore(
+                [node], {node: copies}, newest, {node: frozenset(unusable)}, order
+            )
             self.job.record("snapshot_restore_choice", choice.why())
             if choice.step == NO_STEP:
                 await self._start_from(NO_STEP)
@@ -208,8 +211,9 @@ class OffloadDriver:
             unusable.add(choice.step)
 
     async def place(self, choice: RestoreChoice) -> Materialized:
-        """Every local rank's copy of `choice.step` into its arena, shm -> peer -> durable."""
-        done = await self._in_thread(self.offloader.materialize, choice.step, list(SOURCE_ORDER))
+        """Every local rank's copy of `choice.step` into its arena, from the first store of
+        the restore order that has it (shm -> peer -> durable)."""
+        done = await self._in_thread(self.offloader.materialize, choice.step)
         assert isinstance(done, Materialized)
         for problem in done.problems:
             self.job.record("snapshot_problem", problem)
@@ -253,7 +257,7 @@ class OffloadDriver:
     async def flush(self) -> None:
         """Persist the newest committed step before exit (SIGTERM), if not persisted yet."""
         step = self.job.snapshots.committed
-        if self.offloader.store is None or step == NO_STEP or step <= self.rounds.persisted:
+        if not self.offloader.persist_to or step == NO_STEP or step <= self.rounds.persisted:
             return
         began = time.perf_counter()
         error = await self._in_thread(self.offloader.persist_committed, step, self.job.generation)
