@@ -12,7 +12,7 @@ import collections
 import errno
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from supervisor.settings.snapshots import OffloadConfig
 from supervisor.snapshots.offload import Materialized, Offloader, RoundResult
 from supervisor.snapshots.restore import NodeCopies, RestoreChoice, choose_restore
 from supervisor.snapshots.rounds import OffloadRound, OffloadRounds
+from supervisor.snapshots.store import PersistentStore, SnapshotStore
 from train_supervisor.credentials import client_channel
 from train_supervisor.steps import NO_STEP
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -51,7 +52,10 @@ class OffloadDriver:
         target: Optional[ReplicaTarget],
         on_change: Callable[[], None],
         to_leader: Callable[[pb.PodReport], None] = lambda report: None,
+        replicate_to: Sequence[SnapshotStore] = (),
+        persist_to: Sequence[PersistentStore] = (),
     ) -> None:
+        """replicate_to, persist_to: stores beyond the peer and the durable directory."""
         spec = job.spec
         self.job = job
         self.on_change = on_change  # wakes waiters, logs new events
@@ -66,10 +70,12 @@ class OffloadDriver:
             Path(spec.snapshot_dir),
             config,
             holder=self._holder if self.target is not None else None,
+            replicate_to=replicate_to,
+            persist_to=persist_to,
         )
         self.rounds = OffloadRounds(
-            replicate=self.target is not None,
-            persist=config.durable_dir is not None,
+            replicate=bool(self.offloader.replicate_to),
+            persist=bool(self.offloader.persist_to),
             every_steps=config.persist_every_steps,
             every_s=config.persist_every_s,
         )
