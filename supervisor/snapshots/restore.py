@@ -84,10 +84,14 @@ def choose_restore(
     copies: Mapping[int, NodeCopies],
     newest: int,
     unusable: Mapping[int, frozenset[int]] | None = None,
-    order: Sequence[str] = SOURCE_ORDER,
+    order: Sequence[str] | None = None,
 ) -> RestoreChoice:
-    """The newest step <= `newest` every node has a copy of in one of the stores of `order`;
-    `unusable`: node -> steps whose every copy failed there (left out)."""
+    """The newest step <= `newest` every node has a copy of in one of the stores of `order`
+    (None: shm, peer, durable, then any further store a pod reports, by name); `unusable`:
+    node -> steps whose every copy failed there (left out)."""
+    if order is None:
+        further = {name for c in copies.values() for name in c.stored}
+        order = (*SOURCE_ORDER, *sorted(further - set(SOURCE_ORDER)))
     nodes = sorted(nodes)
     bad = unusable or {}
     steps: set[int] = set()

@@ -213,7 +213,8 @@ def test_the_job_wide_choice_counts_a_further_store_by_its_name() -> None:
     }
     choice = choose_restore([0, 1], copies, newest=6, order=order)
     assert (choice.step, dict(choice.sources)) == (5, {0: BUCKET, 1: SHM})
-    without = choose_restore([0, 1], copies, newest=6)  # the default order has no bucket
+    assert choose_restore([0, 1], copies, newest=6) == choice, "by default: the stores reported"
+    without = choose_restore([0, 1], copies, newest=6, order=(SHM, PEER, DURABLE))
     assert without.step == NO_STEP
 
 
