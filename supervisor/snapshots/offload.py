@@ -22,7 +22,7 @@ from supervisor.settings.snapshots import OffloadConfig
 from supervisor.snapshots.durable import DurableStore
 from supervisor.snapshots.memory_store import REPLICAS, STAGED, KeptReplicas, MemoryStore
 from supervisor.snapshots.replica_client import PeerStore
-from supervisor.snapshots.restore import DURABLE, SHM, NodeCopies
+from supervisor.snapshots.restore import NodeCopies
 from supervisor.snapshots.rounds import OffloadRound
 from supervisor.snapshots.store import PersistentStore, RoundStopped, SnapshotStore, each_rank
 from train_supervisor.arena import CorruptSnapshot, RankArena, SnapshotImage
@@ -245,12 +245,7 @@ class Offloader:
     def copies(self) -> NodeCopies:
         """What this pod holds for all of its ranks (headers only; restore verifies)."""
         listed = {store.name: frozenset(store.steps()) for store in self.restore_order}
-        return NodeCopies(
-            shm=listed.pop(SHM),
-            replicas=self.kept_replicas.steps_by_node(),
-            persisted=listed.pop(DURABLE, frozenset()),
-            stored={name: steps for name, steps in listed.items() if steps},
-        )
+        return NodeCopies.of(listed, self.kept_replicas.steps_by_node())
 
     def discard_after(self, step: int) -> list[str]:
         """Steps past `step` are void once a generation restores `step` (the ranks redo

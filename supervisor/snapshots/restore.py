@@ -21,7 +21,7 @@ from train_supervisor.steps import NO_STEP
 
 # The stores' names (their `name`), as events, status and the pods' reports say them.
 SHM, PEER, DURABLE = "shm", "peer", "durable"
-SOURCE_ORDER = (SHM, PEER, DURABLE)
+SOURCE_ORDER = (SHM, PEER, DURABLE)  # also the stores a report has fields for
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,22 @@ class NodeCopies:
     persisted: frozenset[int] = frozenset()
     stored: Mapping[str, frozenset[int]] = field(default_factory=dict)  # store name -> steps
 
+    @classmethod
+    def of(
+        cls, listed: Mapping[str, frozenset[int]], replicas: Mapping[int, frozenset[int]]
+    ) -> NodeCopies:
+        """A pod's report from its stores' listings by name (see `listing`, the way back),
+        and the other pods' replicas it keeps."""
+        further = {
+            name: steps for name, steps in listed.items() if name not in SOURCE_ORDER and steps
+        }
+        return cls(
+            shm=listed.get(SHM, frozenset()),
+            replicas=replicas,
+            persisted=listed.get(DURABLE, frozenset()),
+            stored=further,
+        )
+
     def named(self) -> frozenset[int]:
         """Every step the report names, in any store, for any pod."""
         return self.shm.union(self.persisted, *self.replicas.values(), *self.stored.values())
@@ -41,13 +57,15 @@ class NodeCopies:
 
 def listing(node: int, store: str, copies: Mapping[int, NodeCopies]) -> frozenset[int]:
     """`node`'s steps in the store named `store`, from every pod's report: the one place a
-    report's fields map to store names. A peer copy is listed by the pod that keeps it."""
+    report's fields map to store names (NodeCopies.of, the way there). A peer copy is listed
+    by the pod that keeps it."""
     own = copies.get(node, NodeCopies())
     if store == PEER:
         kept = (c.replicas.get(node, frozenset()) for n, c in copies.items() if n != node)
         return frozenset().union(*kept)
-    fields = {SHM: own.shm, DURABLE: own.persisted}
-    return fields[store] if store in fields else own.stored.get(store, frozenset())
+    if store in SOURCE_ORDER:
+        return own.shm if store == SHM else own.persisted
+    return own.stored.get(store, frozenset())
 
 
 @dataclass(frozen=True)
