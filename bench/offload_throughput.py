@@ -127,9 +127,11 @@ class Pod:
     def round(self, replicate: bool, persist: bool, cap: int = 0) -> RoundResult:
         env = {"SUPERVISOR_DURABLE_DIR": str(self.durable), "SUPERVISOR_PERSIST_EVERY_STEPS": "1"}
         env[f"SUPERVISOR_{'REPLICA' if replicate else 'PERSIST'}_MAX_MBPS"] = str(cap)
-        pod = self.offloader
-        pod.config = parse_offload(env)
-        pod.store = DurableStore(self.durable, RUN, 0)
+        pod, config = self.offloader, parse_offload(env)
+        pod.config = config
+        pod.durable = DurableStore(self.durable, RUN, 0, config.persist_bytes_per_s)
+        assert pod.peer is not None  # the stores take their caps when made: set this round's
+        pod.peer.bytes_per_s = config.replica_bytes_per_s
         pod.kept = self.kept  # the driver keeps the last finished round's staged copy whole
         step = self.commit()
         if persist:

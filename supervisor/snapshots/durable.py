@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,11 @@ from typing import Any
 import crc32c
 
 from supervisor.snapshots.persist_policy import steps_to_prune
-from train_supervisor.arena import CorruptSnapshot, SnapshotImage
+from supervisor.snapshots.restore import DURABLE
+from supervisor.snapshots.store import free_slot
+from supervisor.snapshots.throttle import Throttle
+from train_supervisor.arena import CorruptSnapshot, RankArena, SnapshotImage
+from train_supervisor.steps import NO_STEP
 from train_supervisor.torch_format import read_torch_zip, write_torch_zip
 
 FORMAT = "train-supervisor-durable"
@@ -93,20 +97,35 @@ def _alive(pid: int) -> bool:
 
 
 class DurableStore:
-    """One node's durable snapshots of one run. One writer per node directory."""
+    """One node's durable snapshots of one run, a snapshot store (supervisor/snapshots/store.py).
+    One writer per node directory."""
 
-    def __init__(self, root: Path, run_id: str, node_rank: int) -> None:
+    name = DURABLE
+
+    def __init__(self, root: Path, run_id: str, node_rank: int, bytes_per_s: float = 0.0) -> None:
         if not run_id or run_id in (".", "..") or "/" in run_id or "\0" in run_id:
             raise ValueError(f"run_id must be one path component, not {run_id!r}")
         if node_rank < 0:
             raise ValueError(f"node_rank must be >= 0, not {node_rank}")
         self.run_id, self.node_rank = run_id, node_rank
         self.directory = Path(root) / run_id / f"node-{node_rank}"
+        self.bytes_per_s = bytes_per_s  # what put writes at most (0: no cap)
 
     def step_dir(self, step: int) -> Path:
         return self.directory / f"step-{step:012d}"
 
     # ------------------------------------------------------------ write
+    def put(
+        self,
+        step: int,
+        generation: int,
+        images: Sequence[SnapshotImage],
+        stopped: Callable[[], bool],
+    ) -> None:
+        """persist, paced at the cap. Not stopped by a new generation: a step being written
+        is worth finishing, and persist never overwrites a copy a restore reads."""
+        self.persist(step, generation, list(images), Throttle(self.bytes_per_s).pace)
+
     def persist(
         self,
         step: int,
@@ -248,6 +267,10 @@ class DurableStore:
         generation = int(manifest["generation"])
         return SnapshotImage(rank, step, generation, data, memoryview(payload), checksum)
 
+    def get(self, step: int, into: RankArena) -> list[str]:
+        into.store(free_slot(into, NO_STEP), self.load(step, into.rank))
+        return []
+
     def _manifest(self, directory: Path) -> dict[str, Any]:
         path = directory / MANIFEST
         try:
@@ -279,6 +302,12 @@ class DurableStore:
             self.remove(step)
         self.remove_stale()
         return removed
+
+    def drop_after(self, step: int) -> list[str]:
+        dropped = [old for old in self.steps() if old > step]
+        for old in dropped:
+            self.remove(old)
+        return [f"durable step {old}" for old in dropped]
 
     def remove(self, step: int) -> bool:
         """Delete `step` (e.g. one past a fallback's restore point); False if it is not there."""

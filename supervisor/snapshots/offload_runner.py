@@ -12,7 +12,7 @@ import collections
 import errno
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +24,9 @@ from supervisor.rpc.peer_wire import copies_to_wire
 from supervisor.rules.job import JobState
 from supervisor.settings.snapshots import OffloadConfig
 from supervisor.snapshots.offload import Materialized, Offloader, RoundResult
-from supervisor.snapshots.restore import SOURCE_ORDER, NodeCopies, RestoreChoice, choose_restore
+from supervisor.snapshots.restore import NodeCopies, RestoreChoice, choose_restore
 from supervisor.snapshots.rounds import OffloadRound, OffloadRounds
+from supervisor.snapshots.store import PersistentStore, SnapshotStore
 from train_supervisor.credentials import client_channel
 from train_supervisor.steps import NO_STEP
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -51,7 +52,10 @@ class OffloadDriver:
         target: Optional[ReplicaTarget],
         on_change: Callable[[], None],
         to_leader: Callable[[pb.PodReport], None] = lambda report: None,
+        replicate_to: Sequence[SnapshotStore] = (),
+        persist_to: Sequence[PersistentStore] = (),
     ) -> None:
+        """replicate_to, persist_to: stores beyond the peer and the durable directory."""
         spec = job.spec
         self.job = job
         self.on_change = on_change  # wakes waiters, logs new events
@@ -66,10 +70,12 @@ class OffloadDriver:
             Path(spec.snapshot_dir),
             config,
             holder=self._holder if self.target is not None else None,
+            replicate_to=replicate_to,
+            persist_to=persist_to,
         )
         self.rounds = OffloadRounds(
-            replicate=self.target is not None,
-            persist=config.durable_dir is not None,
+            replicate=bool(self.offloader.replicate_to),
+            persist=bool(self.offloader.persist_to),
             every_steps=config.persist_every_steps,
             every_s=config.persist_every_s,
         )
@@ -197,7 +203,10 @@ class OffloadDriver:
         while True:
             copies = await self.copies()
             newest = max([self.job.snapshots.committed, *copies.persisted])
-            choice = choose_restore([node], {node: copies}, newest, {node: frozenset(unusable)})
+            order = [store.name for store in self.offloader.restore_order]
+            choice = choose_restore(
+                [node], {node: copies}, newest, {node: frozenset(unusable)}, order
+            )
             self.job.record("snapshot_restore_choice", choice.why())
             if choice.step == NO_STEP:
                 await self._start_from(NO_STEP)
@@ -208,8 +217,9 @@ class OffloadDriver:
             unusable.add(choice.step)
 
     async def place(self, choice: RestoreChoice) -> Materialized:
-        """Every local rank's copy of `choice.step` into its arena, shm -> peer -> durable."""
-        done = await self._in_thread(self.offloader.materialize, choice.step, list(SOURCE_ORDER))
+        """Every local rank's copy of `choice.step` into its arena, from the first store of
+        the restore order that has it (shm -> peer -> durable)."""
+        done = await self._in_thread(self.offloader.materialize, choice.step)
         assert isinstance(done, Materialized)
         for problem in done.problems:
             self.job.record("snapshot_problem", problem)
@@ -253,7 +263,7 @@ class OffloadDriver:
     async def flush(self) -> None:
         """Persist the newest committed step before exit (SIGTERM), if not persisted yet."""
         step = self.job.snapshots.committed
-        if self.offloader.store is None or step == NO_STEP or step <= self.rounds.persisted:
+        if not self.offloader.persist_to or step == NO_STEP or step <= self.rounds.persisted:
             return
         began = time.perf_counter()
         error = await self._in_thread(self.offloader.persist_committed, step, self.job.generation)

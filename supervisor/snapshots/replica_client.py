@@ -1,12 +1,13 @@
 """The client side of peer replicas: push a snapshot to the next pod, fetch one back.
 
-Sync gRPC, for the offload worker thread (supervisor/snapshots/offload.py); the server and the rules
-both sides share are in supervisor/snapshots/replica.py.
+Sync gRPC, for the offload worker thread (supervisor/snapshots/offload.py): PeerStore is the
+next pod as a snapshot store (supervisor/snapshots/store.py). The server and the rules both
+sides share are in supervisor/snapshots/replica.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Optional, Union
 
 import grpc
@@ -21,8 +22,12 @@ from supervisor.snapshots.replica import (
     header_problem,
     payload_chunks,
 )
+from supervisor.snapshots.restore import PEER
+from supervisor.snapshots.store import RoundStopped, free_slot
+from supervisor.snapshots.throttle import Throttle
 from train_supervisor.arena import CorruptSnapshot, RankArena, SlotInfo, SnapshotImage
 from train_supervisor.credentials import MAX_MESSAGE_BYTES
+from train_supervisor.steps import NO_STEP
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -153,3 +158,73 @@ def _receive(
         raise CorruptSnapshot(f"{refused} (from the peer)") from None
     finally:
         copy.view.release()
+
+
+SLOWEST_LINK_BYTES_PER_S = 50e6
+
+
+def transfer_deadline_s(size: int, rate_bytes_per_s: float) -> float:
+    """How long one copy may take before the peer counts as hung: twice its time at the cap
+    (or at a slow 50 MB/s without one), plus a minute."""
+    return 60.0 + 2 * size / (rate_bytes_per_s or SLOWEST_LINK_BYTES_PER_S)
+
+
+class PeerStore:
+    """The next pod's shared memory as a snapshot store: its ReplicaService keeps this pod's
+    ranks (supervisor/snapshots/replica.py), pushed each round, fetched back by a replaced pod.
+
+    The next pod lists what it keeps (its report's `replicas`) and voids it when the job
+    restores an older step (every pod restores the same one): here, steps() and drop_after()
+    have nothing to do."""
+
+    name = PEER
+
+    def __init__(
+        self,
+        run_id: str,
+        node_rank: int,
+        holder: Callable[[], pb_grpc.ReplicaServiceStub],
+        bytes_per_s: float = 0.0,
+    ) -> None:
+        self.run_id, self.node_rank = run_id, node_rank
+        self.holder = holder  # the next pod's replica service
+        self.bytes_per_s = bytes_per_s  # 0: no cap
+
+    def steps(self) -> frozenset[int]:
+        return frozenset()
+
+    def put(
+        self,
+        step: int,
+        generation: int,
+        images: Sequence[SnapshotImage],
+        stopped: Callable[[], bool],
+    ) -> None:
+        """Push every rank's image, paced at the cap; a push cut short by `stopped` is
+        refused by the peer (its previous good copy stays) and raises RoundStopped."""
+        throttle = Throttle(self.bytes_per_s)
+
+        def pace(nbytes: int) -> None:
+            if stopped():
+                raise TransferStopped  # the push ends short; the peer refuses it
+            throttle.pace(nbytes)
+
+        stub = self.holder()
+        for image in images:
+            if stopped():
+                raise RoundStopped.of(generation)
+            size = len(image.manifest) + len(image.payload)
+            deadline = transfer_deadline_s(size, self.bytes_per_s)
+            try:
+                push_replica(stub, self.run_id, self.node_rank, image, pace, timeout_s=deadline)
+            except grpc.RpcError:
+                if stopped():  # pace() cut the push short
+                    raise RoundStopped.of(generation) from None
+                raise
+
+    def get(self, step: int, into: RankArena) -> list[str]:
+        fetch_replica(self.holder(), self.run_id, into.rank, step, into, free_slot(into, NO_STEP))
+        return []
+
+    def drop_after(self, step: int) -> list[str]:
+        return []
