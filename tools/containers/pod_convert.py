@@ -72,7 +72,8 @@ def pod_for_index(job: Mapping[str, Any], index: int, site: LocalSite) -> Conver
     ]
     metadata = template.setdefault("metadata", {})
     metadata["name"] = name
-    metadata.setdefault("labels", {}).update({JOB_NAME_LABEL: job_name, INDEX_ANNOTATION: str(index)})
+    labels = metadata.setdefault("labels", {})
+    labels.update({JOB_NAME_LABEL: job_name, INDEX_ANNOTATION: str(index)})
     metadata.setdefault("annotations", {})[INDEX_ANNOTATION] = str(index)
     spec["hostname"] = name
     subdomain = spec.pop("subdomain", None)
