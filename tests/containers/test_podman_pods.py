@@ -12,6 +12,7 @@ and root. Without them the tests skip, except under CI=true, where they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -23,18 +24,19 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "containers"))
-from images import BuildTimes, build_all
+from images import TIMINGS_ENV, BuildTimes, build_all
 from podman_pods import PodmanJob
 
 INSTALL = "apt-get install -y podman buildah runc mmdebstrap"
-TIMINGS_ENV = "TRAIN_SUPERVISOR_CONTAINER_TIMINGS"  # run_pods.py collects the build times here
 SCRIPT = ["--step-sleep", "0.05", "--snapshot"]
 
 pytestmark = pytest.mark.slow
 
 
 def missing() -> str:
-    absent = [tool for tool in ("podman", "buildah", "runc", "mmdebstrap") if not shutil.which(tool)]
+    absent = [
+        tool for tool in ("podman", "buildah", "runc", "mmdebstrap") if not shutil.which(tool)
+    ]
     if absent:
         return f"{', '.join(absent)} not installed: {INSTALL}"
     if os.geteuid() != 0:
@@ -52,7 +54,8 @@ def images() -> BuildTimes:
     times = BuildTimes()
     build_all(times)
     if os.environ.get(TIMINGS_ENV):
-        Path(os.environ[TIMINGS_ENV]).write_text(repr(times.seconds))
+        builds = {**times.seconds, "base_cached": times.cached.get("base", False)}
+        Path(os.environ[TIMINGS_ENV]).write_text(json.dumps(builds))
     return times
 
 
@@ -72,7 +75,9 @@ def job(images: BuildTimes, tmp_path: Path) -> Iterator[PodmanJob]:
 
 
 def max_step(records: list[dict[str, Any]], rank: int) -> int:
-    return max((e["step"] for e in records if e["event"] == "step" and e["rank"] == rank), default=0)
+    return max(
+        (e["step"] for e in records if e["event"] == "step" and e["rank"] == rank), default=0
+    )
 
 
 def done_steps(records: list[dict[str, Any]]) -> dict[int, int]:
@@ -133,7 +138,10 @@ def test_the_leader_sidecar_killed_and_restarted_the_trainer_rides_through(job: 
     def rebuilt() -> bool:
         shown = pods.try_status(0)
         live = shown.get("state") in ("JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED")
-        return live and {r: p for r, p in pids(shown).items() if r < 2} == {0: before[0], 1: before[1]}
+        return live and {r: p for r, p in pids(shown).items() if r < 2} == {
+            0: before[0],
+            1: before[1],
+        }
 
     pods.wait_until(rebuilt, 120, "the new leader sidecar to show the running ranks")
     finish(pods)

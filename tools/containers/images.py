@@ -37,6 +37,7 @@ TORCH = "torch==2.13.0+cpu"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "python-is-python3", "ca-certificates")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+TIMINGS_ENV = "TRAIN_SUPERVISOR_CONTAINER_TIMINGS"  # a file: the build times go there as JSON
 TRAINER_CONTEXT = ("pyproject.toml", "README.md", "supervisor", "launcher", "train_supervisor",
                    "tests/frameworks/constraints.txt", "tests/workloads/toy_ddp.py")  # fmt: skip
 
