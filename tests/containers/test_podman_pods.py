@@ -30,7 +30,8 @@ from podman_pods import PodmanJob
 INSTALL = "apt-get install -y podman buildah runc mmdebstrap"
 SCRIPT = ["--step-sleep", "0.05", "--snapshot"]
 
-pytestmark = pytest.mark.slow
+# The first test builds the images (minutes on a loaded 2-CPU machine): past the 240 s default.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def missing() -> str:
