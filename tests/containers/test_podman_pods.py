@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def images() -> BuildTimes:
 
 
 @pytest.fixture
-def job(images: BuildTimes, tmp_path: Path) -> Iterator[PodmanJob]:
+def job(images: BuildTimes, tmp_path: Path) -> Iterator[Callable[..., PodmanJob]]:
     made: list[PodmanJob] = []
 
     def make(steps: int, **sidecar_env: str) -> PodmanJob:
@@ -70,7 +70,7 @@ def job(images: BuildTimes, tmp_path: Path) -> Iterator[PodmanJob]:
         podman_job.start()
         return podman_job
 
-    yield make  # type: ignore[misc]
+    yield make
     for podman_job in made:
         podman_job.stop()
 
@@ -110,7 +110,7 @@ def test_a_clean_two_pod_run_succeeds(job: Any) -> None:
 
 
 def test_a_rank_sigkilled_inside_a_pod_is_restarted_in_place(job: Any) -> None:
-    pods: PodmanJob = job(200)
+    pods: PodmanJob = job(100)
     pods.wait_until(lambda: max_step(pods.read_events(), 2) >= 5, 180, "rank 2 at step 5")
     before = pids(pods.status(1))
     pods.kill_rank(1, before[2])  # from inside pod 1: the pid as its namespace numbers it
@@ -123,11 +123,11 @@ def test_a_rank_sigkilled_inside_a_pod_is_restarted_in_place(job: Any) -> None:
     assert after[3] == before[3], "the pod's other rank stayed in its process"
     [rank2] = [r for r in own_ranks(follower, 1) if r["rank"] == 2]
     assert rank2["processStarts"] == 2, follower
-    assert done_steps(pods.read_events()) == {0: 200, 1: 200, 2: 200, 3: 200}
+    assert done_steps(pods.read_events()) == {0: 100, 1: 100, 2: 100, 3: 100}
 
 
 def test_the_leader_sidecar_killed_and_restarted_the_trainer_rides_through(job: Any) -> None:
-    pods: PodmanJob = job(400)
+    pods: PodmanJob = job(300)
     pods.wait_until(lambda: max_step(pods.read_events(), 0) >= 5, 180, "rank 0 at step 5")
     before = pids(pods.status(0))
     pods.kill_sidecar(0)
@@ -148,14 +148,14 @@ def test_the_leader_sidecar_killed_and_restarted_the_trainer_rides_through(job: 
     finish(pods)
     records = pods.read_events()
     assert {e["gen"] for e in records} == {0}, "no restart"
-    assert done_steps(records) == {0: 400, 1: 400, 2: 400, 3: 400}
+    assert done_steps(records) == {0: 300, 1: 300, 2: 300, 3: 300}
     started = {(e["rank"], e["pid"]) for e in records if e["event"] == "start"}
     assert len(started) == 4, f"every rank kept its process: {started}"
     assert "resumed: generation 0 runs on" in pods.logs(0, "supervisor")
 
 
 def test_a_removed_pod_is_created_again_and_rejoins_from_the_peer_replica(job: Any) -> None:
-    pods: PodmanJob = job(300)
+    pods: PodmanJob = job(150)
     pods.wait_until(lambda: max_step(pods.read_events(), 2) >= 10, 180, "rank 2 at step 10")
     before = pids(pods.status(0))
     removed_at = time.monotonic()
@@ -170,7 +170,7 @@ def test_a_removed_pod_is_created_again_and_rejoins_from_the_peer_replica(job: A
         "the leader pod's ranks waited in place"
     )
     records = pods.read_events()
-    assert done_steps(records) == {0: 300, 1: 300, 2: 300, 3: 300}
+    assert done_steps(records) == {0: 150, 1: 150, 2: 150, 3: 150}
     resumes = {e["rank"]: e["from_step"] for e in records if e["event"] == "resumed" and e["gen"]}
     assert resumes.get(2, 0) > 1 and resumes.get(3, 0) > 1, f"from memory: {resumes}"
     logs = pods.logs(1, "supervisor")
