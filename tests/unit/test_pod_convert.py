@@ -154,3 +154,11 @@ def test_the_hosts_pip_sources_are_read_from_pip_config_list() -> None:
     conf = sources.pip_conf("https://download.pytorch.org/whl/cpu")
     assert "find-links = /opt/wheels" in conf
     assert conf.rstrip().endswith("https://example.org/simple https://download.pytorch.org/whl/cpu")
+
+
+def test_an_escaped_reference_stays_literal_and_an_unknown_one_unexpanded(job: Any) -> None:
+    edited = copy.deepcopy(job)
+    trainer = edited["spec"]["template"]["spec"]["containers"][0]
+    trainer["args"] = ["--a=$$(NODE_RANK)", "--b=$(NOT_SET)", "--c=$(NODE_RANK)", "train.py"]
+    args = containers(pod_for_index(edited, 1, SITE).manifest)["trainer"]["args"]
+    assert args[:3] == ["--a=$(NODE_RANK)", "--b=$(NOT_SET)", "--c=1"], "as Kubernetes does"

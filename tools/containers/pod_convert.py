@@ -215,7 +215,7 @@ def _resolved(
 
 def _trainer_args(container: dict[str, Any], site: LocalSite) -> list[str]:
     """The example's launcher flags stay; GPUs per pod and the script become this host's."""
-    args: list[str] = container["args"]
+    args: list[str] = container.get("args", [])
     first_positional = next((i for i, a in enumerate(args) if not a.startswith("--")), len(args))
     flags = args[:first_positional]
     new = [
