@@ -779,6 +779,8 @@ class JobState:
             self.record("reattach_refused", why)
             return [ToWorker(report.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=1)))]
         if not self.resuming:  # the same supervisor: its stream broke, nothing else changed
+            if slot.spawning:  # ... or its first attach failed (transiently): it is one now
+                return self.worker_attached(report.pid, report.rank, spare=False)
             return []
         known = (WS.WORKER_STATE_HEALTHY, WS.WORKER_STATE_SUCCEEDED)
         slot.state = report.state if report.state in known else WS.WORKER_STATE_INIT
