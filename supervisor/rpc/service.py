@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +27,6 @@ from supervisor.rpc import call_checks
 from supervisor.rpc.call_checks import NoProcesses, Processes, Refusal
 from supervisor.rpc.peer_wire import copies_to_wire
 from supervisor.rpc.refusals import RefusalLog
-from supervisor.rpc.snapshot_service import harvest_arenas
 from supervisor.rules import restart_policy
 from supervisor.rules.classify import GpuHealth
 from supervisor.rules.failure_evidence import FailureMemory
@@ -36,6 +36,7 @@ from supervisor.rules.pod_job import CoordinatedJobState
 from supervisor.rules.status_view import job_status
 from supervisor.settings.detection import DetectConfig
 from supervisor.settings.snapshots import OffloadConfig
+from supervisor.snapshots.harvest import harvest_arenas
 from supervisor.snapshots.offload import REPLICAS
 from supervisor.snapshots.offload_runner import OffloadDriver, ReplicaTarget
 from supervisor.workers.ports import free_port
@@ -167,7 +168,7 @@ class Supervisor:
             return
         kind = message.WhichOneof("message")
         if kind == "open":  # first: what the ranks copied of the generation it stops
-            harvest_arenas(self)
+            self.harvest_arenas()
             self.apply(job.open_generation(message.open, time.monotonic()))
         elif kind == "start":
             self.apply(job.start_generation(message.start))
@@ -180,6 +181,25 @@ class Supervisor:
                 self.apply([])  # wakes the ranks waiting for this commit
             if self.offload is not None and message.commit.generation == job.generation:
                 self.offload.leader_round(message.commit)
+
+    def record_saved(
+        self, job: JobState, rank: int, step: int, held: list[int], size: int, wait: float
+    ) -> None:
+        """Rank `rank` holds `held` (ValueError: that breaks the protocol)."""
+        tracker = job.snapshots
+        committed = tracker.committed
+        effects = job.snapshot_saved(rank, step, held, size, wait)
+        if effects or tracker.committed != committed:  # a commit is no event: it is every step
+            self.apply(effects)  # reports to the leader; wakes the ranks waiting for a commit
+            if self.offload is not None and not isinstance(job, CoordinatedJobState):
+                self.offload.committed(tracker.committed)
+
+    def harvest_arenas(self, pid: Optional[int] = None) -> None:
+        """What the running ranks copied and had not reported yet counts (before `pid`'s
+        death is handled; None: before the leader's Open), supervisor/snapshots/harvest.py."""
+        job = self.job
+        if job is not None:
+            harvest_arenas(job, functools.partial(self.record_saved, job), pid)
 
     def replica_job(self) -> Optional[tuple[str, Path]]:
         """Where the previous pod's replicas go: (run id, directory), once a job attached."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from supervisor.rpc import call_checks
 from supervisor.rpc.event_watch import watch_events
 from supervisor.rpc.service import Supervisor
-from supervisor.rpc.snapshot_service import harvest_arenas
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 
@@ -24,7 +23,7 @@ class LauncherServicer(pb_grpc.LauncherServiceServicer):
         await self.sup.require_job(context)
         refusal = call_checks.process_exit(request, self.sup.launcher_pid, self.sup.processes)
         await self.sup.refuse(context, "ReportProcessExit", refusal)
-        harvest_arenas(self.sup, request.pid)  # a step it held but had not reported yet
+        self.sup.harvest_arenas(request.pid)  # a step it held but had not reported yet
         return await self.sup.report_process_exit(request, context)
 
 
