@@ -10,9 +10,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from supervisor.rpc.call_gate import CallGate
+from supervisor.rpc.launcher_service import LauncherServicer
 from supervisor.rpc.service import Supervisor
-from supervisor.rpc.servicers import LauncherServicer, StatusServicer, WorkerServicer
 from supervisor.rpc.snapshot_service import SnapshotServicer
+from supervisor.rpc.status_service import StatusServicer
+from supervisor.rpc.worker_service import WorkerServicer
 from supervisor.settings.serve import TlsConfig
 from train_supervisor.credentials import MAX_MESSAGE_BYTES
 from train_supervisor.v1 import supervisor_pb2 as pb

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import typing
 import urllib.request
 
 from supervisor.app import App, EmbeddedSupervisor, standalone_config, supervisor_settings
-from supervisor.rpc.service import SupervisorSettings
+from supervisor.rpc.service import DELIVERY, SupervisorSettings
+from supervisor.rules.job import Effect
 from supervisor.settings.detection import parse_detect
 from supervisor.settings.serve import parse_config
 from supervisor.settings.snapshots import parse_offload
@@ -113,3 +115,17 @@ def test_the_embedded_supervisor_runs_the_app_serve_runs() -> None:
     assert status.state == pb.JobState.JOB_STATE_STARTING
     # Only the timer period differs: --monitor-interval, which serve has no variable for.
     assert settings == supervisor_settings(dataclasses.replace(config, tick_s=0.1))
+
+
+def test_each_proto_service_has_one_servicer_in_a_module_of_its_own() -> None:
+    servicers = {}
+    for name in pb.DESCRIPTOR.services_by_name:
+        base = getattr(pb_grpc, f"{name}Servicer")
+        ours = [c for c in base.__subclasses__() if c.__module__.startswith("supervisor.")]
+        assert len(ours) == 1, (name, ours)
+        servicers[name] = ours[0].__module__
+    assert len(set(servicers.values())) == len(servicers), servicers
+
+
+def test_every_kind_of_effect_has_its_delivery() -> None:
+    assert set(DELIVERY) == set(typing.get_args(Effect))
