@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -168,6 +168,13 @@ class Supervisor:
                 self.kube.job_event(event, self.job)  # queued: never waits on the API
         self.events_logged = self.job.events.recorded
 
+    def record_news(self, news: Sequence[tuple[str, str]]) -> None:
+        """Job events (kind, message) a watcher found: recorded, logged, watchers woken."""
+        if self.job is not None:
+            for kind, message in news:
+                self.job.record(kind, message)
+        self.apply([])
+
     def on_leader_message(self, message: pb.LeaderMessage) -> None:
         """Apply what the leader decided to this pod's ranks."""
         job = self.job
@@ -255,11 +262,14 @@ class Supervisor:
             await asyncio.sleep(self.settings.tick_s)
             if self.job is not None:
                 now = time.monotonic()
-                effects = self.job.tick(now) + self.hang_watch.check(self.job, now)
+                effects = self.job.tick(now)
+                for finding in self.hang_watch.check(self.job, now):  # the watch only reads
+                    effects += self.job.hang_found(finding)
                 if effects or self.job.events.recorded != self.events_logged:
                     self.apply(effects)  # else nothing changed: wake no one (the sidecar's CPU)
                 if self.pod_health is not None:
-                    self.pod_health.tick(self.job, now)
+                    pids = [slot.pid for slot in self.job.ranks.values() if slot.pid]
+                    self.pod_health.tick(pids, now)
             await self._publish_metrics()
 
     async def _publish_metrics(self) -> None:
