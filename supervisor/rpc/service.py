@@ -106,7 +106,6 @@ class Supervisor:
         self.launcher_queue: asyncio.Queue[Optional[pb.LauncherCommand]] = asyncio.Queue()
         self.worker_queues: dict[int, asyncio.Queue[Optional[pb.WorkerCommand]]] = {}
         self.changed = asyncio.Condition()
-        self.finished = asyncio.Event()
         self.ended: Optional[pb.Shutdown] = None  # how the job ended, once it did
         self.events_logged = 0
         self._ticker: Optional[asyncio.Task[None]] = None
@@ -146,7 +145,6 @@ class Supervisor:
         self.launcher_queue.put_nowait(effect.command)
         if effect.command.HasField("shutdown"):
             self.ended = effect.command.shutdown
-            self.finished.set()
 
     def _to_leader(self, effect: ToLeader) -> None:
         if self.coordination is None:
