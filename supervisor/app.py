@@ -174,10 +174,6 @@ class EmbeddedSupervisor:
         self._stop: Optional[asyncio.Event] = None
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
 
-    @property
-    def sup(self) -> Optional[Supervisor]:
-        return None if self.app is None else self.app.sup
-
     def start(self) -> str:
         """The address this pod's launcher and workers reach the supervisor at."""
         self._thread.start()
