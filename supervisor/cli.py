@@ -15,28 +15,21 @@ from typing import NoReturn, Optional
 import grpc
 from google.protobuf import json_format
 
+from supervisor.app import App
 from supervisor.detect.gpu_probe import default_probes, report_to_dict
 from supervisor.events_cli import add_events_command, run_events
-from supervisor.outputs.kube.reporter import KUBE_FLUSH_S, KubeReporter, reporter_for
+from supervisor.outputs.kube.reporter import KubeReporter, reporter_for
 from supervisor.outputs.logs import use_log_format
-from supervisor.outputs.metrics import MetricsPortError, start_metrics
-from supervisor.rpc.follower import FollowerLink
-from supervisor.rpc.peers import LeaderHub, PeerServicer
-from supervisor.rpc.server import start_server
-from supervisor.rpc.service import Supervisor, SupervisorSettings
-from supervisor.rules.leader import LeaderTimings
+from supervisor.outputs.metrics import MetricsPortError
 from supervisor.settings.env_values import ConfigError
 from supervisor.settings.serve import (
     SidecarConfig,
     join_host_port,
     parse_config,
     read_token_file,
-    split_host_port,
     unknown_variables,
 )
 from supervisor.settings.variables import DEFAULT_PORT, VARIABLES
-from supervisor.snapshots.offload_runner import ReplicaTarget
-from supervisor.snapshots.replica import ReplicaServicer
 from train_supervisor import exit_codes
 from train_supervisor.credentials import TOKEN_ENV, client_channel
 from train_supervisor.termination import record_ending
@@ -178,45 +171,6 @@ def _status(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------- serve
-def settings_from(config: SidecarConfig) -> SupervisorSettings:
-    return SupervisorSettings(
-        crash_loop_threshold=config.crash_loop_threshold,
-        unwind_timeout_s=config.unwind_timeout_s,
-        heartbeat_timeout_s=config.heartbeat_timeout_s,
-        failure_settle_s=config.failure_settle_s,
-        offload=config.offload,
-        detect=config.detect,
-    )
-
-
-def coordinate(sup: Supervisor, config: SidecarConfig) -> Optional[PeerServicer]:
-    """Multi-pod: node 0 hosts the leader (returns its servicer), the others follow it."""
-    if config.nnodes == 1:
-        return None
-    sup.replica_target = ReplicaTarget(
-        config.peer_address((config.node_rank + 1) % config.nnodes),
-        config.token,
-        tls_ca=config.tls.ca if config.tls is not None else None,
-    )
-    leader_address = config.peer_address(0)
-    if config.node_rank == 0:
-        master_addr = split_host_port(leader_address)[0]  # rank 0 runs on node 0
-        timings = LeaderTimings(heartbeat_timeout_s=config.heartbeat_timeout_s)
-        hub = LeaderHub(sup, config.nnodes, master_addr, timings)
-        sup.coordination = hub
-        return PeerServicer(hub)
-    sup.coordination = FollowerLink(
-        sup,
-        config.nnodes,
-        config.node_rank,
-        leader_address,
-        config.token,
-        heartbeat_s=config.heartbeat_timeout_s / 4,
-        tls_ca=config.tls.ca if config.tls is not None else None,
-    )
-    return None
-
-
 async def _serve(config: SidecarConfig, kube: Optional[KubeReporter]) -> None:
     """Serve until SIGTERM/SIGINT; OSError when the address cannot be bound."""
     loop = asyncio.get_running_loop()
@@ -229,45 +183,23 @@ async def _serve(config: SidecarConfig, kube: Optional[KubeReporter]) -> None:
     # Installed before binding, so that a signal during startup is a clean stop too.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    sup = Supervisor(settings_from(config))
-    sup.kube = kube
-    peers = coordinate(sup, config)
-    # Before the gRPC server: a port in use then leaves nothing running to stop.
-    metrics = start_metrics(config.bind, config.outputs.metrics_port)  # None: off
-    sup.metrics_board = metrics.board if metrics is not None else None
-    server, port = await start_server(
-        sup,
-        config.bind_address,
-        token=config.token,
-        tls=config.tls,
-        peers=peers,
-        replicas=ReplicaServicer(
-            sup.replica_job, refusals=sup.refusals, check_header=sup.check_replica_header
-        )
-        if config.nnodes > 1
-        else None,
-        loopback_plaintext=config.loopback_plaintext,
-    )
+    app = await App.start(config, kube)
     log.info(
         "serving on %s (token %s, TLS %s)",
-        join_host_port(config.bind, port),
+        join_host_port(config.bind, app.port),
         "required" if config.token else "off: loopback only",
-        f"on; plaintext on 127.0.0.1:{port} for this pod"
+        f"on; plaintext on 127.0.0.1:{app.port} for this pod"
         if config.loopback_plaintext
         else ("on" if config.tls else "off"),
     )
     received = await stopped
     log.info("%s: stopping", received.name)
     # The job is marked stopped (status, events) before the server drains.
-    sup.stop(f"train-supervisor stopped by {received.name}")
-    await sup.finish_offload()  # the newest committed step to the durable directory
-    if sup.ended is not None:  # the pod's containers stop: say why, if the job failed
-        record_ending(sup.ended.exit_code, sup.ended.report, config.termination_log, log)
-    await server.stop(grace=STOP_GRACE_S)
-    if metrics is not None:
-        metrics.close()
-    if sup.kube is not None:  # the job's last Events (the verdict), briefly
-        await asyncio.to_thread(sup.kube.close, KUBE_FLUSH_S)
+    app.sup.stop(f"train-supervisor stopped by {received.name}")
+    ended = await app.finish()  # the newest committed step to the durable directory
+    if ended is not None:  # the pod's containers stop: say why, if the job failed
+        record_ending(ended.exit_code, ended.report, config.termination_log, log)
+    await app.close(STOP_GRACE_S)
 
 
 def _serve_command(args: argparse.Namespace) -> None:

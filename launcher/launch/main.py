@@ -260,38 +260,27 @@ def _serve_standalone(config: LaunchConfig) -> RunResult:
             f"error: the 'supervisor' package imported from {where} is not train-supervisor's "
             "(supervisord uses the same name); see 'supervisord' in the README",
         )
+    from supervisor.app import EmbeddedSupervisor, standalone_config
     from supervisor.outputs.logs import use_log_format
     from supervisor.outputs.metrics import MetricsPortError
-    from supervisor.rpc.server import EmbeddedSupervisor
-    from supervisor.rpc.service import SupervisorSettings
-    from supervisor.settings.detection import parse_detect
     from supervisor.settings.env_values import ConfigError
-    from supervisor.settings.outputs import outputs_from_env
-    from supervisor.settings.snapshots import parse_offload
 
-    try:
-        offload = parse_offload(os.environ)
-        detect = parse_detect(os.environ)
-        outputs = outputs_from_env(os.environ)  # SUPERVISOR_METRICS_PORT, SUPERVISOR_LOG_FORMAT
-    except ConfigError as err:
-        return RunResult(exit_codes.USAGE_ERROR, f"error: {err}")
-    use_log_format(outputs.log_format)
-    settings = SupervisorSettings(
-        offload=offload,
-        detect=detect,
-        crash_loop_threshold=config.crash_loop_threshold,
-        unwind_timeout_s=config.unwind_timeout,
-        failure_settle_s=config.failure_settle,
-        tick_s=config.monitor_interval,
-    )
     # A fresh token per run: other local users cannot drive this job's workers.
     token = secrets.token_urlsafe(24)
-    embedded = EmbeddedSupervisor(
-        settings,
-        f"127.0.0.1:{config.supervisor_port}",
-        token=token,
-        metrics_port=outputs.metrics_port,
-    )
+    try:
+        sidecar = standalone_config(
+            os.environ,
+            port=config.supervisor_port,
+            token=token,
+            crash_loop_threshold=config.crash_loop_threshold,
+            unwind_timeout_s=config.unwind_timeout,
+            failure_settle_s=config.failure_settle,
+            tick_s=config.monitor_interval,
+        )
+    except ConfigError as err:
+        return RunResult(exit_codes.USAGE_ERROR, f"error: {err}")
+    use_log_format(sidecar.outputs.log_format)
+    embedded = EmbeddedSupervisor(sidecar)
     try:
         address = embedded.start()
     except MetricsPortError as err:

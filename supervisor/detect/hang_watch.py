@@ -6,13 +6,13 @@ at (psutil: process state and CPU time; the workers' PIDs are visible to the
 supervisor in `--standalone`, and to a sidecar when the pod shares its process
 namespace). When neither names a culprit, the overdue ranks' Python stacks
 are dumped with py-spy (supervisor/detect/stacks.py) in a thread, and a later tick
-compares them. The culprit, when one stands out, is killed: its exit then takes
-the usual path (a new process for that rank only, the others re-enter).
+compares them. The culprit, when one stands out, is handed to the core, which kills it
+(JobState.hang_found): its exit then takes the usual path (a new process for
+that rank only, the others re-enter). The watch reads the job and never changes it.
 """
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -20,9 +20,8 @@ from typing import Optional
 import psutil
 
 from supervisor.detect.stacks import PySpy, RoundKey, StackRounds
-from supervisor.rules.classify import HUNG_SIGNATURE
 from supervisor.rules.hang import (
-    Culprit,
+    HangFinding,
     HangSettings,
     ProcessEvidence,
     RankProgress,
@@ -32,7 +31,7 @@ from supervisor.rules.hang import (
     stuck_reentry,
     threshold_s,
 )
-from supervisor.rules.job import Effect, JobState, RankSlot, ToLauncher
+from supervisor.rules.job import JobState, RankSlot
 from supervisor.settings.detection import DetectConfig
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -53,7 +52,8 @@ class HangWatch:
     # a rank that never stepped in it (a re-entry stuck in init_process_group) is timed from.
     _seen_since: dict[tuple[int, int], float] = field(default_factory=dict)
 
-    def check(self, job: JobState, now: float) -> list[Effect]:
+    def check(self, job: JobState, now: float) -> list[HangFinding]:
+        """What this look found, for the core to apply (JobState.hang_found); reads `job` only."""
         if not job.started or job.over or job.generation in self._acted:
             return []
         stepping = [
@@ -88,11 +88,15 @@ class HangWatch:
         if stacks and any(stacks.values()):
             what += f"; stacks: {describe_stacks(stacks)}"
         if found is None:
-            if job.generation not in self._suspected:
-                self._suspected.add(job.generation)
-                job.record("hang_suspected", f"{what}; no single rank stands out yet")
-            return []
-        return self._kill(job, found, what)
+            if job.generation in self._suspected:
+                return []
+            self._suspected.add(job.generation)
+            return [HangFinding(f"{what}; no single rank stands out yet")]
+        self._acted.add(job.generation)
+        pid = job.ranks[found.rank].pid
+        return [
+            HangFinding(f"{what}; rank {found.rank} (pid {pid}) is hung: {found.why}", found, pid)
+        ]
 
     def _stacks(
         self, rounds: StackRounds, key: RoundKey, now: float
@@ -103,15 +107,6 @@ class HangWatch:
         if started is None or (stacks is not None and now - started >= STACK_RETRY_S):
             rounds.start(key, now)
         return stacks
-
-    def _kill(self, job: JobState, found: Culprit, what: str) -> list[Effect]:
-        self._acted.add(job.generation)
-        slot = job.ranks[found.rank]
-        job.record("hang", f"{what}; rank {found.rank} (pid {slot.pid}) is hung: {found.why}")
-        slot.evidence = pb.FailureDetail(signature=HUNG_SIGNATURE, message=found.why)
-        reason = f"hung: {found.why}"
-        kill = pb.KillProcess(pid=slot.pid, signal=int(signal.SIGKILL), reason=reason)
-        return [ToLauncher(pb.LauncherCommand(kill=kill))]
 
     def _look(self, pid: int) -> ProcessEvidence:
         try:

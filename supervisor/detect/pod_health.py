@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from supervisor.detect.pod_metrics import PodSampler
-from supervisor.rules.job import JobState
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 
@@ -46,9 +45,9 @@ class PodHealth:
         if compute_s > 0:
             self._compute.setdefault(rank, []).append(compute_s)
 
-    def tick(self, job: JobState, now: float) -> Optional[pb.PodSample]:
-        """A new sample when a window is over (None otherwise); `now` is monotonic."""
-        pids = [slot.pid for slot in job.ranks.values() if slot.pid]
+    def tick(self, pids: Sequence[int], now: float) -> Optional[pb.PodSample]:
+        """A new sample of the ranks' processes `pids` when a window is over (None otherwise);
+        `now` is monotonic."""
         if self._window_start is None:
             self._window_start = now
             self.sampler.sample(pids, now)  # the counters rates are measured from

@@ -19,11 +19,17 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 
 
 class EventSource(Protocol):
-    """What the stream reads of a Supervisor (supervisor/rpc/service.py)."""
+    """What the stream reads of a Supervisor (supervisor/rpc/service.py): read-only here."""
 
-    job: Optional[JobState]
-    changed: asyncio.Condition
-    closing: bool  # the supervisor is stopping: open streams end
+    @property
+    def job(self) -> Optional[JobState]: ...
+
+    @property
+    def changed(self) -> asyncio.Condition: ...
+
+    @property
+    def closing(self) -> bool:
+        """The supervisor is stopping: open streams end."""
 
 
 def _pending(source: EventSource, after: int) -> list[pb.JobEvent]:

@@ -271,17 +271,14 @@ class LeaderHub:
         if own is not None and own.latest is not None:
             self.health.add(0, own.latest, now)
         news = self.health.tick(now)
-        if self.local.job is not None:
-            for kind, message in news.events:
-                self.local.job.record(kind, message)
+        if news.events:
+            self.local.record_news(news.events)
         for replace in news.replace:
             leave = pb.LeaderMessage(replace=replace)
             if replace.node_rank == 0:
                 asyncio.get_running_loop().call_soon(self.local.on_leader_message, leave)
             elif replace.node_rank in self.streams:
                 self.streams[replace.node_rank].put_nowait(leave)
-        if news.events:
-            self.local.apply([])  # logs the events, wakes status watchers
 
 
 class PeerServicer(pb_grpc.PeerServiceServicer):

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import socket
-import threading
 from typing import Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from supervisor.outputs.metrics import MetricsPortError, start_metrics
 from supervisor.rpc.call_gate import CallGate
-from supervisor.rpc.service import Supervisor, SupervisorSettings
-from supervisor.rpc.servicers import LauncherServicer, StatusServicer, WorkerServicer
+from supervisor.rpc.launcher_service import LauncherServicer
+from supervisor.rpc.service import Supervisor
 from supervisor.rpc.snapshot_service import SnapshotServicer
+from supervisor.rpc.status_service import StatusServicer
+from supervisor.rpc.worker_service import WorkerServicer
 from supervisor.settings.serve import TlsConfig
 from train_supervisor.credentials import MAX_MESSAGE_BYTES
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
-
-log = logging.getLogger("train_supervisor")
 
 SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
@@ -125,77 +121,3 @@ async def start_server(
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port
-
-
-CLOSE_LIMIT_S = 300.0
-
-
-class EmbeddedSupervisor:
-    """A supervisor on its own thread and event loop, inside train-launch --standalone."""
-
-    def __init__(
-        self,
-        settings: SupervisorSettings,
-        address: str = "127.0.0.1:0",
-        *,
-        token: Optional[str] = None,
-        metrics_port: int = 0,
-    ) -> None:
-        self.settings = settings
-        self.address = address
-        self.token = token
-        self.metrics_port = metrics_port  # 0: no /metrics
-        self.port = 0
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.sup: Optional[Supervisor] = None
-        self._ready = threading.Event()
-        self._error: Optional[BaseException] = None
-        self._stop: Optional[asyncio.Event] = None
-        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
-
-    def start(self) -> str:
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-        return f"127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced to start()
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.sup = Supervisor(self.settings)
-        self._stop = asyncio.Event()
-        server, self.port = await start_server(self.sup, self.address, token=self.token)
-        try:
-            # Any interface, as a sidecar's: a scraper is rarely on this host's loopback.
-            metrics = start_metrics("0.0.0.0", self.metrics_port)
-        except MetricsPortError:
-            await server.stop(grace=None)
-            raise
-        self.sup.metrics_board = metrics.board if metrics is not None else None
-        self._ready.set()
-        await self._stop.wait()
-        await self.sup.finish_offload()
-        await server.stop(grace=0.5)
-        if metrics is not None:
-            metrics.close()
-
-    def stop_job(self, report: str) -> None:
-        """Tell the state machine no more restarts will happen (SIGTERM)."""
-        if self.loop is not None and self.sup is not None:
-            sup = self.sup
-            self.loop.call_soon_threadsafe(sup.stop, report)
-
-    def close(self) -> None:
-        if self.loop is not None and self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
-        # Long enough for the shutdown flush (a capped write of the newest committed step).
-        self._thread.join(timeout=CLOSE_LIMIT_S)
-        if self._thread.is_alive():
-            log.warning("the supervisor did not stop within %gs", CLOSE_LIMIT_S)

@@ -1,21 +1,24 @@
-"""gRPC adapter around JobState: one asyncio loop owns the state, servicers feed it events."""
+"""The pod's core: one asyncio loop owns the JobState and applies what it decides.
+
+One servicer per proto service feeds it events and reads it: launcher_service.py,
+worker_service.py, status_service.py, snapshot_service.py (this pod's), peers.py and
+supervisor/snapshots/replica.py (other pods'). supervisor/app.py wires them."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from signal import SIGKILL
 from typing import Any, Optional, Protocol
 
 import grpc
 
-from supervisor.detect.gpu_probe import default_probes, device_health
+from supervisor.detect.gpu_probe import default_probes
 from supervisor.detect.hang_watch import hang_watch_for
 from supervisor.detect.pod_health import PodHealth
 from supervisor.detect.pod_metrics import PodSampler
@@ -26,9 +29,7 @@ from supervisor.rpc import call_checks
 from supervisor.rpc.call_checks import NoProcesses, Processes, Refusal
 from supervisor.rpc.peer_wire import copies_to_wire
 from supervisor.rpc.refusals import RefusalLog
-from supervisor.rpc.snapshot_service import harvest_arenas
 from supervisor.rules import restart_policy
-from supervisor.rules.classify import GpuHealth
 from supervisor.rules.failure_evidence import FailureMemory
 from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToLeader, ToWorker
 from supervisor.rules.leader import PodView
@@ -36,6 +37,7 @@ from supervisor.rules.pod_job import CoordinatedJobState
 from supervisor.rules.status_view import job_status
 from supervisor.settings.detection import DetectConfig
 from supervisor.settings.snapshots import OffloadConfig
+from supervisor.snapshots.harvest import harvest_arenas
 from supervisor.snapshots.offload import REPLICAS
 from supervisor.snapshots.offload_runner import OffloadDriver, ReplicaTarget
 from supervisor.workers.ports import free_port
@@ -88,7 +90,8 @@ class Coordination(Protocol):
 
 
 class Supervisor:
-    """Holds one pod's JobState. Every method runs on the event loop thread."""
+    """Holds one pod's JobState, delivers its effects (DELIVERY), runs its timers and the
+    watchers. Every method runs on the event loop thread."""
 
     def __init__(
         self,
@@ -103,7 +106,6 @@ class Supervisor:
         self.launcher_queue: asyncio.Queue[Optional[pb.LauncherCommand]] = asyncio.Queue()
         self.worker_queues: dict[int, asyncio.Queue[Optional[pb.WorkerCommand]]] = {}
         self.changed = asyncio.Condition()
-        self.finished = asyncio.Event()
         self.ended: Optional[pb.Shutdown] = None  # how the job ended, once it did
         self.events_logged = 0
         self._ticker: Optional[asyncio.Task[None]] = None
@@ -121,33 +123,37 @@ class Supervisor:
         # (supervisor/detect/process_table.py).
         self.launcher_pid: Optional[int] = None
         self.processes: Processes = NoProcesses()
-        self.launcher_attached = False  # a launcher's command stream is open
         self.resume_pending = False  # rebuilding the job under running ranks (_resumed)
 
     # ------------------------------------------------------------- plumbing
     def apply(self, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, ToWorker):
-                queue = self.worker_queues.get(effect.pid)
-                if queue is not None:
-                    queue.put_nowait(effect.command)
-            elif isinstance(effect, ToLauncher):
-                self.launcher_queue.put_nowait(effect.command)
-                if effect.command.HasField("shutdown"):
-                    self.ended = effect.command.shutdown
-                    self.finished.set()
-            elif isinstance(effect, ToLeader) and self.coordination is not None:
-                if effect.report.HasField("ready") and self.offload is not None:
-                    # The leader chooses the restore step from every pod's copies.
-                    copies = copies_to_wire(self.offload.copies_now())
-                    effect.report.copies.CopyFrom(copies)
-                self.coordination.report(effect.report)
+            DELIVERY[type(effect)](self, effect)
         if self.offload is not None:
             self.offload.generation_seen()
         if self.resume_pending and self.job is not None and not self.job.resuming:
             self._resumed()
         asyncio.get_running_loop().create_task(self._notify())
         self._log_new_events()
+
+    def _to_worker(self, effect: ToWorker) -> None:
+        queue = self.worker_queues.get(effect.pid)
+        if queue is not None:
+            queue.put_nowait(effect.command)
+
+    def _to_launcher(self, effect: ToLauncher) -> None:
+        self.launcher_queue.put_nowait(effect.command)
+        if effect.command.HasField("shutdown"):
+            self.ended = effect.command.shutdown
+
+    def _to_leader(self, effect: ToLeader) -> None:
+        if self.coordination is None:
+            return
+        if effect.report.HasField("ready") and self.offload is not None:
+            # The leader chooses the restore step from every pod's copies.
+            copies = copies_to_wire(self.offload.copies_now())
+            effect.report.copies.CopyFrom(copies)
+        self.coordination.report(effect.report)
 
     def _log_new_events(self) -> None:
         if self.job is None:
@@ -160,6 +166,13 @@ class Supervisor:
                 self.kube.job_event(event, self.job)  # queued: never waits on the API
         self.events_logged = self.job.events.recorded
 
+    def record_news(self, news: Sequence[tuple[str, str]]) -> None:
+        """Job events (kind, message) a watcher found: recorded, logged, watchers woken."""
+        if self.job is not None:
+            for kind, message in news:
+                self.job.record(kind, message)
+        self.apply([])
+
     def on_leader_message(self, message: pb.LeaderMessage) -> None:
         """Apply what the leader decided to this pod's ranks."""
         job = self.job
@@ -167,7 +180,7 @@ class Supervisor:
             return
         kind = message.WhichOneof("message")
         if kind == "open":  # first: what the ranks copied of the generation it stops
-            harvest_arenas(self)
+            self.harvest_arenas()
             self.apply(job.open_generation(message.open, time.monotonic()))
         elif kind == "start":
             self.apply(job.start_generation(message.start))
@@ -180,6 +193,25 @@ class Supervisor:
                 self.apply([])  # wakes the ranks waiting for this commit
             if self.offload is not None and message.commit.generation == job.generation:
                 self.offload.leader_round(message.commit)
+
+    def record_saved(
+        self, job: JobState, rank: int, step: int, held: list[int], size: int, wait: float
+    ) -> None:
+        """Rank `rank` holds `held` (ValueError: that breaks the protocol)."""
+        tracker = job.snapshots
+        committed = tracker.committed
+        effects = job.snapshot_saved(rank, step, held, size, wait)
+        if effects or tracker.committed != committed:  # a commit is no event: it is every step
+            self.apply(effects)  # reports to the leader; wakes the ranks waiting for a commit
+            if self.offload is not None and not isinstance(job, CoordinatedJobState):
+                self.offload.committed(tracker.committed)
+
+    def harvest_arenas(self, pid: Optional[int] = None) -> None:
+        """What the running ranks copied and had not reported yet counts (before `pid`'s
+        death is handled; None: before the leader's Open), supervisor/snapshots/harvest.py."""
+        job = self.job
+        if job is not None:
+            harvest_arenas(job, functools.partial(self.record_saved, job), pid)
 
     def replica_job(self) -> Optional[tuple[str, Path]]:
         """Where the previous pod's replicas go: (run id, directory), once a job attached."""
@@ -228,11 +260,14 @@ class Supervisor:
             await asyncio.sleep(self.settings.tick_s)
             if self.job is not None:
                 now = time.monotonic()
-                effects = self.job.tick(now) + self.hang_watch.check(self.job, now)
+                effects = self.job.tick(now)
+                for finding in self.hang_watch.check(self.job, now):  # the watch only reads
+                    effects += self.job.hang_found(finding)
                 if effects or self.job.events.recorded != self.events_logged:
                     self.apply(effects)  # else nothing changed: wake no one (the sidecar's CPU)
                 if self.pod_health is not None:
-                    self.pod_health.tick(self.job, now)
+                    pids = [slot.pid for slot in self.job.ranks.values() if slot.pid]
+                    self.pod_health.tick(pids, now)
             await self._publish_metrics()
 
     async def _publish_metrics(self) -> None:
@@ -269,19 +304,9 @@ class Supervisor:
         return self.job
 
     # ------------------------------------------------------------- launcher
-    async def attach_launcher(
-        self,
-        request: pb.AttachLauncherRequest,
-        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
-    ) -> AsyncIterator[pb.LauncherCommand]:
-        await self.refuse(context, "AttachLauncher", call_checks.attach_launcher(request))
-        if self.job is not None:
-            if self.job.over or self.launcher_attached:
-                why = "this supervisor's job is over" if self.job.over else "a launcher is attached"
-                await context.abort(grpc.StatusCode.ALREADY_EXISTS, why)
-            async for command in self._launcher_back(request, context):
-                yield command
-            return
+    def attach_launcher(self, request: pb.AttachLauncherRequest) -> JobState:
+        """The pod's job, made when its launcher first attaches (the leader's check of the
+        spec passed: supervisor/rpc/launcher_service.py)."""
         policy = restart_policy.RestartPolicy(
             max_restarts=request.spec.max_restarts,
             crash_loop_threshold=self.settings.crash_loop_threshold,
@@ -298,9 +323,6 @@ class Supervisor:
                 failure_memory=memory,
             )
         else:
-            mismatch = self.coordination.check_spec(request.spec)
-            if mismatch is not None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, mismatch)
             self.job = CoordinatedJobState(
                 spec=request.spec,
                 policy=policy,
@@ -332,58 +354,7 @@ class Supervisor:
             self.apply(job.resume_launcher(processes, time.monotonic()))
         else:
             self.apply(job.attach_launcher())
-        async for command in self._stream_to_launcher(job, context):
-            yield command
-
-    async def _launcher_back(
-        self,
-        request: pb.AttachLauncherRequest,
-        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
-    ) -> AsyncIterator[pb.LauncherCommand]:
-        """The pod's launcher attaches again to this supervisor (its container restarted):
-        its ranks failed when the old one's stream ended; it gets their new processes."""
-        job = self.job
-        assert job is not None
-        log.warning("launcher pid %d attached again", request.launcher_pid)
-        job.record("launcher_attached", f"launcher pid {request.launcher_pid} attached again")
-        for process in request.processes:  # counted failed already: not to run twice
-            reason = "its launcher's stream broke: the rank was given a new process"
-            self.launcher_queue.put_nowait(
-                pb.LauncherCommand(
-                    kill=pb.KillProcess(pid=process.pid, signal=SIGKILL, reason=reason)
-                )
-            )
-        async for command in self._stream_to_launcher(job, context):
-            yield command
-
-    async def _stream_to_launcher(
-        self,
-        job: JobState,
-        context: grpc.aio.ServicerContext[pb.AttachLauncherRequest, pb.LauncherCommand],
-    ) -> AsyncIterator[pb.LauncherCommand]:
-        self.launcher_attached = True
-        await context.send_initial_metadata(())  # attached: the launcher counts on us now
-        try:
-            while True:
-                command = await self.launcher_queue.get()
-                if command is None:
-                    return
-                yield command
-        finally:
-            self.launcher_attached = False
-            if not job.over:  # the launcher died (its workers with it), or was stopped
-                self._drain_launcher_queue()
-                self.apply(job.launcher_lost(time.monotonic()))
-
-    def _drain_launcher_queue(self) -> None:
-        """Commands the gone launcher never got: for processes that are gone too."""
-        kept = []
-        while not self.launcher_queue.empty():
-            command = self.launcher_queue.get_nowait()
-            if command is not None and command.HasField("shutdown"):
-                kept.append(command)
-        for command in kept:
-            self.launcher_queue.put_nowait(command)
+        return job
 
     def _resumed(self) -> None:
         """The job is rebuilt from the running launcher and workers (this supervisor is new).
@@ -411,43 +382,6 @@ class Supervisor:
         else:
             self.launcher_pid, self.processes = None, NoProcesses()
 
-    async def report_process_started(
-        self,
-        request: pb.ProcessStarted,
-        context: grpc.aio.ServicerContext[pb.ProcessStarted, pb.Ack],
-    ) -> pb.Ack:
-        job = await self.require_job(context)
-        refusal = call_checks.process_started(job, request, self.launcher_pid, self.processes)
-        await self.refuse(context, "ReportProcessStarted", refusal)
-        if not request.spare:
-            self.apply(job.process_started(request.pid, request.rank))
-        return pb.Ack()
-
-    async def report_process_exit(
-        self, request: pb.ProcessExit, context: grpc.aio.ServicerContext[pb.ProcessExit, pb.Ack]
-    ) -> pb.Ack:
-        job = await self.require_job(context)
-        queue = self.worker_queues.pop(request.pid, None)
-        if queue is not None:
-            queue.put_nowait(None)
-        self.apply(
-            job.process_exited(
-                request.pid,
-                request.exit_code,
-                request.signal,
-                request.output_tail,
-                time.monotonic(),
-                request.oom_kills,
-                self._device_health(job, request.pid),
-            )
-        )
-        return pb.Ack()
-
-    def _device_health(self, job: JobState, pid: int) -> GpuHealth:
-        """The exited rank's accelerator (by local rank), for the failure's classification."""
-        slot = job.slot_of(pid)
-        return device_health(self.probes, slot.local_rank) if slot is not None else GpuHealth()
-
     def stop(self, report: str) -> None:
         self.closing = True
         if self.job is not None:
@@ -468,96 +402,10 @@ class Supervisor:
             except OSError as err:  # the job succeeded all the same
                 log.warning("could not remove %s: %s", self.job.spec.snapshot_dir, err)
 
-    # --------------------------------------------------------------- worker
-    async def attach_worker(
-        self,
-        request: pb.AttachWorkerRequest,
-        context: grpc.aio.ServicerContext[pb.AttachWorkerRequest, pb.WorkerCommand],
-    ) -> AsyncIterator[pb.WorkerCommand]:
-        job = await self.require_job(context)
-        refusal = call_checks.attach_worker(
-            job, request, self.worker_queues, self.launcher_pid, self.processes
-        )
-        await self.refuse(context, "AttachWorker", refusal)
-        queue: asyncio.Queue[Optional[pb.WorkerCommand]] = asyncio.Queue()
-        old = self.worker_queues.get(request.pid)
-        if old is not None:
-            old.put_nowait(None)  # that stream is dead: its worker attached again
-        self.worker_queues[request.pid] = queue
-        if request.reattach:
-            self.apply(job.worker_reattached(request, time.monotonic()))
-        else:
-            self.apply(job.worker_attached(request.pid, request.rank, request.spare))
-        await context.send_initial_metadata(())  # attached: the worker may report now
-        try:
-            while True:
-                command = await queue.get()
-                if command is None:
-                    return
-                yield command
-        finally:
-            if self.worker_queues.get(request.pid) is queue:
-                del self.worker_queues[request.pid]
 
-    async def heartbeat(
-        self,
-        request: pb.HeartbeatRequest,
-        context: grpc.aio.ServicerContext[pb.HeartbeatRequest, pb.Ack],
-    ) -> pb.Ack:
-        job = await self.require_job(context)
-        await self.refuse(context, "Heartbeat", call_checks.heartbeat(job, request))
-        if self.pod_health is not None:
-            self.pod_health.on_heartbeat(request.rank, request.step_time_s, request.compute_s)
-        self.apply(
-            job.heartbeat(
-                request.pid,
-                request.generation,
-                request.step,
-                request.step_time_s,
-                time.monotonic(),
-                compute_s=request.compute_s,
-            )
-        )
-        return pb.Ack()
-
-    async def report_outcome(
-        self,
-        request: pb.WorkerOutcome,
-        context: grpc.aio.ServicerContext[pb.WorkerOutcome, pb.OutcomeVerdict],
-    ) -> pb.OutcomeVerdict:
-        job = await self.require_job(context)
-        await self.refuse(context, "ReportOutcome", call_checks.outcome(job, request))
-        failure = request.failure if request.HasField("failure") else None
-        verdict, effects = job.outcome(
-            request.pid, request.generation, request.kind, failure, time.monotonic(), request.step
-        )
-        self.apply(effects)
-        for final in (False, True):  # a peer's error may wait a second window (JobState.settle)
-            if verdict is not None:
-                break
-            await self._wait_for_abort(job, request.generation)
-            verdict, effects = job.settle(request.pid, final)
-            self.apply(effects)
-        assert verdict is not None  # the final window always decides
-        return pb.OutcomeVerdict(verdict=verdict)
-
-    async def _wait_for_abort(self, job: JobState, generation: int) -> None:
-        def aborted() -> bool:
-            return job.generation > generation or job.over or not job.started
-
-        async with self.changed:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    self.changed.wait_for(aborted), timeout=self.settings.failure_settle_s
-                )
-
-    # --------------------------------------------------------------- status
-    async def get_status(
-        self,
-        request: pb.GetStatusRequest,
-        context: grpc.aio.ServicerContext[pb.GetStatusRequest, pb.JobStatus],
-    ) -> pb.JobStatus:
-        local = self.local_status()
-        if self.coordination is None:
-            return local
-        return await self.coordination.job_status(local)
+# Where each kind of effect goes (every kind of Effect has its entry: tests/unit/test_app.py).
+DELIVERY: dict[type[Effect], Callable[[Supervisor, Any], None]] = {
+    ToWorker: Supervisor._to_worker,
+    ToLauncher: Supervisor._to_launcher,
+    ToLeader: Supervisor._to_leader,
+}

@@ -8,82 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any
 
 import grpc
 
 from supervisor.rpc import call_checks
+from supervisor.rpc.service import Supervisor
 from supervisor.rules.job import JobState
 from supervisor.rules.pod_job import CoordinatedJobState
-from supervisor.snapshots.commit import RankSnapshots, held_in_arena
 from supervisor.snapshots.offload import Materialized
 from supervisor.snapshots.offload_runner import OffloadDriver
-from train_supervisor.arena import RankArena, SlotState
 from train_supervisor.steps import NO_STEP
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
-if TYPE_CHECKING:  # supervisor/rpc/service.py calls harvest_arenas
-    from supervisor.rpc.service import Supervisor
-
-log = logging.getLogger(__name__)
 # A report waits at most this long for the other ranks, rather than block the
 # rank's next save forever. Past it the rank's next save may overwrite the
 # step still waiting; were that step committed later, the verification before
 # a restore would find it missing on that rank and fall back.
 COMMIT_WAIT_S = 60.0
-
-
-def record_saved(
-    sup: Supervisor, job: JobState, rank: int, step: int, held: list[int], size: int, wait: float
-) -> None:
-    """Rank `rank` holds `held` (ValueError: that breaks the protocol)."""
-    tracker = job.snapshots
-    committed = tracker.committed
-    effects = job.snapshot_saved(rank, step, held, size, wait)
-    if effects or tracker.committed != committed:  # a commit is no event: it is every step
-        sup.apply(effects)  # reports to the leader; wakes the ranks waiting for a commit
-        if sup.offload is not None and not isinstance(job, CoordinatedJobState):
-            sup.offload.committed(tracker.committed)
-
-
-def harvest_arenas(sup: Supervisor, pid: Optional[int] = None) -> None:
-    """Before a live rank's death is handled (`pid`), or before this pod applies the leader's
-    Open of the next generation (None: a death elsewhere): count what each running rank of the
-    pod holds and has not reported yet (held_in_arena), so the commit is not a step short."""
-    job = sup.job
-    dead = None if job is None or pid is None else job.slot_of(pid)
-    if job is None or (pid is not None and dead is None) or not job.spec.snapshot_dir:
-        return
-    directory = Path(job.spec.snapshot_dir)
-    if not directory.is_dir():
-        return  # no arenas: the script does not use the worker API
-    running = [
-        slot
-        for slot in job.ranks.values()
-        if slot.state == pb.WorkerState.WORKER_STATE_HEALTHY and slot.generation == job.generation
-    ]
-    if dead is not None and dead not in running:
-        return  # not a death in the running generation (an unwinding rank, a spare)
-    found = f"rank {dead.rank} died" if dead is not None else "the leader opened the next one"
-    tracker = job.snapshots
-    for slot in running:
-        with RankArena(directory, slot.rank) as arena:
-            headers = arena.slots()
-        complete = [(i.step, i.generation) for i in headers if i.state is SlotState.COMPLETE]
-        held = held_in_arena(complete, tracker.committed, job.generation)
-        known = tracker.ranks.get(slot.rank, RankSnapshots())
-        if not held or max(held) <= known.saved_step:
-            continue  # it reported everything it holds
-        steps = sorted(held)
-        try:
-            record_saved(sup, job, slot.rank, steps[-1], steps, known.bytes, known.blocking_s)
-        except ValueError as err:
-            log.warning("rank %d's arena when %s: %s", slot.rank, found, err)
-        else:
-            job.record("snapshot_harvested", f"rank {slot.rank} holds steps {steps} ({found})")
 
 
 class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
@@ -103,8 +46,8 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
             return pb.CommitReply(committed_step=job.snapshots.committed)
         tracker = job.snapshots
         try:
-            record_saved(
-                self.sup, job, request.rank, request.step, list(request.held),
+            self.sup.record_saved(
+                job, request.rank, request.step, list(request.held),
                 request.bytes, request.blocking_s,
             )  # fmt: skip
         except ValueError as err:

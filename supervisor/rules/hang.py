@@ -66,6 +66,16 @@ class Culprit:
     why: str
 
 
+@dataclass(frozen=True)
+class HangFinding:
+    """What a look at the overdue ranks found (supervisor/detect/hang_watch.py), for the job's
+    rules to apply (JobState.hang_found): a suspicion, or the culprit to kill."""
+
+    message: str
+    culprit: Optional[Culprit] = None  # None: no single rank stands out yet
+    pid: int = 0  # the culprit's process, as the watch saw it
+
+
 def culprit(evidence: Mapping[int, ProcessEvidence]) -> Optional[Culprit]:
     """The one rank whose process differs from the stalled rest, or None when none stands out."""
     stopped = [r for r, e in evidence.items() if e.state == "stopped"]

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from supervisor.rules import failure_evidence, restart_policy
-from supervisor.rules.classify import Classification, GpuHealth
+from supervisor.rules.classify import HUNG_SIGNATURE, Classification, GpuHealth
 from supervisor.rules.failure_evidence import NO_GPU, FailureMemory, Settled, policy_failure
+from supervisor.rules.hang import HangFinding
 from supervisor.snapshots.commit import CommitTracker
 from supervisor.workers.spares import SparePool
 from supervisor.workers.worker_env import spec_env
@@ -561,6 +562,20 @@ class JobState:
                 if self.falls_back and self.spec.bootstrapped:
                     effects += self._fall_back(reason)
         return effects
+
+    def hang_found(self, finding: HangFinding) -> list[Effect]:
+        """What the hang watch found: recorded; a culprit is killed, its failure to be
+        classified as hung (supervisor/rules/classify.py)."""
+        found = finding.culprit
+        if found is None:
+            self.record("hang_suspected", finding.message)
+            return []
+        slot = self.ranks.get(found.rank)
+        if slot is None or slot.pid != finding.pid:
+            return []  # that process is gone already: its exit took the usual path
+        self.record("hang", finding.message)
+        slot.evidence = pb.FailureDetail(signature=HUNG_SIGNATURE, message=found.why)
+        return [kill(slot.pid, signal.SIGKILL, f"hung: {found.why}")]
 
     def stop(self, report: str) -> list[Effect]:
         """The launcher is shutting down (SIGTERM): no more restarts."""

@@ -53,6 +53,9 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class SidecarConfig:
+    """The supervisor process's one typed configuration: `serve` parses it from SUPERVISOR_*
+    (parse_config), `train-launch --standalone` builds it from its flags (supervisor/app.py)."""
+
     nnodes: int = 1
     node_rank: int = 0
     peer_address_template: Optional[str] = None
@@ -65,9 +68,11 @@ class SidecarConfig:
     unwind_timeout_s: float = 10.0
     failure_settle_s: float = 1.0
     crash_loop_threshold: int = 3
+    tick_s: float = 0.1  # how often the job's timers are looked at (--monitor-interval)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)  # /metrics, log format
+    metrics_bind: Optional[str] = None  # the host /metrics binds; None: `bind`'s
     termination_log: Optional[str] = None  # None: Kubernetes' default path, where mounted
     kube: KubeConfig = field(
         default_factory=KubeConfig

@@ -25,8 +25,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from supervisor.rpc.server import EmbeddedSupervisor
-from supervisor.rpc.service import SupervisorSettings
+from supervisor.app import EmbeddedSupervisor
+from supervisor.settings.serve import SidecarConfig
 from train_supervisor.credentials import client_channel
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -112,7 +112,7 @@ COMMANDS = grpcurl_commands()
 
 @pytest.fixture(scope="module")
 def supervisor() -> Iterator[tuple[EmbeddedSupervisor, str]]:
-    embedded = EmbeddedSupervisor(SupervisorSettings(), "127.0.0.1:0", token=TOKEN)
+    embedded = EmbeddedSupervisor(SidecarConfig(bind="127.0.0.1", port=0, token=TOKEN))
     address = embedded.start()
     # A launcher attached, so that status and events have a job to show.
     channel = client_channel(address, TOKEN)

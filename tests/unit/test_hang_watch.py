@@ -15,8 +15,9 @@ import pytest
 from effects import launcher_commands, make_spec, play_pod
 
 from supervisor.detect.hang_watch import HangWatch
+from supervisor.rules.classify import HUNG_SIGNATURE
 from supervisor.rules.hang import HangSettings
-from supervisor.rules.job import JobState
+from supervisor.rules.job import Effect, JobState
 from supervisor.rules.restart_policy import RestartPolicy
 
 SETTINGS = HangSettings(floor_s=3.0, factor=5.0, startup_s=60.0)
@@ -44,6 +45,11 @@ def wait_until_stopped(pid: int) -> None:
         time.sleep(0.01)
 
 
+def look(watch: HangWatch, job: JobState, now: float) -> list[Effect]:
+    """One tick's look, applied as the core applies it (supervisor/rpc/service.py)."""
+    return [effect for found in watch.check(job, now) for effect in job.hang_found(found)]
+
+
 def started_job(pids: list[int]) -> JobState:
     job = JobState(
         spec=make_spec(nproc=2, spares=1),
@@ -65,9 +71,9 @@ def test_a_generation_that_never_steps_is_watched_against_the_startup_allowance(
     processes[[p.pid for p in processes].index(stuck)].send_signal(signal.SIGSTOP)
     wait_until_stopped(stuck)
     watch = HangWatch(SETTINGS)
-    assert watch.check(job, START) == []  # first seen: the allowance starts now
-    assert watch.check(job, START + SETTINGS.startup_s - 1) == []
-    effects = watch.check(job, START + SETTINGS.startup_s + 1)
+    assert look(watch, job, START) == []  # first seen: the allowance starts now
+    assert look(watch, job, START + SETTINGS.startup_s - 1) == []
+    effects = look(watch, job, START + SETTINGS.startup_s + 1)
     assert [(c.kill.pid, c.kill.signal) for c in launcher_commands(effects, "kill")] == [
         (stuck, signal.SIGKILL)
     ]
@@ -89,8 +95,8 @@ def test_a_reentry_stuck_before_its_first_step_falls_back_to_fresh_processes() -
     )
     assert job.generation == 1 and job.ranks[0].pid == survivor and job.restart_count == 1
     watch = HangWatch(SETTINGS)
-    assert watch.check(job, START + 3) == []
-    effects = watch.check(job, START + 4 + SETTINGS.startup_s)
+    assert look(watch, job, START + 3) == []
+    effects = look(watch, job, START + 4 + SETTINGS.startup_s)
     assert [c.kill.pid for c in launcher_commands(effects, "kill")] == [survivor]
     play_pod(
         job,
@@ -100,3 +106,25 @@ def test_a_reentry_stuck_before_its_first_step_falls_back_to_fresh_processes() -
     )
     assert job.fresh_processes and job.restart_count == 1
     assert job.events.by_kind["reentry_fallback"] == 1
+
+
+def test_the_watch_only_reads_the_job_and_the_job_applies_what_it_found(
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    """The watch hands its finding over; the job is unchanged until it applies it (the event,
+    the rank's hung evidence, the kill)."""
+    job = started_job([p.pid for p in processes])
+    stuck = job.ranks[1].pid
+    processes[[p.pid for p in processes].index(stuck)].send_signal(signal.SIGSTOP)
+    wait_until_stopped(stuck)
+    watch = HangWatch(SETTINGS)
+    assert watch.check(job, START) == []
+    events = len(job.events)
+    [found] = watch.check(job, START + SETTINGS.startup_s + 1)
+    assert found.culprit is not None and (found.culprit.rank, found.pid) == (1, stuck)
+    assert len(job.events) == events and job.ranks[1].evidence is None, "the watch wrote"
+    effects = job.hang_found(found)
+    assert [c.kill.pid for c in launcher_commands(effects, "kill")] == [stuck]
+    assert job.events.by_kind["hang"] == 1
+    evidence = job.ranks[1].evidence
+    assert evidence is not None and evidence.signature == HUNG_SIGNATURE

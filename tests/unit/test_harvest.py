@@ -1,4 +1,4 @@
-"""supervisor/rpc/snapshot_service.py:harvest_arenas: a rank killed between its copy and its
+"""supervisor/snapshots/harvest.py:harvest_arenas: a rank killed between its copy and its
 report (or a
 survivor whose report is on its way) still counts for the step its arena holds (real arenas
 in tmp, the real Supervisor and JobState); on another pod, what its ranks copied counts when
@@ -16,7 +16,6 @@ from effects import make_spec
 
 from launcher.worker.snapshot_payload import write_state
 from supervisor.rpc.service import Supervisor, SupervisorSettings
-from supervisor.rpc.snapshot_service import harvest_arenas, record_saved
 from supervisor.rules.job import JobState
 from supervisor.rules.pod_job import CoordinatedJobState
 from supervisor.rules.restart_policy import RestartPolicy
@@ -58,17 +57,17 @@ def harvest_then_exit(
         sup.job = job = running_job(tmp_path)
         for rank in RANK_PIDS:
             save(tmp_path, rank, 0, 6, 0)
-            record_saved(sup, job, rank, 6, [6], 100, 0.0)
+            sup.record_saved(job, rank, 6, [6], 100, 0.0)
         assert job.snapshots.committed == 6
         save(tmp_path, 0, 1, 7, 0)
         if survivor == "reported":
-            record_saved(sup, job, 0, 7, [6, 7], 100, 0.0)
+            sup.record_saved(job, 0, 7, [6, 7], 100, 0.0)
         elif survivor == "being copied":
             with RankArena(tmp_path, 0) as arena:
                 arena.begin_write(1, 7, 0, b"manifest", 16).release()
         save(tmp_path, 1, 1, 7, 0)
         if harvest:
-            harvest_arenas(sup, RANK_PIDS[1])
+            sup.harvest_arenas(RANK_PIDS[1])
         sup.apply(job.process_exited(RANK_PIDS[1], -9, signal.SIGKILL, "", now=1.0))
         return job.snapshots.committed, [e.kind for e in job.events]
 

@@ -13,7 +13,6 @@ import os
 import re
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -111,10 +110,10 @@ class OneThrottledGpu:
 
 def test_the_pod_metric_table_is_what_a_pod_sample_holds() -> None:
     health = PodHealth(node_rank=0, sampler=PodSampler([OneThrottledGpu()]), sample_s=1.0)
-    job = SimpleNamespace(ranks={0: SimpleNamespace(pid=os.getpid())})  # this process: a rank
-    assert health.tick(job, now=100.0) is None  # type: ignore[arg-type]
+    pids = [os.getpid()]  # this process: a rank
+    assert health.tick(pids, now=100.0) is None
     health.on_heartbeat(0, step_time_s=0.5, compute_s=0.3)
-    sample = health.tick(job, now=101.0)  # type: ignore[arg-type]
+    sample = health.tick(pids, now=101.0)
     assert sample is not None
     documented = {name for row in table("metric | meaning") for name in names_in(row[0])}
     assert documented == set(sample.metrics)
