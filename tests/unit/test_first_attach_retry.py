@@ -12,8 +12,8 @@ import itertools
 from effects import make_spec, starts
 from test_job import spawns
 
-from supervisor.job import JobState, Timings
-from supervisor.restart_policy import RestartPolicy
+from supervisor.rules.job import JobState, Timings
+from supervisor.rules.restart_policy import RestartPolicy
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
