@@ -58,6 +58,7 @@ from launcher.worker.warm_imports import (
     MANIFEST_ENV,
     PREIMPORT_ENV,
     ManifestWriter,
+    list_imports_forever,
     preimport,
     start_warming,
 )
@@ -149,8 +150,14 @@ class Worker:
         self.launch = launch_state.capture()
         self.aborted_generation = -1
         self.unwound = False  # the supervisor knows this generation is over for us
-        self.manifest = ManifestWriter(imports_manifest) if imports_manifest else None
-        self.steps = StepCounter(self._send_heartbeat)  # its thread uses the manifest
+        if imports_manifest:
+            threading.Thread(
+                target=list_imports_forever,
+                args=(ManifestWriter(imports_manifest), sys.modules, self._lists_imports),
+                name="list-imports",
+                daemon=True,
+            ).start()
+        self.steps = StepCounter(self._send_heartbeat)
         self.groups = ProcessGroupKeeper()
         self.attached = threading.Event()  # the command stream is open: calls may go
         self.reported = (-1, pb.OutcomeKind.OUTCOME_UNSPECIFIED)  # last outcome sent
@@ -159,10 +166,11 @@ class Worker:
         if imports_manifest and rank < 0:
             self.warming = start_warming(imports_manifest, target.name if target.module else "")
 
+    def _lists_imports(self) -> bool:
+        """Local rank 0 lists its modules for the spares, from its first generation's start."""
+        return self.generation >= 0 and os.environ.get("LOCAL_RANK") == "0"
+
     def _send_heartbeat(self, generation: int, step: int, step_time: float, compute: float) -> None:
-        if self.manifest is not None and os.environ.get("LOCAL_RANK") == "0":
-            with contextlib.suppress(OSError):  # only the spares' head start is lost
-                self.manifest.update(sys.modules)
         self.stub.Heartbeat(
             pb.HeartbeatRequest(
                 pid=self.pid,

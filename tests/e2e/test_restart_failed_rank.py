@@ -145,6 +145,32 @@ def test_a_warm_spare_imports_what_the_ranks_imported_before_it_takes_a_rank(
     assert {before[0], before[1], spare} <= set(imported), imported
 
 
+def test_a_warm_spare_imports_the_scripts_modules_before_any_rank_steps(tmp_path: Path) -> None:
+    """A script imports most of what it needs (transformers, megatron-core, DeepSpeed) before
+    its first step; a spare told of it only at the first step was still importing it when a
+    rank failed a few steps later. Rank 0 imports the script's module and then takes its time
+    before its process group, so no rank steps while the spare must learn of the module."""
+    marker, events = tmp_path / "imported_by", tmp_path / "events"
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "2", "--max-restarts", "0", "--warm-spares", "1"],
+        ["--steps", "5", "--events", str(events), "--import-marker", "--late-store-s", "90"],
+        job_env(IMPORT_MARKER=str(marker)),
+    )
+    try:
+        job.wait_for(lambda: len(pids_by_rank(read_events(events), 0)) == 2, 120, "both ranks")
+        ranks = set(pids_by_rank(read_events(events), 0).values())
+
+        def spare_imported() -> bool:
+            children = {p.pid for p in job.children() if p.ppid() == job.proc.pid}
+            return bool((children - ranks) & set(importers(marker)))
+
+        job.wait_for(spare_imported, 60, "the idle spare to import the script's module")
+        stepped = [max_step(read_events(events), rank) for rank in (0, 1)]
+        assert stepped == [0, 0], f"no rank may have stepped yet: {stepped}"
+    finally:
+        job.kill_tree()
+
+
 def test_the_dead_generations_cycles_are_freed_before_a_survivor_reenters(tmp_path: Path) -> None:
     """The unwind's full collection frees them, though what outlives a generation is frozen
     out of that collection (gc.freeze) to keep it short."""
