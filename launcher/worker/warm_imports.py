@@ -4,9 +4,10 @@ A spare that takes a failed rank and only then imports what its peers loaded
 long ago holds every surviving rank at the first collective: DDP's first
 construction alone pulls in torch._dynamo (over a second on 2 busy cores), and
 a script's `import transformers` takes seconds. So local rank 0 lists its
-loaded modules in a file whenever that list has grown (from the heartbeat
-thread, at most every 0.5 s), and each spare polls the file and imports the
-names it does not have yet, until it is given a rank.
+loaded modules in a file whenever that list has grown (looked at every 0.5 s,
+from its first generation's start: a script imports most before its first
+step), and each spare polls the file and imports the names it does not have
+yet, until it is given a rank.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Optional
 
@@ -25,6 +27,8 @@ MANIFEST_ENV = "TRAIN_LAUNCH_IMPORTS_MANIFEST"
 PREIMPORT_ENV = "TRAIN_LAUNCH_PREIMPORT"
 MANIFEST_NAME = "modules.txt"
 POLL_S = 0.25
+# How often local rank 0 looks whether it loaded more modules (a length check when it did not).
+LIST_EVERY_S = 0.5
 
 
 def _is_main(name: str) -> bool:
@@ -67,6 +71,23 @@ class ManifestWriter:
         os.replace(partial, self.path)  # a spare never reads half a list
         self._listed = len(modules)
         return True
+
+
+def list_imports_forever(
+    writer: ManifestWriter,
+    modules: Mapping[str, object],
+    listing: Callable[[], bool],
+    every_s: float = LIST_EVERY_S,
+) -> None:
+    """Local rank 0's loop (a daemon thread): keep the list current while `listing()` says this
+    process lists. Not tied to steps: the script's imports (transformers, megatron-core, DeepSpeed:
+    seconds each) come before its first step, and a spare that learnt of them only then was
+    still importing them when a rank failed a few steps later."""
+    while True:
+        if listing():
+            with contextlib.suppress(OSError):  # only the spares' head start is lost
+                writer.update(modules)
+        time.sleep(every_s)
 
 
 def read_manifest(path: str) -> Optional[list[str]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from train_supervisor import exit_codes
 pytestmark = pytest.mark.slow
 
 STEPS = 30
+GENERATION_1_STARTED = re.compile(r"^(\S+)Z \S+ INFO generation_started: generation 1,", re.M)
 CKPT_EVERY = 5
 
 
@@ -145,6 +148,32 @@ def test_a_warm_spare_imports_what_the_ranks_imported_before_it_takes_a_rank(
     assert {before[0], before[1], spare} <= set(imported), imported
 
 
+def test_a_warm_spare_imports_the_scripts_modules_before_any_rank_steps(tmp_path: Path) -> None:
+    """A script imports most of what it needs (transformers, megatron-core, DeepSpeed) before
+    its first step; a spare told of it only at the first step was still importing it when a
+    rank failed a few steps later. Rank 0 imports the script's module and then takes its time
+    before its process group, so no rank steps while the spare must learn of the module."""
+    marker, events = tmp_path / "imported_by", tmp_path / "events"
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "2", "--max-restarts", "0", "--warm-spares", "1"],
+        ["--steps", "5", "--events", str(events), "--import-marker", "--late-store-s", "90"],
+        job_env(IMPORT_MARKER=str(marker)),
+    )
+    try:
+        job.wait_for(lambda: len(pids_by_rank(read_events(events), 0)) == 2, 120, "both ranks")
+        ranks = set(pids_by_rank(read_events(events), 0).values())
+
+        def spare_imported() -> bool:
+            children = {p.pid for p in job.children() if p.ppid() == job.proc.pid}
+            return bool((children - ranks) & set(importers(marker)))
+
+        job.wait_for(spare_imported, 60, "the idle spare to import the script's module")
+        stepped = [max_step(read_events(events), rank) for rank in (0, 1)]
+        assert stepped == [0, 0], f"no rank may have stepped yet: {stepped}"
+    finally:
+        job.kill_tree()
+
+
 def test_the_dead_generations_cycles_are_freed_before_a_survivor_reenters(tmp_path: Path) -> None:
     """The unwind's full collection frees them, though what outlives a generation is frozen
     out of that collection (gc.freeze) to keep it short."""
@@ -165,6 +194,34 @@ def test_the_dead_generations_cycles_are_freed_before_a_survivor_reenters(tmp_pa
         e["t"] for e in records if e["event"] == "start" and e["gen"] == 1 and e["rank"] == 0
     ]
     assert freed < reentered, "generation 0's cycle must be gone before generation 1 begins"
+
+
+def test_the_next_generation_starts_while_a_survivor_collects_the_dead_ones_garbage(
+    tmp_path: Path,
+) -> None:
+    """A survivor reports itself out of the generation before its full collection, which walks
+    everything the script made (imports included): the next generation forms meanwhile. Rank 0
+    holds two million small cycles, a collection of about a second."""
+    events = tmp_path / "events"
+    rank_1_dies = ["--kill-self-rank", "1", "--kill-self-at-step", "3"]
+    garbage = ["--cyclic-garbage", "--garbage-cycles", "2000000"]
+    job = train_launch(
+        ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--warm-spares", "1"],
+        ["--steps", "6", "--events", str(events), *garbage, *rank_1_dies],
+    )
+    assert job.wait(180) == 0, job.stderr
+    records = read_events(events)
+    assert pids_by_rank(records, 0)[0] == pids_by_rank(records, 1)[0], "rank 0 re-entered"
+    [freed] = [
+        e["t"] for e in records if e["event"] == "cycle_freed" and e["rank"] == 0 and e["gen"] == 0
+    ]
+    [started] = [
+        datetime.fromisoformat(m.group(1)).replace(tzinfo=timezone.utc).timestamp()
+        for m in re.finditer(
+            r"^(\S+)Z \S+ INFO generation_started: generation 1,", job.stderr, re.M
+        )
+    ]
+    assert started < freed, "generation 1 must start while rank 0 still collects generation 0"
 
 
 def test_a_rank_that_cannot_unwind_is_killed_and_respawned(tmp_path: Path) -> None:

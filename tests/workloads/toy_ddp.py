@@ -50,6 +50,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--trace-state", action="store_true", help="log a hash of the state per step")
     p.add_argument("--late-store-s", type=float, default=0.0, help="rank 0 opens its store late")
     p.add_argument("--cyclic-garbage", action="store_true", help="hold a tensor in a ref cycle")
+    p.add_argument(
+        "--garbage-cycles",
+        type=int,
+        default=0,
+        help="with --cyclic-garbage, rank 0's first run also holds this many small ref cycles "
+        "(a collection that walks them takes long)",
+    )
     p.add_argument("--import-marker", action="store_true", help="import import_marker.py")
     p.add_argument("--dump-env", default="", help="write each rank's environment here and exit")
     return p.parse_args()
@@ -81,6 +88,13 @@ class EventLog:
 class Cycle:
     def __init__(self, payload: torch.Tensor) -> None:
         self.payload, self.me = payload, self
+        self.others: list[list[object]] = []  # more cycles, for a collection that takes long
+
+    def hold_cycles(self, count: int) -> None:
+        for _ in range(count):
+            small: list[object] = []
+            small.append(small)
+            self.others.append(small)
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -143,6 +157,8 @@ def main() -> None:
     if args.cyclic_garbage:  # only the cyclic collector frees it once the run is over
         cycle = Cycle(torch.zeros(1 << 20))
         weakref.finalize(cycle, log.write, "cycle_freed")
+        if rank == 0 and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+            cycle.hold_cycles(args.garbage_cycles)
     step, state, snapshots = 0, None, None
     if args.snapshot:  # the worker API: memory first (and the import below)
         from launcher.worker.snapshot import Snapshots
