@@ -41,9 +41,10 @@ def record_saved(
 ) -> None:
     """Rank `rank` holds `held` (ValueError: that breaks the protocol)."""
     tracker = job.snapshots
-    committed = tracker.committed
+    committed, newest = tracker.committed, tracker.newest
     effects = job.snapshot_saved(rank, step, held, size, wait)
-    if effects or tracker.committed != committed:  # a commit is no event: it is every step
+    moved = (tracker.committed, tracker.newest) != (committed, newest)
+    if effects or moved:  # a commit is no event: it is every step
         sup.apply(effects)  # reports to the leader; wakes the ranks waiting for a commit
         if sup.offload is not None and not isinstance(job, CoordinatedJobState):
             sup.offload.committed(tracker.committed)
