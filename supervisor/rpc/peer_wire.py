@@ -86,6 +86,7 @@ def message_to_wire(message: Message) -> pb.LeaderMessage:
             persisted_step=message.persisted,
             drop_persisted=message.drop_persisted,
             pod_away=message.pod_away,
+            newest_saved=message.newest_saved,
         )
         if message.offload is not None:
             o = message.offload
@@ -128,6 +129,7 @@ def message_from_wire(message: pb.LeaderMessage) -> Message:
             c.persisted_step,
             tuple(c.drop_persisted),
             c.pod_away,
+            c.newest_saved,
         )
     if kind == "end":
         return EndJob(message.end.exit_code, message.end.report)

@@ -199,9 +199,10 @@ class Supervisor:
     ) -> None:
         """Rank `rank` holds `held` (ValueError: that breaks the protocol)."""
         tracker = job.snapshots
-        committed = tracker.committed
+        committed, newest = tracker.committed, tracker.newest
         effects = job.snapshot_saved(rank, step, held, size, wait)
-        if effects or tracker.committed != committed:  # a commit is no event: it is every step
+        moved = (tracker.committed, tracker.newest) != (committed, newest)
+        if effects or moved:  # a commit is no event: it is every step
             self.apply(effects)  # reports to the leader; wakes the ranks waiting for a commit
             if self.offload is not None and not isinstance(job, CoordinatedJobState):
                 self.offload.committed(tracker.committed)

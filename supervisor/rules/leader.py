@@ -71,6 +71,7 @@ from supervisor.snapshots.job_snapshots import JobSnapshots, RoundNews
 from supervisor.snapshots.restore import NodeCopies
 from supervisor.snapshots.rounds import OffloadRound, OffloadRounds
 from train_supervisor import exit_codes
+from train_supervisor.steps import NO_STEP
 
 #: Signature of the Failure recorded when a pod is lost (stream loss, heartbeat
 #: timeout, re-join of a live pod, or the leader's own pod replaced). It spends
@@ -175,6 +176,9 @@ class CommitStep:
     # A pod is away (its supervisor restarts): no commit comes until it is back, so the
     # ranks must not wait for one (they would stall training); cleared by the next CommitStep.
     pod_away: bool = False
+    # A pod waits for a step that can no longer commit: the newest step a pod saved (see
+    # supervisor/snapshots/commit.py); NO_STEP: none does.
+    newest_saved: int = NO_STEP
 
 
 @dataclass(frozen=True)
@@ -493,6 +497,7 @@ class LeaderState:
             news.replicated,
             news.persisted,
             news.drop_persisted,
+            newest_saved=news.newest_saved,
         )
         return [Broadcast(None, step)]
 

@@ -65,7 +65,9 @@ class CoordinatedJobState(JobState):
         if message.generation != self.generation:
             return False
         away, self.pod_away = self.pod_away, message.pod_away
-        return self.snapshots.commit(message.step) or (self.pod_away and not away)
+        overtaken = self.snapshots.overtaken(message.newest_saved)
+        committed = self.snapshots.commit(message.step)
+        return committed or overtaken or (self.pod_away and not away)
 
     def commits_wait(self) -> bool:
         """A rank waits for its step's commit, unless none can come now (a pod is away)."""

@@ -7,6 +7,12 @@ ever resume from different steps. A rank may overwrite a slot only when the
 step in it is not the committed one, which it learns from the answer to its
 report (`committed`).
 
+A rank that saved a newer step keeps only the committed step and that one, so an
+uncommitted step older than the newest any member saved can never be committed: a rank
+waiting for it waits for nothing (`is_settled`). Ranks that stopped waiting for a while
+(a pod away, a wait that timed out) report different steps when they wait again; without
+this each would wait for a step another rank had already overwritten, a step at a time.
+
 In a job of several pods each pod tracks its own ranks (`decides=False`) and
 reports what all of them hold (`common`); the leader tracks pods the same way
 and its commit comes back to every pod (`commit`).
@@ -37,6 +43,9 @@ class CommitTracker:
     decides: bool = True  # False: a pod of a larger job; the leader commits
     committed: int = NO_STEP
     ranks: dict[int, RankSnapshots] = field(default_factory=dict)
+    # The newest step a member saved in this generation (a pod of a larger job: or, as its
+    # leader says, that another pod's ranks all hold): older uncommitted steps are overtaken.
+    newest: int = NO_STEP
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -61,6 +70,7 @@ class CommitTracker:
         entry = self.ranks.setdefault(rank, RankSnapshots())
         entry.held, entry.saved_step = held_steps, max(entry.saved_step, step)
         entry.bytes, entry.blocking_s = size, blocking_s
+        self.newest = max(self.newest, step)
         return self._advance() if self.decides else False
 
     def common(self) -> frozenset[int]:
@@ -82,6 +92,7 @@ class CommitTracker:
             self.forget()
         else:
             self.committed = restore_step
+        self.newest = self.committed
 
     def held(self, rank: int) -> frozenset[int]:
         entry = self.ranks.get(rank)
@@ -96,10 +107,22 @@ class CommitTracker:
         """
         for entry in self.ranks.values():
             entry.held = entry.held & {self.committed}
+        self.newest = self.committed
+
+    def overtaken(self, newest: int) -> bool:
+        """Some member saved `newest` (the leader says so): True if that overtakes a step."""
+        moved = newest > self.newest
+        self.newest = max(self.newest, newest)
+        return moved
+
+    def waits_in_vain(self, member: int) -> bool:
+        """`member`'s newest step can never be committed: another member saved a newer one."""
+        entry = self.ranks.get(member)
+        return entry is not None and self.committed < entry.saved_step < self.newest
 
     def forget(self) -> None:
         """The committed step cannot be restored (a corrupt copy): start over from none."""
-        self.committed = NO_STEP
+        self.committed = self.newest = NO_STEP
         for entry in self.ranks.values():
             entry.held = frozenset()
 
@@ -108,8 +131,9 @@ class CommitTracker:
         entry.restored_step, entry.restored_from = step, source
 
     def is_settled(self, step: int) -> bool:
-        """`step` is committed, or a newer one is (it will never be needed)."""
-        return self.committed >= step
+        """`step` is committed, or a newer one is (it will never be needed), or a member saved
+        a newer one (it can never be committed)."""
+        return self.committed >= step or step < self.newest
 
     def _advance(self) -> bool:
         return self.commit(max(self.common(), default=NO_STEP))

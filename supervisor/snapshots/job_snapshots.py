@@ -18,6 +18,7 @@ from typing import Optional
 from supervisor.snapshots.commit import CommitTracker
 from supervisor.snapshots.restore import NodeCopies, RestoreChoice, choose_restore
 from supervisor.snapshots.rounds import OffloadRound, OffloadRounds
+from train_supervisor.steps import NO_STEP
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class RoundNews:
     replicated: int
     persisted: int
     drop_persisted: tuple[int, ...] = ()  # a round's step not every pod persisted
+    newest_saved: int = NO_STEP  # set when a pod waits for a step no longer committable
 
 
 @dataclass
@@ -48,8 +50,17 @@ class JobSnapshots:
         return self.commits.committed
 
     def held(self, node: int, steps: Iterable[int], now: float) -> Optional[RoundNews]:
-        """Every local rank of `node` holds `steps`; news when the commit moved."""
-        return self._news(now) if self._count(node, steps) else None
+        """Every local rank of `node` holds `steps`; news when the commit moved, or when a
+        pod waits for a step that another pod's ranks overtook (it can never commit)."""
+        if self._count(node, steps):
+            return self._news(now)
+        if self._newest_saved() == NO_STEP:
+            return None
+        rounds = self.rounds
+        return RoundNews(
+            self.committed, None, rounds.replicated, rounds.persisted,
+            newest_saved=self._newest_saved(),
+        )  # fmt: skip
 
     def pod_copies(self, node: int, copies: NodeCopies) -> None:
         self.copies[node] = copies
@@ -78,8 +89,11 @@ class JobSnapshots:
         self.unusable.setdefault(node, set()).add(step)
 
     def forget_held(self, node: int) -> None:
-        """Pod `node` is away: nothing commits until it offers its steps again."""
+        """Pod `node` is away: nothing commits until it offers its steps again. Its round
+        cannot end either: the supervisor that comes back never heard of it."""
         self.commits.ranks.pop(node, None)
+        self.rounds.abandon()
+        self._reported.clear()
 
     def lost(self, node: int) -> None:
         """The pod's memory is gone; its durable copies are not (it reports them again)."""
@@ -132,5 +146,12 @@ class JobSnapshots:
         if offload is not None:
             self._reported.clear()  # reports of a round given up count for nothing
         return RoundNews(
-            self.committed, offload, self.rounds.replicated, self.rounds.persisted, drop_persisted
-        )
+            self.committed, offload, self.rounds.replicated, self.rounds.persisted, drop_persisted,
+            self._newest_saved(),
+        )  # fmt: skip
+
+    def _newest_saved(self) -> int:
+        """The newest step a pod saved, if another pod waits for an older one (NO_STEP: none
+        does): that pod's ranks overwrote the older one, which can never commit."""
+        behind = any(self.commits.waits_in_vain(node) for node in self.commits.ranks)
+        return self.commits.newest if behind else NO_STEP

@@ -306,23 +306,9 @@ def matrix(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Matrix]:
         yield Matrix(pods, tmp_path / "events", durable)
 
 
-# Known open (docs/limits.md): after the follower's sidecar restarts, its ranks can stall on
-# commits (COMMIT_WAIT_S a step), past the row's timeout on a loaded machine.
-KNOWN_OPEN = {"sigkill_follower_sidecar": "the follower's ranks can stall on commits"}
-
-
 @pytest.mark.parametrize(
     "matrix",
-    [
-        pytest.param(
-            name,
-            id=name,
-            marks=[pytest.mark.xfail(strict=False, reason=KNOWN_OPEN[name])]
-            if name in KNOWN_OPEN
-            else [],
-        )
-        for name in ROWS
-    ],
+    [pytest.param(name, id=name) for name in ROWS],
     indirect=True,
 )
 def test_fault_matrix(matrix: Matrix, request: pytest.FixtureRequest) -> None:

@@ -217,16 +217,7 @@ def test_a_killed_launcher_comes_back_and_its_ranks_restore_from_memory(
     no_raw_grpc_text(pod.logs())
 
 
-# Known open (docs/limits.md): after the follower's sidecar restarts, its ranks were seen
-# waiting COMMIT_WAIT_S (60 s) a step for commits, past this test's timeout on a loaded machine.
-FOLLOWER_STALL = pytest.mark.xfail(
-    strict=False, reason="the follower's ranks can stall on commits after its sidecar restarts"
-)
-
-
-@pytest.mark.parametrize(
-    "node", [pytest.param(1, id="follower", marks=FOLLOWER_STALL), pytest.param(0, id="leader")]
-)
+@pytest.mark.parametrize("node", [pytest.param(1, id="follower"), pytest.param(0, id="leader")])
 def test_a_killed_sidecar_of_two_pods_is_restarted_and_the_job_never_notices(
     node: int, tmp_path: Path, shm_dir: Path
 ) -> None:

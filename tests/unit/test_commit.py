@@ -79,3 +79,39 @@ def test_a_rank_holds_the_committed_step_and_newer_ones_of_the_running_generatio
     assert held_in_arena([(6, 2), (7, 1)], committed=6, generation=2) == {6}
     assert held_in_arena([(5, 2)], committed=6, generation=2) == frozenset()
     assert held_in_arena([], committed=-1, generation=0) == frozenset()
+
+
+def test_a_step_another_rank_already_overwrote_is_not_waited_for() -> None:
+    """Ranks that did not wait for commits for a while (a pod away, a wait that timed out) report
+    different steps once they wait again. A rank keeps only the committed step and its newest:
+    a step older than another rank's newest can never commit, and waiting for it (60 s a step)
+    while that rank waits for its own newest stalled training for good."""
+    tracker = CommitTracker(world_size=2)
+    tracker.saved(0, 5, [5])
+    tracker.saved(1, 5, [5])
+    tracker.saved(1, 9, [5, 9])  # rank 1 saved 6..9 while nobody waited: 6..8 are gone from it
+    assert not tracker.saved(0, 8, [5, 8])
+    assert tracker.is_settled(8), "rank 0 goes on to 9 instead of waiting for 8"
+    assert not tracker.is_settled(9), "9 can still commit: rank 1 waits for it"
+    assert tracker.saved(0, 9, [5, 9]) and tracker.committed == 9
+
+
+def test_a_pod_learns_from_its_leader_that_another_pods_ranks_overtook_a_step() -> None:
+    tracker = CommitTracker(world_size=2, first_rank=2, decides=False)
+    tracker.saved(2, 8, [5, 8])
+    tracker.saved(3, 8, [5, 8])
+    assert not tracker.is_settled(8)
+    assert tracker.overtaken(9), "the leader says another pod's ranks all saved 9"
+    assert tracker.is_settled(8) and not tracker.is_settled(9)
+    assert not tracker.overtaken(9), "said again: nothing new"
+
+
+def test_a_new_generation_overtakes_nothing_yet() -> None:
+    """Steps are re-trained from the committed one: the old generation's newest counts no more."""
+    tracker = CommitTracker(world_size=2)
+    tracker.saved(0, 5, [5])
+    tracker.saved(1, 5, [5])
+    tracker.saved(0, 7, [5, 7])
+    tracker.new_generation()
+    assert not tracker.saved(1, 6, [5, 6])
+    assert not tracker.is_settled(6), "the old 7 is gone with its generation"

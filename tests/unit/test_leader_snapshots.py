@@ -117,3 +117,33 @@ def test_a_round_not_every_pod_persisted_tells_every_pod_to_drop_its_part() -> N
     job.offloaded(0, 13, "", "", now=10.1)
     done = job.offloaded(1, 13, "", "", now=10.2)
     assert done is not None and done.drop_persisted == () and done.persisted == 13
+
+
+def test_a_pod_waiting_for_a_step_another_pod_overtook_is_told_so() -> None:
+    """After a pod was away, pods report different steps: the one behind waits for a step the
+    other overwrote. Only then does the leader say so (not for every step of a pod in front)."""
+    job = snapshots()
+    for node in (0, 1):
+        job.held(node, [5], now=0.0)
+    assert job.held(0, [5, 6], now=0.1) is None, "pod 1 simply has not saved 6 yet"
+    news = job.held(1, [5, 6], now=0.1)
+    assert news is not None and (news.committed, news.newest_saved) == (6, NO_STEP)
+    job.held(1, [6, 9], now=0.2)  # pod 1 saved 7..9 while nobody waited: 7 and 8 are gone
+    news = job.held(0, [6, 8], now=0.3)
+    assert news is not None and (news.committed, news.newest_saved) == (6, 9)
+    assert news.offload is None, "no commit: no round"
+    done = job.held(0, [6, 9], now=0.4)
+    assert done is not None and (done.committed, done.newest_saved) == (9, NO_STEP)
+
+
+def test_a_pod_away_ends_the_round_it_can_no_longer_report() -> None:
+    """The pod's new supervisor never heard of the round: it would hold every next round back."""
+    job = snapshots()
+    for node in (0, 1):
+        job.held(node, [3], now=0.0)
+    assert job.rounds.in_flight is not None
+    job.forget_held(1)
+    assert job.offloaded(0, 3, "", "", now=0.1) is None
+    for node in (1, 0):
+        news = job.held(node, [3, 4], now=0.2)
+    assert news is not None and news.offload == OffloadRound(4, True, False)

@@ -145,6 +145,7 @@ def test_end_job_with_exit_code_zero_keeps_its_kind() -> None:
         StartGeneration(3, 3, "job-0.job-svc", 40001, 4, 2, restore_step=12_345),
         CommitStep(generation=3, step=12_346),
         CommitStep(generation=3, step=12_346, persisted=12_000, drop_persisted=(12_300,)),
+        CommitStep(generation=3, step=12_346, newest_saved=12_350),
         EndJob(exit_codes.SUCCEEDED, "all 2 pods finished generation 0"),
         EndJob(exit_codes.GAVE_UP, "job given up"),
     ],

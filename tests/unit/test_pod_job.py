@@ -482,6 +482,21 @@ def test_a_pod_away_in_the_last_generation_holds_no_commit_back_in_the_next() ->
     assert reports(effects) == [pb.PodReport(snapshots=pb.PodSnapshots(generation=1, held=[3]))]
 
 
+def test_ranks_waiting_for_a_step_another_pod_overtook_are_woken() -> None:
+    """Back from a pod away, this pod's ranks wait for 8 while the other pod's waited for 9,
+    which they can no longer give: the leader's word wakes them (ReportSaved's wait)."""
+    sim = PodSim()
+    running(sim)
+    for rank in (2, 3):
+        sim.job.snapshot_saved(rank, 5, [5], 1, 0.0)
+    sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=5))
+    for rank in (2, 3):
+        sim.job.snapshot_saved(rank, 8, [5, 8], 1, 0.0)
+    assert sim.job.commits_wait() and not sim.job.snapshots.is_settled(8)
+    assert sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=5, newest_saved=9))
+    assert sim.job.snapshots.is_settled(8) and not sim.job.snapshots.is_settled(9)
+
+
 def peer_lost() -> pb.FailureDetail:
     message = "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:16550"
     return pb.FailureDetail(exception_type="RuntimeError", message=message)

@@ -768,7 +768,7 @@ class OffloadRoundMsg(_message.Message):
     def __init__(self, step: _Optional[int] = ..., replicate: bool = ..., persist: bool = ...) -> None: ...
 
 class CommitMsg(_message.Message):
-    __slots__ = ("generation", "step", "offload", "replicated_step", "persisted_step", "drop_persisted", "pod_away")
+    __slots__ = ("generation", "step", "offload", "replicated_step", "persisted_step", "drop_persisted", "pod_away", "newest_saved")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -776,6 +776,7 @@ class CommitMsg(_message.Message):
     PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
     DROP_PERSISTED_FIELD_NUMBER: _ClassVar[int]
     POD_AWAY_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_SAVED_FIELD_NUMBER: _ClassVar[int]
     generation: int
     step: int
     offload: OffloadRoundMsg
@@ -783,7 +784,8 @@ class CommitMsg(_message.Message):
     persisted_step: int
     drop_persisted: _containers.RepeatedScalarFieldContainer[int]
     pod_away: bool
-    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., offload: _Optional[_Union[OffloadRoundMsg, _Mapping]] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., drop_persisted: _Optional[_Iterable[int]] = ..., pod_away: bool = ...) -> None: ...
+    newest_saved: int
+    def __init__(self, generation: _Optional[int] = ..., step: _Optional[int] = ..., offload: _Optional[_Union[OffloadRoundMsg, _Mapping]] = ..., replicated_step: _Optional[int] = ..., persisted_step: _Optional[int] = ..., drop_persisted: _Optional[_Iterable[int]] = ..., pod_away: bool = ..., newest_saved: _Optional[int] = ...) -> None: ...
 
 class EndJobMsg(_message.Message):
     __slots__ = ("exit_code", "report")
