@@ -506,9 +506,14 @@ class JobState:
         reentry_failed = self._reentry_failed(slot)
         slot.pid, slot.state, slot.unwind_deadline = 0, WS.WORKER_STATE_FAILED, None
         if ours or unwinding:
-            self.record("respawn", f"rank {slot.rank} pid {pid} replaced after an abort")
+            # A SIGKILL we did not send and no OOM kill explains came from outside (a second
+            # fault, landing while its generation aborts): a new process, no re-entry failure.
+            killed_outside = not ours and signum == signal.SIGKILL and not oom_kills
+            how = "killed from outside" if killed_outside else "replaced"
+            self.record("respawn", f"rank {slot.rank} pid {pid} {how} during an abort")
             effects: list[Effect] = []
-            if unwinding and not ours and self.spec.bootstrapped and self.falls_back:
+            reentry_broke = unwinding and not ours and not killed_outside
+            if reentry_broke and self.spec.bootstrapped and self.falls_back:
                 how = f"signal {signal_name(signum)}" if signum else f"exit code {exit_code}"
                 effects += self._fall_back(f"rank {slot.rank} pid {pid} died unwinding ({how})")
             return effects + self._fill_vacancies() + self._maybe_start()

@@ -237,6 +237,31 @@ def test_a_survivor_dying_while_it_unwinds_switches_to_fresh_processes() -> None
     assert pod.job.restart_count == 1 and pod.job.failures[-1].rank == 1
 
 
+def test_a_survivor_killed_from_outside_while_it_unwinds_is_a_second_fault_not_a_reentry() -> None:
+    """Two ranks SIGKILLed at once: the second death may reach the pod after its abort went
+    out. A SIGKILL the supervisor did not send and no OOM kill explains says nothing about
+    re-entry: the rank gets a new process and survivors keep re-entering."""
+    pod = Pod()
+    pod.play(pod.job.attach_launcher())
+    second = pod.pid(0)
+    effects = pod.job.process_exited(pod.pid(1), 0, signal.SIGKILL, "", pod.now)
+    assert second in aborts(effects)
+    pod.play(pod.job.process_exited(second, 0, signal.SIGKILL, "", pod.now))
+    assert fallen_back(pod) == []
+    assert any("rank 0" in e.message and "killed from outside" in e.message for e in pod.job.events)
+    assert pod.job.restart_count == 1  # the second death spends nothing
+
+
+def test_a_survivor_the_oom_killer_took_while_it_unwinds_switches_to_fresh_processes() -> None:
+    pod = Pod()
+    pod.play(pod.job.attach_launcher())
+    dying = pod.pid(0)
+    pod.job.process_exited(pod.pid(1), 0, signal.SIGKILL, "", pod.now)
+    pod.play(pod.job.process_exited(dying, 0, signal.SIGKILL, "", pod.now, oom_kills=1))
+    [said] = fallen_back(pod)
+    assert "died unwinding (signal SIGKILL)" in said
+
+
 # ----------------------------------------------------------------- the leader
 def make_leader(falls_back: bool = True, fresh: str = "") -> LeaderState:
     ports = itertools.count(40000)
