@@ -248,13 +248,13 @@ def expect_fallback_past_the_corrupt_copy(m: Matrix) -> None:
 def expect_loud_full_disk(m: Matrix) -> None:
     logs = m.logs()
     assert "WARNING persist_error:" in logs and "(ENOSPC)" in logs, logs
-    assert max(e["gen"] for e in m.records()) == 0, "training never stopped for it"
+    assert max(e["gen"] for e in m.records()) == 0, f"training stopped for it\n{m.logs()}"
     assert "persist_dropped" in logs, "pod 0 drops its part of a step pod 1 could not write"
     assert DurableStore(m.durable, RUN_ID, 1).steps() == []
 
 
 def expect_no_restart(m: Matrix) -> None:
-    assert max(e["gen"] for e in m.records()) == 0, "training never stopped for it"
+    assert max(e["gen"] for e in m.records()) == 0, f"training stopped for it\n{m.logs()}"
 
 
 def expect_unchanged(m: Matrix) -> None:
@@ -332,7 +332,7 @@ def test_fault_matrix(matrix: Matrix, request: pytest.FixtureRequest) -> None:
     assert done == dict.fromkeys(range(WORLD), STEPS), done
     for resume in (e for e in records if e["event"] == "resumed" and e["gen"] > 0):
         step = resume["from_step"]
-        assert step >= m.floor, f"rank {resume['rank']} resumed from {step} < {m.floor}"
+        assert step >= m.floor, f"rank {resume['rank']} from {step} < {m.floor}\n{m.logs()}"
         traced = {e["state"] for e in records if e["event"] == "step" and e["gen"] < resume["gen"]
                   and (e["rank"], e["step"]) == (resume["rank"], step)}  # fmt: skip
         assert resume["state"] in traced, f"rank {resume['rank']}: not its state at {step}"
