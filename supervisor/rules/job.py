@@ -509,8 +509,8 @@ class JobState:
             # A SIGKILL we did not send and no OOM kill explains came from outside (a second
             # fault, landing while its generation aborts): a new process, no re-entry failure.
             killed_outside = not ours and signum == signal.SIGKILL and not oom_kills
-            how = "killed from outside" if killed_outside else "replaced"
-            self.record("respawn", f"rank {slot.rank} pid {pid} {how} during an abort")
+            how = "killed from outside during" if killed_outside else "replaced after"
+            self.record("respawn", f"rank {slot.rank} pid {pid} {how} an abort")
             effects: list[Effect] = []
             reentry_broke = unwinding and not ours and not killed_outside
             if reentry_broke and self.spec.bootstrapped and self.falls_back:
