@@ -22,6 +22,7 @@ from typing import Optional, Protocol
 import grpc
 
 from supervisor.rules.job import JobState
+from supervisor.snapshots.restore import SOURCE_ORDER
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 Code = grpc.StatusCode
@@ -100,6 +101,13 @@ def text(name: str, value: str, limit: int = MAX_NAME) -> Optional[Refusal]:
     if len(value) <= limit:
         return None
     return _invalid(f"{name} has {len(value)} characters (at most {limit})")
+
+
+def store_name(name: str, value: str) -> Optional[Refusal]:
+    """A further store's name: not empty, not one of the stores with fields of their own."""
+    if value in SOURCE_ORDER or not value:
+        return _invalid(f"{name} {shown(value)} is not a further store's name")
+    return text(name, value)
 
 
 def pid_value(name: str, pid: int) -> Optional[Refusal]:
@@ -458,6 +466,9 @@ def pod_report(members: Membership, report: pb.PodReport) -> Optional[Refusal]:
             for r in copies.replicas
         ),
         *(steps("copies.replicas steps", r.steps, MAX_ENTRIES) for r in copies.replicas),
+        _count("copies.stored", len(copies.stored), MAX_ENTRIES),
+        *(store_name("copies.stored name", s.name) for s in copies.stored),
+        *(steps("copies.stored steps", s.steps, MAX_ENTRIES) for s in copies.stored),
         _count("sample.metrics", len(report.sample.metrics), MAX_ENTRIES),
         *(_finite(f"sample.metrics[{shown(k)}]", v) for k, v in report.sample.metrics.items()),
         text("last_failure.reason", report.last_failure.reason),

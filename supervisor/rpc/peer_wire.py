@@ -164,6 +164,10 @@ def copies_to_wire(copies: NodeCopies) -> pb.PodCopies:
             for n, s in sorted(copies.replicas.items())
         ],
         persisted=sorted(copies.persisted),
+        stored=[
+            pb.PodCopies.Stored(name=name, steps=sorted(steps))
+            for name, steps in sorted(copies.stored.items())
+        ],
     )
 
 
@@ -172,4 +176,5 @@ def copies_from_wire(copies: pb.PodCopies) -> NodeCopies:
         shm=frozenset(copies.shm),
         replicas={r.node_rank: frozenset(r.steps) for r in copies.replicas},
         persisted=frozenset(copies.persisted),
+        stored={s.name: frozenset(s.steps) for s in copies.stored if s.steps},
     )

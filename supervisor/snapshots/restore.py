@@ -21,13 +21,13 @@ from train_supervisor.steps import NO_STEP
 
 # The stores' names (their `name`), as events, status and the pods' reports say them.
 SHM, PEER, DURABLE = "shm", "peer", "durable"
-SOURCE_ORDER = (SHM, PEER, DURABLE)  # also the stores a report has fields for
+SOURCE_ORDER = (SHM, PEER, DURABLE)  # the stores a report has fields of their own for
 
 
 @dataclass(frozen=True)
 class NodeCopies:
-    """What one pod holds, each step for ALL of its ranks: the wire's PodCopies, plus the
-    stores beyond the three (a single pod's restore sees them; the wire does not carry them)."""
+    """What one pod holds, each step for ALL of its ranks: the wire's PodCopies (the three
+    built-in stores, and any further one by its name)."""
 
     shm: frozenset[int] = frozenset()
     replicas: Mapping[int, frozenset[int]] = field(default_factory=dict)  # node -> its steps

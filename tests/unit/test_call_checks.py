@@ -247,6 +247,23 @@ def test_pod_reports_must_come_from_the_joined_incarnation_with_its_own_ranks() 
     assert code(call_checks.pod_report(MEMBERS, ready)) == INVALID
 
 
+def test_a_further_stores_steps_are_checked_by_name_and_count() -> None:
+    def with_stored(name: str, steps: list[int]) -> pb.PodReport:
+        report = pb.PodReport(node_rank=1, incarnation=77, heartbeat=True)
+        report.copies.stored.add(name=name, steps=steps)
+        return report
+
+    assert call_checks.pod_report(MEMBERS, with_stored("bucket", [4, 5])) is None
+    for name in ("", "shm", "peer", "durable"):  # the three have fields of their own
+        assert code(call_checks.pod_report(MEMBERS, with_stored(name, [4]))) == INVALID, name
+    assert code(call_checks.pod_report(MEMBERS, with_stored("x" * 5000, [4]))) == INVALID
+    assert code(call_checks.pod_report(MEMBERS, with_stored("bucket", [-3]))) == INVALID
+    many = pb.PodReport(node_rank=1, incarnation=77, heartbeat=True)
+    for index in range(call_checks.MAX_ENTRIES + 1):
+        many.copies.stored.add(name=f"store{index}", steps=[1])
+    assert code(call_checks.pod_report(MEMBERS, many)) == INVALID
+
+
 def test_the_process_table_reads_real_processes() -> None:
     table = ProcessTable()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

@@ -21,6 +21,7 @@ from effects import make_spec
 from test_offloader import RANKS, corrupt, restored, save, state
 from test_replica import RUN, Peer
 
+from supervisor.rpc.peer_wire import copies_from_wire, copies_to_wire
 from supervisor.rules.job import JobState
 from supervisor.rules.restart_policy import RestartPolicy
 from supervisor.settings.snapshots import OffloadConfig
@@ -31,6 +32,7 @@ from supervisor.snapshots.rounds import OffloadRound
 from supervisor.snapshots.store import PersistentStore, RoundStopped, free_slot
 from train_supervisor.arena import CorruptSnapshot, RankArena, SnapshotImage
 from train_supervisor.steps import NO_STEP
+from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
 BUCKET = "bucket"
@@ -216,6 +218,20 @@ def test_the_job_wide_choice_counts_a_further_store_by_its_name() -> None:
     assert choose_restore([0, 1], copies, newest=6) == choice, "by default: the stores reported"
     without = choose_restore([0, 1], copies, newest=6, order=(SHM, PEER, DURABLE))
     assert without.step == NO_STEP
+
+
+def test_a_further_stores_steps_cross_the_wire_so_the_leader_counts_them() -> None:
+    """The leader of a multi-pod job sees other pods' copies only through their reports: a
+    step a follower holds only in its bucket is restorable once its report crosses the wire."""
+    follower = NodeCopies(
+        shm=frozenset({6}), replicas={0: frozenset({5})}, stored={BUCKET: frozenset({5})}
+    )
+    report = pb.PodReport(node_rank=1, copies=copies_to_wire(follower))
+    received = copies_from_wire(pb.PodReport.FromString(report.SerializeToString()).copies)
+    assert received == follower
+    copies = {0: NodeCopies(shm=frozenset({5, 6})), 1: received}
+    choice = choose_restore([0, 1], copies, newest=5)
+    assert (choice.step, dict(choice.sources)) == (5, {0: SHM, 1: BUCKET})
 
 
 def test_a_single_pod_with_only_a_bucket_persists_there_and_restores_from_it(

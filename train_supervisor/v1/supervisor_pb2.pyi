@@ -826,7 +826,7 @@ class PodSnapshots(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., held: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PodCopies(_message.Message):
-    __slots__ = ("shm", "replicas", "persisted")
+    __slots__ = ("shm", "replicas", "persisted", "stored")
     class Replica(_message.Message):
         __slots__ = ("node_rank", "steps")
         NODE_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -834,13 +834,22 @@ class PodCopies(_message.Message):
         node_rank: int
         steps: _containers.RepeatedScalarFieldContainer[int]
         def __init__(self, node_rank: _Optional[int] = ..., steps: _Optional[_Iterable[int]] = ...) -> None: ...
+    class Stored(_message.Message):
+        __slots__ = ("name", "steps")
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        STEPS_FIELD_NUMBER: _ClassVar[int]
+        name: str
+        steps: _containers.RepeatedScalarFieldContainer[int]
+        def __init__(self, name: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ...) -> None: ...
     SHM_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     PERSISTED_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     shm: _containers.RepeatedScalarFieldContainer[int]
     replicas: _containers.RepeatedCompositeFieldContainer[PodCopies.Replica]
     persisted: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, shm: _Optional[_Iterable[int]] = ..., replicas: _Optional[_Iterable[_Union[PodCopies.Replica, _Mapping]]] = ..., persisted: _Optional[_Iterable[int]] = ...) -> None: ...
+    stored: _containers.RepeatedCompositeFieldContainer[PodCopies.Stored]
+    def __init__(self, shm: _Optional[_Iterable[int]] = ..., replicas: _Optional[_Iterable[_Union[PodCopies.Replica, _Mapping]]] = ..., persisted: _Optional[_Iterable[int]] = ..., stored: _Optional[_Iterable[_Union[PodCopies.Stored, _Mapping]]] = ...) -> None: ...
 
 class OffloadDone(_message.Message):
     __slots__ = ("step", "replica_error", "persist_error")
