@@ -96,6 +96,8 @@ class FollowerLink:
 
     def report(self, report: pb.PodReport) -> None:
         report.node_rank, report.incarnation = self.node_rank, self.incarnation
+        if not report.ranks:  # the ranks as of this report: after "finished", no beat follows
+            report.ranks.extend(self.local.local_ranks())
         if report.HasField("finished") and self.view is not None:
             self.view = mark_finished(self.view)
         self._outbox.put_nowait(report)

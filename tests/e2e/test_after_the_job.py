@@ -41,3 +41,16 @@ def test_the_follower_stops_joining_the_leader_once_the_job_is_over(pods: Pods) 
         assert follower.proc.poll() is None, follower.stderr
         time.sleep(0.5)
     assert follower.stderr.count("re-joining") == rejoins, follower.stderr
+
+
+def test_the_leaders_status_shows_every_pods_ranks_as_they_finished(pods: Pods) -> None:
+    """The follower's ranks showed `healthy` at an older step: its last heartbeat before the
+    end, not its "finished" report, was what the leader kept."""
+    pods.start_launchers(["--steps", "30"])
+    for launcher in pods.launchers:
+        assert launcher.wait(180) == exit_codes.SUCCEEDED, pods.logs()
+    ranks = pods.status(0)["ranks"]
+    # JSON leaves out proto3 defaults (rank 0); int64 values are strings.
+    assert [r.get("rank", 0) for r in ranks] == [0, 1], ranks
+    assert {r.get("state") for r in ranks} == {"WORKER_STATE_SUCCEEDED"}, ranks
+    assert {int(r.get("step", 0)) for r in ranks} == {30}, ranks
