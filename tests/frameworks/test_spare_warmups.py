@@ -60,7 +60,8 @@ def test_the_spare_loads_deepspeeds_op_before_it_takes_a_rank(tmp_path: Path) ->
     # Steps enough that the job is still training once the spare is warm (it imports DeepSpeed
     # first: seconds on busy cores); the test ends the job once every rank stepped again.
     script_args = ["--out", str(tmp_path), "--steps", "100000", "--ckpt-every", "1000"]
-    flags = ["--standalone", "--nproc-per-node", str(NPROC), "--warm-spares", "1"]
+    flags = ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", "1"]
+    flags += ["--warm-spares", "1"]
     job = train_launch(
         flags, script_args, job_env(**FRAMEWORK_ENV["deepspeed"]), SCRIPTS / "deepspeed_zero1.py"
     )
@@ -74,7 +75,7 @@ def test_the_spare_loads_deepspeeds_op_before_it_takes_a_rank(tmp_path: Path) ->
             ]
             return bool(warm)
 
-        job.wait_for(spare_warm, 300, f"an idle spare with {OP_LIBRARY} loaded")
+        job.wait_for(spare_warm, 120, f"an idle spare with {OP_LIBRARY} loaded")
         for pid in rank_pids(tmp_path):
             assert has_mapped(pid, OP_LIBRARY), "the ranks loaded the op themselves"
         outcome = inject(job, tmp_path, Fault(signal.SIGKILL, 1, 1), 0.0)
