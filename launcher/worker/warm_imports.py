@@ -7,7 +7,9 @@ a script's `import transformers` takes seconds. So local rank 0 lists its
 loaded modules in a file whenever that list has grown (looked at every 0.5 s,
 from its first generation's start: a script imports most before its first
 step), and each spare polls the file and imports the names it does not have
-yet, until it is given a rank.
+yet, until it is given a rank. The file also lists what the libraries loaded
+beyond imports (library_warmups.py: DeepSpeed's JIT-loaded ops), which the
+spare loads the same way once the library is imported.
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Optional
+
+from launcher.worker.library_warmups import (
+    LIBRARY_WARMUPS,
+    LibraryWarmup,
+    loaded_by_libraries,
+    warm_library,
+)
 
 # The manifest's path, for the bootstrap only (removed before the script runs).
 MANIFEST_ENV = "TRAIN_LAUNCH_IMPORTS_MANIFEST"
@@ -54,22 +64,47 @@ def still_to_import(listed: Sequence[str], loaded: Container[str], target: str) 
     return [name for name in listed if name not in loaded and name != target and not _is_main(name)]
 
 
-class ManifestWriter:
-    """Local rank 0's side: rewrites the list (atomically) when more modules are loaded."""
+@dataclass(frozen=True)
+class Manifest:
+    """What local rank 0 has: modules by name, in import order, then (library module, name)
+    for what the libraries loaded beyond imports. One line each; a module name has no space,
+    so a line with one is "<library module> <name>"."""
 
-    def __init__(self, path: str) -> None:
+    modules: list[str]
+    loaded: list[tuple[str, str]] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "\n".join([*self.modules, *(f"{m} {n}" for m, n in self.loaded)])
+
+    @classmethod
+    def parse(cls, text: str) -> Manifest:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        loaded = [(m, n) for m, _, n in (line.partition(" ") for line in lines) if n]
+        return cls([line for line in lines if " " not in line], loaded)
+
+
+class ManifestWriter:
+    """Local rank 0's side: rewrites the list (atomically) when more modules are loaded, or
+    a library loaded more."""
+
+    def __init__(self, path: str, warmups: Sequence[LibraryWarmup] = LIBRARY_WARMUPS) -> None:
         self.path = path
+        self.warmups = warmups
         self._listed = 0
+        self._loaded: list[tuple[str, str]] = []
 
     def update(self, modules: Mapping[str, object]) -> bool:
-        if len(modules) == self._listed:
+        # Every time: a library can load more (an op) with no module imported along with it.
+        loaded = loaded_by_libraries(modules, self.warmups)
+        if len(modules) == self._listed and loaded == self._loaded:
             return False
-        names = importable_names(modules)
+        listed = len(modules)
+        manifest = Manifest(importable_names(modules), loaded)
         partial = f"{self.path}.{os.getpid()}.partial"
         with open(partial, "w") as handle:
-            handle.write("\n".join(names))
+            handle.write(manifest.text())
         os.replace(partial, self.path)  # a spare never reads half a list
-        self._listed = len(modules)
+        self._listed, self._loaded = listed, loaded
         return True
 
 
@@ -90,12 +125,25 @@ def list_imports_forever(
         time.sleep(every_s)
 
 
-def read_manifest(path: str) -> Optional[list[str]]:
+def read_manifest(path: str) -> Optional[Manifest]:
     try:
         with open(path) as handle:
-            return [line.strip() for line in handle if line.strip()]
+            return Manifest.parse(handle.read())
     except FileNotFoundError:
         return None
+
+
+@contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """os.environ as it was on entry, whatever ran inside set (torch._inductor's import sets
+    TORCHINDUCTOR_CACHE_DIR): the script sees the environment torchrun would give it."""
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update((k, v) for k, v in environ.items() if os.environ.get(k) != v)
 
 
 def preimport(
@@ -110,16 +158,12 @@ def preimport(
     recovery on 2 busy cores, on every surviving rank's critical path.
     """
     failed = []
-    environ = dict(os.environ)  # torch._inductor's import sets TORCHINDUCTOR_CACHE_DIR
-    for name in names:
-        try:
-            import_module(name)
-        except Exception as err:  # the script, if it needs the module, gets the error itself
-            failed.append(f"{name}: {type(err).__name__}: {err}")
-    # The script sees the environment torchrun would give it, whatever it imports itself.
-    for key in set(os.environ) - set(environ):
-        del os.environ[key]
-    os.environ.update((k, v) for k, v in environ.items() if os.environ.get(k) != v)
+    with environment_kept():
+        for name in names:
+            try:
+                import_module(name)
+            except Exception as err:  # the script, if it needs the module, gets the error itself
+                failed.append(f"{name}: {type(err).__name__}: {err}")
     return failed
 
 
@@ -129,31 +173,47 @@ def warm_until_promoted(
     promoted: threading.Event,
     poll_s: float = POLL_S,
     import_module: Callable[[str], object] = importlib.import_module,
+    warmups: Sequence[LibraryWarmup] = LIBRARY_WARMUPS,
 ) -> None:
-    """A spare's background loop: import each newly listed module until `promoted` is set.
+    """A spare's background loop: import each newly listed module, then load what the listed
+    libraries loaded beyond imports, until `promoted` is set.
 
     A module that fails to import is skipped: the script, if it needs it, gets
-    the same error itself, where it belongs.
+    the same error itself, where it belongs. A library's load that fails is
+    reported on stderr and not tried again; the script loads it itself.
     """
     seen: Optional[tuple[int, int, int]] = None
+    warmed: set[tuple[str, str]] = set()  # tried, whatever came of it
+    manifest = Manifest([])
     while not promoted.is_set():
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), environment_kept():
             stat = os.stat(path)
             version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # each rewrite is a new file
-            listed = read_manifest(path) if version != seen else None
+            fresh = read_manifest(path) if version != seen else None
             seen = version
-            for name in still_to_import(listed or [], sys.modules, target):
+            manifest = fresh or manifest
+            for name in still_to_import(fresh.modules if fresh else [], sys.modules, target):
                 if promoted.is_set():
                     return
                 with contextlib.suppress(Exception, SystemExit):
                     import_module(name)
+            for library, name in manifest.loaded:
+                if promoted.is_set():
+                    return
+                if (library, name) in warmed or library not in sys.modules:
+                    continue  # a library not imported yet: its turn comes once it is
+                warmed.add((library, name))
+                failure = warm_library(sys.modules, library, name, warmups)
+                if failure:
+                    print(f"train-launch: spare warm-up: {failure}", file=sys.stderr, flush=True)
         promoted.wait(poll_s)
 
 
 class _Promotion(threading.Event):
-    """Set: the warm-up stops, and `set` returns once its import in flight has ended. A script
-    that imported while that import still ran in the other thread could get a half-initialized
-    package (transformers' lazy module: "cannot import name 'GPT2Config'")."""
+    """Set: the warm-up stops, and `set` returns once its import (or library load) in flight
+    has ended. A script that imported while that import still ran in the other thread could
+    get a half-initialized package (transformers' lazy module: "cannot import name
+    'GPT2Config'")."""
 
     def __init__(self) -> None:
         super().__init__()

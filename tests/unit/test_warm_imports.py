@@ -3,6 +3,7 @@ modules."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from launcher.worker.library_warmups import LibraryWarmup
 from launcher.worker.warm_imports import (
+    Manifest,
     ManifestWriter,
     importable_names,
     preimport,
@@ -51,10 +54,11 @@ def test_the_manifest_is_rewritten_only_when_more_modules_are_loaded(tmp_path: P
     path = tmp_path / "modules.txt"
     writer = ManifestWriter(str(path))
     loaded = {"json": module("json")}
-    assert writer.update(loaded) and read_manifest(str(path)) == ["json"]
+    assert writer.update(loaded) and read_manifest(str(path)) == Manifest(["json"])
     assert not writer.update(loaded), "nothing new: no rewrite"
     loaded["email.parser"] = module("email.parser")
-    assert writer.update(loaded) and read_manifest(str(path)) == ["json", "email.parser"]
+    assert writer.update(loaded)
+    assert read_manifest(str(path)) == Manifest(["json", "email.parser"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["modules.txt"], "no partial file left"
     assert read_manifest(str(tmp_path / "missing.txt")) is None
 
@@ -149,3 +153,74 @@ def test_promotion_waits_for_the_import_in_flight(modules_dir: Path) -> None:
     assert started.exists(), "the warm-up began importing warm_slow"
     promoted.set()
     assert getattr(sys.modules.get("warm_slow"), "COMPLETE", False), "set() returned mid-import"
+
+
+def test_the_manifest_lists_what_libraries_loaded_and_is_rewritten_when_they_load_more(
+    tmp_path: Path,
+) -> None:
+    """An op loaded with no module imported along with it still rewrites the list."""
+    library = module("warm_lib")
+    library.OPS = ["first_op"]  # type: ignore[attr-defined]
+    warmups = (LibraryWarmup("warm_lib", lambda m: list(m.OPS), lambda m, name: None),)
+    path = tmp_path / "modules.txt"
+    writer = ManifestWriter(str(path), warmups)
+    loaded = {"json": module("json"), "warm_lib": library}
+    assert writer.update(loaded)
+    assert read_manifest(str(path)) == Manifest(["json", "warm_lib"], [("warm_lib", "first_op")])
+    assert not writer.update(loaded)
+    library.OPS.append("second_op")  # type: ignore[attr-defined]
+    assert writer.update(loaded)
+    listed = read_manifest(str(path))
+    assert listed is not None and listed.loaded == [
+        ("warm_lib", "first_op"),
+        ("warm_lib", "second_op"),
+    ]
+
+
+def test_a_spare_loads_what_the_listed_libraries_loaded_once_each_failures_reported(
+    modules_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (modules_dir / "warm_ops_lib.py").write_text("LOADED = []\n")
+    manifest = modules_dir / "modules.txt"
+    calls: list[str] = []
+
+    def load(library: types.ModuleType, name: str) -> None:
+        calls.append(name)
+        if name == "broken_op":
+            raise RuntimeError("ninja not found")
+        library.LOADED.append(name)
+
+    warmups = (
+        LibraryWarmup("warm_ops_lib", lambda m: [], load),
+        LibraryWarmup("warm_never_imported", lambda m: [], load),
+    )
+    manifest.write_text(
+        Manifest(
+            ["warm_ops_lib"],
+            [
+                ("warm_ops_lib", "fused_op"),
+                ("warm_ops_lib", "broken_op"),
+                ("warm_never_imported", "other_op"),  # listed, but not importable here
+            ],
+        ).text()
+    )
+    promoted = threading.Event()
+    spare = threading.Thread(
+        target=warm_until_promoted,
+        args=(str(manifest), "", promoted, 0.01, importlib.import_module, warmups),
+        daemon=True,
+    )
+    spare.start()
+    deadline = threading.Event()
+    for _ in range(500):
+        if len(calls) >= 2:
+            break
+        deadline.wait(0.01)
+    deadline.wait(0.1)  # a few more rounds: nothing is tried twice
+    promoted.set()
+    spare.join(5)
+    assert sys.modules["warm_ops_lib"].LOADED == ["fused_op"]
+    assert calls == ["fused_op", "broken_op"], "each once; none for a library not imported"
+    assert "train-launch: spare warm-up: warm_ops_lib broken_op: RuntimeError: ninja not found" in (
+        capfd.readouterr().err
+    )
