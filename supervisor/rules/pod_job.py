@@ -201,10 +201,10 @@ class CoordinatedJobState(JobState):
 
     def _cut_off(self, now: float) -> bool:
         """The leader is away and no local rank stepped for stall_timeout_s (or two of its
-        steps): a partition, whose collectives across the cut hang, not a restarting leader
-        sidecar, whose pods train on."""
-        if not self.started or self.leader_away_since is None:
-            return False
+        steps), and not because they all finished: a partition, whose collectives across
+        the cut hang, not a restarting leader sidecar, whose pods train on."""
+        if not self.started or self.leader_away_since is None or self._all_finished():
+            return False  # ranks that finished step no more, and nothing of theirs hangs
         slots = self.ranks.values()
         stepped = [s.last_heartbeat for s in slots if s.last_heartbeat is not None]
         last = max(stepped) if stepped else self.leader_away_since
