@@ -164,6 +164,7 @@ def copies_to_wire(copies: NodeCopies) -> pb.PodCopies:
             for n, s in sorted(copies.replicas.items())
         ],
         persisted=sorted(copies.persisted),
+        committed=copies.committed,
     )
 
 
@@ -172,4 +173,5 @@ def copies_from_wire(copies: pb.PodCopies) -> NodeCopies:
         shm=frozenset(copies.shm),
         replicas={r.node_rank: frozenset(r.steps) for r in copies.replicas},
         persisted=frozenset(copies.persisted),
+        committed=copies.committed,
     )

@@ -154,6 +154,14 @@ class CoordinatedJobState(JobState):
             return []
         self.restart_count = message.restart_count
         self.master_addr, self.master_port = message.master_addr, message.master_port
+        heard = self.snapshots.committed
+        if message.restore_step < heard:  # its copies are gone (corrupt, or overwritten)
+            restored = f"step {message.restore_step}" if message.restore_step >= 0 else "none"
+            self.record(
+                "snapshot_lost",
+                f"step {heard} was committed, but not every pod has a copy of it any more: "
+                f"the job restores {restored} ({message.restore_reason})",
+            )
         self.snapshots.adopt(message.restore_step)
         self.snapshots_reported = frozenset()
         # A pod away in the last generation (its stream broke) was lost or is back: the

@@ -326,3 +326,20 @@ def test_a_follower_whose_ranks_all_finished_is_never_cut_off() -> None:
     assert not aborts(sim.job.tick(140.0)) and sim.job.started
     assert sim.job.leader_lost(150.0) == [] and sim.job.started
     assert all(s.state == WS.WORKER_STATE_SUCCEEDED for s in sim.job.ranks.values())
+
+
+def test_a_pod_reports_a_committed_step_the_job_could_not_restore() -> None:
+    """Never silent: a restore older than the commit this pod heard of loses steps."""
+    sim = coordinated()
+    sim.play(sim.job.attach_launcher())
+    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=23))
+    sim.play(sim.job.open_generation(pb.OpenGenerationMsg(generation=1, restart_count=1), 201.0))
+    reason = "step 21 (durable: nodes 0,1)"
+    start = pb.StartGenerationMsg(generation=1, restore_step=21, restore_reason=reason)
+    sim.play(sim.job.start_generation(start))
+    [lost] = [e.message for e in sim.job.events if e.kind == "snapshot_lost"]
+    assert lost == (
+        "step 23 was committed, but not every pod has a copy of it any more: "
+        f"the job restores step 21 ({reason})"
+    )
