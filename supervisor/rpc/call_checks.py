@@ -460,6 +460,7 @@ def pod_report(members: Membership, report: pb.PodReport) -> Optional[Refusal]:
     checks += [
         steps("copies.shm", copies.shm, MAX_ENTRIES),
         steps("copies.persisted", copies.persisted, MAX_ENTRIES),
+        in_range("copies.committed", copies.committed, -1, MAX_STEP),
         _count("copies.replicas", len(copies.replicas), MAX_NODES),
         *(
             in_range("copies.replicas node_rank", r.node_rank, 0, members.nnodes - 1)

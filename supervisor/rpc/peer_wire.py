@@ -168,6 +168,7 @@ def copies_to_wire(copies: NodeCopies) -> pb.PodCopies:
             pb.PodCopies.Stored(name=name, steps=sorted(steps))
             for name, steps in sorted(copies.stored.items())
         ],
+        committed=copies.committed,
     )
 
 
@@ -177,4 +178,5 @@ def copies_from_wire(copies: pb.PodCopies) -> NodeCopies:
         replicas={r.node_rank: frozenset(r.steps) for r in copies.replicas},
         persisted=frozenset(copies.persisted),
         stored={s.name: frozenset(s.steps) for s in copies.stored if s.steps},
+        committed=copies.committed,
     )

@@ -53,6 +53,7 @@ NOTABLE_EVENTS = frozenset(
         "replace_pod",
         "spare_lost",
         "snapshot_problem",
+        "snapshot_lost",  # a committed step no pod can restore any more: steps redone
         "reentry_fallback",
         "persist_error",  # a full or failing durable disk: training goes on, unprotected
     }
@@ -150,9 +151,12 @@ class Supervisor:
         if self.coordination is None:
             return
         if effect.report.HasField("ready") and self.offload is not None:
-            # The leader chooses the restore step from every pod's copies.
-            copies = copies_to_wire(self.offload.copies_now())
-            effect.report.copies.CopyFrom(copies)
+            # The leader chooses the restore step from every pod's copies (and, if it
+            # replaced another, from the commit this pod heard of last).
+            held = self.offload.copies_now()
+            if self.job is not None:
+                held = dataclasses.replace(held, committed=self.job.snapshots.committed)
+            effect.report.copies.CopyFrom(copies_to_wire(held))
         self.coordination.report(effect.report)
 
     def _log_new_events(self) -> None:

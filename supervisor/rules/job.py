@@ -415,6 +415,11 @@ class JobState:
         if slot is None or self.over or generation != slot.generation:
             return pb.Verdict.VERDICT_WAIT, []  # stale: that generation is already settled
         slot.step = max(slot.step, step)
+        if self.resuming and kind == pb.OutcomeKind.OUTCOME_FINISHED:
+            # It re-attached while its script ran, then finished before every process of the
+            # pod answered: nothing aborted it (this supervisor started nothing yet).
+            slot.state = WS.WORKER_STATE_SUCCEEDED
+            return pb.Verdict.VERDICT_WAIT, []
         aborted = generation < self.generation or not self.started
         if kind == pb.OutcomeKind.OUTCOME_UNWOUND or aborted:
             return pb.Verdict.VERDICT_WAIT, self._unwound(slot)

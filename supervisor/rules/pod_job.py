@@ -154,6 +154,14 @@ class CoordinatedJobState(JobState):
             return []
         self.restart_count = message.restart_count
         self.master_addr, self.master_port = message.master_addr, message.master_port
+        heard = self.snapshots.committed
+        if message.restore_step < heard:  # its copies are gone (corrupt, or overwritten)
+            restored = f"step {message.restore_step}" if message.restore_step >= 0 else "none"
+            self.record(
+                "snapshot_lost",
+                f"step {heard} was committed, but not every pod has a copy of it any more: "
+                f"the job restores {restored} ({message.restore_reason})",
+            )
         self.snapshots.adopt(message.restore_step)
         self.snapshots_reported = frozenset()
         # A pod away in the last generation (its stream broke) was lost or is back: the
@@ -201,10 +209,10 @@ class CoordinatedJobState(JobState):
 
     def _cut_off(self, now: float) -> bool:
         """The leader is away and no local rank stepped for stall_timeout_s (or two of its
-        steps): a partition, whose collectives across the cut hang, not a restarting leader
-        sidecar, whose pods train on."""
-        if not self.started or self.leader_away_since is None:
-            return False
+        steps), and not because they all finished: a partition, whose collectives across
+        the cut hang, not a restarting leader sidecar, whose pods train on."""
+        if not self.started or self.leader_away_since is None or self._all_finished():
+            return False  # ranks that finished step no more, and nothing of theirs hangs
         slots = self.ranks.values()
         stepped = [s.last_heartbeat for s in slots if s.last_heartbeat is not None]
         last = max(stepped) if stepped else self.leader_away_since

@@ -118,7 +118,10 @@ class JobSnapshots:
         """The step every pod restores in the generation that starts now."""
         nodes = list(nodes)
         persisted = [s for c in self.copies.values() for s in c.persisted]
-        newest = max([self.committed, *persisted])
+        # A leader that replaced another committed nothing yet: the pods tell the old one's
+        # commit, and no step older than it is chosen where every pod still has a copy.
+        heard = [c.committed for c in self.copies.values()]
+        newest = max([self.committed, *persisted, *heard])
         unusable = {n: frozenset(s) for n, s in self.unusable.items()}
         # What a pod reported for the commit is in its memory too.
         copies = {

@@ -33,6 +33,8 @@ class NodeCopies:
     replicas: Mapping[int, frozenset[int]] = field(default_factory=dict)  # node -> its steps
     persisted: frozenset[int] = frozenset()
     stored: Mapping[str, frozenset[int]] = field(default_factory=dict)  # store name -> steps
+    # The newest committed step the pod heard of: a replacement leader's restore bound.
+    committed: int = NO_STEP
 
     @classmethod
     def of(

@@ -245,6 +245,11 @@ def test_pod_reports_must_come_from_the_joined_incarnation_with_its_own_ranks() 
     assert code(call_checks.pod_report(MEMBERS, nan)) == INVALID
     ready = pb.PodReport(node_rank=1, incarnation=77, ready=-2)
     assert code(call_checks.pod_report(MEMBERS, ready)) == INVALID
+    heard = pb.PodReport(node_rank=1, incarnation=77, ready=0)
+    heard.copies.committed = -1
+    assert call_checks.pod_report(MEMBERS, heard) is None, "no commit heard of"
+    heard.copies.committed = -2
+    assert code(call_checks.pod_report(MEMBERS, heard)) == INVALID
 
 
 def test_a_further_stores_steps_are_checked_by_name_and_count() -> None:

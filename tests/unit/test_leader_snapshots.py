@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import itertools
 
-from supervisor.rules.leader import CommitStep, LeaderState, OpenGeneration, StartGeneration
+from supervisor.rules.leader import (
+    CommitStep,
+    LeaderState,
+    OpenGeneration,
+    PodView,
+    StartGeneration,
+)
 from supervisor.rules.restart_policy import RestartPolicy
 from supervisor.snapshots.job_snapshots import JobSnapshots
 from supervisor.snapshots.restore import DURABLE, PEER, SHM, NodeCopies
@@ -147,3 +153,32 @@ def test_a_pod_away_ends_the_round_it_can_no_longer_report() -> None:
     for node in (1, 0):
         news = job.held(node, [3, 4], now=0.2)
     assert news is not None and news.offload == OffloadRound(4, True, False)
+
+
+def test_a_replacement_leader_restores_no_step_older_than_the_one_its_predecessor_committed() -> (
+    None
+):
+    """The copies of the fault matrix's sigkill_leader_sidecar run that lost a step: step 23
+    committed by the old leader, the ranks trained on while it was away and overwrote it in
+    their arenas; each pod still keeps the other's replicas of 23 and 24, both persisted 21.
+    The new leader committed nothing: it restored 21 (durable), older than 23."""
+    ports = itertools.count(40000)
+    leader = LeaderState(2, 2, RestartPolicy(max_restarts=3), lambda: next(ports), "node-0")
+    leader.join(0, 2, PodView(0, 0, (), running=True), now=0.0)  # its sidecar is new
+    [rebuilt] = [b.message for b in leader.join(1, 2, PodView(0, 0, ()), now=0.1)]
+    assert isinstance(rebuilt, OpenGeneration) and rebuilt.generation == 1
+    persisted = frozenset({16, 21})
+    leader.pod_copies(0, NodeCopies(replicas={1: frozenset({23, 24})}, persisted=persisted))
+    heard = NodeCopies(replicas={0: frozenset({23, 24})}, persisted=persisted, committed=23)
+    leader.pod_copies(1, heard)
+    leader.pod_ready(0, 1)
+    [start] = [b.message for b in leader.pod_ready(1, 1)]
+    assert isinstance(start, StartGeneration)
+    assert (start.restore_step, start.restore_reason) == (23, "step 23 (peer: nodes 0,1)")
+
+
+def test_a_replacement_leader_still_takes_an_older_step_when_the_committed_one_is_gone() -> None:
+    job = snapshots()
+    job.pod_copies(0, NodeCopies(shm=frozenset({30, 31}), persisted=frozenset({21})))
+    job.pod_copies(1, NodeCopies(persisted=frozenset({21}), committed=23))
+    assert job.choose([0, 1]).step == 21, "the newest whole step: a loss the pods report"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 
 from supervisor.rpc.peer_wire import (
+    copies_from_wire,
+    copies_to_wire,
     failure_from_wire,
     failure_to_wire,
     message_from_wire,
@@ -27,6 +29,7 @@ from supervisor.rules.leader import (
     StartGeneration,
 )
 from supervisor.rules.restart_policy import Failure
+from supervisor.snapshots.restore import NodeCopies
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -199,3 +202,13 @@ def test_an_all_default_view_is_still_a_view() -> None:
         pb.JoinRequest(node_rank=1, has_view=True, view=pb.PodView()).SerializeToString()
     )
     assert view_from_wire(request) == PodView(0, 0, ())
+
+
+def test_a_pods_copies_carry_the_commit_it_heard_of() -> None:
+    copies = NodeCopies(
+        shm=frozenset({5, 6}), replicas={1: frozenset({4})}, persisted=frozenset({3}), committed=5
+    )
+    wire = copies_to_wire(copies)
+    assert (list(wire.shm), list(wire.persisted), wire.committed) == ([5, 6], [3], 5)
+    assert copies_from_wire(pb.PodCopies.FromString(wire.SerializeToString())) == copies
+    assert copies_from_wire(copies_to_wire(NodeCopies())).committed == -1, "none heard of"

@@ -257,3 +257,89 @@ def test_pods_that_finished_while_the_new_leader_formed_end_the_job() -> None:
     end = leader.join(1, NPROC, PodView(4, 2, (), finished=True, running=True), 0.1)
     [message] = [b.message for b in end]
     assert getattr(message, "exit_code", None) == exit_codes.SUCCEEDED
+
+
+def test_a_rank_that_finishes_while_the_others_reattach_counts_as_finished() -> None:
+    """The report sequence of a leader sidecar restarted near the job's end (fault matrix,
+    sigkill_leader_sidecar, under load): rank 0 re-attaches while its script runs, finishes
+    before rank 1 re-attached (which finished meanwhile): a finished generation, no restart."""
+    sim, pids, _ = running_sim()
+    job = new_supervisor(sim)
+    job.resume_launcher([(pids[0], 0), (pids[1], 1)], 200.0)
+    assert job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_HEALTHY), 200.0) == []
+    verdict, effects = job.outcome(pids[0], 0, pb.OutcomeKind.OUTCOME_FINISHED, None, 200.5, 40)
+    assert verdict == pb.Verdict.VERDICT_WAIT and effects == []
+    effects = job.worker_reattached(reattach(pids[1], 1, WS.WORKER_STATE_SUCCEEDED), 201.0)
+    assert "resume_broken" not in [e.kind for e in job.events] and job.restart_count == 0
+    [shutdown] = shutdowns(effects)
+    assert shutdown.exit_code == exit_codes.SUCCEEDED and set(exits(effects)) == set(pids.values())
+
+
+def test_a_rank_that_finishes_while_the_others_reattach_is_not_cut_short() -> None:
+    """The same while the other rank still trains: the generation runs on."""
+    sim, pids, _ = running_sim()
+    job = new_supervisor(sim)
+    job.resume_launcher([(pids[0], 0), (pids[1], 1)], 200.0)
+    job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_HEALTHY), 200.0)
+    job.outcome(pids[0], 0, pb.OutcomeKind.OUTCOME_FINISHED, None, 200.5, 40)
+    assert job.worker_reattached(reattach(pids[1], 1, WS.WORKER_STATE_HEALTHY), 201.0) == []
+    assert (job.started, job.restart_count, job.ranks[0].state) == (
+        True,
+        0,
+        WS.WORKER_STATE_SUCCEEDED,
+    )
+    _, effects = job.outcome(pids[1], 0, pb.OutcomeKind.OUTCOME_FINISHED, None, 202.0, 40)
+    [shutdown] = shutdowns(effects)
+    assert shutdown.exit_code == exit_codes.SUCCEEDED
+
+
+def test_a_rebuilt_leader_pod_whose_ranks_finished_meanwhile_says_so() -> None:
+    """Node 0's sidecar restarted near the end: what it gives its new leader is a finished,
+    running generation (the leader ends the job once every pod says so), never a new one."""
+    sim = coordinated(node=0)
+    sim.play(sim.job.attach_launcher())
+    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    pids = {rank: slot.pid for rank, slot in sim.job.ranks.items()}
+    job = CoordinatedJobState(
+        spec=sim.spec, policy=RestartPolicy(3, 3), allocate_port=itertools.count(43000).__next__
+    )
+    job.resume_launcher([(pid, rank) for rank, pid in pids.items()], 200.0)
+    first, second = sorted(pids)
+    job.worker_reattached(reattach(pids[first], first, WS.WORKER_STATE_HEALTHY), 200.0)
+    job.outcome(pids[first], 0, pb.OutcomeKind.OUTCOME_FINISHED, None, 200.5, 40)
+    job.worker_reattached(reattach(pids[second], second, WS.WORKER_STATE_SUCCEEDED), 201.0)
+    view = job.resumed_view()
+    assert (view.generation, view.running, view.finished) == (0, True, True)
+    assert job.restart_count == 0 and "resume_broken" not in [e.kind for e in job.events]
+
+
+def test_a_follower_whose_ranks_all_finished_is_never_cut_off() -> None:
+    """Ranks that finished step no more: that is no partition. Unwound, they would read as a
+    pod out of its generation and make the leader's replacement restart the job."""
+    sim = coordinated()
+    sim.play(sim.job.attach_launcher())
+    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.step_all(3)  # at 100 s
+    assert sim.job.leader_lost(101.0) == []
+    for slot in list(sim.job.ranks.values()):
+        sim.job.outcome(slot.pid, 0, pb.OutcomeKind.OUTCOME_FINISHED, None, 102.0, 40)
+    assert not aborts(sim.job.tick(140.0)) and sim.job.started
+    assert sim.job.leader_lost(150.0) == [] and sim.job.started
+    assert all(s.state == WS.WORKER_STATE_SUCCEEDED for s in sim.job.ranks.values())
+
+
+def test_a_pod_reports_a_committed_step_the_job_could_not_restore() -> None:
+    """Never silent: a restore older than the commit this pod heard of loses steps."""
+    sim = coordinated()
+    sim.play(sim.job.attach_launcher())
+    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=23))
+    sim.play(sim.job.open_generation(pb.OpenGenerationMsg(generation=1, restart_count=1), 201.0))
+    reason = "step 21 (durable: nodes 0,1)"
+    start = pb.StartGenerationMsg(generation=1, restore_step=21, restore_reason=reason)
+    sim.play(sim.job.start_generation(start))
+    [lost] = [e.message for e in sim.job.events if e.kind == "snapshot_lost"]
+    assert lost == (
+        "step 23 was committed, but not every pod has a copy of it any more: "
+        f"the job restores step 21 ({reason})"
+    )

@@ -826,7 +826,7 @@ class PodSnapshots(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., held: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PodCopies(_message.Message):
-    __slots__ = ("shm", "replicas", "persisted", "stored")
+    __slots__ = ("shm", "replicas", "persisted", "stored", "committed")
     class Replica(_message.Message):
         __slots__ = ("node_rank", "steps")
         NODE_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -845,11 +845,13 @@ class PodCopies(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     PERSISTED_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
     shm: _containers.RepeatedScalarFieldContainer[int]
     replicas: _containers.RepeatedCompositeFieldContainer[PodCopies.Replica]
     persisted: _containers.RepeatedScalarFieldContainer[int]
     stored: _containers.RepeatedCompositeFieldContainer[PodCopies.Stored]
-    def __init__(self, shm: _Optional[_Iterable[int]] = ..., replicas: _Optional[_Iterable[_Union[PodCopies.Replica, _Mapping]]] = ..., persisted: _Optional[_Iterable[int]] = ..., stored: _Optional[_Iterable[_Union[PodCopies.Stored, _Mapping]]] = ...) -> None: ...
+    committed: int
+    def __init__(self, shm: _Optional[_Iterable[int]] = ..., replicas: _Optional[_Iterable[_Union[PodCopies.Replica, _Mapping]]] = ..., persisted: _Optional[_Iterable[int]] = ..., stored: _Optional[_Iterable[_Union[PodCopies.Stored, _Mapping]]] = ..., committed: _Optional[int] = ...) -> None: ...
 
 class OffloadDone(_message.Message):
     __slots__ = ("step", "replica_error", "persist_error")
