@@ -268,6 +268,10 @@ class Worker:
         install_optimizer_hook(self.steps, self.groups.on_step, time_forward=self.time_forward)
         while True:
             command = self.commands.get()
+            if (command is None or command.HasField("exit")) and self.warming is not None:
+                # A spare's library load in flight holds torch's extension-cache lock file; cut
+                # off by the exit, it would stay and hold every later load of that op.
+                self.warming.set()
             if command is None:
                 print(f"train-launch: the supervisor refused this worker ({self.refused}); "
                       "exiting", file=sys.stderr)  # fmt: skip
