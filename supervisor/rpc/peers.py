@@ -27,7 +27,7 @@ from supervisor.rpc.peer_wire import (
 from supervisor.rpc.service import Supervisor
 from supervisor.rules import restart_policy
 from supervisor.rules.anomaly import AnomalyTracker
-from supervisor.rules.job import fresh_from_the_start
+from supervisor.rules.job import evidence_of, fresh_from_the_start
 from supervisor.rules.job_health import JobHealth
 from supervisor.rules.leader import Broadcast, JoinRefused, LeaderState, LeaderTimings, PodView
 from supervisor.rules.status_view import job_wide_ranks
@@ -229,7 +229,8 @@ class LeaderHub:
             self._deliver(leader.pod_finished(node, report.finished))
         elif kind == "failure":
             failure = failure_from_wire(report.failure)
-            self._deliver(leader.failure(node, failure.generation, failure))
+            seen = evidence_of(report.last_failure) if report.HasField("last_failure") else None
+            self._deliver(leader.failure(node, failure.generation, failure, seen))
         elif kind == "snapshots":
             held = report.snapshots
             self._deliver(leader.pod_snapshots(node, held.generation, held.held, now))

@@ -31,6 +31,7 @@ from supervisor.rules import failure_evidence, restart_policy
 from supervisor.rules.classify import HUNG_SIGNATURE, Classification, GpuHealth
 from supervisor.rules.failure_evidence import NO_GPU, FailureMemory, Settled, policy_failure
 from supervisor.rules.hang import HangFinding
+from supervisor.rules.leader import Evidence, give_up_report
 from supervisor.snapshots.commit import CommitTracker
 from supervisor.workers.spares import SparePool
 from supervisor.workers.worker_env import spec_env
@@ -212,15 +213,11 @@ def where_in_job(record: pb.FailureRecord) -> str:
     return f"{record.job_step} of the job ({record.step} in generation {record.generation})"
 
 
-def give_up_report(reason: str, record: pb.FailureRecord, heading: str = "job given up") -> str:
-    """The report a job (or a pod) ends with: why, where, the class's evidence, the traceback."""
+def evidence_of(record: pb.FailureRecord) -> Evidence:
+    """What a give-up report (supervisor/rules/leader.py:give_up_report) shows of `record`."""
     detail = record.detail
-    return (
-        f"{heading}: {reason}\n  rank: {record.rank}\n  step: {where_in_job(record)}\n"
-        f"  error: {detail.exception_type or detail.signature}: {detail.message}\n"
-        f"  class: {record.failure_class} ({record.reason})\n"
-        f"{detail.traceback}"
-    )
+    error = f"{detail.exception_type or detail.signature}: {detail.message}"
+    return Evidence(error, where_in_job(record), detail.traceback)
 
 
 JS = pb.JobState
@@ -634,7 +631,7 @@ class JobState:
         if decision.action is restart_policy.Action.REPLACE_POD:
             return self._replace_pod(decision.reason, record)
         if decision.action is not restart_policy.Action.RESTART:
-            report = give_up_report(decision.reason, record)
+            report = self._give_up_report(decision.reason, record)
             return self._fail(exit_codes.GAVE_UP, "gave_up", report)
         return self._restart(now)
 
@@ -756,8 +753,17 @@ class JobState:
         )
         return self._end(exit_codes.SUCCEEDED, "all ranks finished")
 
+    def _give_up_report(
+        self, reason: str, record: pb.FailureRecord, heading: str = "job given up"
+    ) -> str:
+        """The one report builder (the leader's), with `record` (the newest failure's) evidence."""
+        used = (self.restart_count, self.policy.max_restarts)
+        failure = self.history[-1]
+        evidence = evidence_of(record)
+        return give_up_report(reason, self.spec.node_rank, failure, *used, evidence, heading)
+
     def _replace_pod(self, reason: str, record: pb.FailureRecord) -> list[Effect]:
-        report = give_up_report(reason, record, heading="this pod must be replaced")
+        report = self._give_up_report(reason, record, heading="this pod must be replaced")
         return self._fail(exit_codes.REPLACE_POD, "replace_pod", report)
 
     def _fail(self, exit_code: int, kind: str, report: str) -> list[Effect]:

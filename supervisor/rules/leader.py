@@ -90,21 +90,41 @@ def policy_history(history: Iterable[Failure]) -> list[Failure]:
     return [dataclasses.replace(f, signature="") if f.signature == POD_LOST else f for f in history]
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What the failed rank's pod saw beyond what the policy needs: for the report a job ends
+    with (supervisor/rules/job.py:evidence_of). Without it the report names the signature."""
+
+    error: str  # "ValueError: bad batch", or the signal or exit code
+    step: str  # where in the job: "12 of the job (4 in generation 2)"
+    traceback: str = ""
+
+
 def give_up_report(
-    reason: str, node: int, failure: Failure, restarts_used: int, max_restarts: int
+    reason: str,
+    node: int,
+    failure: Failure,
+    restarts_used: int,
+    max_restarts: int,
+    evidence: Optional[Evidence] = None,
+    heading: str = "job given up",
 ) -> str:
-    """The report of a job the leader gives up: why, where, the failure's class and evidence."""
+    """The report a job (or a pod) ends with: why, where, the failure's class and evidence."""
     lost = failure.signature == POD_LOST
     classified = failure.failure_class
     found = f"  class: {classified} ({failure.reason})\n" if classified else ""
+    step = evidence.step if evidence else "unknown" if lost else str(failure.step)
+    error = evidence.error if evidence else failure.signature or "unknown"
+    traceback = evidence.traceback if evidence else ""
     return (
-        f"job given up: {reason}\n"
+        f"{heading}: {reason}\n"
         f"  rank: {failure.rank}\n"
         f"  node: {node}\n"
-        f"  step: {'unknown' if lost else failure.step}\n"
-        f"  error: {failure.signature or 'unknown'}\n"
+        f"  step: {step}\n"
+        f"  error: {error}\n"
         f"{found}"
         f"  generation: {failure.generation}; restarts used: {restarts_used} of {max_restarts}"
+        + (f"\n{traceback}" if traceback else "")
     )
 
 
@@ -519,8 +539,11 @@ class LeaderState:
             exit_codes.SUCCEEDED, f"all {self.nnodes} pods finished generation {generation}"
         )
 
-    def failure(self, node: int, generation: int, failure: Failure) -> list[Broadcast]:
-        """A pod's supervisor settled a rank failure in `generation`."""
+    def failure(
+        self, node: int, generation: int, failure: Failure, evidence: Optional[Evidence] = None
+    ) -> list[Broadcast]:
+        """A pod's supervisor settled a rank failure in `generation` (`evidence`: what it saw,
+        for the report should the job end)."""
         if self.phase in (Phase.FORMING, Phase.ENDED) or node not in self.members:
             # FORMING: the generation is not known yet, and the rebuild spends a restart anyway.
             return []
@@ -540,7 +563,7 @@ class LeaderState:
                 f"{failure.signature or 'unknown error'}"
             )
             self.history.append(failure)
-            return self._decide(node, failure, why)
+            return self._decide(node, failure, why, evidence)
         if generation == self.generation - 1:
             self._note(failure)  # its generation already restarted: context only
         return []
@@ -628,13 +651,15 @@ class LeaderState:
             self._note(dataclasses.replace(lost, generation=self.generation - 1))
         return []  # FORMING, or generation 0 not started yet: nothing was interrupted
 
-    def _decide(self, node: int, failure: Failure, why: str) -> list[Broadcast]:
+    def _decide(
+        self, node: int, failure: Failure, why: str, evidence: Optional[Evidence] = None
+    ) -> list[Broadcast]:
         """`failure` (just appended) is the first of the current generation: restart or end."""
         decision = restart_policy.decide(
             self.policy, policy_history(self.history), self.restart_count
         )
         if decision.action is not restart_policy.Action.RESTART:
-            return self._give_up(node, failure, decision.reason)
+            return self._give_up(node, failure, decision.reason, evidence)
         self.restart_count += 1
         self.generation += 1
         return [Broadcast(None, self._open(f"{why}; {decision.reason}"))]
@@ -668,9 +693,12 @@ class LeaderState:
             self.fresh_processes,
         )
 
-    def _give_up(self, node: int, failure: Failure, reason: str) -> list[Broadcast]:
+    def _give_up(
+        self, node: int, failure: Failure, reason: str, evidence: Optional[Evidence]
+    ) -> list[Broadcast]:
         used = (self.restart_count, self.policy.max_restarts)
-        return self._end(exit_codes.GAVE_UP, give_up_report(reason, node, failure, *used))
+        report = give_up_report(reason, node, failure, *used, evidence)
+        return self._end(exit_codes.GAVE_UP, report)
 
     def _end(self, exit_code: int, report: str) -> list[Broadcast]:
         self.phase = Phase.ENDED
