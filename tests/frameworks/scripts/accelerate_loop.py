@@ -1,7 +1,8 @@
 """A bare Accelerate loop, as accelerate's docs teach.
 
 Accelerator(cpu=True), prepare, save_state every few steps, load_state and
-skip_first_batches on start.
+skip_first_batches on start. A checkpoint counts once every rank wrote its part (a marker
+after a barrier): a rank killed while saving leaves a partial directory, under torchrun too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ parser.add_argument("--out", required=True)
 parser.add_argument("--steps", type=int, default=200)
 parser.add_argument("--ckpt-every", type=int, default=10)
 args = parser.parse_args()
+COMPLETE = "complete"  # written in a checkpoint directory once every rank saved into it
 RANK = int(os.environ.get("RANK", "0"))
 log = open_log(args.out, RANK)
 result: dict[str, Any] = {}
@@ -40,7 +42,8 @@ def main() -> None:
     loader = DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True).sin()), batch_size=16)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     ckpt_dir = Path(args.out) / "ckpt"
-    saved = sorted(ckpt_dir.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    whole = [p for p in ckpt_dir.glob("step_*") if (p / COMPLETE).exists()]
+    saved = sorted(whole, key=lambda p: int(p.name.split("_")[1]))
     start = 0
     if saved:
         accelerator.load_state(str(saved[-1]))
@@ -55,7 +58,11 @@ def main() -> None:
         optimizer.zero_grad()
         step_loss(log, result, step, loss.item())
         if step % args.ckpt_every == 0:
-            accelerator.save_state(str(ckpt_dir / f"step_{step}"))
+            target = ckpt_dir / f"step_{step}"
+            accelerator.save_state(str(target))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                (target / COMPLETE).touch()
     accelerator.wait_for_everyone()
     log.info("finished step %s loss %s", result.get("step"), result.get("loss"))
     accelerator.end_training()
