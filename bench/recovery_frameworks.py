@@ -11,13 +11,21 @@ whether the final losses are bitwise equal. torchrun runs with
 TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and train-launch's malloc settings (as in
 bench/recovery.py).
 
+Step 35 of 200 comes a fraction of a second after a job's first step: the warm
+spare may still be importing what the ranks loaded (DeepSpeed: seconds, and its
+JIT ops). `--late` kills at step 2000 of 3000 instead, once the spare is warm,
+as a fault hours into a job finds it.
+
     python bench/recovery_frameworks.py   # writes bench/results/recovery_frameworks.{json,md}
+    python bench/recovery_frameworks.py --late --frameworks deepspeed,ddp_compile --repeat 3
+                                          # ... recovery_frameworks_late.{json,md}
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -26,13 +34,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "frameworks"))
-from matrix import FRAMEWORKS, SCENARIOS, STEPS, JobRun, run_job
+from matrix import FRAMEWORKS, STEPS, Fault, JobRun, run_job
 from recovery import TORCHRUN_NOTE
 from results_doc import publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 0.15
 FALLBACK = "survivors get fresh processes"
+KILLED_RANK, KILL_STEP = 1, 35
+LATE_STEPS, LATE_KILL_STEP = 3000, 2000
 
 
 def row(framework: str, ours: list[JobRun], theirs: list[JobRun]) -> dict[str, Any]:
@@ -73,7 +83,8 @@ def survivor(r: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
-        f"Recovery per framework: rank 1 SIGKILLed at step 35 of {STEPS} (2 ranks, CPU + gloo, "
+        f"Recovery per framework: rank {KILLED_RANK} SIGKILLed at step {report['kill_step']} of "
+        f"{report['steps']} (2 ranks, CPU + gloo, "
         f"{report['machine']}, median of {cfg['repeat']}), kill → every rank logged a step "
         f"again, measured {report['date']}. Goal: ≤ {GOAL}× torchrun, 0 restarts beyond the "
         "fault.",
@@ -100,7 +111,7 @@ def markdown(report: dict[str, Any]) -> str:
             if "failed" not in r
         ),
         "",
-        f"{TORCHRUN_NOTE} Reproduce: `python bench/recovery_frameworks.py`.",
+        f"{TORCHRUN_NOTE} Reproduce: `python bench/recovery_frameworks.py{report['argv']}`.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -110,12 +121,24 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs of each; the median is reported")
     p.add_argument("--timeout", type=float, default=240, help="seconds a job may wait on a step")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated")
-    p.add_argument("--out", default=str(RESULTS / "recovery_frameworks"), help="path stem")
+    p.add_argument(
+        "--late",
+        action="store_true",
+        help=f"kill at step {LATE_KILL_STEP} of {LATE_STEPS} (the warm spare is warm by then)",
+    )
+    p.add_argument("--out", help="path stem (default: bench/results/recovery_frameworks[_late])")
     args = p.parse_args()
+    name = "recovery_frameworks_late" if args.late else "recovery_frameworks"
+    default = RESULTS / name
+    steps, kill_step = (LATE_STEPS, LATE_KILL_STEP) if args.late else (STEPS, KILL_STEP)
+    fault = Fault(signal.SIGKILL, KILLED_RANK, kill_step)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} CPU cores",
         "config": vars(args),
+        "steps": steps,
+        "kill_step": kill_step,
+        "argv": "".join(f" {a}" for a in sys.argv[1:] if not a.startswith("--out")),
         "rows": [],
     }
     for framework in args.frameworks.split(","):
@@ -125,16 +148,16 @@ def main() -> None:
                 for launcher, found in runs.items():
                     with tempfile.TemporaryDirectory() as work:
                         run = run_job(
-                            launcher, framework, SCENARIOS["kill"], Path(work), timeout=args.timeout
-                        )
+                            launcher, framework, (fault,), Path(work), timeout=args.timeout,
+                            steps=steps,
+                        )  # fmt: skip
                         found.append(run)
             report["rows"].append(row(framework, runs["train-launch"], runs["torchrun"]))
         except AssertionError as failed:  # a job that did not recover: the row says how
             first_line = str(failed).splitlines()[0]
             report["rows"].append({"framework": framework, "failed": f"{launcher}: {first_line}"})
         print(f"{framework}: {report['rows'][-1].get('ratio', 'failed')}", flush=True)
-    default = RESULTS / "recovery_frameworks"
-    publish("recovery_frameworks", Path(args.out), default, report, markdown(report))
+    publish(name, Path(args.out or default), default, report, markdown(report))
 
 
 if __name__ == "__main__":

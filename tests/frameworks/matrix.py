@@ -159,18 +159,21 @@ class JobRun:
         }
 
 
-def script_args(out: Path) -> list[str]:
-    return ["--out", str(out), "--steps", str(STEPS), "--ckpt-every", str(CKPT_EVERY)]
+def script_args(out: Path, steps: int = STEPS) -> list[str]:
+    return ["--out", str(out), "--steps", str(steps), "--ckpt-every", str(CKPT_EVERY)]
 
 
-def start(launcher: str, framework: str, out: Path, max_restarts: int, hang: bool) -> RunningJob:
+def start(
+    launcher: str, framework: str, out: Path, max_restarts: int, hang: bool, steps: int = STEPS
+) -> RunningJob:
     script = SCRIPTS / FRAMEWORKS[framework]
     extra = FRAMEWORK_ENV.get(framework, {})
     flags = ["--standalone", "--nproc-per-node", str(NPROC), "--max-restarts", str(max_restarts)]
     if launcher == "train-launch":
         env = job_env(**extra, **(HANG_ENV if hang else {}))
-        return train_launch(flags, script_args(out), env, script=script)
-    argv = [sys.executable, "-m", "torch.distributed.run", *flags, str(script), *script_args(out)]
+        return train_launch(flags, script_args(out, steps), env, script=script)
+    args = script_args(out, steps)
+    argv = [sys.executable, "-m", "torch.distributed.run", *flags, str(script), *args]
     return RunningJob(argv, job_env(**TORCHRUN_ENV, **extra))
 
 
@@ -224,10 +227,11 @@ def run_job(
     out: Path,
     max_restarts: int = 3,
     timeout: float = 600,
+    steps: int = STEPS,
 ) -> JobRun:
     started = time.monotonic()
     hang = any(f.signal == signal.SIGSTOP for f in faults)
-    job = start(launcher, framework, out, max_restarts, hang)
+    job = start(launcher, framework, out, max_restarts, hang, steps)
     outcomes: list[FaultOutcome] = []
     after = 0.0
     try:
