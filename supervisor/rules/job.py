@@ -31,7 +31,15 @@ from supervisor.rules import failure_evidence, restart_policy
 from supervisor.rules.classify import HUNG_SIGNATURE, Classification, GpuHealth
 from supervisor.rules.failure_evidence import NO_GPU, FailureMemory, Settled, policy_failure
 from supervisor.rules.hang import HangFinding
-from supervisor.rules.leader import Evidence, give_up_report
+from supervisor.rules.leader import (
+    Broadcast,
+    EndJob,
+    Evidence,
+    LeaderState,
+    OpenGeneration,
+    StartGeneration,
+    give_up_report,
+)
 from supervisor.snapshots.commit import CommitTracker
 from supervisor.workers.spares import SparePool
 from supervisor.workers.worker_env import spec_env
@@ -266,6 +274,10 @@ class JobState:
     steps_before: int = 0
     # Not empty: survivors get fresh processes instead of re-entering, and why.
     fresh_processes: str = ""
+    # The job's leader when it runs in this process (a job of one pod): it decides whether a
+    # failure restarts the job or ends it, and when a generation starts. None: the leader is
+    # another pod's supervisor (pod_job.py), reached through ToLeader effects.
+    leader: Optional[LeaderState] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         base = self.spec.node_rank * self.spec.nproc_per_node
@@ -279,6 +291,28 @@ class JobState:
         self.fresh_processes = fresh_from_the_start(self.spec)
         if self.fresh_processes:
             self.record("fresh_processes", f"survivors get fresh processes: {self.fresh_processes}")
+        self.leader = self._in_process_leader()
+
+    def _in_process_leader(self) -> Optional[LeaderState]:
+        """A leader of one pod, this one, joined: it opens generation 0, which this pod is in.
+        Its ports are the ones this pod reserves as each generation opens (rank 0 is here)."""
+        leader = LeaderState(
+            nnodes=1,
+            nproc=self.spec.nproc_per_node,
+            policy=self.policy,
+            allocate_port=lambda: self.master_port,
+            master_addr=self.master_addr,
+            fresh_processes=self.fresh_processes,
+            falls_back=self.spec.reentry != pb.ReentryMode.REENTRY_ALWAYS,
+        )
+        leader.history = self.history  # one history: the leader's, shown as this pod's
+        leader.join(0, self.spec.nproc_per_node, None, 0.0)
+        return leader
+
+    @property
+    def _decider(self) -> LeaderState:
+        assert self.leader is not None, "a pod with a remote leader reports (pod_job.py)"
+        return self.leader
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -604,47 +638,63 @@ class JobState:
         return True
 
     def _fall_back(self, why: str) -> list[Effect]:
-        """A survivor of this pod could not re-enter (`why`)."""
+        """A survivor of this pod could not re-enter (`why`): the leader's next Opens say so."""
         self._switch_to_fresh(f"re-entry failed: {why}")
+        self._decider.reentry_failed(0, why)
         return []
 
     def _reentry_fallback(self, record: pb.FailureRecord, now: float) -> list[Effect]:
-        """A survivor's re-entry raised: a fresh process for its rank and for every survivor,
-        in a generation that spends no restart (the rank failed, not the script)."""
-        effects = self._fall_back(reentry_error(record))
-        self.master_port = self.allocate_port()
-        return (
-            effects
-            + self._open_generation(self.generation + 1, now, "a re-entry failed")
-            + self._fill_vacancies()
-            + self._maybe_start()
-        )
+        """A survivor's re-entry raised: the leader opens a generation that spends no restart
+        (the rank failed, not the script), with a fresh process for its rank and every
+        survivor."""
+        why = reentry_error(record)
+        effects = self._fall_back(why)
+        told = self._decider.failure(0, record.generation, reentry_failure(record, why))
+        return effects + self._follow(told, now, "a re-entry failed")
 
     def _on_failure(
         self, record: pb.FailureRecord, found: Classification, now: float
     ) -> list[Effect]:
-        """Decide with the failure's class (`found`); one event says what and why."""
-        self.history.append(policy_failure(record, found))
-        decision = restart_policy.decide(self.policy, self.history, self.restart_count)
-        record.action = decision.action.value
-        self.record("failure", describe_failure(record, f"{record.action}: {decision.reason}"))
-        if decision.action is restart_policy.Action.REPLACE_POD:
-            return self._replace_pod(decision.reason, record)
-        if decision.action is not restart_policy.Action.RESTART:
-            report = self._give_up_report(decision.reason, record)
-            return self._fail(exit_codes.GAVE_UP, "gave_up", report)
-        return self._restart(now)
+        """The leader decides with the failure's class (`found`); one event says what and
+        why."""
+        failure = policy_failure(record, found)
+        leader = self._decider
+        told = leader.failure(0, record.generation, failure, evidence_of(record))
+        decision = leader.decision
+        if decision is not None and told:
+            record.action = decision.action.value
+            self.record("failure", describe_failure(record, f"{record.action}: {decision.reason}"))
+        return self._follow(told, now)
 
-    def _restart(self, now: float) -> list[Effect]:
-        """Spend a restart: the next generation opens, the ranks without a process get one,
-        and it starts once every rank is in place."""
-        self.restart_count += 1
-        self.master_port = self.allocate_port()
-        return (
-            self._open_generation(self.generation + 1, now)
-            + self._fill_vacancies()
-            + self._maybe_start()
-        )
+    def _follow(
+        self, told: list[Broadcast], now: float, why: str = "a rank failed"
+    ) -> list[Effect]:
+        """Carry out what the in-process leader decided: open the next generation (`why` the
+        ranks unwind) or end the job; a start comes once every rank is in place
+        (_maybe_start)."""
+        effects: list[Effect] = []
+        for message in (b.message for b in told):
+            if isinstance(message, OpenGeneration):
+                self.restart_count = message.restart_count
+                self.master_port = self.allocate_port()  # the next Start's (the leader's port)
+                effects += self._open_generation(message.generation, now, why)
+                effects += self._fill_vacancies() + self._maybe_start()
+            elif isinstance(message, StartGeneration):
+                self.restart_count = message.restart_count
+                self.master_addr, self.master_port = message.master_addr, message.master_port
+                effects += self._start_now()
+            elif isinstance(message, EndJob):
+                effects += self._ended(message)
+        return effects
+
+    def _ended(self, end: EndJob) -> list[Effect]:
+        if end.exit_code == exit_codes.SUCCEEDED:
+            self.state = pb.JobState.JOB_STATE_SUCCEEDED
+            finished = f"all {len(self.ranks)} ranks finished generation {self.generation}"
+            self.record("succeeded", finished)
+            return self._end(exit_codes.SUCCEEDED, end.report)
+        kind = "replace_pod" if end.exit_code == exit_codes.REPLACE_POD else "gave_up"
+        return self._fail(end.exit_code, kind, end.report)
 
     def _open_generation(
         self, generation: int, now: float, reason: str = "a rank failed"
@@ -715,7 +765,10 @@ class JobState:
         return not any(s.pid or s.spawning for s in slots)
 
     def _maybe_start(self) -> list[Effect]:
-        return self._start_now() if self._ready() else []
+        """Every rank is in place: the leader starts the generation."""
+        if not self._ready():
+            return []
+        return self._follow(self._decider.pod_ready(0, self.generation), 0.0)
 
     def _start_now(self) -> list[Effect]:
         slots = self.ranks.values()
@@ -747,11 +800,7 @@ class JobState:
     def _maybe_finish(self) -> list[Effect]:
         if not self._all_finished():
             return []
-        self.state = pb.JobState.JOB_STATE_SUCCEEDED
-        self.record(
-            "succeeded", f"all {len(self.ranks)} ranks finished generation {self.generation}"
-        )
-        return self._end(exit_codes.SUCCEEDED, "all ranks finished")
+        return self._follow(self._decider.pod_finished(0, self.generation), 0.0)
 
     def _give_up_report(
         self, reason: str, record: pb.FailureRecord, heading: str = "job given up"
@@ -838,21 +887,35 @@ class JobState:
         if running and len(running) == len(slots):
             self.generation, self.started = newest, True
             self.state = pb.JobState.JOB_STATE_RUNNING
+            self._adopt(running=True)
             self.record("resumed", f"generation {newest} runs on: {len(running)} ranks re-attached")
             effects += self._maybe_finish()
         elif running:  # some ranks left the generation meanwhile: it cannot go on
             self.generation, self.started = newest, True
+            self._adopt(running=True)
             where = ", ".join(f"rank {s.rank}: {WS.Name(s.state)} in {s.generation}" for s in slots)
             self.record("resume_broken", f"generation {newest} cannot go on ({where})")
-            effects += self._restart(now)  # as a failure would: a restart
+            effects += self._resume_broken(now)  # as a failure would: a restart
         else:  # between generations: the next one starts once every rank is in place
             self.generation = max(self.generation, newest + 1)
+            self._adopt(running=False)
             self.record("resumed", f"ranks wait for generation {self.generation}")
             effects += self._fill_vacancies() + self._maybe_start()
         exits, self.exits_while_resuming = self.exits_while_resuming, []
         for pid, exit_code, signum, tail, oom_kills in exits:
             effects += self.process_exited(pid, exit_code, signum, tail, now, oom_kills)
         return effects
+
+    def _adopt(self, running: bool) -> None:
+        """The in-process leader goes on where the rebuilt pod stands."""
+        self._decider.adopt(self.generation, self.restart_count, running)
+
+    def _resume_broken(self, now: float) -> list[Effect]:
+        """Ranks left the running generation while the supervisor restarted: the leader
+        decides, as on a failure of the pod's first rank whose error is not known."""
+        first = min(self.ranks)
+        broke = restart_policy.Failure(self.generation, first, "", self.job_step(), time_s=0.0)
+        return self._follow(self._decider.failure(0, self.generation, broke), now)
 
     def launcher_lost(self, now: float) -> list[Effect]:
         """The launcher's stream ended without a shutdown: it died (its container restarts),
@@ -888,6 +951,19 @@ class JobState:
 
 def _for_processes(effect: ToLauncher) -> bool:
     return effect.command.WhichOneof("command") in ("spawn", "kill", "assigned")
+
+
+def reentry_failure(record: pb.FailureRecord, why: str) -> restart_policy.Failure:
+    """A survivor's failed re-entry as the leader sees it: no restart spent, no crash loop."""
+    return restart_policy.Failure(
+        record.generation,
+        record.rank,
+        record.detail.signature,
+        record.job_step,
+        reason=why,
+        time_s=record.time_unix,
+        reentry_failed=True,
+    )
 
 
 def reentry_error(record: pb.FailureRecord) -> str:

@@ -17,7 +17,14 @@ from supervisor.rpc.peer_wire import failure_to_wire
 from supervisor.rules import restart_policy
 from supervisor.rules.classify import Classification
 from supervisor.rules.failure_evidence import peer_echo, policy_failure
-from supervisor.rules.job import Effect, JobState, ToLeader, describe_failure, reentry_error
+from supervisor.rules.job import (
+    Effect,
+    JobState,
+    ToLeader,
+    describe_failure,
+    reentry_error,
+    reentry_failure,
+)
 from supervisor.rules.leader import PodView
 from supervisor.snapshots.commit import CommitTracker
 from train_supervisor import exit_codes
@@ -41,6 +48,22 @@ class CoordinatedJobState(JobState):
         super().__post_init__()
         first = self.spec.node_rank * self.spec.nproc_per_node
         self.snapshots = CommitTracker(self.spec.nproc_per_node, first, decides=False)
+
+    def _in_process_leader(self) -> None:
+        return None  # the leader is node 0's supervisor, reached through ToLeader effects
+
+    def _adopt(self, running: bool) -> None:
+        """The leader learns where this pod stands from its view (resumed_view)."""
+
+    def _resume_broken(self, now: float) -> list[Effect]:
+        """The pod opens the next generation; the leader's Open follows from the views."""
+        self.restart_count += 1
+        self.master_port = self.allocate_port()
+        return (
+            self._open_generation(self.generation + 1, now)
+            + self._fill_vacancies()
+            + self._maybe_start()
+        )
 
     # ------------------------------------------------------------ snapshots
     def snapshot_saved(
@@ -85,16 +108,7 @@ class CoordinatedJobState(JobState):
         process comes now, every other survivor's with the Open."""
         why = reentry_error(record)
         effects = self._fall_back(why)
-        failure = restart_policy.Failure(
-            record.generation,
-            record.rank,
-            record.detail.signature,
-            record.job_step,
-            reason=why,
-            time_s=record.time_unix,
-            reentry_failed=True,
-        )
-        report = pb.PodReport(failure=failure_to_wire(failure))
+        report = pb.PodReport(failure=failure_to_wire(reentry_failure(record, why)))
         return [*effects, ToLeader(report), *self._fill_vacancies()]
 
     def _on_failure(
