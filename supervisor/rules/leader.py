@@ -715,7 +715,7 @@ class LeaderState:
         used = (self.restart_count, self.policy.max_restarts)
         if self.decision is not None and self.decision.action is restart_policy.Action.REPLACE_POD:
             # Hardware at fault: the pod goes, and a new one carries on. With several pods a
-            # pod sees this itself and leaves alone (pod_job.py): a lost pod to the leader.
+            # pod sees this itself and leaves alone (job.py): a lost pod to the leader.
             heading = "this pod must be replaced"
             report = give_up_report(reason, node, failure, *used, evidence, heading)
             return self._end(exit_codes.REPLACE_POD, report)
