@@ -302,8 +302,11 @@ def test_a_rebuilt_leader_pod_whose_ranks_finished_meanwhile_says_so() -> None:
     sim.play(sim.job.attach_launcher())
     sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
     pids = {rank: slot.pid for rank, slot in sim.job.ranks.items()}
-    job = CoordinatedJobState(
-        spec=sim.spec, policy=RestartPolicy(3, 3), allocate_port=itertools.count(43000).__next__
+    job = JobState(
+        leader_remote=True,
+        spec=sim.spec,
+        policy=RestartPolicy(3, 3),
+        allocate_port=itertools.count(43000).__next__,
     )
     job.resume_launcher([(pid, rank) for rank, pid in pids.items()], 200.0)
     first, second = sorted(pids)
