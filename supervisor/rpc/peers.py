@@ -1,7 +1,7 @@
 """Node 0 of a multi-pod job over gRPC: the leader's hub (followers: supervisor/rpc/follower.py).
 
 Thin I/O around supervisor/rules/leader.py (the rules), supervisor/rules/job_health.py
-(the pods compared) and supervisor/rules/pod_job.py (one pod carrying them out).
+(the pods compared) and supervisor/rules/job.py (one pod carrying them out).
 Changes are pushed on each follower's Join stream; followers report
 ready/finished/failures with unary Report calls and heartbeat (with their
 ranks and metrics sample) on one stream.

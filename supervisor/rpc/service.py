@@ -33,7 +33,6 @@ from supervisor.rules import restart_policy
 from supervisor.rules.failure_evidence import FailureMemory
 from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToLeader, ToWorker
 from supervisor.rules.leader import PodView
-from supervisor.rules.pod_job import CoordinatedJobState
 from supervisor.rules.status_view import job_status
 from supervisor.settings.detection import DetectConfig
 from supervisor.settings.snapshots import OffloadConfig
@@ -65,7 +64,7 @@ class SupervisorSettings:
     crash_loop_threshold: int = 3
     unwind_timeout_s: float = 10.0
     # Multi-pod: the leader loses a pod silent this long; a follower whose ranks stopped
-    # stepping this long with the leader away counts itself cut off (pod_job.py).
+    # stepping this long with the leader away counts itself cut off (rules/job.py).
     heartbeat_timeout_s: float = 10.0
     # How long a rank's exception waits for news of a peer's death before it
     # is judged to be the failure itself.
@@ -180,7 +179,7 @@ class Supervisor:
     def on_leader_message(self, message: pb.LeaderMessage) -> None:
         """Apply what the leader decided to this pod's ranks."""
         job = self.job
-        if not isinstance(job, CoordinatedJobState):
+        if job is None:
             return
         kind = message.WhichOneof("message")
         if kind == "open":  # first: what the ranks copied of the generation it stops
@@ -208,7 +207,7 @@ class Supervisor:
         moved = (tracker.committed, tracker.newest) != (committed, newest)
         if effects or moved:  # a commit is no event: it is every step
             self.apply(effects)  # reports to the leader; wakes the ranks waiting for a commit
-            if self.offload is not None and not isinstance(job, CoordinatedJobState):
+            if self.offload is not None and not job.leader_remote:  # else the leader's round
                 self.offload.committed(tracker.committed)
 
     def harvest_arenas(self, pid: Optional[int] = None) -> None:
@@ -249,11 +248,11 @@ class Supervisor:
         return None
 
     def leader_lost(self) -> None:
-        if isinstance(self.job, CoordinatedJobState):
+        if self.job is not None:
             self.apply(self.job.leader_lost(time.monotonic()))
 
     def rejoined(self) -> None:
-        if isinstance(self.job, CoordinatedJobState):
+        if self.job is not None:
             self.apply(self.job.rejoined())
 
     async def _notify(self) -> None:
@@ -319,25 +318,18 @@ class Supervisor:
         )
         timings = Timings(unwind_timeout_s=self.settings.unwind_timeout_s)
         memory = FailureMemory(pod_fault_rule=self.settings.detect.pod_faults)
-        if self.coordination is None:
-            self.job = JobState(
-                spec=request.spec,
-                policy=policy,
-                allocate_port=free_port,
-                timings=timings,
-                failure_memory=memory,
-            )
-        else:
-            self.job = CoordinatedJobState(
-                spec=request.spec,
-                policy=policy,
-                allocate_port=free_port,
-                timings=timings,
-                failure_memory=memory,
-                stall_timeout_s=self.settings.heartbeat_timeout_s,
-            )
-            if not request.reattach:  # else once the job is rebuilt (_resumed)
-                self.coordination.launcher_attached(request.spec)
+        # One pod: the leader runs inside the job's state; several: node 0's (coordination).
+        self.job = JobState(
+            spec=request.spec,
+            policy=policy,
+            allocate_port=free_port,
+            timings=timings,
+            failure_memory=memory,
+            leader_remote=self.coordination is not None,
+            stall_timeout_s=self.settings.heartbeat_timeout_s,
+        )
+        if self.coordination is not None and not request.reattach:  # else once rebuilt
+            self.coordination.launcher_attached(request.spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
         self.note_launcher(request)
         if request.spec.snapshot_dir:
@@ -371,7 +363,7 @@ class Supervisor:
         job = self.job
         assert job is not None
         self.resume_pending = False
-        if self.coordination is not None and isinstance(job, CoordinatedJobState):
+        if self.coordination is not None:
             job.pod_away = True
             self.coordination.launcher_attached(job.spec, job.resumed_view())
 

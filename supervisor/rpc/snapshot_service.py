@@ -15,7 +15,6 @@ import grpc
 from supervisor.rpc import call_checks
 from supervisor.rpc.service import Supervisor
 from supervisor.rules.job import JobState
-from supervisor.rules.pod_job import CoordinatedJobState
 from supervisor.snapshots.offload import Materialized
 from supervisor.snapshots.offload_runner import OffloadDriver
 from train_supervisor.steps import NO_STEP
@@ -90,7 +89,7 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
         """Every local rank's copy of one step in place (shm -> peer -> durable), or none.
 
         One pod chooses the step itself; in a job of several the leader chose it."""
-        if isinstance(job, CoordinatedJobState):
+        if job.leader_remote:
             return await offload.restore_leaders_step(job.snapshots.committed, job.generation)
         done = await offload.restore_here()
         job.snapshots.adopt(done.step)

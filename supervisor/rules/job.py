@@ -4,6 +4,19 @@ Every input is an event (a process attached, exited, reported); every output is
 a list of effects (commands for a worker or for the launcher). No I/O, no
 clock: callers pass `now` (monotonic seconds) so the rules are testable alone.
 
+One decision-maker. The pod keeps the local rules (processes, spares, unwinding,
+heartbeats, classification); what is job-wide is the leader's
+(supervisor/rules/leader.py): whether a failure restarts the job or ends it, when
+a generation starts, on which MASTER_ADDR/MASTER_PORT, and when the job is over.
+The pod reports failures, "ready" and "finished", and applies the leader's
+Open/Start/End. For a job of one pod the leader is a LeaderState of one member
+held here (`leader`), which answers at once; for several it is node 0's
+supervisor (`leader_remote`): reports leave as ToLeader effects and its messages
+come back through open_generation, start_generation and end_job, each applied
+once (the leader may repeat them after a re-join). With the leader remote, the
+pod also carries on while it is away (leader_lost, _cut_off) and offers it the
+snapshot steps its ranks hold (the leader commits).
+
 Re-entry and its fallback (spec.reentry, train-launch --reentry). Survivors of an
 aborted generation re-enter the script in place. When one cannot — its script
 raises before its first step of the new generation (an OUTCOME_RAISED at step 0
@@ -27,11 +40,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from supervisor.rpc.peer_wire import failure_to_wire
 from supervisor.rules import failure_evidence, restart_policy
 from supervisor.rules.classify import HUNG_SIGNATURE, Classification, GpuHealth
-from supervisor.rules.failure_evidence import NO_GPU, FailureMemory, Settled, policy_failure
+from supervisor.rules.failure_evidence import (
+    NO_GPU,
+    FailureMemory,
+    Settled,
+    peer_echo,
+    policy_failure,
+)
 from supervisor.rules.hang import HangFinding
-from supervisor.rules.leader import Evidence, give_up_report
+from supervisor.rules.leader import (
+    Broadcast,
+    EndJob,
+    Evidence,
+    LeaderState,
+    OpenGeneration,
+    PodView,
+    StartGeneration,
+    give_up_report,
+)
 from supervisor.snapshots.commit import CommitTracker
 from supervisor.workers.spares import SparePool
 from supervisor.workers.worker_env import spec_env
@@ -266,6 +295,24 @@ class JobState:
     steps_before: int = 0
     # Not empty: survivors get fresh processes instead of re-entering, and why.
     fresh_processes: str = ""
+    # True: the job spans pods and its leader is node 0's supervisor, reached through ToLeader
+    # reports; its messages come back through open_generation, start_generation, end_job,
+    # commit_snapshot and asked_to_leave. False: the leader runs in this state (`leader`).
+    leader_remote: bool = False
+    # The job's leader when it runs here (a job of one pod): it decides whether a failure
+    # restarts the job or ends it, when a generation starts and when the job is over.
+    leader: Optional[LeaderState] = field(default=None, init=False, repr=False)
+    # --- with the leader remote:
+    ready_reported: int = -1  # generation last reported ready
+    finished_reported: int = -1
+    snapshots_reported: frozenset[int] = frozenset()  # steps every local rank holds, as told
+    leader_away: bool = False  # the leader's stream broke; not re-joined yet
+    pod_away: bool = False  # the leader says a pod is away: commits wait for it
+    collective_reported: int = -1  # generation whose broken collective was told to the leader
+    # With the leader away, this long without a step of any local rank: cut off (set to the
+    # leader's heartbeat timeout, after which it counts this pod lost).
+    stall_timeout_s: float = 10.0
+    leader_away_since: Optional[float] = None
 
     def __post_init__(self) -> None:
         base = self.spec.node_rank * self.spec.nproc_per_node
@@ -279,6 +326,27 @@ class JobState:
         self.fresh_processes = fresh_from_the_start(self.spec)
         if self.fresh_processes:
             self.record("fresh_processes", f"survivors get fresh processes: {self.fresh_processes}")
+        if self.leader_remote:  # the leader commits: this pod tells it what its ranks hold
+            first = self.spec.node_rank * self.spec.nproc_per_node
+            self.snapshots = CommitTracker(self.spec.nproc_per_node, first, decides=False)
+        else:
+            self.leader = self._in_process_leader()
+
+    def _in_process_leader(self) -> LeaderState:
+        """A leader of one pod, this one, joined: it opens generation 0, which this pod is in.
+        Its ports are the ones this pod reserves as each generation opens (rank 0 is here)."""
+        leader = LeaderState(
+            nnodes=1,
+            nproc=self.spec.nproc_per_node,
+            policy=self.policy,
+            allocate_port=lambda: self.master_port,
+            master_addr=self.master_addr,
+            fresh_processes=self.fresh_processes,
+            falls_back=self.spec.reentry != pb.ReentryMode.REENTRY_ALWAYS,
+        )
+        leader.history = self.history  # one history: the leader's, shown as this pod's
+        leader.join(0, self.spec.nproc_per_node, None, 0.0)
+        return leader
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -295,9 +363,34 @@ class JobState:
     def snapshot_saved(
         self, rank: int, step: int, held: list[int], size: int, wait: float
     ) -> list[Effect]:
-        """A rank wrote snapshot `step` (ValueError: its report breaks the protocol)."""
+        """A rank wrote snapshot `step` (ValueError: its report breaks the protocol).
+
+        With the leader remote, it commits: tell it when what every local rank holds changes.
+        A step saved while commits do not wait (commits_wait) is not offered: its rank may
+        overwrite it at once, so it must never become the committed step."""
+        if not self.leader_remote:
+            self.snapshots.saved(rank, step, held, size, wait)
+            return []
+        if not self.commits_wait():
+            return []
         self.snapshots.saved(rank, step, held, size, wait)
-        return []
+        common = self.snapshots.common()
+        if common == self.snapshots_reported:
+            return []
+        self.snapshots_reported = common
+        report = pb.PodReport(
+            snapshots=pb.PodSnapshots(generation=self.generation, held=sorted(common))
+        )
+        return [ToLeader(report)]
+
+    def commit_snapshot(self, message: pb.CommitMsg) -> bool:
+        """The remote leader's commit; True: waiting ranks are to be woken."""
+        if message.generation != self.generation:
+            return False
+        away, self.pod_away = self.pod_away, message.pod_away
+        overtaken = self.snapshots.overtaken(message.newest_saved)
+        committed = self.snapshots.commit(message.step)
+        return committed or overtaken or (self.pod_away and not away)
 
     def job_step(self) -> int:
         """Optimizer steps the job completed over all generations: those before the running
@@ -311,9 +404,9 @@ class JobState:
         return self.spec.reentry == pb.ReentryMode.REENTRY_AUTO and not self.fresh_processes
 
     def commits_wait(self) -> bool:
-        """A rank's report of a saved step waits for its commit (CoordinatedJobState: not
-        while the leader or another pod is away, which would stall training)."""
-        return True
+        """A rank's report of a saved step waits for its commit, unless none can come now (the
+        remote leader or another pod is away: waiting would stall training)."""
+        return not self.leader_away and not self.pod_away
 
     def slot_of(self, pid: int) -> Optional[RankSlot]:
         return next((s for s in self.ranks.values() if s.pid == pid and pid), None)
@@ -406,8 +499,38 @@ class JobState:
     ) -> tuple[Optional[pb.Verdict], list[Effect]]:
         """A worker's script ended. Returns (verdict or None if not yet known, effects).
 
-        `step` is exact where heartbeats are coalesced: the failure report names it.
+        `step` is exact where heartbeats are coalesced: the failure report names it. With
+        the leader remote, a rank's collective that broke (a peer's death) is told to it at
+        once, which loses a pod whose stream is down (LeaderState.collective_broke); with no
+        leader to open the next generation, this one stops here, so the ranks wait in place
+        instead of being judged the failure when the settle window ends.
         """
+        effects: list[Effect] = []
+        broke = (
+            self.leader_remote
+            and kind == pb.OutcomeKind.OUTCOME_RAISED
+            and peer_echo(detail)
+            and self.started
+            and not self.over
+            and generation == self.generation
+        )
+        if broke and self.leader_away:
+            self.record("leader_lost", f"generation {generation} stopped; ranks wait in place")
+            effects += self._unwind_all(generation, now, "the leader was lost")
+        elif broke and self.collective_reported != generation:
+            self.collective_reported = generation
+            effects.append(ToLeader(pb.PodReport(collective_broke=generation)))
+        verdict, more = self._script_ended(pid, generation, kind, detail, step)
+        return verdict, effects + more
+
+    def _script_ended(
+        self,
+        pid: int,
+        generation: int,
+        kind: pb.OutcomeKind,
+        detail: Optional[pb.FailureDetail],
+        step: int,
+    ) -> tuple[Optional[pb.Verdict], list[Effect]]:
         slot = self.slot_of(pid)
         if slot is None or self.over or generation != slot.generation:
             return pb.Verdict.VERDICT_WAIT, []  # stale: that generation is already settled
@@ -568,6 +691,8 @@ class JobState:
                 effects.append(kill(slot.pid, signal.SIGKILL, reason))
                 if self.falls_back and self.spec.bootstrapped:
                     effects += self._fall_back(reason)
+        if self.leader_away and not self.over and self._cut_off(now):
+            effects += self._stop_cut_off(now)
         return effects
 
     def hang_found(self, finding: HangFinding) -> list[Effect]:
@@ -604,47 +729,88 @@ class JobState:
         return True
 
     def _fall_back(self, why: str) -> list[Effect]:
-        """A survivor of this pod could not re-enter (`why`)."""
-        self._switch_to_fresh(f"re-entry failed: {why}")
-        return []
+        """A survivor of this pod could not re-enter (`why`): the leader's next Opens say so,
+        and every pod follows."""
+        if self.leader is not None:
+            self._switch_to_fresh(f"re-entry failed: {why}")
+            self.leader.reentry_failed(0, why)
+            return []
+        if not self._switch_to_fresh(f"re-entry failed on node {self.spec.node_rank}: {why}"):
+            return []
+        return [ToLeader(pb.PodReport(reentry_failed=why))]
 
     def _reentry_fallback(self, record: pb.FailureRecord, now: float) -> list[Effect]:
-        """A survivor's re-entry raised: a fresh process for its rank and for every survivor,
-        in a generation that spends no restart (the rank failed, not the script)."""
-        effects = self._fall_back(reentry_error(record))
-        self.master_port = self.allocate_port()
-        return (
-            effects
-            + self._open_generation(self.generation + 1, now, "a re-entry failed")
-            + self._fill_vacancies()
-            + self._maybe_start()
-        )
+        """A survivor's re-entry raised: the leader opens a generation that spends no restart
+        (the rank failed, not the script), with a fresh process for its rank (now) and every
+        survivor (with the Open)."""
+        why = reentry_error(record)
+        effects = self._fall_back(why)
+        failure = reentry_failure(record, why)
+        if self.leader is not None:
+            told = self.leader.failure(0, record.generation, failure)
+            return effects + self._follow(told, now, "a re-entry failed")
+        report = pb.PodReport(failure=failure_to_wire(failure))
+        return [*effects, ToLeader(report), *self._fill_vacancies()]
 
     def _on_failure(
         self, record: pb.FailureRecord, found: Classification, now: float
     ) -> list[Effect]:
-        """Decide with the failure's class (`found`); one event says what and why."""
-        self.history.append(policy_failure(record, found))
-        decision = restart_policy.decide(self.policy, self.history, self.restart_count)
-        record.action = decision.action.value
-        self.record("failure", describe_failure(record, f"{record.action}: {decision.reason}"))
-        if decision.action is restart_policy.Action.REPLACE_POD:
-            return self._replace_pod(decision.reason, record)
-        if decision.action is not restart_policy.Action.RESTART:
-            report = self._give_up_report(decision.reason, record)
-            return self._fail(exit_codes.GAVE_UP, "gave_up", report)
-        return self._restart(now)
+        """The pod classifies (`found`: it has the evidence); the leader decides, and one
+        event says what and why."""
+        failure = policy_failure(record, found)
+        if self.leader is not None:  # the answer comes at once
+            told = self.leader.failure(0, record.generation, failure, evidence_of(record))
+            decision = self.leader.decision
+            if decision is not None and told:
+                record.action = decision.action.value
+                then = f"{record.action}: {decision.reason}"
+                self.record("failure", describe_failure(record, then))
+            return self._follow(told, now)
+        # A pod of many replaces itself on a hardware fault: it reports nothing more and goes
+        # (its launcher exits with REPLACE_POD), which the leader handles as a lost pod that
+        # will come back. Its own failures are enough for that rule (a crash loop is no
+        # hardware fault); the job-wide history is the leader's.
+        self.history.append(failure)
+        local = restart_policy.decide(self.policy, self.history, self.restart_count)
+        if local.action is restart_policy.Action.REPLACE_POD:
+            record.action = local.action.value
+            self.record("failure", describe_failure(record, f"{record.action}: {local.reason}"))
+            return self._replace_pod(local.reason, record)
+        record.action = "reported to the leader"
+        self.record("failure", describe_failure(record, f"{record.action}: {found.action.value}"))
+        # The failed rank gets its process now; the leader opens the generation.
+        report = pb.PodReport(failure=failure_to_wire(failure), last_failure=record)
+        return [ToLeader(report), *self._fill_vacancies()]
 
-    def _restart(self, now: float) -> list[Effect]:
-        """Spend a restart: the next generation opens, the ranks without a process get one,
-        and it starts once every rank is in place."""
-        self.restart_count += 1
-        self.master_port = self.allocate_port()
-        return (
-            self._open_generation(self.generation + 1, now)
-            + self._fill_vacancies()
-            + self._maybe_start()
-        )
+    def _follow(
+        self, told: list[Broadcast], now: float, why: str = "a rank failed"
+    ) -> list[Effect]:
+        """Carry out what the in-process leader decided: open the next generation (`why` the
+        ranks unwind) or end the job; a start comes once every rank is in place
+        (_maybe_start)."""
+        effects: list[Effect] = []
+        for message in (b.message for b in told):
+            if isinstance(message, OpenGeneration):
+                self.restart_count = message.restart_count
+                self.master_port = self.allocate_port()  # the next Start's (the leader's port)
+                effects += self._open_generation(message.generation, now, why)
+                effects += self._fill_vacancies() + self._maybe_start()
+            elif isinstance(message, StartGeneration):
+                self.restart_count = message.restart_count
+                self.master_addr, self.master_port = message.master_addr, message.master_port
+                effects += self._start_now()
+            elif isinstance(message, EndJob):
+                effects += self._ended(message)
+        return effects
+
+    def _ended(self, end: EndJob) -> list[Effect]:
+        if end.exit_code == exit_codes.SUCCEEDED:
+            self.state = pb.JobState.JOB_STATE_SUCCEEDED
+            finished = f"all {len(self.ranks)} ranks finished generation {self.generation}"
+            self.record("succeeded", finished)
+            return self._end(exit_codes.SUCCEEDED, end.report)
+        kind = "replace_pod" if end.exit_code == exit_codes.REPLACE_POD else "gave_up"
+        return self._fail(end.exit_code, kind, end.report)
 
     def _open_generation(
         self, generation: int, now: float, reason: str = "a rank failed"
@@ -715,7 +881,13 @@ class JobState:
         return not any(s.pid or s.spawning for s in slots)
 
     def _maybe_start(self) -> list[Effect]:
-        return self._start_now() if self._ready() else []
+        """Every rank is in place: the pod is ready, and the leader starts the generation."""
+        if not self._ready() or self.ready_reported == self.generation:
+            return []
+        self.ready_reported = self.generation
+        if self.leader is not None:
+            return self._follow(self.leader.pod_ready(0, self.generation), 0.0)
+        return [ToLeader(pb.PodReport(ready=self.generation))]
 
     def _start_now(self) -> list[Effect]:
         slots = self.ranks.values()
@@ -745,13 +917,13 @@ class JobState:
         return all(s.state == WS.WORKER_STATE_SUCCEEDED for s in self.ranks.values())
 
     def _maybe_finish(self) -> list[Effect]:
-        if not self._all_finished():
+        """Every rank finished: the leader ends the job once every pod's did."""
+        if not self._all_finished() or self.finished_reported == self.generation:
             return []
-        self.state = pb.JobState.JOB_STATE_SUCCEEDED
-        self.record(
-            "succeeded", f"all {len(self.ranks)} ranks finished generation {self.generation}"
-        )
-        return self._end(exit_codes.SUCCEEDED, "all ranks finished")
+        self.finished_reported = self.generation
+        if self.leader is not None:
+            return self._follow(self.leader.pod_finished(0, self.generation), 0.0)
+        return [ToLeader(pb.PodReport(finished=self.generation))]
 
     def _give_up_report(
         self, reason: str, record: pb.FailureRecord, heading: str = "job given up"
@@ -774,6 +946,117 @@ class JobState:
     def _end(self, exit_code: int, report: str) -> list[Effect]:
         pids = [s.pid for s in self.ranks.values() if s.pid] + self.spares.idle
         return end_job(pids, exit_code, report)
+
+    # ------------------------------ the remote leader's messages (a job of several pods)
+    def open_generation(self, message: pb.OpenGenerationMsg, now: float) -> list[Effect]:
+        if self.over:
+            return []
+        self.restart_count = max(self.restart_count, message.restart_count)
+        effects: list[Effect] = []
+        if message.fresh_processes:  # job-wide: before the survivors unwind
+            self._switch_to_fresh(message.fresh_processes)
+        if message.generation > self.generation:
+            self.record("leader_decision", message.reason)  # e.g. which pod was lost, and why
+            effects += self._open_generation(message.generation, now) + self._fill_vacancies()
+        if message.generation >= self.generation:
+            # A "ready" sent before this Open may have reached a leader still
+            # forming, which drops it: say it again (the leader ignores repeats).
+            self.ready_reported = -1
+        return effects + self._maybe_start()
+
+    def start_generation(self, message: pb.StartGenerationMsg) -> list[Effect]:
+        # Not ready any more (a rank died since): our failure report makes the
+        # leader open the next generation instead.
+        if self.over or message.generation != self.generation or not self._ready():
+            return []
+        self.restart_count = message.restart_count
+        self.master_addr, self.master_port = message.master_addr, message.master_port
+        heard = self.snapshots.committed
+        if message.restore_step < heard:  # its copies are gone (corrupt, or overwritten)
+            restored = f"step {message.restore_step}" if message.restore_step >= 0 else "none"
+            self.record(
+                "snapshot_lost",
+                f"step {heard} was committed, but not every pod has a copy of it any more: "
+                f"the job restores {restored} ({message.restore_reason})",
+            )
+        self.snapshots.adopt(message.restore_step)
+        self.snapshots_reported = frozenset()
+        # A pod away in the last generation (its stream broke) was lost or is back: the
+        # leader starts a generation only once every pod joined and is ready. Kept, it
+        # would keep this pod's steps from the leader for good, and the other pods'
+        # ranks waiting for commits that never come.
+        self.pod_away = False
+        return self._start_now()
+
+    def end_job(self, message: pb.EndJobMsg) -> list[Effect]:
+        if self.over:
+            return []
+        succeeded = message.exit_code == 0
+        self.state = pb.JobState.JOB_STATE_SUCCEEDED if succeeded else pb.JobState.JOB_STATE_FAILED
+        first_line = message.report.splitlines()[0] if message.report else ""
+        self.record("ended", f"exit code {message.exit_code}: {first_line}")
+        return self._end(message.exit_code, message.report)
+
+    def leader_lost(self, now: float) -> list[Effect]:
+        """The leader's stream broke or it no longer counts this pod.
+
+        The ranks train on: the collectives do not need the leader, and a leader
+        whose supervisor restarts rebuilds the running generation from the pods'
+        views. Only once a collective breaks (its pod died, or the leader opened the
+        next generation without us) do the ranks unwind and wait in place (outcome).
+        """
+        if self.over or self.leader_away:
+            self.leader_away = True
+            return []
+        self.leader_away, self.leader_away_since = True, now
+        if self.started and any(peer_echo(s.evidence) for s in self.ranks.values()):
+            # A collective already broke: nobody else will stop this generation.
+            self.record("leader_lost", f"generation {self.generation} stopped; ranks wait in place")
+            return self._unwind_all(self.generation, now, "the leader was lost")
+        if self._cut_off(now):
+            return self._stop_cut_off(now)
+        self.record("leader_lost", f"generation {self.generation} trains on; re-joining")
+        return []
+
+    def _cut_off(self, now: float) -> bool:
+        """The leader is away and no local rank stepped for stall_timeout_s (or two of its
+        steps), and not because they all finished: a partition, whose collectives across
+        the cut hang, not a restarting leader sidecar, whose pods train on."""
+        if not self.started or self.leader_away_since is None or self._all_finished():
+            return False  # ranks that finished step no more, and nothing of theirs hangs
+        slots = self.ranks.values()
+        stepped = [s.last_heartbeat for s in slots if s.last_heartbeat is not None]
+        last = max(stepped) if stepped else self.leader_away_since
+        patience = max(self.stall_timeout_s, 2 * max((s.step_time_s for s in slots), default=0))
+        return now - last >= patience
+
+    def _stop_cut_off(self, now: float) -> list[Effect]:
+        """Unwind while the partition lasts: severed now, the generation's sockets still
+        live and their shutdown breaks the hung collectives. Once the link is back, the far
+        pod's closes reach gloo first and can leave a rank's send waiting for its timeout
+        (30 min): the rank could not unwind and would get a fresh process."""
+        stalled = f"no step for {self.stall_timeout_s:g}s with the leader away"
+        self.record("leader_lost", f"generation {self.generation} stopped ({stalled}); "
+                    "ranks wait in place")  # fmt: skip
+        return self._unwind_all(self.generation, now, f"cut off from the leader: {stalled}")
+
+    def rejoined(self) -> list[Effect]:
+        """A new leader knows nothing of our reports: give them again."""
+        self.leader_away, self.leader_away_since = False, None
+        self.ready_reported = self.finished_reported = -1
+        return self._maybe_start() + self._maybe_finish()
+
+    def resumed_view(self) -> PodView:
+        """What this pod gives a leader after its supervisor restarted under its ranks."""
+        finished = self._all_finished()
+        return PodView(self.generation, self.restart_count, (), finished, running=self.started)
+
+    def asked_to_leave(self, reason: str) -> list[Effect]:
+        """The leader wants this pod replaced (a straggler past the policy): end it so."""
+        if self.over:
+            return []
+        report = f"this pod must be replaced: {reason}"
+        return self._fail(exit_codes.REPLACE_POD, "replace_pod", report)
 
     # ------------------------------------ a supervisor restarted under running ranks
     # The sidecar was restarted (killed, OOM, upgraded) while the launcher and the
@@ -838,21 +1121,46 @@ class JobState:
         if running and len(running) == len(slots):
             self.generation, self.started = newest, True
             self.state = pb.JobState.JOB_STATE_RUNNING
+            self._adopt(running=True)
             self.record("resumed", f"generation {newest} runs on: {len(running)} ranks re-attached")
             effects += self._maybe_finish()
         elif running:  # some ranks left the generation meanwhile: it cannot go on
             self.generation, self.started = newest, True
+            self._adopt(running=True)
             where = ", ".join(f"rank {s.rank}: {WS.Name(s.state)} in {s.generation}" for s in slots)
             self.record("resume_broken", f"generation {newest} cannot go on ({where})")
-            effects += self._restart(now)  # as a failure would: a restart
+            effects += self._resume_broken(now)  # as a failure would: a restart
         else:  # between generations: the next one starts once every rank is in place
             self.generation = max(self.generation, newest + 1)
+            self._adopt(running=False)
             self.record("resumed", f"ranks wait for generation {self.generation}")
             effects += self._fill_vacancies() + self._maybe_start()
         exits, self.exits_while_resuming = self.exits_while_resuming, []
         for pid, exit_code, signum, tail, oom_kills in exits:
             effects += self.process_exited(pid, exit_code, signum, tail, now, oom_kills)
         return effects
+
+    def _adopt(self, running: bool) -> None:
+        """The in-process leader goes on where the rebuilt pod stands (a remote one learns it
+        from resumed_view)."""
+        if self.leader is not None:
+            self.leader.adopt(self.generation, self.restart_count, running)
+
+    def _resume_broken(self, now: float) -> list[Effect]:
+        """Ranks left the running generation while the supervisor restarted: the in-process
+        leader decides, as on a failure of the pod's first rank whose error is not known; with
+        the leader remote the pod opens the next generation (the views tell the leader)."""
+        if self.leader is not None:
+            first = min(self.ranks)
+            broke = restart_policy.Failure(self.generation, first, "", self.job_step())
+            return self._follow(self.leader.failure(0, self.generation, broke), now)
+        self.restart_count += 1
+        self.master_port = self.allocate_port()
+        return (
+            self._open_generation(self.generation + 1, now)
+            + self._fill_vacancies()
+            + self._maybe_start()
+        )
 
     def launcher_lost(self, now: float) -> list[Effect]:
         """The launcher's stream ended without a shutdown: it died (its container restarts),
@@ -888,6 +1196,19 @@ class JobState:
 
 def _for_processes(effect: ToLauncher) -> bool:
     return effect.command.WhichOneof("command") in ("spawn", "kill", "assigned")
+
+
+def reentry_failure(record: pb.FailureRecord, why: str) -> restart_policy.Failure:
+    """A survivor's failed re-entry as the leader sees it: no restart spent, no crash loop."""
+    return restart_policy.Failure(
+        record.generation,
+        record.rank,
+        record.detail.signature,
+        record.job_step,
+        reason=why,
+        time_s=record.time_unix,
+        reentry_failed=True,
+    )
 
 
 def reentry_error(record: pb.FailureRecord) -> str:

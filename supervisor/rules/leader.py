@@ -321,6 +321,9 @@ class LeaderState:
     members: dict[int, _Member] = field(default_factory=dict, init=False)
     snapshots: JobSnapshots = field(init=False)
     end: Optional[EndJob] = field(default=None, init=False)
+    # The policy's newest decision (restart_policy.decide is called here only): what a pod
+    # of a one-pod job writes in its failure record and event (supervisor/rules/job.py).
+    decision: Optional[restart_policy.Decision] = field(default=None, init=False)
     _open_reason: str = field(default="", init=False)
     _views: dict[int, PodView] = field(default_factory=dict, init=False)  # given while FORMING
     _ready: set[int] = field(default_factory=set, init=False)  # for the open generation
@@ -568,6 +571,18 @@ class LeaderState:
             self._note(failure)  # its generation already restarted: context only
         return []
 
+    def adopt(self, generation: int, restart_count: int, running: bool) -> None:
+        """The job's only pod rebuilt itself under running ranks (its supervisor, and so this
+        leader, restarted): the job goes on where the ranks are, and nothing was lost. With
+        several pods a new leader rebuilds the job from the pods' views instead (join)."""
+        if self.nnodes != 1 or 0 not in self.members:
+            raise ValueError("only a leader of one joined pod adopts where its pod stands")
+        self.generation, self.restart_count = generation, restart_count
+        if running:
+            self.phase, self._ran = Phase.RUNNING, generation
+        else:
+            self._open("the supervisor restarted between generations")
+
     def reentry_failed(self, node: int, why: str) -> None:
         """A survivor on `node` could not re-enter: fresh processes from the next Open on."""
         if self.falls_back and not self.fresh_processes:
@@ -658,6 +673,7 @@ class LeaderState:
         decision = restart_policy.decide(
             self.policy, policy_history(self.history), self.restart_count
         )
+        self.decision = decision
         if decision.action is not restart_policy.Action.RESTART:
             return self._give_up(node, failure, decision.reason, evidence)
         self.restart_count += 1
@@ -697,6 +713,12 @@ class LeaderState:
         self, node: int, failure: Failure, reason: str, evidence: Optional[Evidence]
     ) -> list[Broadcast]:
         used = (self.restart_count, self.policy.max_restarts)
+        if self.decision is not None and self.decision.action is restart_policy.Action.REPLACE_POD:
+            # Hardware at fault: the pod goes, and a new one carries on. With several pods a
+            # pod sees this itself and leaves alone (job.py): a lost pod to the leader.
+            heading = "this pod must be replaced"
+            report = give_up_report(reason, node, failure, *used, evidence, heading)
+            return self._end(exit_codes.REPLACE_POD, report)
         report = give_up_report(reason, node, failure, *used, evidence)
         return self._end(exit_codes.GAVE_UP, report)
 

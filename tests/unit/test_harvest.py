@@ -17,7 +17,6 @@ from effects import make_spec
 from launcher.worker.snapshot_payload import write_state
 from supervisor.rpc.service import Supervisor, SupervisorSettings
 from supervisor.rules.job import JobState
-from supervisor.rules.pod_job import CoordinatedJobState
 from supervisor.rules.restart_policy import RestartPolicy
 from train_supervisor.arena import RankArena
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -121,8 +120,11 @@ def test_a_pod_counts_what_its_ranks_copied_when_the_leader_opens_the_next_gener
         sup = Supervisor(SupervisorSettings(), coordination=link)
         spec = make_spec(spares=0, nnodes=2, node_rank=1)
         spec.snapshot_dir = str(tmp_path)
-        sup.job = job = CoordinatedJobState(
-            spec=spec, policy=RestartPolicy(max_restarts=3), allocate_port=lambda: 41000
+        sup.job = job = JobState(
+            leader_remote=True,
+            spec=spec,
+            policy=RestartPolicy(max_restarts=3),
+            allocate_port=lambda: 41000,
         )
         job.attach_launcher()
         for rank, pid in {2: 502, 3: 503}.items():

@@ -27,7 +27,7 @@ from effects import (
 from launcher.launch.args import parse_args
 from launcher.launch.main import worker_spec
 from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToWorker
-from supervisor.rules.restart_policy import RestartPolicy
+from supervisor.rules.restart_policy import DEFAULT_CRASH_LOOP_WINDOW_S, RestartPolicy
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -69,6 +69,7 @@ class Sim:
         bootstrapped: bool = True,
         threshold: int = 3,
         unwind_timeout: float = 10.0,
+        crash_loop_window_s: float = DEFAULT_CRASH_LOOP_WINDOW_S,
     ) -> None:
         self.spec = make_spec(
             nproc=nproc, spares=spares, max_restarts=max_restarts, bootstrapped=bootstrapped
@@ -76,7 +77,7 @@ class Sim:
         self.ports: Iterator[int] = itertools.count(FIRST_PORT)
         self.job = JobState(
             spec=self.spec,
-            policy=RestartPolicy(max_restarts=max_restarts, crash_loop_threshold=threshold),
+            policy=RestartPolicy(max_restarts, threshold, crash_loop_window_s),
             allocate_port=self.ports.__next__,
             timings=Timings(unwind_timeout_s=unwind_timeout),
         )
@@ -1136,8 +1137,7 @@ def test_the_same_rank_and_error_without_job_progress_is_a_crash_loop() -> None:
 
 
 def test_no_crash_loop_outside_its_window() -> None:
-    sim = Sim(spares=1, max_restarts=10)
-    sim.job.policy = RestartPolicy(max_restarts=10, crash_loop_threshold=3, crash_loop_window_s=1)
+    sim = Sim(spares=1, max_restarts=10, threshold=3, crash_loop_window_s=1)
     sim.launch()
     for _ in range(3):
         # Real failure times (time.time()) more than a second apart cannot be had without a

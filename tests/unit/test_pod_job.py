@@ -1,11 +1,11 @@
-"""supervisor/rules/pod_job.py: one pod of a multi-pod job, driven event by event.
+"""supervisor/rules/job.py with the leader remote: one pod of a multi-pod job, driven event by
+event.
 
-CoordinatedJobState keeps JobState's local rules but leaves the job-wide
-decisions to the leader: failures are reported (ToLeader), generations open
-and start only on the leader's messages, and the job ends on EndJob. As in
-test_job.py there is no clock and no process: pids and ports come from
-counters, and `play` acts as the launcher and the bootstrap. The last tests
-wire two pods to a real LeaderState in-process, through the wire format.
+The pod keeps its local rules but leaves the job-wide decisions to the leader:
+failures are reported (ToLeader), generations open and start only on the leader's
+messages, and the job ends on EndJob. As in test_job.py there is no clock and no
+process: pids and ports come from counters, and `play` acts as the launcher and the
+bootstrap. The last tests wire two pods to a real LeaderState in-process, through the wire format.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from effects import (
 
 from supervisor.rpc.peer_wire import failure_from_wire, message_to_wire
 from supervisor.rules.classify import Action
-from supervisor.rules.job import Effect, Timings, ToLeader
+from supervisor.rules.job import Effect, JobState, Timings, ToLeader
 from supervisor.rules.leader import Broadcast, EndJob, LeaderState, Phase, StartGeneration
-from supervisor.rules.pod_job import CoordinatedJobState
 from supervisor.rules.restart_policy import Failure, RestartPolicy
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -98,7 +97,7 @@ def boom(message: str = "bad batch") -> pb.FailureDetail:
 
 # ------------------------------------------------------------------ harness
 class PodSim:
-    """One CoordinatedJobState plus the launcher and bootstrap of its pod."""
+    """One JobState (its leader remote) plus the launcher and bootstrap of its pod."""
 
     def __init__(
         self,
@@ -112,7 +111,8 @@ class PodSim:
             nproc=NPROC, nnodes=2, node_rank=node_rank, spares=spares, bootstrapped=bootstrapped
         )
         self.ports: Iterator[int] = itertools.count(LOCAL_PORT)
-        self.job = CoordinatedJobState(
+        self.job = JobState(
+            leader_remote=True,
             spec=self.spec,
             policy=RestartPolicy(max_restarts=3),
             allocate_port=self.ports.__next__,

@@ -1,4 +1,4 @@
-"""supervisor/rules/job.py, pod_job.py, leader.py: a survivor that cannot re-enter gets a fresh
+"""supervisor/rules/job.py, leader.py: a survivor that cannot re-enter gets a fresh
 process, at no cost to the restart budget, and the job uses fresh processes from then on.
 
 The worker side's contract: an OUTCOME_RAISED at step 0 of a generation from a process
@@ -17,7 +17,6 @@ from effects import aborts, exits, make_spec, play_pod, shutdowns, starts
 
 from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToLeader, ToWorker
 from supervisor.rules.leader import Broadcast, LeaderState, OpenGeneration, PodView
-from supervisor.rules.pod_job import CoordinatedJobState
 from supervisor.rules.restart_policy import Failure, RestartPolicy
 from supervisor.rules.status_view import job_status
 from train_supervisor import exit_codes
@@ -336,10 +335,11 @@ def leader_reports(effects: list[Effect]) -> list[pb.PodReport]:
     return [e.report for e in effects if isinstance(e, ToLeader)]
 
 
-def coordinated_pod() -> tuple[Pod, CoordinatedJobState]:
+def coordinated_pod() -> tuple[Pod, JobState]:
     pod = Pod(nproc=2)
     ports: Iterator[int] = itertools.count(31000)
-    job = CoordinatedJobState(
+    job = JobState(
+        leader_remote=True,
         spec=make_spec(nproc=2, spares=1, nnodes=2, node_rank=1),
         policy=RestartPolicy(max_restarts=3),
         allocate_port=ports.__next__,

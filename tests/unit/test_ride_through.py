@@ -1,5 +1,5 @@
 """Our own parts restart under running ranks: the pure rules (supervisor/rules/job.py's rebuild,
-supervisor/rules/leader.py's detached pods, supervisor/rules/pod_job.py's lost leader)."""
+supervisor/rules/leader.py's detached pods, supervisor/rules/job.py's lost leader)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from test_leader import NPROC, formed, make, opened, started
 
 from supervisor.rules.job import JobState, Timings
 from supervisor.rules.leader import CommitStep, PodView
-from supervisor.rules.pod_job import CoordinatedJobState
 from supervisor.rules.restart_policy import Failure, RestartPolicy
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -132,8 +131,11 @@ def coordinated(node: int = 1) -> Sim:
     sim = Sim()
     spec = sim.spec
     spec.nnodes, spec.node_rank = 2, node
-    sim.job = CoordinatedJobState(
-        spec=spec, policy=RestartPolicy(3, 3), allocate_port=itertools.count(42000).__next__
+    sim.job = JobState(
+        leader_remote=True,
+        spec=spec,
+        policy=RestartPolicy(3, 3),
+        allocate_port=itertools.count(42000).__next__,
     )
     return sim
 
@@ -300,8 +302,11 @@ def test_a_rebuilt_leader_pod_whose_ranks_finished_meanwhile_says_so() -> None:
     sim.play(sim.job.attach_launcher())
     sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
     pids = {rank: slot.pid for rank, slot in sim.job.ranks.items()}
-    job = CoordinatedJobState(
-        spec=sim.spec, policy=RestartPolicy(3, 3), allocate_port=itertools.count(43000).__next__
+    job = JobState(
+        leader_remote=True,
+        spec=sim.spec,
+        policy=RestartPolicy(3, 3),
+        allocate_port=itertools.count(43000).__next__,
     )
     job.resume_launcher([(pid, rank) for rank, pid in pids.items()], 200.0)
     first, second = sorted(pids)
