@@ -27,11 +27,17 @@ from supervisor.outputs.kube.reporter import KubeReporter
 from supervisor.outputs.metrics import REFRESH_S, MetricsBoard, snapshot_of
 from supervisor.rpc import call_checks
 from supervisor.rpc.call_checks import NoProcesses, Processes, Refusal
+from supervisor.rpc.effects_wire import (
+    launcher_command_to_wire,
+    report_to_wire,
+    worker_command_to_wire,
+)
 from supervisor.rpc.peer_wire import copies_to_wire
 from supervisor.rpc.refusals import RefusalLog
 from supervisor.rules import restart_policy
+from supervisor.rules.effects import Effect, Ready, Shutdown, ToLauncher, ToLeader, ToWorker
 from supervisor.rules.failure_evidence import FailureMemory
-from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToLeader, ToWorker
+from supervisor.rules.job import JobState, Timings
 from supervisor.rules.leader import PodView
 from supervisor.rules.status_view import job_status
 from supervisor.settings.detection import DetectConfig
@@ -106,7 +112,7 @@ class Supervisor:
         self.launcher_queue: asyncio.Queue[Optional[pb.LauncherCommand]] = asyncio.Queue()
         self.worker_queues: dict[int, asyncio.Queue[Optional[pb.WorkerCommand]]] = {}
         self.changed = asyncio.Condition()
-        self.ended: Optional[pb.Shutdown] = None  # how the job ended, once it did
+        self.ended: Optional[Shutdown] = None  # how the job ended, once it did
         self.events_logged = 0
         self._ticker: Optional[asyncio.Task[None]] = None
         self.replica_target: Optional[ReplicaTarget] = None  # the next pod (multi-pod only)
@@ -139,24 +145,31 @@ class Supervisor:
     def _to_worker(self, effect: ToWorker) -> None:
         queue = self.worker_queues.get(effect.pid)
         if queue is not None:
-            queue.put_nowait(effect.command)
+            queue.put_nowait(worker_command_to_wire(effect.command))
 
     def _to_launcher(self, effect: ToLauncher) -> None:
-        self.launcher_queue.put_nowait(effect.command)
-        if effect.command.HasField("shutdown"):
-            self.ended = effect.command.shutdown
+        self.launcher_queue.put_nowait(launcher_command_to_wire(effect.command))
+        if isinstance(effect.command, Shutdown):
+            self.ended = effect.command
 
     def _to_leader(self, effect: ToLeader) -> None:
         if self.coordination is None:
             return
-        if effect.report.HasField("ready") and self.offload is not None:
+        report = report_to_wire(effect.report)
+        if isinstance(effect.report, Ready) and self.offload is not None:
             # The leader chooses the restore step from every pod's copies (and, if it
             # replaced another, from the commit this pod heard of last).
             held = self.offload.copies_now()
             if self.job is not None:
                 held = dataclasses.replace(held, committed=self.job.snapshots.committed)
-            effect.report.copies.CopyFrom(copies_to_wire(held))
-        self.coordination.report(effect.report)
+            report.copies.CopyFrom(copies_to_wire(held))
+        self.coordination.report(report)
+
+    def _report_to_leader(self, report: pb.PodReport) -> None:
+        """A report of the offload driver's own (supervisor/snapshots/offload_runner.py)."""
+        if self.coordination is not None:
+            self.coordination.report(report)
+        self.apply([])
 
     def _log_new_events(self) -> None:
         if self.job is None:
@@ -339,7 +352,7 @@ class Supervisor:
                 self.settings.offload,
                 target,
                 on_change=lambda: self.apply([]),
-                to_leader=lambda report: self.apply([ToLeader(report)]),
+                to_leader=self._report_to_leader,
             )
         sampler = PodSampler(self.probes)
         self.pod_health = PodHealth(request.spec.node_rank, sampler, self.settings.detect.sample_s)

@@ -38,11 +38,31 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional
 
-from supervisor.rpc.peer_wire import failure_to_wire
 from supervisor.rules import failure_evidence, restart_policy
 from supervisor.rules.classify import HUNG_SIGNATURE, Classification, GpuHealth
+from supervisor.rules.effects import (
+    Abort,
+    Assigned,
+    CollectiveBroke,
+    Effect,
+    Exit,
+    FailureReport,
+    Finished,
+    Kill,
+    Ready,
+    ReentryFailed,
+    SnapshotsHeld,
+    Spawn,
+    Start,
+    ToLauncher,
+    ToLeader,
+    ToWorker,
+    end_job,
+    kill,
+    spawn,
+)
 from supervisor.rules.failure_evidence import (
     NO_GPU,
     FailureMemory,
@@ -68,46 +88,6 @@ from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
-
-
-@dataclass(frozen=True)
-class ToWorker:
-    pid: int
-    command: pb.WorkerCommand
-
-
-@dataclass(frozen=True)
-class ToLauncher:
-    command: pb.LauncherCommand
-
-
-@dataclass(frozen=True)
-class ToLeader:
-    """A report for the job's leader (multi-pod): it decides, this pod carries out."""
-
-    report: pb.PodReport
-
-
-Effect = Union[ToWorker, ToLauncher, ToLeader]
-
-
-def spawn(rank: int, local_rank: int = 0, env: Optional[dict[str, str]] = None) -> ToLauncher:
-    """A new process for `rank` (-1: a warm spare)."""
-    command = pb.SpawnWorker(rank=rank, local_rank=local_rank, env=env or {}, spare=rank < 0)
-    return ToLauncher(pb.LauncherCommand(spawn=command))
-
-
-def kill(pid: int, signum: int, reason: str) -> ToLauncher:
-    command = pb.KillProcess(pid=pid, signal=signum, reason=reason)
-    return ToLauncher(pb.LauncherCommand(kill=command))
-
-
-def end_job(pids: list[int], exit_code: int, report: str) -> list[Effect]:
-    """Every process leaves, then the launcher exits with `exit_code` and `report`."""
-    bye = pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0))
-    shutdown = pb.Shutdown(exit_code=exit_code, report=report)
-    goodbyes: list[Effect] = [ToWorker(pid, bye) for pid in pids]
-    return [*goodbyes, ToLauncher(pb.LauncherCommand(shutdown=shutdown))]
 
 
 @dataclass
@@ -378,10 +358,7 @@ class JobState:
         if common == self.snapshots_reported:
             return []
         self.snapshots_reported = common
-        report = pb.PodReport(
-            snapshots=pb.PodSnapshots(generation=self.generation, held=sorted(common))
-        )
-        return [ToLeader(report)]
+        return [ToLeader(SnapshotsHeld(self.generation, tuple(sorted(common))))]
 
     def commit_snapshot(self, message: pb.CommitMsg) -> bool:
         """The remote leader's commit; True: waiting ranks are to be woken."""
@@ -439,7 +416,7 @@ class JobState:
 
     def worker_attached(self, pid: int, rank: int, spare: bool) -> list[Effect]:
         if self.over:
-            return [ToWorker(pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+            return [ToWorker(pid, Exit(0))]
         if spare:
             self.spares.attached(pid)
             return self._fill_vacancies() + self._maybe_start()
@@ -519,7 +496,7 @@ class JobState:
             effects += self._unwind_all(generation, now, "the leader was lost")
         elif broke and self.collective_reported != generation:
             self.collective_reported = generation
-            effects.append(ToLeader(pb.PodReport(collective_broke=generation)))
+            effects.append(ToLeader(CollectiveBroke(generation)))
         verdict, more = self._script_ended(pid, generation, kind, detail, step)
         return verdict, effects + more
 
@@ -579,7 +556,7 @@ class JobState:
         is gone (process_exited), or once tick() killed it if it lingers."""
         self.killed_by_us.add(slot.pid)
         slot.state, slot.unwind_deadline = WS.WORKER_STATE_STOPPED, None
-        return [ToWorker(slot.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+        return [ToWorker(slot.pid, Exit(0))]
 
     def process_exited(
         self,
@@ -737,7 +714,7 @@ class JobState:
             return []
         if not self._switch_to_fresh(f"re-entry failed on node {self.spec.node_rank}: {why}"):
             return []
-        return [ToLeader(pb.PodReport(reentry_failed=why))]
+        return [ToLeader(ReentryFailed(why))]
 
     def _reentry_fallback(self, record: pb.FailureRecord, now: float) -> list[Effect]:
         """A survivor's re-entry raised: the leader opens a generation that spends no restart
@@ -749,8 +726,7 @@ class JobState:
         if self.leader is not None:
             told = self.leader.failure(0, record.generation, failure)
             return effects + self._follow(told, now, "a re-entry failed")
-        report = pb.PodReport(failure=failure_to_wire(failure))
-        return [*effects, ToLeader(report), *self._fill_vacancies()]
+        return [*effects, ToLeader(FailureReport(failure)), *self._fill_vacancies()]
 
     def _on_failure(
         self, record: pb.FailureRecord, found: Classification, now: float
@@ -779,8 +755,7 @@ class JobState:
         record.action = "reported to the leader"
         self.record("failure", describe_failure(record, f"{record.action}: {found.action.value}"))
         # The failed rank gets its process now; the leader opens the generation.
-        report = pb.PodReport(failure=failure_to_wire(failure), last_failure=record)
-        return [ToLeader(report), *self._fill_vacancies()]
+        return [ToLeader(FailureReport(failure, record)), *self._fill_vacancies()]
 
     def _follow(
         self, told: list[Broadcast], now: float, why: str = "a rank failed"
@@ -847,8 +822,7 @@ class JobState:
                 continue
             slot.state, slot.unwind_deadline = WS.WORKER_STATE_UNWINDING, deadline
             if self.spec.bootstrapped:
-                abort = pb.AbortGeneration(generation=old, reason=reason)
-                effects.append(ToWorker(slot.pid, pb.WorkerCommand(abort=abort)))
+                effects.append(ToWorker(slot.pid, Abort(old, reason)))
             else:
                 self.killed_by_us.add(slot.pid)
                 effects.append(kill(slot.pid, signal.SIGTERM, "restart all"))
@@ -865,8 +839,7 @@ class JobState:
             if pid is not None:
                 self._take_rank(slot, pid)
                 self.record("spare_promoted", f"spare pid {pid} takes rank {slot.rank}")
-                assigned = pb.RankAssigned(pid=pid, rank=slot.rank, local_rank=slot.local_rank)
-                effects.append(ToLauncher(pb.LauncherCommand(assigned=assigned)))
+                effects.append(ToLauncher(Assigned(pid, slot.rank, slot.local_rank)))
             else:
                 effects.append(self._spawn_rank(slot))
         return effects
@@ -887,7 +860,7 @@ class JobState:
         self.ready_reported = self.generation
         if self.leader is not None:
             return self._follow(self.leader.pod_ready(0, self.generation), 0.0)
-        return [ToLeader(pb.PodReport(ready=self.generation))]
+        return [ToLeader(Ready(self.generation))]
 
     def _start_now(self) -> list[Effect]:
         slots = self.ranks.values()
@@ -907,10 +880,8 @@ class JobState:
                 effects.append(self._spawn_rank(slot, env))
                 continue
             slot.state = WS.WORKER_STATE_HEALTHY
-            start = pb.StartGeneration(
-                generation=self.generation, rank=slot.rank, local_rank=slot.local_rank, env=env
-            )
-            effects.append(ToWorker(slot.pid, pb.WorkerCommand(start=start)))
+            start = Start(self.generation, slot.rank, slot.local_rank, env)
+            effects.append(ToWorker(slot.pid, start))
         return effects
 
     def _all_finished(self) -> bool:
@@ -923,7 +894,7 @@ class JobState:
         self.finished_reported = self.generation
         if self.leader is not None:
             return self._follow(self.leader.pod_finished(0, self.generation), 0.0)
-        return [ToLeader(pb.PodReport(finished=self.generation))]
+        return [ToLeader(Finished(self.generation))]
 
     def _give_up_report(
         self, reason: str, record: pb.FailureRecord, heading: str = "job given up"
@@ -1083,7 +1054,7 @@ class JobState:
     def worker_reattached(self, report: pb.AttachWorkerRequest, now: float) -> list[Effect]:
         """A running worker attached again: where it stands (its generation, state, step)."""
         if self.over:
-            return [ToWorker(report.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+            return [ToWorker(report.pid, Exit(0))]
         if report.spare:
             self.spares.attached(report.pid)
             return [] if self.resuming else self._fill_vacancies() + self._maybe_start()
@@ -1091,7 +1062,7 @@ class JobState:
         if slot is None or slot.rank != report.rank:
             why = f"pid {report.pid} (rank {report.rank}) is not a process of this pod's launcher"
             self.record("reattach_refused", why)
-            return [ToWorker(report.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=1)))]
+            return [ToWorker(report.pid, Exit(1))]
         if not self.resuming:  # the same supervisor: its stream broke, nothing else changed
             if slot.spawning:  # ... or its first attach failed (transiently): it is one now
                 return self.worker_attached(report.pid, report.rank, spare=False)
@@ -1195,7 +1166,7 @@ class JobState:
 
 
 def _for_processes(effect: ToLauncher) -> bool:
-    return effect.command.WhichOneof("command") in ("spawn", "kill", "assigned")
+    return isinstance(effect.command, (Spawn, Kill, Assigned))
 
 
 def reentry_failure(record: pb.FailureRecord, why: str) -> restart_policy.Failure:

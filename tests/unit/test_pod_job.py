@@ -27,9 +27,22 @@ from effects import (
     starts,
 )
 
+from supervisor.rpc.effects_wire import report_to_wire
 from supervisor.rpc.peer_wire import failure_from_wire, message_to_wire
 from supervisor.rules.classify import Action
-from supervisor.rules.job import Effect, JobState, Timings, ToLeader
+from supervisor.rules.effects import (
+    Abort,
+    Assigned,
+    CollectiveBroke,
+    Effect,
+    Exit,
+    Finished,
+    Kill,
+    Ready,
+    Spawn,
+    ToLeader,
+)
+from supervisor.rules.job import JobState, Timings
 from supervisor.rules.leader import Broadcast, EndJob, LeaderState, Phase, StartGeneration
 from supervisor.rules.restart_policy import Failure, RestartPolicy
 from train_supervisor import exit_codes
@@ -45,15 +58,16 @@ SIG = "ValueError: bad batch @ train.py:42"
 
 # ------------------------------------------------------------ effect filters
 def rank_spawns(effects: Sequence[Effect]) -> list[int]:
-    return sorted(c.spawn.rank for c in launcher_commands(effects, "spawn") if not c.spawn.spare)
+    return sorted(c.rank for c in launcher_commands(effects, Spawn) if not c.spare)
 
 
 def assignments(effects: Sequence[Effect]) -> list[tuple[int, int]]:
-    return [(c.assigned.pid, c.assigned.rank) for c in launcher_commands(effects, "assigned")]
+    return [(c.pid, c.rank) for c in launcher_commands(effects, Assigned)]
 
 
 def reports(effects: Sequence[Effect]) -> list[pb.PodReport]:
-    return [e.report for e in effects if isinstance(e, ToLeader)]
+    """As they go on the wire (supervisor/rpc/effects_wire.py)."""
+    return [report_to_wire(e.report) for e in effects if isinstance(e, ToLeader)]
 
 
 def kinds(effects: Sequence[Effect]) -> list[tuple[str, object]]:
@@ -178,7 +192,7 @@ def test_node_1_holds_ranks_2_and_3_and_reports_ready_instead_of_starting() -> N
     effects = sim.job.worker_attached(2002, 3, spare=False)
     assert starts(effects) == {}  # the leader says when
     assert not sim.job.started
-    assert effects == [ToLeader(pb.PodReport(ready=0))]
+    assert effects == [ToLeader(Ready(0))]
     assert sim.job.ready_reported == 0
     assert sim.job.state == pb.JobState.JOB_STATE_STARTING
 
@@ -370,7 +384,7 @@ def test_open_of_a_newer_generation_aborts_survivors_then_reports_ready() -> Non
     newcomer = sim.pid(3)
 
     effects = sim.job.open_generation(open_msg(1, 1), sim.now)
-    assert aborts(effects) == {survivor: pb.AbortGeneration(generation=0, reason="a rank failed")}
+    assert aborts(effects) == {survivor: Abort(generation=0, reason="a rank failed")}
     assert reports(effects) == []  # the survivor has not unwound yet
     assert (sim.job.generation, sim.job.restart_count) == (1, 1)
     assert sim.job.state == pb.JobState.JOB_STATE_RESTARTING
@@ -379,7 +393,7 @@ def test_open_of_a_newer_generation_aborts_survivors_then_reports_ready() -> Non
     assert sim.job.ranks[3].state == WS.WORKER_STATE_INIT  # the newcomer is not aborted
 
     _, effects = sim.job.outcome(survivor, 0, pb.OutcomeKind.OUTCOME_UNWOUND, None, sim.now)
-    assert effects == [ToLeader(pb.PodReport(ready=1))]
+    assert effects == [ToLeader(Ready(1))]
     assert starts(effects) == {}
 
     started = starts(sim.job.start_generation(start_msg(1, restart_count=1, port=LEADER_PORT + 1)))
@@ -428,8 +442,8 @@ def test_survivor_that_does_not_unwind_is_killed_as_collateral_and_not_reported(
     stuck = sim.pid(2)
     sim.job.open_generation(open_msg(1, 1), sim.now)  # rank 3 unwinds, rank 2 does not
     sim.job.outcome(sim.pid(3), 0, pb.OutcomeKind.OUTCOME_UNWOUND, None, sim.now)
-    kills = launcher_commands(sim.job.tick(sim.now + 10.0), "kill")
-    assert [(k.kill.pid, k.kill.signal) for k in kills] == [(stuck, signal.SIGKILL)]
+    kills = launcher_commands(sim.job.tick(sim.now + 10.0), Kill)
+    assert [(k.pid, k.signal) for k in kills] == [(stuck, signal.SIGKILL)]
 
     effects = sim.play(sim.job.process_exited(stuck, 0, signal.SIGKILL, "", sim.now + 10.1))
     assert rank_spawns(effects) == [2]
@@ -509,7 +523,7 @@ def test_a_peers_error_waits_in_place_while_the_rank_with_its_own_error_is_the_f
     culprit, echo = sim.pid(3), sim.pid(2)
     raised = pb.OutcomeKind.OUTCOME_RAISED
     # The leader hears of the broken collective at once (LeaderState.collective_broke).
-    told = [ToLeader(pb.PodReport(collective_broke=0))]
+    told = [ToLeader(CollectiveBroke(0))]
     assert sim.job.outcome(echo, 0, raised, peer_lost(), sim.now) == (None, told)
     assert sim.job.settle(echo, final=False) == (None, []), "no cause known yet: one more window"
     assert sim.job.outcome(culprit, 0, raised, boom(), sim.now) == (None, [])
@@ -542,7 +556,7 @@ def test_leader_lost_stops_the_generation_and_ranks_wait_in_place() -> None:
 
     effects = sim.job.leader_lost(sim.now)
     reason = "the leader was lost"
-    assert aborts(effects) == {pid: pb.AbortGeneration(generation=0, reason=reason)
+    assert aborts(effects) == {pid: Abort(generation=0, reason=reason)
                                for pid in before.values()}  # fmt: skip
     assert reports(effects) == [] and not sim.job.started and sim.job.generation == 0
     assert sim.job.settle(raised) == (pb.Verdict.VERDICT_WAIT, [])
@@ -587,10 +601,10 @@ def test_finished_is_reported_once_and_the_pod_waits_for_end_job() -> None:
     pids = sim.pids()
     assert sim.finish(2) == []
     effects = sim.finish(3)
-    assert effects == [ToLeader(pb.PodReport(finished=0))]
+    assert effects == [ToLeader(Finished(0))]
     assert shutdowns(effects) == []  # the job is over when the leader says so
     assert not sim.job.over
-    assert sim.job.rejoined() == [ToLeader(pb.PodReport(finished=0))]  # a new leader asks again
+    assert sim.job.rejoined() == [ToLeader(Finished(0))]  # a new leader asks again
 
     effects = sim.job.end_job(pb.EndJobMsg(exit_code=0, report="all 2 pods finished"))
     assert set(exits(effects)) == set(pids.values())
@@ -612,17 +626,15 @@ def test_end_job_with_a_failure_code_fails_the_pod() -> None:
         e.kind == "ended" and "job given up: crash loop" in e.message for e in sim.job.events
     )
     # Workers attaching afterwards are sent away.
-    assert exits(sim.job.worker_attached(9999, -1, spare=True)) == {
-        9999: pb.ExitWorker(exit_code=0)
-    }
+    assert exits(sim.job.worker_attached(9999, -1, spare=True)) == {9999: Exit(exit_code=0)}
 
 
 # ----------------------------------------------------------------- rejoined
 def test_rejoined_reports_ready_again_while_not_started() -> None:
     sim = PodSim()
     sim.launch()
-    assert sim.job.rejoined() == [ToLeader(pb.PodReport(ready=0))]
-    assert sim.job.rejoined() == [ToLeader(pb.PodReport(ready=0))]
+    assert sim.job.rejoined() == [ToLeader(Ready(0))]
+    assert sim.job.rejoined() == [ToLeader(Ready(0))]
 
 
 def test_rejoined_reports_nothing_while_running_or_not_ready() -> None:
@@ -638,18 +650,16 @@ def test_rejoined_reports_nothing_while_running_or_not_ready() -> None:
 def test_no_python_pod_is_ready_at_once_and_spawns_with_the_leaders_env() -> None:
     sim = PodSim(bootstrapped=False)
     effects = sim.job.attach_launcher()
-    assert effects == [ToLeader(pb.PodReport(ready=0))]
+    assert effects == [ToLeader(Ready(0))]
     effects = sim.job.start_generation(start_msg(0, port=LEADER_PORT + 3))
-    spawned = [c.spawn for c in launcher_commands(effects, "spawn")]
+    spawned = launcher_commands(effects, Spawn)
     assert sorted(s.rank for s in spawned) == [2, 3]
     for spawn in spawned:
         assert spawn.env["MASTER_ADDR"] == LEADER_ADDR
         assert spawn.env["MASTER_PORT"] == str(LEADER_PORT + 3)
     sim.play(effects)
     assert sim.job.process_exited(sim.pid(2), 0, 0, "", sim.now) == []
-    assert sim.job.process_exited(sim.pid(3), 0, 0, "", sim.now) == [
-        ToLeader(pb.PodReport(finished=0))
-    ]
+    assert sim.job.process_exited(sim.pid(3), 0, 0, "", sim.now) == [ToLeader(Finished(0))]
 
 
 # ============================================================ with a leader

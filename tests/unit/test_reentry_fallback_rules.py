@@ -15,7 +15,9 @@ from collections.abc import Iterator
 
 from effects import aborts, exits, make_spec, play_pod, shutdowns, starts
 
-from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToLeader, ToWorker
+from supervisor.rpc.effects_wire import report_to_wire
+from supervisor.rules.effects import Abort, Effect, Kill, ToLauncher, ToLeader, ToWorker
+from supervisor.rules.job import JobState, Timings
 from supervisor.rules.leader import Broadcast, LeaderState, OpenGeneration, PodView
 from supervisor.rules.restart_policy import Failure, RestartPolicy
 from supervisor.rules.status_view import job_status
@@ -214,9 +216,10 @@ def test_an_unwind_timeout_switches_to_fresh_processes() -> None:
     for pid in aborts(effects):  # rank 0 never answers its abort; rank 2 unwinds
         if pid != stuck:
             pod.play(pod.job.outcome(pid, 0, pb.OutcomeKind.OUTCOME_UNWOUND, None, pod.now)[1])
-    pod.play([e for e in effects if not (isinstance(e, ToWorker) and e.command.HasField("abort"))])
+    pod.play([e for e in effects if not (isinstance(e, ToWorker) and isinstance(e.command, Abort))])
     killed = pod.job.tick(pod.now + 5.0)
-    assert [k.command.kill.pid for k in killed if isinstance(k, ToLauncher)] == [stuck]
+    [kill] = [k.command for k in killed if isinstance(k, ToLauncher)]
+    assert isinstance(kill, Kill) and kill.pid == stuck
     [said] = fallen_back(pod)
     assert "rank 0 did not unwind within 5.0s" in said
     assert pod.job.restart_count == 1  # the kill spends nothing
@@ -332,7 +335,8 @@ def test_starts_after_the_fallback_go_to_fresh_processes_only() -> None:
 
 # --------------------------------------------------------------- one pod of many
 def leader_reports(effects: list[Effect]) -> list[pb.PodReport]:
-    return [e.report for e in effects if isinstance(e, ToLeader)]
+    """As they go on the wire (supervisor/rpc/effects_wire.py)."""
+    return [report_to_wire(e.report) for e in effects if isinstance(e, ToLeader)]
 
 
 def coordinated_pod() -> tuple[Pod, JobState]:

@@ -10,6 +10,7 @@ from effects import aborts, exits, launcher_commands, shutdowns, starts
 from test_job import Sim, rank_spawns
 from test_leader import NPROC, formed, make, opened, started
 
+from supervisor.rules.effects import Spawn
 from supervisor.rules.job import JobState, Timings
 from supervisor.rules.leader import CommitStep, PodView
 from supervisor.rules.restart_policy import Failure, RestartPolicy
@@ -84,7 +85,7 @@ def test_a_rank_that_died_while_it_was_away_is_a_failure_once_the_job_is_rebuilt
     effects = job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_HEALTHY), 200.0)
     assert job.generation == 1 and job.failures[-1].rank == 1
     assert job.generation == 1 and job.restart_count == 1, "one failure, one restart"
-    assert pids[0] in aborts(effects) and launcher_commands(effects, "spawn")  # rank 1 anew
+    assert pids[0] in aborts(effects) and launcher_commands(effects, Spawn)  # rank 1 anew
 
 
 def test_ranks_that_disagree_start_the_next_generation() -> None:
@@ -302,8 +303,11 @@ def test_a_rebuilt_leader_pod_whose_ranks_finished_meanwhile_says_so() -> None:
     sim.play(sim.job.attach_launcher())
     sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
     pids = {rank: slot.pid for rank, slot in sim.job.ranks.items()}
-    job = CoordinatedJobState(
-        spec=sim.spec, policy=RestartPolicy(3, 3), allocate_port=itertools.count(43000).__next__
+    job = JobState(
+        leader_remote=True,
+        spec=sim.spec,
+        policy=RestartPolicy(3, 3),
+        allocate_port=itertools.count(43000).__next__,
     )
     job.resume_launcher([(pid, rank) for rank, pid in pids.items()], 200.0)
     first, second = sorted(pids)

@@ -6,7 +6,8 @@ import itertools
 import signal
 
 from supervisor.cli import render_table
-from supervisor.rules.job import JobState, ToWorker
+from supervisor.rules.effects import ToWorker
+from supervisor.rules.job import JobState
 from supervisor.rules.restart_policy import RestartPolicy
 from supervisor.rules.status_view import job_status, job_wide_ranks
 from train_supervisor.v1 import supervisor_pb2 as pb
