@@ -4,6 +4,7 @@ launcher gets on its stream, the reports a pod sends its leader (pure)."""
 from __future__ import annotations
 
 from supervisor.rpc.peer_wire import failure_to_wire
+from supervisor.rpc.state_wire import record_to_wire
 from supervisor.rules.effects import (
     Abort,
     Assigned,
@@ -68,7 +69,7 @@ def report_to_wire(report: PodReport) -> pb.PodReport:
     if isinstance(report, FailureReport):
         wire = pb.PodReport(failure=failure_to_wire(report.failure))
         if report.last_failure is not None:
-            wire.last_failure.CopyFrom(report.last_failure)
+            wire.last_failure.CopyFrom(record_to_wire(report.last_failure))
         return wire
     if isinstance(report, SnapshotsHeld):
         held = pb.PodSnapshots(generation=report.generation, held=report.held)

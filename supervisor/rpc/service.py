@@ -32,14 +32,17 @@ from supervisor.rpc.effects_wire import (
     report_to_wire,
     worker_command_to_wire,
 )
-from supervisor.rpc.peer_wire import copies_to_wire
+from supervisor.rpc.peer_wire import copies_to_wire, message_from_wire
 from supervisor.rpc.refusals import RefusalLog
+from supervisor.rpc.state_wire import spec_from_wire
+from supervisor.rpc.status_view import job_status
 from supervisor.rules import restart_policy
 from supervisor.rules.effects import Effect, Ready, Shutdown, ToLauncher, ToLeader, ToWorker
 from supervisor.rules.failure_evidence import FailureMemory
 from supervisor.rules.job import JobState, Timings
-from supervisor.rules.leader import PodView
-from supervisor.rules.status_view import job_status
+from supervisor.rules.leader import CommitStep, EndJob, OpenGeneration, PodView, StartGeneration
+from supervisor.rules.spec import WorkerSpec
+from supervisor.rules.vocabulary import JobPhase, WorkerState
 from supervisor.settings.detection import DetectConfig
 from supervisor.settings.snapshots import OffloadConfig
 from supervisor.snapshots.harvest import harvest_arenas
@@ -83,10 +86,10 @@ class SupervisorSettings:
 class Coordination(Protocol):
     """The link to the job's leader when the job spans pods (supervisor/rpc/peers.py)."""
 
-    def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
+    def check_spec(self, spec: WorkerSpec) -> Optional[str]:
         """Why this launcher's spec does not fit the job, or None."""
 
-    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
+    def launcher_attached(self, spec: WorkerSpec, resumed: Optional[PodView] = None) -> None:
         """`resumed`: the pod's job as rebuilt under running ranks (a restarted supervisor)."""
 
     def report(self, report: pb.PodReport) -> None: ...
@@ -194,20 +197,22 @@ class Supervisor:
         job = self.job
         if job is None:
             return
-        kind = message.WhichOneof("message")
-        if kind == "open":  # first: what the ranks copied of the generation it stops
+        if message.WhichOneof("message") == "replace":
+            if message.replace.node_rank == job.spec.node_rank:
+                self.apply(job.asked_to_leave(message.replace.reason))
+            return
+        told = message_from_wire(message)
+        if isinstance(told, OpenGeneration):  # first: what the ranks copied of the one it stops
             self.harvest_arenas()
-            self.apply(job.open_generation(message.open, time.monotonic()))
-        elif kind == "start":
-            self.apply(job.start_generation(message.start))
-        elif kind == "end":
-            self.apply(job.end_job(message.end))
-        elif kind == "replace" and message.replace.node_rank == job.spec.node_rank:
-            self.apply(job.asked_to_leave(message.replace.reason))
-        elif kind == "commit":
-            if job.commit_snapshot(message.commit):
+            self.apply(job.open_generation(told, time.monotonic()))
+        elif isinstance(told, StartGeneration):
+            self.apply(job.start_generation(told))
+        elif isinstance(told, EndJob):
+            self.apply(job.end_job(told))
+        elif isinstance(told, CommitStep):
+            if job.commit_snapshot(told):
                 self.apply([])  # wakes the ranks waiting for this commit
-            if self.offload is not None and message.commit.generation == job.generation:
+            if self.offload is not None and told.generation == job.generation:
                 self.offload.leader_round(message.commit)
 
     def record_saved(
@@ -253,7 +258,7 @@ class Supervisor:
     def running_generation(self) -> Optional[int]:
         """The generation every local rank runs (or finished) now; None between generations."""
         job = self.job
-        live = (pb.WorkerState.WORKER_STATE_HEALTHY, pb.WorkerState.WORKER_STATE_SUCCEEDED)
+        live = (WorkerState.WORKER_STATE_HEALTHY, WorkerState.WORKER_STATE_SUCCEEDED)
         if job is None or not job.started or job.over:
             return None
         if all(s.state in live and s.generation == job.generation for s in job.ranks.values()):
@@ -332,8 +337,9 @@ class Supervisor:
         timings = Timings(unwind_timeout_s=self.settings.unwind_timeout_s)
         memory = FailureMemory(pod_fault_rule=self.settings.detect.pod_faults)
         # One pod: the leader runs inside the job's state; several: node 0's (coordination).
+        spec = spec_from_wire(request.spec)
         self.job = JobState(
-            spec=request.spec,
+            spec=spec,
             policy=policy,
             allocate_port=free_port,
             timings=timings,
@@ -342,7 +348,7 @@ class Supervisor:
             stall_timeout_s=self.settings.heartbeat_timeout_s,
         )
         if self.coordination is not None and not request.reattach:  # else once rebuilt
-            self.coordination.launcher_attached(request.spec)
+            self.coordination.launcher_attached(spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
         self.note_launcher(request)
         if request.spec.snapshot_dir:
@@ -406,7 +412,7 @@ class Supervisor:
             return
         await self.offload.flush()
         self.offload.close()
-        if self.job.state == pb.JobState.JOB_STATE_SUCCEEDED:
+        if self.job.state == JobPhase.JOB_STATE_SUCCEEDED:
             try:
                 remove_arena(Path(self.job.spec.snapshot_dir))
             except OSError as err:  # the job succeeded all the same

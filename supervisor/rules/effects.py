@@ -8,12 +8,10 @@ their protobuf where supervisor/rpc/service.py delivers them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
+from supervisor.rules.failure_evidence import FailureRecord
 from supervisor.rules.restart_policy import Failure
-
-if TYPE_CHECKING:
-    from train_supervisor.v1.supervisor_pb2 import FailureRecord
 
 
 # ------------------------------------------------------------- for one worker

@@ -4,8 +4,10 @@ out of the effects JobState returns."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from supervisor.rpc.peer_wire import message_from_wire
+from supervisor.rpc.state_wire import spec_from_wire
 from supervisor.rules.effects import (
     Abort,
     Assigned,
@@ -19,12 +21,36 @@ from supervisor.rules.effects import (
     ToWorker,
 )
 from supervisor.rules.job import JobState
+from supervisor.rules.spec import WorkerSpec
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 ERROR_DIR = "/tmp/train-launch-errors"
 
 
 def make_spec(
+    *,
+    nproc: int = 2,
+    spares: int = 1,
+    max_restarts: int = 3,
+    bootstrapped: bool = True,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    reentry: pb.ReentryMode = pb.ReentryMode.REENTRY_AUTO,
+) -> WorkerSpec:
+    """The spec a JobState holds: wire_spec's, as the launcher service reads it."""
+    wire = wire_spec(
+        nproc=nproc,
+        spares=spares,
+        max_restarts=max_restarts,
+        bootstrapped=bootstrapped,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        reentry=reentry,
+    )
+    return spec_from_wire(wire)
+
+
+def wire_spec(
     *,
     nproc: int = 2,
     spares: int = 1,
@@ -51,6 +77,22 @@ def make_spec(
         snapshot_dir="/dev/shm/train-supervisor/job1",
         reentry=reentry,
     )
+
+
+LEADER_FIELDS = {
+    pb.OpenGenerationMsg: "open",
+    pb.StartGenerationMsg: "start",
+    pb.CommitMsg: "commit",
+    pb.EndJobMsg: "end",
+}
+
+
+def from_leader(
+    message: pb.OpenGenerationMsg | pb.StartGenerationMsg | pb.CommitMsg | pb.EndJobMsg,
+) -> Any:
+    """A leader's message as a pod's supervisor applies it (supervisor/rpc/peer_wire.py)."""
+    wrapped = pb.LeaderMessage(**{LEADER_FIELDS[type(message)]: message})
+    return message_from_wire(wrapped)
 
 
 C = TypeVar("C", Spawn, Kill, Assigned, Shutdown)

@@ -14,6 +14,7 @@ from supervisor.rpc.effects_wire import (
     worker_command_to_wire,
 )
 from supervisor.rpc.peer_wire import failure_from_wire
+from supervisor.rpc.state_wire import record_from_wire
 from supervisor.rules.classify import Action
 from supervisor.rules.effects import (
     Abort,
@@ -33,6 +34,7 @@ from supervisor.rules.effects import (
     Start,
     WorkerCommand,
 )
+from supervisor.rules.failure_evidence import FailureRecord
 from supervisor.rules.restart_policy import Failure
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -84,8 +86,10 @@ def test_a_launcher_command_is_its_proto_message_field_for_field(kind: type) -> 
 
 
 def test_every_report_reaches_the_leader_as_its_oneof() -> None:
-    failure = Failure(2, 3, "ValueError: x", 40, "user_error", Action.RESTART_IN_PLACE, "raised", 7.5)
-    record = pb.FailureRecord(generation=2, rank=3, pid=77, step=40, action="restart")
+    failure = Failure(
+        2, 3, "ValueError: x", 40, "user_error", Action.RESTART_IN_PLACE, "raised", 7.5
+    )
+    record = FailureRecord(generation=2, rank=3, pid=77, step=40, action="restart")
     reports: dict[type, tuple[str, PodReport, object]] = {
         Ready: ("ready", Ready(4), 4),
         Finished: ("finished", Finished(4), 4),
@@ -104,6 +108,6 @@ def test_every_report_reaches_the_leader_as_its_oneof() -> None:
     assert (held.snapshots.generation, list(held.snapshots.held)) == (4, [10, 20])
     sent = report_to_wire(FailureReport(failure, record))
     assert failure_from_wire(sent.failure) == failure
-    assert sent.last_failure == record
+    assert record_from_wire(sent.last_failure) == record
     alone = report_to_wire(FailureReport(failure))  # a failed re-entry: no record
     assert not alone.HasField("last_failure")

@@ -22,6 +22,7 @@ from effects import (
     play_pod,
     shutdowns,
     starts,
+    wire_spec,
 )
 
 from launcher.launch.args import parse_args
@@ -37,6 +38,7 @@ from supervisor.rules.effects import (
     ToLauncher,
     ToWorker,
 )
+from supervisor.rules.failure_evidence import FailureDetail
 from supervisor.rules.job import JobState, Timings
 from supervisor.rules.restart_policy import DEFAULT_CRASH_LOOP_WINDOW_S, RestartPolicy
 from train_supervisor import exit_codes
@@ -140,7 +142,7 @@ class Sim:
 
 
 def boom(message: str = "bad batch") -> pb.FailureDetail:
-    return pb.FailureDetail(
+    return FailureDetail(
         exception_type="ValueError",
         message=message,
         traceback=f"Traceback (most recent call last):\nValueError: {message}\n",
@@ -156,7 +158,7 @@ def sim() -> Sim:
 # ---------------------------------------------------------------- the spec
 def test_spec_helper_matches_the_launchers_worker_spec() -> None:
     argv = ["--nproc-per-node", "2", "--max-restarts", "3", "--rdzv-id", "job1", "-m", "train"]
-    assert worker_spec(parse_args(argv, {}, 8), ERROR_DIR) == make_spec()
+    assert worker_spec(parse_args(argv, {}, 8), ERROR_DIR) == wire_spec()
     no_python = parse_args(
         [
             "--no-python",
@@ -171,7 +173,7 @@ def test_spec_helper_matches_the_launchers_worker_spec() -> None:
         {},
         8,
     )
-    assert worker_spec(no_python, ERROR_DIR) == make_spec(spares=0, bootstrapped=False)
+    assert worker_spec(no_python, ERROR_DIR) == wire_spec(spares=0, bootstrapped=False)
 
 
 # ------------------------------------------------------------------ startup
