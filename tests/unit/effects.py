@@ -1,5 +1,6 @@
-"""Shared by the state machine tests: the WorkerSpec a launcher sends, and picking commands
-out of the effects JobState returns."""
+"""Shared by the state machine tests: the WorkerSpec a launcher sends (and the one JobState
+holds), the leader's messages as a pod applies them, and picking commands out of the effects
+JobState returns."""
 
 from __future__ import annotations
 
@@ -27,27 +28,9 @@ from train_supervisor.v1 import supervisor_pb2 as pb
 ERROR_DIR = "/tmp/train-launch-errors"
 
 
-def make_spec(
-    *,
-    nproc: int = 2,
-    spares: int = 1,
-    max_restarts: int = 3,
-    bootstrapped: bool = True,
-    nnodes: int = 1,
-    node_rank: int = 0,
-    reentry: pb.ReentryMode = pb.ReentryMode.REENTRY_AUTO,
-) -> WorkerSpec:
-    """The spec a JobState holds: wire_spec's, as the launcher service reads it."""
-    wire = wire_spec(
-        nproc=nproc,
-        spares=spares,
-        max_restarts=max_restarts,
-        bootstrapped=bootstrapped,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        reentry=reentry,
-    )
-    return spec_from_wire(wire)
+def make_spec(**options: Any) -> WorkerSpec:
+    """The spec a JobState holds: wire_spec's (same options), as the launcher service reads it."""
+    return spec_from_wire(wire_spec(**options))
 
 
 def wire_spec(
