@@ -1,5 +1,5 @@
-"""JobState -> the JobStatus message served by the status API (pure): the wire's view of
-what the rules hold."""
+"""What the rules hold -> the JobStatus message served by the status API (pure): a pod's
+JobState, the job-wide ranks, and the leader's health findings (supervisor/rules/job_health.py)."""
 
 from __future__ import annotations
 
