@@ -23,6 +23,7 @@ from supervisor.rpc.follower import FollowerLink
 from supervisor.rpc.peers import LeaderHub, PeerServicer
 from supervisor.rpc.server import start_server
 from supervisor.rpc.service import Supervisor, SupervisorSettings
+from supervisor.rules.effects import Shutdown
 from supervisor.rules.leader import LeaderTimings
 from supervisor.settings.detection import parse_detect
 from supervisor.settings.outputs import outputs_from_env
@@ -30,7 +31,6 @@ from supervisor.settings.serve import SidecarConfig, split_host_port
 from supervisor.settings.snapshots import parse_offload
 from supervisor.snapshots.offload_runner import ReplicaTarget
 from supervisor.snapshots.replica import ReplicaServicer
-from train_supervisor.v1 import supervisor_pb2 as pb
 
 log = logging.getLogger("train_supervisor")
 # The embedded supervisor's close waits this long: the shutdown flush is a capped write of the
@@ -149,7 +149,7 @@ class App:
             raise
         return cls(sup, server, port, metrics)
 
-    async def finish(self) -> Optional[pb.Shutdown]:
+    async def finish(self) -> Optional[Shutdown]:
         """The newest committed step to the durable directory; how the job ended, if it did."""
         await self.sup.finish_offload()
         return self.sup.ended

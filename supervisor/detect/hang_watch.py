@@ -32,8 +32,8 @@ from supervisor.rules.hang import (
     threshold_s,
 )
 from supervisor.rules.job import JobState, RankSlot
+from supervisor.rules.vocabulary import WorkerState
 from supervisor.settings.detection import DetectConfig
-from train_supervisor.v1 import supervisor_pb2 as pb
 
 # CPU seconds between two looks above which a process counts as working.
 BUSY_CPU_S = 0.05
@@ -58,7 +58,7 @@ class HangWatch:
             return []
         stepping = [
             s for s in job.ranks.values()
-            if s.pid and s.state == pb.WorkerState.WORKER_STATE_HEALTHY
+            if s.pid and s.state == WorkerState.WORKER_STATE_HEALTHY
             and s.generation == job.generation
         ]  # fmt: skip
         seen = {(job.generation, s.pid): self._seen_since.get((job.generation, s.pid), now)

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from supervisor.rules.failure_evidence import FailureRecord
 from supervisor.settings.outputs import METRICS_PORT_ENV
 from supervisor.settings.serve import join_host_port
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -44,7 +45,7 @@ class MetricsSnapshot:
 
 def snapshot_of(
     local: pb.JobStatus,
-    failures: Iterable[pb.FailureRecord],
+    failures: Iterable[FailureRecord],
     events_by_kind: Mapping[str, int],
     job_wide: Optional[pb.JobStatus] = None,
 ) -> MetricsSnapshot:

@@ -22,6 +22,7 @@ from typing import Optional, Protocol
 import grpc
 
 from supervisor.rules.job import JobState
+from supervisor.rules.spec import WorkerSpec
 from supervisor.snapshots.restore import SOURCE_ORDER
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -493,7 +494,7 @@ def _finite(name: str, value: float) -> Optional[Refusal]:
 # ------------------------------------------------------------------ ReplicaService
 
 
-def replica_header(spec: pb.WorkerSpec, header: pb.ReplicaHeader) -> Optional[Refusal]:
+def replica_header(spec: WorkerSpec, header: pb.ReplicaHeader) -> Optional[Refusal]:
     """A pushed copy belongs to another pod of this job, and to one of that pod's ranks."""
     others = [n for n in range(spec.nnodes) if n != spec.node_rank]
     if header.node_rank not in others:

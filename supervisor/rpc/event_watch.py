@@ -14,6 +14,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Optional, Protocol
 
+from supervisor.rpc.state_wire import event_to_wire
 from supervisor.rules.job import JobState
 from train_supervisor.v1 import supervisor_pb2 as pb
 
@@ -33,7 +34,7 @@ class EventSource(Protocol):
 
 
 def _pending(source: EventSource, after: int) -> list[pb.JobEvent]:
-    return [] if source.job is None else source.job.events.since(after)
+    return [] if source.job is None else [event_to_wire(e) for e in source.job.events.since(after)]
 
 
 def _news(source: EventSource, after: int) -> bool:

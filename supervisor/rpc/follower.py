@@ -17,6 +17,7 @@ from supervisor.rpc.peer_wire import message_from_wire, view_to_wire
 from supervisor.rpc.peers import KEEPALIVE_TIME_MS, spec_mismatch
 from supervisor.rpc.service import Supervisor
 from supervisor.rules.leader import PodView, follow, mark_finished
+from supervisor.rules.spec import WorkerSpec
 from train_supervisor.credentials import MAX_MESSAGE_BYTES, TOKEN_METADATA_KEY, bearer
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
@@ -45,7 +46,7 @@ class FollowerLink:
         self.heartbeat_s = heartbeat_s
         self.incarnation = random.getrandbits(62)
         self.view: Optional[PodView] = None
-        self.spec: Optional[pb.WorkerSpec] = None
+        self.spec: Optional[WorkerSpec] = None
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -71,10 +72,10 @@ class FollowerLink:
         self._outbox: asyncio.Queue[pb.PodReport] = asyncio.Queue()
         self._sender: Optional[asyncio.Task[None]] = None
 
-    def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
+    def check_spec(self, spec: WorkerSpec) -> Optional[str]:
         return spec_mismatch(spec, self.nnodes, self.node_rank)
 
-    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
+    def launcher_attached(self, spec: WorkerSpec, resumed: Optional[PodView] = None) -> None:
         """`resumed`: this supervisor is new and rebuilt the pod's job from its running
         ranks; the leader (or its replacement) keeps their generation running."""
         self.spec = spec

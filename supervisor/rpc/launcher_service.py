@@ -13,6 +13,7 @@ import grpc
 from supervisor.detect.gpu_probe import device_health
 from supervisor.rpc import call_checks
 from supervisor.rpc.service import Supervisor
+from supervisor.rpc.state_wire import spec_from_wire
 from supervisor.rules.classify import GpuHealth
 from supervisor.rules.job import JobState
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -40,7 +41,7 @@ class LauncherServicer(pb_grpc.LauncherServiceServicer):
                 yield command
             return
         if sup.coordination is not None:
-            mismatch = sup.coordination.check_spec(request.spec)
+            mismatch = sup.coordination.check_spec(spec_from_wire(request.spec))
             if mismatch is not None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, mismatch)
         job = sup.attach_launcher(request)

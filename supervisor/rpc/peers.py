@@ -25,12 +25,15 @@ from supervisor.rpc.peer_wire import (
     view_from_wire,
 )
 from supervisor.rpc.service import Supervisor
+from supervisor.rpc.state_wire import record_from_wire, sample_from_wire
+from supervisor.rpc.status_view import health_status, job_wide_ranks
 from supervisor.rules import restart_policy
 from supervisor.rules.anomaly import AnomalyTracker
 from supervisor.rules.job import evidence_of, fresh_from_the_start
 from supervisor.rules.job_health import JobHealth
 from supervisor.rules.leader import Broadcast, JoinRefused, LeaderState, LeaderTimings, PodView
-from supervisor.rules.status_view import job_wide_ranks
+from supervisor.rules.spec import WorkerSpec
+from supervisor.rules.vocabulary import ReentryMode
 from supervisor.snapshots.rounds import OffloadRounds
 from supervisor.workers.ports import free_port
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -41,7 +44,7 @@ TICK_S = 0.2
 KEEPALIVE_TIME_MS = 1000
 
 
-def spec_mismatch(spec: pb.WorkerSpec, nnodes: int, node_rank: int) -> Optional[str]:
+def spec_mismatch(spec: WorkerSpec, nnodes: int, node_rank: int) -> Optional[str]:
     if spec.nnodes != nnodes or spec.node_rank != node_rank:
         return (
             f"train-launch has --nnodes {spec.nnodes} --node-rank {spec.node_rank}, but this "
@@ -70,10 +73,10 @@ class LeaderHub:
         self.health = JobHealth(AnomalyTracker(detect.anomaly), detect.sample_s)
 
     # -------------------------------------------------- Coordination (node 0)
-    def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
+    def check_spec(self, spec: WorkerSpec) -> Optional[str]:
         return spec_mismatch(spec, self.nnodes, 0)
 
-    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
+    def launcher_attached(self, spec: WorkerSpec, resumed: Optional[PodView] = None) -> None:
         self.run_id = spec.run_id
         settings = self.local.settings
         policy = restart_policy.RestartPolicy(
@@ -95,7 +98,7 @@ class LeaderHub:
             self.timings,
             rounds=rounds,
             fresh_processes=fresh_from_the_start(spec, "node 0's "),
-            falls_back=spec.reentry != pb.ReentryMode.REENTRY_ALWAYS,
+            falls_back=spec.reentry != ReentryMode.REENTRY_ALWAYS,
         )
         self._deliver(self.leader.join(0, spec.nproc_per_node, resumed, time.monotonic()))
         job = self.local.job
@@ -128,7 +131,7 @@ class LeaderHub:
         del status.offload_errors[:]
         job_errors = self.leader.snapshots.rounds.errors
         status.offload_errors.extend(f"{k}: {v}" for k, v in sorted(job_errors.items()))
-        self.health.to_status(status)
+        health_status(self.health, status)
         return status
 
     # ------------------------------------------------------------ PeerService
@@ -218,7 +221,7 @@ class LeaderHub:
         if report.HasField("last_failure") and node != 0:
             self.pod_failures[node] = report.last_failure
         if report.HasField("sample"):
-            self.health.add(node, report.sample, time.monotonic())
+            self.health.add(node, sample_from_wire(report.sample), time.monotonic())
         if report.HasField("copies"):  # before "ready": the restore choice needs them
             leader.pod_copies(node, copies_from_wire(report.copies))
         kind = report.WhichOneof("report")
@@ -229,7 +232,8 @@ class LeaderHub:
             self._deliver(leader.pod_finished(node, report.finished))
         elif kind == "failure":
             failure = failure_from_wire(report.failure)
-            seen = evidence_of(report.last_failure) if report.HasField("last_failure") else None
+            last = report.last_failure
+            seen = evidence_of(record_from_wire(last)) if report.HasField("last_failure") else None
             self._deliver(leader.failure(node, failure.generation, failure, seen))
         elif kind == "snapshots":
             held = report.snapshots
@@ -270,12 +274,13 @@ class LeaderHub:
     def _check_health(self, now: float) -> None:
         own = self.local.pod_health
         if own is not None and own.latest is not None:
-            self.health.add(0, own.latest, now)
+            self.health.add(0, sample_from_wire(own.latest), now)
         news = self.health.tick(now)
         if news.events:
             self.local.record_news(news.events)
         for replace in news.replace:
-            leave = pb.LeaderMessage(replace=replace)
+            asked = pb.ReplacePodMsg(node_rank=replace.node_rank, reason=replace.reason)
+            leave = pb.LeaderMessage(replace=asked)
             if replace.node_rank == 0:
                 asyncio.get_running_loop().call_soon(self.local.on_leader_message, leave)
             elif replace.node_rank in self.streams:

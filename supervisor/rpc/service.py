@@ -27,13 +27,22 @@ from supervisor.outputs.kube.reporter import KubeReporter
 from supervisor.outputs.metrics import REFRESH_S, MetricsBoard, snapshot_of
 from supervisor.rpc import call_checks
 from supervisor.rpc.call_checks import NoProcesses, Processes, Refusal
-from supervisor.rpc.peer_wire import copies_to_wire
+from supervisor.rpc.effects_wire import (
+    launcher_command_to_wire,
+    report_to_wire,
+    worker_command_to_wire,
+)
+from supervisor.rpc.peer_wire import copies_to_wire, message_from_wire
 from supervisor.rpc.refusals import RefusalLog
+from supervisor.rpc.state_wire import spec_from_wire
+from supervisor.rpc.status_view import job_status
 from supervisor.rules import restart_policy
+from supervisor.rules.effects import Effect, Ready, Shutdown, ToLauncher, ToLeader, ToWorker
 from supervisor.rules.failure_evidence import FailureMemory
-from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToLeader, ToWorker
-from supervisor.rules.leader import PodView
-from supervisor.rules.status_view import job_status
+from supervisor.rules.job import JobState, Timings
+from supervisor.rules.leader import CommitStep, EndJob, OpenGeneration, PodView, StartGeneration
+from supervisor.rules.spec import WorkerSpec
+from supervisor.rules.vocabulary import JobPhase, WorkerState
 from supervisor.settings.detection import DetectConfig
 from supervisor.settings.snapshots import OffloadConfig
 from supervisor.snapshots.harvest import harvest_arenas
@@ -77,10 +86,10 @@ class SupervisorSettings:
 class Coordination(Protocol):
     """The link to the job's leader when the job spans pods (supervisor/rpc/peers.py)."""
 
-    def check_spec(self, spec: pb.WorkerSpec) -> Optional[str]:
+    def check_spec(self, spec: WorkerSpec) -> Optional[str]:
         """Why this launcher's spec does not fit the job, or None."""
 
-    def launcher_attached(self, spec: pb.WorkerSpec, resumed: Optional[PodView] = None) -> None:
+    def launcher_attached(self, spec: WorkerSpec, resumed: Optional[PodView] = None) -> None:
         """`resumed`: the pod's job as rebuilt under running ranks (a restarted supervisor)."""
 
     def report(self, report: pb.PodReport) -> None: ...
@@ -106,7 +115,7 @@ class Supervisor:
         self.launcher_queue: asyncio.Queue[Optional[pb.LauncherCommand]] = asyncio.Queue()
         self.worker_queues: dict[int, asyncio.Queue[Optional[pb.WorkerCommand]]] = {}
         self.changed = asyncio.Condition()
-        self.ended: Optional[pb.Shutdown] = None  # how the job ended, once it did
+        self.ended: Optional[Shutdown] = None  # how the job ended, once it did
         self.events_logged = 0
         self._ticker: Optional[asyncio.Task[None]] = None
         self.replica_target: Optional[ReplicaTarget] = None  # the next pod (multi-pod only)
@@ -139,24 +148,31 @@ class Supervisor:
     def _to_worker(self, effect: ToWorker) -> None:
         queue = self.worker_queues.get(effect.pid)
         if queue is not None:
-            queue.put_nowait(effect.command)
+            queue.put_nowait(worker_command_to_wire(effect.command))
 
     def _to_launcher(self, effect: ToLauncher) -> None:
-        self.launcher_queue.put_nowait(effect.command)
-        if effect.command.HasField("shutdown"):
-            self.ended = effect.command.shutdown
+        self.launcher_queue.put_nowait(launcher_command_to_wire(effect.command))
+        if isinstance(effect.command, Shutdown):
+            self.ended = effect.command
 
     def _to_leader(self, effect: ToLeader) -> None:
         if self.coordination is None:
             return
-        if effect.report.HasField("ready") and self.offload is not None:
+        report = report_to_wire(effect.report)
+        if isinstance(effect.report, Ready) and self.offload is not None:
             # The leader chooses the restore step from every pod's copies (and, if it
             # replaced another, from the commit this pod heard of last).
             held = self.offload.copies_now()
             if self.job is not None:
                 held = dataclasses.replace(held, committed=self.job.snapshots.committed)
-            effect.report.copies.CopyFrom(copies_to_wire(held))
-        self.coordination.report(effect.report)
+            report.copies.CopyFrom(copies_to_wire(held))
+        self.coordination.report(report)
+
+    def _report_to_leader(self, report: pb.PodReport) -> None:
+        """A report of the offload driver's own (supervisor/snapshots/offload_runner.py)."""
+        if self.coordination is not None:
+            self.coordination.report(report)
+        self.apply([])
 
     def _log_new_events(self) -> None:
         if self.job is None:
@@ -181,20 +197,22 @@ class Supervisor:
         job = self.job
         if job is None:
             return
-        kind = message.WhichOneof("message")
-        if kind == "open":  # first: what the ranks copied of the generation it stops
+        if message.WhichOneof("message") == "replace":
+            if message.replace.node_rank == job.spec.node_rank:
+                self.apply(job.asked_to_leave(message.replace.reason))
+            return
+        told = message_from_wire(message)
+        if isinstance(told, OpenGeneration):  # first: what the ranks copied of the one it stops
             self.harvest_arenas()
-            self.apply(job.open_generation(message.open, time.monotonic()))
-        elif kind == "start":
-            self.apply(job.start_generation(message.start))
-        elif kind == "end":
-            self.apply(job.end_job(message.end))
-        elif kind == "replace" and message.replace.node_rank == job.spec.node_rank:
-            self.apply(job.asked_to_leave(message.replace.reason))
-        elif kind == "commit":
-            if job.commit_snapshot(message.commit):
+            self.apply(job.open_generation(told, time.monotonic()))
+        elif isinstance(told, StartGeneration):
+            self.apply(job.start_generation(told))
+        elif isinstance(told, EndJob):
+            self.apply(job.end_job(told))
+        elif isinstance(told, CommitStep):
+            if job.commit_snapshot(told):
                 self.apply([])  # wakes the ranks waiting for this commit
-            if self.offload is not None and message.commit.generation == job.generation:
+            if self.offload is not None and told.generation == job.generation:
                 self.offload.leader_round(message.commit)
 
     def record_saved(
@@ -240,7 +258,7 @@ class Supervisor:
     def running_generation(self) -> Optional[int]:
         """The generation every local rank runs (or finished) now; None between generations."""
         job = self.job
-        live = (pb.WorkerState.WORKER_STATE_HEALTHY, pb.WorkerState.WORKER_STATE_SUCCEEDED)
+        live = (WorkerState.WORKER_STATE_HEALTHY, WorkerState.WORKER_STATE_SUCCEEDED)
         if job is None or not job.started or job.over:
             return None
         if all(s.state in live and s.generation == job.generation for s in job.ranks.values()):
@@ -319,8 +337,9 @@ class Supervisor:
         timings = Timings(unwind_timeout_s=self.settings.unwind_timeout_s)
         memory = FailureMemory(pod_fault_rule=self.settings.detect.pod_faults)
         # One pod: the leader runs inside the job's state; several: node 0's (coordination).
+        spec = spec_from_wire(request.spec)
         self.job = JobState(
-            spec=request.spec,
+            spec=spec,
             policy=policy,
             allocate_port=free_port,
             timings=timings,
@@ -329,7 +348,7 @@ class Supervisor:
             stall_timeout_s=self.settings.heartbeat_timeout_s,
         )
         if self.coordination is not None and not request.reattach:  # else once rebuilt
-            self.coordination.launcher_attached(request.spec)
+            self.coordination.launcher_attached(spec)
         log.info("launcher pid %d attached: %s", request.launcher_pid, request.spec.run_id)
         self.note_launcher(request)
         if request.spec.snapshot_dir:
@@ -339,7 +358,7 @@ class Supervisor:
                 self.settings.offload,
                 target,
                 on_change=lambda: self.apply([]),
-                to_leader=lambda report: self.apply([ToLeader(report)]),
+                to_leader=self._report_to_leader,
             )
         sampler = PodSampler(self.probes)
         self.pod_health = PodHealth(request.spec.node_rank, sampler, self.settings.detect.sample_s)
@@ -393,7 +412,7 @@ class Supervisor:
             return
         await self.offload.flush()
         self.offload.close()
-        if self.job.state == pb.JobState.JOB_STATE_SUCCEEDED:
+        if self.job.state == JobPhase.JOB_STATE_SUCCEEDED:
             try:
                 remove_arena(Path(self.job.spec.snapshot_dir))
             except OSError as err:  # the job succeeded all the same

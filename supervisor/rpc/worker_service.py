@@ -13,7 +13,9 @@ import grpc
 
 from supervisor.rpc import call_checks
 from supervisor.rpc.service import Supervisor
+from supervisor.rpc.state_wire import detail_from_wire, reattached_from_wire
 from supervisor.rules.job import JobState
+from supervisor.rules.vocabulary import OutcomeKind
 from train_supervisor.v1 import supervisor_pb2 as pb
 from train_supervisor.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -39,7 +41,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             old.put_nowait(None)  # that stream is dead: its worker attached again
         sup.worker_queues[request.pid] = queue
         if request.reattach:
-            sup.apply(job.worker_reattached(request, time.monotonic()))
+            sup.apply(job.worker_reattached(reattached_from_wire(request), time.monotonic()))
         else:
             sup.apply(job.worker_attached(request.pid, request.rank, request.spare))
         await context.send_initial_metadata(())  # attached: the worker may report now
@@ -83,9 +85,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         sup = self.sup
         job = await sup.require_job(context)
         await sup.refuse(context, "ReportOutcome", call_checks.outcome(job, request))
-        failure = request.failure if request.HasField("failure") else None
+        failure = detail_from_wire(request.failure) if request.HasField("failure") else None
+        kind = OutcomeKind(int(request.kind))  # a known one: call_checks.outcome
         verdict, effects = job.outcome(
-            request.pid, request.generation, request.kind, failure, time.monotonic(), request.step
+            request.pid, request.generation, kind, failure, time.monotonic(), request.step
         )
         sup.apply(effects)
         for final in (False, True):  # a peer's error may wait a second window (JobState.settle)
@@ -95,7 +98,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             verdict, effects = job.settle(request.pid, final)
             sup.apply(effects)
         assert verdict is not None  # the final window always decides
-        return pb.OutcomeVerdict(verdict=verdict)
+        return pb.OutcomeVerdict(verdict=verdict.name)
 
     async def _wait_for_abort(self, job: JobState, generation: int) -> None:
         def aborted() -> bool:

@@ -24,14 +24,45 @@ from supervisor.rules.classify import (
     classify,
     peer_error,
 )
-from train_supervisor.v1 import supervisor_pb2 as pb
+
+
+@dataclass
+class FailureDetail:
+    """What a rank's script raised (its worker reports it), or why the supervisor killed it."""
+
+    exception_type: str = ""
+    message: str = ""
+    traceback: str = ""
+    # Stable fingerprint of the error (type + message + innermost frame), used by the
+    # crash-loop rule.
+    signature: str = ""
+
+
+@dataclass
+class FailureRecord:
+    """What is known of one rank's death (supervisor/rules/job.py:failure_record); the class
+    and reason once judged, the action once decided."""
+
+    generation: int = 0
+    rank: int = 0
+    pid: int = 0
+    exit_code: int = 0
+    signal: int = 0
+    detail: FailureDetail = field(default_factory=FailureDetail)
+    step: int = 0  # the rank's steps in `generation`
+    action: str = ""
+    time_unix: float = 0.0
+    failure_class: str = ""  # supervisor/rules/classify.py: hardware, out_of_memory, hung, ...
+    reason: str = ""  # the evidence that decided the class
+    job_step: int = 0  # the job's steps over all its generations when the rank failed
+
 
 NO_GPU = GpuHealth()  # frozen: what a pod without a GPU probe knows
 DEFAULT_POD_FAULT_RULE = PodFaultRule()  # frozen
 
 
 def evidence_of(
-    record: pb.FailureRecord,
+    record: FailureRecord,
     output_tail: str,
     oom_kills: int,
     same_class_before: int = 0,
@@ -71,7 +102,7 @@ class FailureMemory:
 
     def judge(
         self,
-        record: pb.FailureRecord,
+        record: FailureRecord,
         output_tail: str,
         oom_kills: int,
         gpu: GpuHealth = NO_GPU,
@@ -101,7 +132,7 @@ class FailureMemory:
         return found
 
 
-def policy_failure(record: pb.FailureRecord, found: Classification) -> restart_policy.Failure:
+def policy_failure(record: FailureRecord, found: Classification) -> restart_policy.Failure:
     """The failure as the restart policy (and the leader) sees it: where, what, which class."""
     return restart_policy.Failure(
         record.generation,
@@ -115,7 +146,7 @@ def policy_failure(record: pb.FailureRecord, found: Classification) -> restart_p
     )
 
 
-def peer_echo(detail: pb.FailureDetail | None) -> bool:
+def peer_echo(detail: FailureDetail | None) -> bool:
     """A raised error that says a collective lost a peer, not what went wrong in the rank."""
     return detail is not None and peer_error(detail.exception_type, detail.message)
 
@@ -129,7 +160,7 @@ class Settled(enum.Enum):
 
 
 def settle_raised(
-    own: pb.FailureDetail | None, raised: list[pb.FailureDetail | None], final: bool
+    own: FailureDetail | None, raised: list[FailureDetail | None], final: bool
 ) -> Settled:
     """A peer's error is not the failure while another rank raised one of its own; with
     none yet, a second window (`final` False). Which rank's exit comes first must not

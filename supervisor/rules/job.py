@@ -34,18 +34,41 @@ mode; REENTRY_ALWAYS never falls back (a failed re-entry is an ordinary failure)
 from __future__ import annotations
 
 import collections
+import dataclasses
 import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional
 
-from supervisor.rpc.peer_wire import failure_to_wire
 from supervisor.rules import failure_evidence, restart_policy
 from supervisor.rules.classify import HUNG_SIGNATURE, Classification, GpuHealth
+from supervisor.rules.effects import (
+    Abort,
+    Assigned,
+    CollectiveBroke,
+    Effect,
+    Exit,
+    FailureReport,
+    Finished,
+    Kill,
+    Ready,
+    ReentryFailed,
+    SnapshotsHeld,
+    Spawn,
+    Start,
+    ToLauncher,
+    ToLeader,
+    ToWorker,
+    end_job,
+    kill,
+    spawn,
+)
 from supervisor.rules.failure_evidence import (
     NO_GPU,
+    FailureDetail,
     FailureMemory,
+    FailureRecord,
     Settled,
     peer_echo,
     policy_failure,
@@ -53,6 +76,7 @@ from supervisor.rules.failure_evidence import (
 from supervisor.rules.hang import HangFinding
 from supervisor.rules.leader import (
     Broadcast,
+    CommitStep,
     EndJob,
     Evidence,
     LeaderState,
@@ -61,53 +85,36 @@ from supervisor.rules.leader import (
     StartGeneration,
     give_up_report,
 )
+from supervisor.rules.spec import WorkerSpec
+from supervisor.rules.vocabulary import (
+    JobPhase,
+    OutcomeKind,
+    ReentryMode,
+    Verdict,
+    WorkerState,
+)
 from supervisor.snapshots.commit import CommitTracker
 from supervisor.workers.spares import SparePool
 from supervisor.workers.worker_env import spec_env
 from train_supervisor import exit_codes
-from train_supervisor.v1 import supervisor_pb2 as pb
 
-WS = pb.WorkerState
+WS = WorkerState
 
 
 @dataclass(frozen=True)
-class ToWorker:
+class Reattached:
+    """A running worker attached again after its supervisor's stream broke: where it stands."""
+
     pid: int
-    command: pb.WorkerCommand
-
-
-@dataclass(frozen=True)
-class ToLauncher:
-    command: pb.LauncherCommand
-
-
-@dataclass(frozen=True)
-class ToLeader:
-    """A report for the job's leader (multi-pod): it decides, this pod carries out."""
-
-    report: pb.PodReport
-
-
-Effect = Union[ToWorker, ToLauncher, ToLeader]
-
-
-def spawn(rank: int, local_rank: int = 0, env: Optional[dict[str, str]] = None) -> ToLauncher:
-    """A new process for `rank` (-1: a warm spare)."""
-    command = pb.SpawnWorker(rank=rank, local_rank=local_rank, env=env or {}, spare=rank < 0)
-    return ToLauncher(pb.LauncherCommand(spawn=command))
-
-
-def kill(pid: int, signum: int, reason: str) -> ToLauncher:
-    command = pb.KillProcess(pid=pid, signal=signum, reason=reason)
-    return ToLauncher(pb.LauncherCommand(kill=command))
-
-
-def end_job(pids: list[int], exit_code: int, report: str) -> list[Effect]:
-    """Every process leaves, then the launcher exits with `exit_code` and `report`."""
-    bye = pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0))
-    shutdown = pb.Shutdown(exit_code=exit_code, report=report)
-    goodbyes: list[Effect] = [ToWorker(pid, bye) for pid in pids]
-    return [*goodbyes, ToLauncher(pb.LauncherCommand(shutdown=shutdown))]
+    rank: int  # -1: a spare
+    spare: bool = False
+    generation: int = -1  # the generation it last started
+    # HEALTHY: its script runs `generation`; SUCCEEDED: it finished it; INIT: it waits
+    state: WorkerState = WorkerState.WORKER_STATE_UNKNOWN
+    step: int = 0  # optimizer steps completed in `generation`
+    master_addr: str = ""  # of `generation`
+    master_port: int = 0
+    restart_count: int = 0
 
 
 @dataclass
@@ -116,14 +123,14 @@ class RankSlot:
     local_rank: int
     pid: int = 0  # 0: no process holds the rank
     spawning: bool = False
-    state: pb.WorkerState = WS.WORKER_STATE_UNKNOWN
+    state: WorkerState = WS.WORKER_STATE_UNKNOWN
     generation: int = -1  # generation the holding process last started
     step: int = 0
     step_time_s: float = 0.0
     compute_s: float = 0.0  # own work in the last step (launcher/worker/heartbeat.py)
     last_heartbeat: Optional[float] = None
     process_starts: int = 0
-    evidence: Optional[pb.FailureDetail] = None
+    evidence: Optional[FailureDetail] = None
     unwind_deadline: Optional[float] = None
     # The generation the holding process started first (-1: none yet): a process that
     # started an earlier one than it runs now re-entered the script in place.
@@ -155,6 +162,15 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+@dataclass(frozen=True)
+class JobEvent:
+    time_unix: float = 0.0
+    kind: str = ""
+    message: str = ""
+    seq: int = 0  # 1, 2, ... per supervisor: where a watcher resumes
+    node_rank: int = 0  # the pod whose supervisor recorded it
+
+
 @dataclass
 class EventLog:
     """The job's recent events, for status and WatchEvents; `recorded` counts all, kept or not.
@@ -163,9 +179,7 @@ class EventLog:
     including it), so a watcher resumes with `since(last seq it got)`.
     """
 
-    kept: collections.deque[pb.JobEvent] = field(
-        default_factory=lambda: collections.deque(maxlen=200)
-    )
+    kept: collections.deque[JobEvent] = field(default_factory=lambda: collections.deque(maxlen=200))
     recorded: int = 0
     node_rank: int = 0  # stamped on every event: the pod whose supervisor recorded it
     by_kind: collections.Counter[str] = field(default_factory=collections.Counter)  # all recorded
@@ -173,7 +187,7 @@ class EventLog:
     def add(self, kind: str, message: str) -> None:
         self.recorded += 1
         self.by_kind[kind] += 1
-        event = pb.JobEvent(
+        event = JobEvent(
             time_unix=time.time(),
             kind=kind,
             message=message,
@@ -182,12 +196,12 @@ class EventLog:
         )
         self.kept.append(event)
 
-    def since(self, seq: int) -> list[pb.JobEvent]:
+    def since(self, seq: int) -> list[JobEvent]:
         """Kept events with a seq above `seq` (those recorded after the first `seq`)."""
         new = min(self.recorded - seq, len(self.kept))
         return list(self.kept)[len(self.kept) - new :] if new > 0 else []
 
-    def __iter__(self) -> Iterator[pb.JobEvent]:
+    def __iter__(self) -> Iterator[JobEvent]:
         return iter(self.kept)
 
     def __len__(self) -> int:
@@ -200,31 +214,31 @@ def failure_record(
     pid: int,
     exit_code: int,
     signum: int,
-    evidence: Optional[pb.FailureDetail],
+    evidence: Optional[FailureDetail],
     step: int,
     job_step: Optional[int] = None,
-) -> pb.FailureRecord:
+) -> FailureRecord:
     """What is known of a rank's death; the signature falls back to the signal or exit code.
 
     `step`: the rank's steps in `generation`; `job_step`: the job's over all generations
     (JobState.job_step; None: `step`, as in generation 0)."""
-    detail = evidence or pb.FailureDetail()
+    detail = evidence or FailureDetail()
     if not detail.signature:
         detail.signature = signal_name(signum) if signum else f"exit code {exit_code}"
-    return pb.FailureRecord(
+    return FailureRecord(
         generation=generation,
         rank=rank,
         pid=pid,
         exit_code=exit_code,
         signal=signum,
-        detail=detail,
+        detail=dataclasses.replace(detail),  # the record's own: the rank's may change
         step=step,
         job_step=step if job_step is None else job_step,
         time_unix=time.time(),
     )
 
 
-def describe_failure(record: pb.FailureRecord, then: str) -> str:
+def describe_failure(record: FailureRecord, then: str) -> str:
     """One line: who died how, the class and its evidence (supervisor/rules/classify.py), what
     follows."""
     what = (
@@ -237,46 +251,46 @@ def describe_failure(record: pb.FailureRecord, then: str) -> str:
     )
 
 
-def where_in_job(record: pb.FailureRecord) -> str:
+def where_in_job(record: FailureRecord) -> str:
     """The job-wide step first: a rank's own count restarts at 0 in every generation."""
     return f"{record.job_step} of the job ({record.step} in generation {record.generation})"
 
 
-def evidence_of(record: pb.FailureRecord) -> Evidence:
+def evidence_of(record: FailureRecord) -> Evidence:
     """What a give-up report (supervisor/rules/leader.py:give_up_report) shows of `record`."""
     detail = record.detail
     error = f"{detail.exception_type or detail.signature}: {detail.message}"
     return Evidence(error, where_in_job(record), detail.traceback)
 
 
-JS = pb.JobState
+JS = JobPhase
 
 
-def fresh_from_the_start(spec: pb.WorkerSpec, whose: str = "") -> str:
+def fresh_from_the_start(spec: WorkerSpec, whose: str = "") -> str:
     """Why survivors never re-enter in this job ("" : they do)."""
-    never = spec.bootstrapped and spec.reentry == pb.ReentryMode.REENTRY_NEVER
+    never = spec.bootstrapped and spec.reentry == ReentryMode.REENTRY_NEVER
     return f"{whose}train-launch --reentry never" if never else ""
 
 
 ENDED = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_STOPPED)  # over: no restarts
-__all__ = ["Effect", "JobState", "RankSlot", "Timings", "ToLauncher", "ToWorker"]
+__all__ = ["JobEvent", "JobState", "RankSlot", "Reattached", "Timings"]
 
 
 @dataclass
 class JobState:
-    spec: pb.WorkerSpec
+    spec: WorkerSpec
     policy: restart_policy.RestartPolicy
     allocate_port: Callable[[], int]
     timings: Timings = field(default_factory=Timings)
     generation: int = 0
     started: bool = False
     restart_count: int = 0
-    state: pb.JobState = pb.JobState.JOB_STATE_STARTING
+    state: JobPhase = JobPhase.JOB_STATE_STARTING
     ranks: dict[int, RankSlot] = field(default_factory=dict)
     spares: SparePool = field(default_factory=lambda: SparePool(target=0))
     killed_by_us: set[int] = field(default_factory=set)
     history: list[restart_policy.Failure] = field(default_factory=list)
-    failures: list[pb.FailureRecord] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)
     failure_memory: FailureMemory = field(default_factory=FailureMemory)  # for classify's history
     events: EventLog = field(default_factory=EventLog)
     master_port: int = 0
@@ -342,7 +356,7 @@ class JobState:
             allocate_port=lambda: self.master_port,
             master_addr=self.master_addr,
             fresh_processes=self.fresh_processes,
-            falls_back=self.spec.reentry != pb.ReentryMode.REENTRY_ALWAYS,
+            falls_back=self.spec.reentry != ReentryMode.REENTRY_ALWAYS,
         )
         leader.history = self.history  # one history: the leader's, shown as this pod's
         leader.join(0, self.spec.nproc_per_node, None, 0.0)
@@ -378,12 +392,9 @@ class JobState:
         if common == self.snapshots_reported:
             return []
         self.snapshots_reported = common
-        report = pb.PodReport(
-            snapshots=pb.PodSnapshots(generation=self.generation, held=sorted(common))
-        )
-        return [ToLeader(report)]
+        return [ToLeader(SnapshotsHeld(self.generation, tuple(sorted(common))))]
 
-    def commit_snapshot(self, message: pb.CommitMsg) -> bool:
+    def commit_snapshot(self, message: CommitStep) -> bool:
         """The remote leader's commit; True: waiting ranks are to be woken."""
         if message.generation != self.generation:
             return False
@@ -401,7 +412,7 @@ class JobState:
     @property
     def falls_back(self) -> bool:
         """A failed re-entry switches the job to fresh processes (not yet switched)."""
-        return self.spec.reentry == pb.ReentryMode.REENTRY_AUTO and not self.fresh_processes
+        return self.spec.reentry == ReentryMode.REENTRY_AUTO and not self.fresh_processes
 
     def commits_wait(self) -> bool:
         """A rank's report of a saved step waits for its commit, unless none can come now (the
@@ -439,7 +450,7 @@ class JobState:
 
     def worker_attached(self, pid: int, rank: int, spare: bool) -> list[Effect]:
         if self.over:
-            return [ToWorker(pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+            return [ToWorker(pid, Exit(0))]
         if spare:
             self.spares.attached(pid)
             return self._fill_vacancies() + self._maybe_start()
@@ -492,11 +503,11 @@ class JobState:
         self,
         pid: int,
         generation: int,
-        kind: pb.OutcomeKind,
-        detail: Optional[pb.FailureDetail],
+        kind: OutcomeKind,
+        detail: Optional[FailureDetail],
         now: float,
         step: int = 0,
-    ) -> tuple[Optional[pb.Verdict], list[Effect]]:
+    ) -> tuple[Optional[Verdict], list[Effect]]:
         """A worker's script ended. Returns (verdict or None if not yet known, effects).
 
         `step` is exact where heartbeats are coalesced: the failure report names it. With
@@ -508,7 +519,7 @@ class JobState:
         effects: list[Effect] = []
         broke = (
             self.leader_remote
-            and kind == pb.OutcomeKind.OUTCOME_RAISED
+            and kind == OutcomeKind.OUTCOME_RAISED
             and peer_echo(detail)
             and self.started
             and not self.over
@@ -519,7 +530,7 @@ class JobState:
             effects += self._unwind_all(generation, now, "the leader was lost")
         elif broke and self.collective_reported != generation:
             self.collective_reported = generation
-            effects.append(ToLeader(pb.PodReport(collective_broke=generation)))
+            effects.append(ToLeader(CollectiveBroke(generation)))
         verdict, more = self._script_ended(pid, generation, kind, detail, step)
         return verdict, effects + more
 
@@ -527,44 +538,44 @@ class JobState:
         self,
         pid: int,
         generation: int,
-        kind: pb.OutcomeKind,
-        detail: Optional[pb.FailureDetail],
+        kind: OutcomeKind,
+        detail: Optional[FailureDetail],
         step: int,
-    ) -> tuple[Optional[pb.Verdict], list[Effect]]:
+    ) -> tuple[Optional[Verdict], list[Effect]]:
         slot = self.slot_of(pid)
         if slot is None or self.over or generation != slot.generation:
-            return pb.Verdict.VERDICT_WAIT, []  # stale: that generation is already settled
+            return Verdict.VERDICT_WAIT, []  # stale: that generation is already settled
         slot.step = max(slot.step, step)
-        if self.resuming and kind == pb.OutcomeKind.OUTCOME_FINISHED:
+        if self.resuming and kind == OutcomeKind.OUTCOME_FINISHED:
             # It re-attached while its script ran, then finished before every process of the
             # pod answered: nothing aborted it (this supervisor started nothing yet).
             slot.state = WS.WORKER_STATE_SUCCEEDED
-            return pb.Verdict.VERDICT_WAIT, []
+            return Verdict.VERDICT_WAIT, []
         aborted = generation < self.generation or not self.started
-        if kind == pb.OutcomeKind.OUTCOME_UNWOUND or aborted:
-            return pb.Verdict.VERDICT_WAIT, self._unwound(slot)
-        if kind == pb.OutcomeKind.OUTCOME_FINISHED:
+        if kind == OutcomeKind.OUTCOME_UNWOUND or aborted:
+            return Verdict.VERDICT_WAIT, self._unwound(slot)
+        if kind == OutcomeKind.OUTCOME_FINISHED:
             slot.state = WS.WORKER_STATE_SUCCEEDED
-            return pb.Verdict.VERDICT_WAIT, self._maybe_finish()
+            return Verdict.VERDICT_WAIT, self._maybe_finish()
         # Raised in a live generation: the first error of a failure or the
         # echo of a peer's death that has not been reported yet. settle() decides.
         slot.evidence = detail
         return None, []
 
-    def settle(self, pid: int, final: bool = True) -> tuple[Optional[pb.Verdict], list[Effect]]:
+    def settle(self, pid: int, final: bool = True) -> tuple[Optional[Verdict], list[Effect]]:
         """The settle window after a RAISED outcome is over: decide (None: one more window;
         failure_evidence.settle_raised says why)."""
         slot = self.slot_of(pid)
         if slot is None or self.over:
-            return pb.Verdict.VERDICT_EXIT_FAILED, []
+            return Verdict.VERDICT_EXIT_FAILED, []
         if slot.generation < self.generation or not self.started:
-            return pb.Verdict.VERDICT_WAIT, self._unwound(slot)
+            return Verdict.VERDICT_WAIT, self._unwound(slot)
         raised = [s.evidence for s in self.ranks.values()]
         settled = failure_evidence.settle_raised(slot.evidence, raised, final)
         if settled is Settled.ECHO_WAITS:
             slot.state, slot.evidence = WS.WORKER_STATE_INIT, None
-            return pb.Verdict.VERDICT_WAIT, []
-        return (None if settled is Settled.UNDECIDED else pb.Verdict.VERDICT_EXIT_FAILED), []
+            return Verdict.VERDICT_WAIT, []
+        return (None if settled is Settled.UNDECIDED else Verdict.VERDICT_EXIT_FAILED), []
 
     def _unwound(self, slot: RankSlot) -> list[Effect]:
         """`slot`'s process left its generation and waits: it re-enters the next one, or,
@@ -579,7 +590,7 @@ class JobState:
         is gone (process_exited), or once tick() killed it if it lingers."""
         self.killed_by_us.add(slot.pid)
         slot.state, slot.unwind_deadline = WS.WORKER_STATE_STOPPED, None
-        return [ToWorker(slot.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+        return [ToWorker(slot.pid, Exit(0))]
 
     def process_exited(
         self,
@@ -706,12 +717,12 @@ class JobState:
         if slot is None or slot.pid != finding.pid:
             return []  # that process is gone already: its exit took the usual path
         self.record("hang", finding.message)
-        slot.evidence = pb.FailureDetail(signature=HUNG_SIGNATURE, message=found.why)
+        slot.evidence = FailureDetail(signature=HUNG_SIGNATURE, message=found.why)
         return [kill(slot.pid, signal.SIGKILL, f"hung: {found.why}")]
 
     def stop(self, report: str) -> list[Effect]:
         """The launcher is shutting down (SIGTERM): no more restarts."""
-        self.state = pb.JobState.JOB_STATE_STOPPED
+        self.state = JobPhase.JOB_STATE_STOPPED
         self.record("stopped", report)
         return []
 
@@ -737,9 +748,9 @@ class JobState:
             return []
         if not self._switch_to_fresh(f"re-entry failed on node {self.spec.node_rank}: {why}"):
             return []
-        return [ToLeader(pb.PodReport(reentry_failed=why))]
+        return [ToLeader(ReentryFailed(why))]
 
-    def _reentry_fallback(self, record: pb.FailureRecord, now: float) -> list[Effect]:
+    def _reentry_fallback(self, record: FailureRecord, now: float) -> list[Effect]:
         """A survivor's re-entry raised: the leader opens a generation that spends no restart
         (the rank failed, not the script), with a fresh process for its rank (now) and every
         survivor (with the Open)."""
@@ -749,12 +760,9 @@ class JobState:
         if self.leader is not None:
             told = self.leader.failure(0, record.generation, failure)
             return effects + self._follow(told, now, "a re-entry failed")
-        report = pb.PodReport(failure=failure_to_wire(failure))
-        return [*effects, ToLeader(report), *self._fill_vacancies()]
+        return [*effects, ToLeader(FailureReport(failure)), *self._fill_vacancies()]
 
-    def _on_failure(
-        self, record: pb.FailureRecord, found: Classification, now: float
-    ) -> list[Effect]:
+    def _on_failure(self, record: FailureRecord, found: Classification, now: float) -> list[Effect]:
         """The pod classifies (`found`: it has the evidence); the leader decides, and one
         event says what and why."""
         failure = policy_failure(record, found)
@@ -779,8 +787,7 @@ class JobState:
         record.action = "reported to the leader"
         self.record("failure", describe_failure(record, f"{record.action}: {found.action.value}"))
         # The failed rank gets its process now; the leader opens the generation.
-        report = pb.PodReport(failure=failure_to_wire(failure), last_failure=record)
-        return [ToLeader(report), *self._fill_vacancies()]
+        return [ToLeader(FailureReport(failure, record)), *self._fill_vacancies()]
 
     def _follow(
         self, told: list[Broadcast], now: float, why: str = "a rank failed"
@@ -805,7 +812,7 @@ class JobState:
 
     def _ended(self, end: EndJob) -> list[Effect]:
         if end.exit_code == exit_codes.SUCCEEDED:
-            self.state = pb.JobState.JOB_STATE_SUCCEEDED
+            self.state = JobPhase.JOB_STATE_SUCCEEDED
             finished = f"all {len(self.ranks)} ranks finished generation {self.generation}"
             self.record("succeeded", finished)
             return self._end(exit_codes.SUCCEEDED, end.report)
@@ -829,7 +836,7 @@ class JobState:
     def _unwind_all(self, old: int, now: float, reason: str) -> list[Effect]:
         """Every live rank leaves generation `old` (in place where bootstrapped)."""
         self.started = False
-        self.state = pb.JobState.JOB_STATE_RESTARTING
+        self.state = JobPhase.JOB_STATE_RESTARTING
         effects: list[Effect] = []
         deadline = now + self.timings.unwind_timeout_s
         for slot in self.ranks.values():
@@ -847,8 +854,7 @@ class JobState:
                 continue
             slot.state, slot.unwind_deadline = WS.WORKER_STATE_UNWINDING, deadline
             if self.spec.bootstrapped:
-                abort = pb.AbortGeneration(generation=old, reason=reason)
-                effects.append(ToWorker(slot.pid, pb.WorkerCommand(abort=abort)))
+                effects.append(ToWorker(slot.pid, Abort(old, reason)))
             else:
                 self.killed_by_us.add(slot.pid)
                 effects.append(kill(slot.pid, signal.SIGTERM, "restart all"))
@@ -865,8 +871,7 @@ class JobState:
             if pid is not None:
                 self._take_rank(slot, pid)
                 self.record("spare_promoted", f"spare pid {pid} takes rank {slot.rank}")
-                assigned = pb.RankAssigned(pid=pid, rank=slot.rank, local_rank=slot.local_rank)
-                effects.append(ToLauncher(pb.LauncherCommand(assigned=assigned)))
+                effects.append(ToLauncher(Assigned(pid, slot.rank, slot.local_rank)))
             else:
                 effects.append(self._spawn_rank(slot))
         return effects
@@ -887,13 +892,13 @@ class JobState:
         self.ready_reported = self.generation
         if self.leader is not None:
             return self._follow(self.leader.pod_ready(0, self.generation), 0.0)
-        return [ToLeader(pb.PodReport(ready=self.generation))]
+        return [ToLeader(Ready(self.generation))]
 
     def _start_now(self) -> list[Effect]:
         slots = self.ranks.values()
         self.started = True
         self.generation_seen_at = None
-        self.state = pb.JobState.JOB_STATE_RUNNING
+        self.state = JobPhase.JOB_STATE_RUNNING
         self.record("generation_started", f"generation {self.generation}, port {self.master_port}")
         effects: list[Effect] = []
         master = (self.master_addr, self.master_port)
@@ -907,10 +912,8 @@ class JobState:
                 effects.append(self._spawn_rank(slot, env))
                 continue
             slot.state = WS.WORKER_STATE_HEALTHY
-            start = pb.StartGeneration(
-                generation=self.generation, rank=slot.rank, local_rank=slot.local_rank, env=env
-            )
-            effects.append(ToWorker(slot.pid, pb.WorkerCommand(start=start)))
+            start = Start(self.generation, slot.rank, slot.local_rank, env)
+            effects.append(ToWorker(slot.pid, start))
         return effects
 
     def _all_finished(self) -> bool:
@@ -923,10 +926,10 @@ class JobState:
         self.finished_reported = self.generation
         if self.leader is not None:
             return self._follow(self.leader.pod_finished(0, self.generation), 0.0)
-        return [ToLeader(pb.PodReport(finished=self.generation))]
+        return [ToLeader(Finished(self.generation))]
 
     def _give_up_report(
-        self, reason: str, record: pb.FailureRecord, heading: str = "job given up"
+        self, reason: str, record: FailureRecord, heading: str = "job given up"
     ) -> str:
         """The one report builder (the leader's), with `record` (the newest failure's) evidence."""
         used = (self.restart_count, self.policy.max_restarts)
@@ -934,12 +937,12 @@ class JobState:
         evidence = evidence_of(record)
         return give_up_report(reason, self.spec.node_rank, failure, *used, evidence, heading)
 
-    def _replace_pod(self, reason: str, record: pb.FailureRecord) -> list[Effect]:
+    def _replace_pod(self, reason: str, record: FailureRecord) -> list[Effect]:
         report = self._give_up_report(reason, record, heading="this pod must be replaced")
         return self._fail(exit_codes.REPLACE_POD, "replace_pod", report)
 
     def _fail(self, exit_code: int, kind: str, report: str) -> list[Effect]:
-        self.state = pb.JobState.JOB_STATE_FAILED
+        self.state = JobPhase.JOB_STATE_FAILED
         self.record(kind, report.splitlines()[0])
         return self._end(exit_code, report)
 
@@ -948,7 +951,7 @@ class JobState:
         return end_job(pids, exit_code, report)
 
     # ------------------------------ the remote leader's messages (a job of several pods)
-    def open_generation(self, message: pb.OpenGenerationMsg, now: float) -> list[Effect]:
+    def open_generation(self, message: OpenGeneration, now: float) -> list[Effect]:
         if self.over:
             return []
         self.restart_count = max(self.restart_count, message.restart_count)
@@ -964,7 +967,7 @@ class JobState:
             self.ready_reported = -1
         return effects + self._maybe_start()
 
-    def start_generation(self, message: pb.StartGenerationMsg) -> list[Effect]:
+    def start_generation(self, message: StartGeneration) -> list[Effect]:
         # Not ready any more (a rank died since): our failure report makes the
         # leader open the next generation instead.
         if self.over or message.generation != self.generation or not self._ready():
@@ -988,11 +991,11 @@ class JobState:
         self.pod_away = False
         return self._start_now()
 
-    def end_job(self, message: pb.EndJobMsg) -> list[Effect]:
+    def end_job(self, message: EndJob) -> list[Effect]:
         if self.over:
             return []
         succeeded = message.exit_code == 0
-        self.state = pb.JobState.JOB_STATE_SUCCEEDED if succeeded else pb.JobState.JOB_STATE_FAILED
+        self.state = JobPhase.JOB_STATE_SUCCEEDED if succeeded else JobPhase.JOB_STATE_FAILED
         first_line = message.report.splitlines()[0] if message.report else ""
         self.record("ended", f"exit code {message.exit_code}: {first_line}")
         return self._end(message.exit_code, message.report)
@@ -1080,10 +1083,10 @@ class JobState:
         )
         return self._finish_resume(now) if not self.awaiting else []
 
-    def worker_reattached(self, report: pb.AttachWorkerRequest, now: float) -> list[Effect]:
+    def worker_reattached(self, report: Reattached, now: float) -> list[Effect]:
         """A running worker attached again: where it stands (its generation, state, step)."""
         if self.over:
-            return [ToWorker(report.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=0)))]
+            return [ToWorker(report.pid, Exit(0))]
         if report.spare:
             self.spares.attached(report.pid)
             return [] if self.resuming else self._fill_vacancies() + self._maybe_start()
@@ -1091,7 +1094,7 @@ class JobState:
         if slot is None or slot.rank != report.rank:
             why = f"pid {report.pid} (rank {report.rank}) is not a process of this pod's launcher"
             self.record("reattach_refused", why)
-            return [ToWorker(report.pid, pb.WorkerCommand(exit=pb.ExitWorker(exit_code=1)))]
+            return [ToWorker(report.pid, Exit(1))]
         if not self.resuming:  # the same supervisor: its stream broke, nothing else changed
             if slot.spawning:  # ... or its first attach failed (transiently): it is one now
                 return self.worker_attached(report.pid, report.rank, spare=False)
@@ -1120,14 +1123,14 @@ class JobState:
         effects: list[Effect] = []
         if running and len(running) == len(slots):
             self.generation, self.started = newest, True
-            self.state = pb.JobState.JOB_STATE_RUNNING
+            self.state = JobPhase.JOB_STATE_RUNNING
             self._adopt(running=True)
             self.record("resumed", f"generation {newest} runs on: {len(running)} ranks re-attached")
             effects += self._maybe_finish()
         elif running:  # some ranks left the generation meanwhile: it cannot go on
             self.generation, self.started = newest, True
             self._adopt(running=True)
-            where = ", ".join(f"rank {s.rank}: {WS.Name(s.state)} in {s.generation}" for s in slots)
+            where = ", ".join(f"rank {s.rank}: {s.state.name} in {s.generation}" for s in slots)
             self.record("resume_broken", f"generation {newest} cannot go on ({where})")
             effects += self._resume_broken(now)  # as a failure would: a restart
         else:  # between generations: the next one starts once every rank is in place
@@ -1195,10 +1198,10 @@ class JobState:
 
 
 def _for_processes(effect: ToLauncher) -> bool:
-    return effect.command.WhichOneof("command") in ("spawn", "kill", "assigned")
+    return isinstance(effect.command, (Spawn, Kill, Assigned))
 
 
-def reentry_failure(record: pb.FailureRecord, why: str) -> restart_policy.Failure:
+def reentry_failure(record: FailureRecord, why: str) -> restart_policy.Failure:
     """A survivor's failed re-entry as the leader sees it: no restart spent, no crash loop."""
     return restart_policy.Failure(
         record.generation,
@@ -1211,7 +1214,7 @@ def reentry_failure(record: pb.FailureRecord, why: str) -> restart_policy.Failur
     )
 
 
-def reentry_error(record: pb.FailureRecord) -> str:
+def reentry_error(record: FailureRecord) -> str:
     """What a survivor that could not re-enter raised, for the log, the events and status."""
     detail = record.detail
     error = f"{detail.exception_type}: {detail.message}" if detail.exception_type else ""

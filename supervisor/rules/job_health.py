@@ -13,41 +13,45 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from supervisor.rules.anomaly import AnomalyTracker, Finding
-from train_supervisor.v1 import supervisor_pb2 as pb
+
+
+@dataclass(frozen=True)
+class PodSample:
+    """What a pod's supervisor measured over its last sampling window
+    (supervisor/detect/pod_metrics.py)."""
+
+    node_rank: int = 0
+    time_unix: float = 0.0
+    window_s: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)  # name -> value
+
+
+@dataclass(frozen=True)
+class AskToLeave:
+    """A pod the leader wants replaced, and why."""
+
+    node_rank: int
+    reason: str
 
 
 @dataclass(frozen=True)
 class HealthNews:
     events: list[tuple[str, str]]  # (kind, message) for the job's event log
-    replace: list[pb.ReplacePodMsg]
-
-
-def finding_to_wire(finding: Finding, since_unix: float) -> pb.Finding:
-    return pb.Finding(
-        kind=finding.kind,
-        node_rank=finding.node_rank,
-        since_unix=since_unix,
-        windows=finding.windows,
-        score=finding.score,
-        summary=finding.summary(),
-        values={d.metric: d.value for d in finding.deviations},
-        medians={d.metric: d.median for d in finding.deviations},
-        slowdown=finding.slowdown,
-    )
+    replace: list[AskToLeave]
 
 
 @dataclass
 class JobHealth:
     tracker: AnomalyTracker
     sample_s: float = 5.0
-    samples: dict[int, pb.PodSample] = field(default_factory=dict)  # node -> newest
+    samples: dict[int, PodSample] = field(default_factory=dict)  # node -> newest
     received: dict[int, float] = field(default_factory=dict)  # node -> when it came
     findings: dict[int, Finding] = field(default_factory=dict)  # node -> standing finding
     asked_to_leave: set[int] = field(default_factory=set)
     _scored_at: Optional[float] = None
     _offset_unix: float = 0.0  # time.time() - monotonic, for the findings' wall times
 
-    def add(self, node: int, sample: pb.PodSample, now: float) -> None:
+    def add(self, node: int, sample: PodSample, now: float) -> None:
         known = self.samples.get(node)
         if known is not None and known.time_unix == sample.time_unix:
             return  # the same window again: heartbeats carry the newest sample each time
@@ -89,11 +93,9 @@ class JobHealth:
                 "(SUPERVISOR_STRAGGLER_REPLACE_SLOWDOWN, SUPERVISOR_STRAGGLER_REPLACE_AFTER_S)"
             )
             events.append(("replace_pod", f"asking pod {node} to leave: {reason}"))
-            replace.append(pb.ReplacePodMsg(node_rank=node, reason=reason))
+            replace.append(AskToLeave(node, reason))
         return HealthNews(events, replace)
 
-    def to_status(self, status: pb.JobStatus) -> None:
-        del status.findings[:], status.samples[:]
-        for finding in sorted(self.findings.values(), key=lambda f: f.node_rank):
-            status.findings.append(finding_to_wire(finding, finding.since + self._offset_unix))
-        status.samples.extend(self.samples[n] for n in sorted(self.samples))
+    def since_unix(self, finding: Finding) -> float:
+        """When `finding`'s run of windows began, in wall-clock seconds."""
+        return finding.since + self._offset_unix

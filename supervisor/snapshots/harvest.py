@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 from supervisor.rules.job import JobState
+from supervisor.rules.vocabulary import WorkerState
 from supervisor.snapshots.commit import RankSnapshots, held_in_arena
 from train_supervisor.arena import RankArena, SlotState
-from train_supervisor.v1 import supervisor_pb2 as pb
 
 log = logging.getLogger(__name__)
 # (rank, step, held, bytes, blocking_s): records a rank's saved step in the job and applies
@@ -37,7 +37,7 @@ def harvest_arenas(job: JobState, record: RecordSaved, pid: Optional[int] = None
     running = [
         slot
         for slot in job.ranks.values()
-        if slot.state == pb.WorkerState.WORKER_STATE_HEALTHY and slot.generation == job.generation
+        if slot.state == WorkerState.WORKER_STATE_HEALTHY and slot.generation == job.generation
     ]
     if dead is not None and dead not in running:
         return  # not a death in the running generation (an unwinding rank, a spare)

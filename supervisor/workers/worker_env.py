@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from train_supervisor.v1 import supervisor_pb2 as pb
+from supervisor.rules.spec import WorkerSpec
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def torchrun_env(
 
 
 def spec_env(
-    spec: pb.WorkerSpec,
+    spec: WorkerSpec,
     rank: int,
     local_rank: int,
     generation: int,

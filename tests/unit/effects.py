@@ -1,17 +1,39 @@
-"""Shared by the state machine tests: the WorkerSpec a launcher sends, and picking commands
-out of the effects JobState returns."""
+"""Shared by the state machine tests: the WorkerSpec a launcher sends (and the one JobState
+holds), the leader's messages as a pod applies them, and picking commands out of the effects
+JobState returns."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from supervisor.rules.job import Effect, JobState, ToLauncher, ToWorker
+from supervisor.rpc.peer_wire import message_from_wire
+from supervisor.rpc.state_wire import spec_from_wire
+from supervisor.rules.effects import (
+    Abort,
+    Assigned,
+    Effect,
+    Exit,
+    Kill,
+    Shutdown,
+    Spawn,
+    Start,
+    ToLauncher,
+    ToWorker,
+)
+from supervisor.rules.job import JobState
+from supervisor.rules.spec import WorkerSpec
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 ERROR_DIR = "/tmp/train-launch-errors"
 
 
-def make_spec(
+def make_spec(**options: Any) -> WorkerSpec:
+    """The spec a JobState holds: wire_spec's (same options), as the launcher service reads it."""
+    return spec_from_wire(wire_spec(**options))
+
+
+def wire_spec(
     *,
     nproc: int = 2,
     spares: int = 1,
@@ -40,37 +62,52 @@ def make_spec(
     )
 
 
-def launcher_commands(effects: Sequence[Effect], kind: str) -> list[pb.LauncherCommand]:
-    return [
-        e.command
-        for e in effects
-        if isinstance(e, ToLauncher) and e.command.WhichOneof("command") == kind
-    ]
+LEADER_FIELDS = {
+    pb.OpenGenerationMsg: "open",
+    pb.StartGenerationMsg: "start",
+    pb.CommitMsg: "commit",
+    pb.EndJobMsg: "end",
+}
 
 
-def shutdowns(effects: Sequence[Effect]) -> list[pb.Shutdown]:
-    return [c.shutdown for c in launcher_commands(effects, "shutdown")]
+def from_leader(
+    message: pb.OpenGenerationMsg | pb.StartGenerationMsg | pb.CommitMsg | pb.EndJobMsg,
+) -> Any:
+    """A leader's message as a pod's supervisor applies it (supervisor/rpc/peer_wire.py)."""
+    wrapped = pb.LeaderMessage(**{LEADER_FIELDS[type(message)]: message})
+    return message_from_wire(wrapped)
 
 
-def to_workers(effects: Sequence[Effect], kind: str) -> dict[int, pb.WorkerCommand]:
-    found = [
-        e for e in effects if isinstance(e, ToWorker) and e.command.WhichOneof("command") == kind
-    ]
-    by_pid = {e.pid: e.command for e in found}
-    assert len(by_pid) == len(found), f"two {kind} commands for one pid: {found}"
+C = TypeVar("C", Spawn, Kill, Assigned, Shutdown)
+W = TypeVar("W", Start, Abort, Exit)
+
+
+def launcher_commands(effects: Sequence[Effect], kind: type[C]) -> list[C]:
+    return [e.command for e in effects if isinstance(e, ToLauncher) and isinstance(e.command, kind)]
+
+
+def shutdowns(effects: Sequence[Effect]) -> list[Shutdown]:
+    return launcher_commands(effects, Shutdown)
+
+
+def to_workers(effects: Sequence[Effect], kind: type[W]) -> dict[int, W]:
+    found = [(e.pid, e.command) for e in effects if isinstance(e, ToWorker)]
+    of_kind = [(pid, c) for pid, c in found if isinstance(c, kind)]
+    by_pid = dict(of_kind)
+    assert len(by_pid) == len(of_kind), f"two {kind.__name__} commands for one pid: {of_kind}"
     return by_pid
 
 
-def starts(effects: Sequence[Effect]) -> dict[int, pb.StartGeneration]:
-    return {pid: c.start for pid, c in to_workers(effects, "start").items()}
+def starts(effects: Sequence[Effect]) -> dict[int, Start]:
+    return to_workers(effects, Start)
 
 
-def aborts(effects: Sequence[Effect]) -> dict[int, pb.AbortGeneration]:
-    return {pid: c.abort for pid, c in to_workers(effects, "abort").items()}
+def aborts(effects: Sequence[Effect]) -> dict[int, Abort]:
+    return to_workers(effects, Abort)
 
 
-def exits(effects: Sequence[Effect]) -> dict[int, pb.ExitWorker]:
-    return {pid: c.exit for pid, c in to_workers(effects, "exit").items()}
+def exits(effects: Sequence[Effect]) -> dict[int, Exit]:
+    return to_workers(effects, Exit)
 
 
 def play_pod(
@@ -88,15 +125,15 @@ def play_pod(
     while pending:
         effect = pending.pop(0)
         done.append(effect)
-        if isinstance(effect, ToLauncher) and effect.command.HasField("spawn"):
-            spawn = effect.command.spawn
+        if isinstance(effect, ToLauncher) and isinstance(effect.command, Spawn):
+            spawn = effect.command
             pid = new_pid()
             if not spawn.spare:
                 pending += job.process_started(pid, spawn.rank)
             if job.spec.bootstrapped:
                 pending += job.worker_attached(pid, spawn.rank, spawn.spare)
-        elif isinstance(effect, ToWorker) and effect.command.HasField("abort"):
-            generation = effect.command.abort.generation
+        elif isinstance(effect, ToWorker) and isinstance(effect.command, Abort):
+            generation = effect.command.generation
             _, more = job.outcome(effect.pid, generation, pb.OutcomeKind.OUTCOME_UNWOUND, None, now)
             pending += more
     return done

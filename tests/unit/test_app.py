@@ -10,7 +10,7 @@ import urllib.request
 
 from supervisor.app import App, EmbeddedSupervisor, standalone_config, supervisor_settings
 from supervisor.rpc.service import DELIVERY, SupervisorSettings
-from supervisor.rules.job import Effect
+from supervisor.rules.effects import Effect
 from supervisor.settings.detection import parse_detect
 from supervisor.settings.serve import parse_config
 from supervisor.settings.snapshots import parse_offload

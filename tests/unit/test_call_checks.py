@@ -10,7 +10,7 @@ from typing import Optional
 
 import grpc
 import pytest
-from effects import make_spec
+from effects import make_spec, wire_spec
 
 from supervisor.detect.process_table import ProcessTable, launcher_in_view, pid_namespace
 from supervisor.rpc import call_checks
@@ -194,12 +194,12 @@ def test_outcomes_and_snapshot_reports() -> None:
 
 
 def test_attach_launcher_bounds_the_spec() -> None:
-    good = pb.AttachLauncherRequest(spec=make_spec(), launcher_pid=LAUNCHER)
+    good = pb.AttachLauncherRequest(spec=wire_spec(), launcher_pid=LAUNCHER)
     assert call_checks.attach_launcher(good) is None
     assert code(call_checks.attach_launcher(pb.AttachLauncherRequest())) == INVALID
-    bad = pb.AttachLauncherRequest(spec=make_spec(nnodes=2, node_rank=2), launcher_pid=1)
+    bad = pb.AttachLauncherRequest(spec=wire_spec(nnodes=2, node_rank=2), launcher_pid=1)
     assert code(call_checks.attach_launcher(bad)) == INVALID
-    huge = pb.AttachLauncherRequest(spec=make_spec(), launcher_pid=1)
+    huge = pb.AttachLauncherRequest(spec=wire_spec(), launcher_pid=1)
     huge.spec.run_id = "r" * 10_000
     assert code(call_checks.attach_launcher(huge)) == INVALID
 

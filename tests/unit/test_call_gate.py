@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from effects import make_spec
+from effects import wire_spec
 
 from supervisor.rpc.call_gate import CallGate
 from supervisor.rpc.peers import LeaderHub, PeerServicer
@@ -124,7 +124,7 @@ def test_an_empty_attach_with_the_token_does_not_take_rank_0() -> None:
 
     async def attack(sup: Supervisor, channel: grpc.aio.Channel) -> tuple[Any, Any]:
         launcher = pb_grpc.LauncherServiceStub(channel)
-        spec = make_spec(nproc=2, spares=0)
+        spec = wire_spec(nproc=2, spares=0)
         commands: AsyncIterator[pb.LauncherCommand] = launcher.AttachLauncher(
             pb.AttachLauncherRequest(spec=spec, launcher_pid=1), metadata=GOOD
         ).__aiter__()

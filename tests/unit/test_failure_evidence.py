@@ -17,6 +17,7 @@ from supervisor.rules.classify import (
     PodFaultRule,
 )
 from supervisor.rules.failure_evidence import (
+    FailureDetail,
     FailureMemory,
     Settled,
     evidence_of,
@@ -55,14 +56,14 @@ def died(
             died(
                 exit_code=1,
                 signum=0,
-                detail=pb.FailureDetail(exception_type="KeyError", message="'x'", signature="s"),
+                detail=FailureDetail(exception_type="KeyError", message="'x'", signature="s"),
             ),
             "",
             0,
             Evidence(exit_code=1, exception_type="KeyError", message="'x'"),
         ),
         (
-            died(detail=pb.FailureDetail(signature=HUNG_SIGNATURE, message="no step for 60s")),
+            died(detail=FailureDetail(signature=HUNG_SIGNATURE, message="no step for 60s")),
             "",
             0,
             Evidence(signum=KILL, message="no step for 60s", killed_as_hung=True),
@@ -111,9 +112,7 @@ def test_unexplained_faults_anywhere_on_the_pod_point_at_it() -> None:
     # A rule of 3 (the lifetime count's old number, now the limit of a rate): the default is 4.
     memory = FailureMemory(pod_fault_rule=PodFaultRule(limit=3, window_s=60))
     explained = [
-        memory.judge(
-            died(exit_code=1, signum=0, detail=pb.FailureDetail(exception_type="E")), "", 0
-        ),
+        memory.judge(died(exit_code=1, signum=0, detail=FailureDetail(exception_type="E")), "", 0),
         memory.judge(died(rank=0), "", 1),  # an OOM kill is explained
     ]
     assert all(f.explained for f in explained) and memory.unexplained == 0
@@ -134,8 +133,8 @@ def test_policy_failure_carries_the_class_for_the_leader() -> None:
     assert failure.reason == found.reason
 
 
-ECHO = pb.FailureDetail(exception_type="DistBackendError", message="Connection reset by peer")
-OWN = pb.FailureDetail(exception_type="KeyError", message="'lr'")
+ECHO = FailureDetail(exception_type="DistBackendError", message="Connection reset by peer")
+OWN = FailureDetail(exception_type="KeyError", message="'lr'")
 
 
 @pytest.mark.parametrize(

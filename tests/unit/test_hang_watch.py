@@ -16,8 +16,9 @@ from effects import launcher_commands, make_spec, play_pod
 
 from supervisor.detect.hang_watch import HangWatch
 from supervisor.rules.classify import HUNG_SIGNATURE
+from supervisor.rules.effects import Effect, Kill
 from supervisor.rules.hang import HangSettings
-from supervisor.rules.job import Effect, JobState
+from supervisor.rules.job import JobState
 from supervisor.rules.restart_policy import RestartPolicy
 
 SETTINGS = HangSettings(floor_s=3.0, factor=5.0, startup_s=60.0)
@@ -74,7 +75,7 @@ def test_a_generation_that_never_steps_is_watched_against_the_startup_allowance(
     assert look(watch, job, START) == []  # first seen: the allowance starts now
     assert look(watch, job, START + SETTINGS.startup_s - 1) == []
     effects = look(watch, job, START + SETTINGS.startup_s + 1)
-    assert [(c.kill.pid, c.kill.signal) for c in launcher_commands(effects, "kill")] == [
+    assert [(c.pid, c.signal) for c in launcher_commands(effects, Kill)] == [
         (stuck, signal.SIGKILL)
     ]
     assert job.events.by_kind["hang"] == 1
@@ -97,7 +98,7 @@ def test_a_reentry_stuck_before_its_first_step_falls_back_to_fresh_processes() -
     watch = HangWatch(SETTINGS)
     assert look(watch, job, START + 3) == []
     effects = look(watch, job, START + 4 + SETTINGS.startup_s)
-    assert [c.kill.pid for c in launcher_commands(effects, "kill")] == [survivor]
+    assert [c.pid for c in launcher_commands(effects, Kill)] == [survivor]
     play_pod(
         job,
         job.process_exited(survivor, 0, signal.SIGKILL, "", START + 70),
@@ -124,7 +125,7 @@ def test_the_watch_only_reads_the_job_and_the_job_applies_what_it_found(
     assert found.culprit is not None and (found.culprit.rank, found.pid) == (1, stuck)
     assert len(job.events) == events and job.ranks[1].evidence is None, "the watch wrote"
     effects = job.hang_found(found)
-    assert [c.kill.pid for c in launcher_commands(effects, "kill")] == [stuck]
+    assert [c.pid for c in launcher_commands(effects, Kill)] == [stuck]
     assert job.events.by_kind["hang"] == 1
     evidence = job.ranks[1].evidence
     assert evidence is not None and evidence.signature == HUNG_SIGNATURE

@@ -22,11 +22,24 @@ from effects import (
     play_pod,
     shutdowns,
     starts,
+    wire_spec,
 )
 
 from launcher.launch.args import parse_args
 from launcher.launch.main import worker_spec
-from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToWorker
+from supervisor.rules.effects import (
+    Abort,
+    Assigned,
+    Effect,
+    Exit,
+    Kill,
+    Shutdown,
+    Spawn,
+    ToLauncher,
+    ToWorker,
+)
+from supervisor.rules.failure_evidence import FailureDetail
+from supervisor.rules.job import JobState, Timings
 from supervisor.rules.restart_policy import DEFAULT_CRASH_LOOP_WINDOW_S, RestartPolicy
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -36,16 +49,16 @@ FIRST_PORT = 40000
 
 
 # ------------------------------------------------------------ effect filters
-def spawns(effects: Sequence[Effect]) -> list[pb.SpawnWorker]:
-    return [c.spawn for c in launcher_commands(effects, "spawn")]
+def spawns(effects: Sequence[Effect]) -> list[Spawn]:
+    return launcher_commands(effects, Spawn)
 
 
-def kills(effects: Sequence[Effect]) -> list[pb.KillProcess]:
-    return [c.kill for c in launcher_commands(effects, "kill")]
+def kills(effects: Sequence[Effect]) -> list[Kill]:
+    return launcher_commands(effects, Kill)
 
 
-def assignments(effects: Sequence[Effect]) -> list[pb.RankAssigned]:
-    return [c.assigned for c in launcher_commands(effects, "assigned")]
+def assignments(effects: Sequence[Effect]) -> list[Assigned]:
+    return launcher_commands(effects, Assigned)
 
 
 def rank_spawns(effects: Sequence[Effect]) -> list[int]:
@@ -129,7 +142,7 @@ class Sim:
 
 
 def boom(message: str = "bad batch") -> pb.FailureDetail:
-    return pb.FailureDetail(
+    return FailureDetail(
         exception_type="ValueError",
         message=message,
         traceback=f"Traceback (most recent call last):\nValueError: {message}\n",
@@ -145,7 +158,7 @@ def sim() -> Sim:
 # ---------------------------------------------------------------- the spec
 def test_spec_helper_matches_the_launchers_worker_spec() -> None:
     argv = ["--nproc-per-node", "2", "--max-restarts", "3", "--rdzv-id", "job1", "-m", "train"]
-    assert worker_spec(parse_args(argv, {}, 8), ERROR_DIR) == make_spec()
+    assert worker_spec(parse_args(argv, {}, 8), ERROR_DIR) == wire_spec()
     no_python = parse_args(
         [
             "--no-python",
@@ -160,7 +173,7 @@ def test_spec_helper_matches_the_launchers_worker_spec() -> None:
         {},
         8,
     )
-    assert worker_spec(no_python, ERROR_DIR) == make_spec(spares=0, bootstrapped=False)
+    assert worker_spec(no_python, ERROR_DIR) == wire_spec(spares=0, bootstrapped=False)
 
 
 # ------------------------------------------------------------------ startup
@@ -244,7 +257,7 @@ def test_sigkilled_rank_opens_the_next_generation(sim: Sim) -> None:
     assert sim.job.restart_count == 1
     assert sim.job.master_port == FIRST_PORT + 1  # a fresh port: no stale TCPStore
     assert sim.job.state == pb.JobState.JOB_STATE_RESTARTING
-    assert aborts(effects) == {survivor: pb.AbortGeneration(generation=0, reason="a rank failed")}
+    assert aborts(effects) == {survivor: Abort(generation=0, reason="a rank failed")}
     assert sim.job.ranks[0].state == WS.WORKER_STATE_UNWINDING
     # The idle spare takes the rank: no new process for rank 1, and no new
     # spare yet either (it is spawned once the new generation is stepping).
@@ -424,7 +437,7 @@ def test_crash_loop_gives_up_with_a_report() -> None:
     assert sim.job.state == pb.JobState.JOB_STATE_FAILED
     assert sim.job.failures[-1].action == "give_up_crash_loop"
     assert set(exits(effects)) == {survivor, *spare_pids}
-    assert isinstance(effects[-1], ToLauncher) and effects[-1].command.HasField("shutdown")
+    assert isinstance(effects[-1], ToLauncher) and isinstance(effects[-1].command, Shutdown)
 
 
 def test_give_up_report_names_the_step_of_the_outcome() -> None:
@@ -530,7 +543,7 @@ def test_nothing_restarts_after_the_job_is_over() -> None:
     assert sim.job.ranks[1].state == WS.WORKER_STATE_STOPPED
     assert len(sim.job.history) == 1
     late = sim.job.worker_attached(sim.new_pid(), -1, spare=True)
-    assert [e.command.exit.exit_code for e in late if isinstance(e, ToWorker)] == [0]
+    assert [e.command for e in late if isinstance(e, ToWorker)] == [Exit(0)]
 
 
 def test_stop_prevents_restarts(sim: Sim) -> None:
@@ -1048,7 +1061,7 @@ def test_the_third_oom_on_one_rank_gives_the_job_up_with_a_report() -> None:
     assert "  class: out_of_memory (out of memory 3 times" in shutdown.report
     assert sim.job.failures[-1].action == "give_up_classified"
     assert sim.job.restart_count == 3 and sim.job.state == pb.JobState.JOB_STATE_FAILED
-    assert exits(effects) == {survivor: pb.ExitWorker(exit_code=0)}
+    assert exits(effects) == {survivor: Exit(exit_code=0)}
     assert [e.message for e in sim.job.events if e.kind == "gave_up"] == [first_line]
 
 

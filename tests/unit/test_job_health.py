@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from supervisor.detect.pod_health import slowest_rank_median
+from supervisor.rpc.status_view import health_status
 from supervisor.rules.anomaly import AnomalySettings, AnomalyTracker
-from supervisor.rules.job_health import JobHealth
+from supervisor.rules.job_health import JobHealth, PodSample
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WINDOW = 5.0
@@ -17,7 +18,7 @@ def health(**settings: float) -> JobHealth:
 def feed(job: JobHealth, now: float, compute: dict[int, float]) -> None:
     for node, value in compute.items():
         metrics = {"compute_s": value, "step_time_s": 0.5}
-        job.add(node, pb.PodSample(node_rank=node, time_unix=1e9 + now, metrics=metrics), now)
+        job.add(node, PodSample(node_rank=node, time_unix=1e9 + now, metrics=metrics), now)
 
 
 def run_windows(job: JobHealth, windows: int, compute: dict[int, float], start: float = 0.0):  # type: ignore[no-untyped-def]
@@ -38,7 +39,7 @@ def test_a_slow_pod_is_one_event_when_it_appears_and_one_when_it_clears() -> Non
     assert events[0][1].startswith("pod 2 straggler for 3 windows: compute_s = 0.41")
     assert [kind for kind, _ in news[2].events] == ["finding"]
     status = pb.JobStatus()
-    job.to_status(status)
+    health_status(job, status)
     [finding] = status.findings
     assert (finding.kind, finding.node_rank, finding.windows) == ("straggler", 2, 5)
     assert abs(finding.slowdown - 0.41 / 0.205) < 0.05

@@ -22,7 +22,8 @@ from supervisor.outputs.kube.notes import (
     notes_for,
 )
 from supervisor.outputs.kube.settings import parse_kube
-from supervisor.rules.job import describe_failure
+from supervisor.rules.failure_evidence import FailureRecord
+from supervisor.rules.job import JobEvent, describe_failure
 from supervisor.rules.token_bucket import TokenBucket
 from supervisor.settings.env_values import ConfigError
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -31,7 +32,7 @@ POD_ENV = {"POD_NAME": "job-0-abc", "POD_NAMESPACE": "train", "POD_UID": "uid-1"
 
 
 def killed(action: str = "restart", failure_class: str = "transient") -> pb.FailureRecord:
-    return pb.FailureRecord(
+    return FailureRecord(
         generation=0,
         rank=1,
         pid=4242,
@@ -44,7 +45,7 @@ def killed(action: str = "restart", failure_class: str = "transient") -> pb.Fail
 
 
 def failure_event(record: pb.FailureRecord) -> pb.JobEvent:
-    return pb.JobEvent(kind="failure", message=describe_failure(record, f"{record.action}: ok"))
+    return JobEvent(kind="failure", message=describe_failure(record, f"{record.action}: ok"))
 
 
 def test_a_restarted_rank_is_a_failure_warning_then_a_restart() -> None:
@@ -81,18 +82,18 @@ def test_a_failure_without_a_restart_here_is_only_the_failure(action: str) -> No
 def test_verdicts_and_findings_keep_their_line(
     kind: str, message: str, reason: str, kind_of: str
 ) -> None:
-    assert notes_for(pb.JobEvent(kind=kind, message=message), None) == [
+    assert notes_for(JobEvent(kind=kind, message=message), None) == [
         EventNote(reason, message, kind_of)
     ]
 
 
 @pytest.mark.parametrize("kind", ["generation_started", "launcher_attached", "snapshot_restored"])
 def test_routine_events_stay_ours(kind: str) -> None:
-    assert notes_for(pb.JobEvent(kind=kind, message="x"), None) == []
+    assert notes_for(JobEvent(kind=kind, message="x"), None) == []
 
 
 def test_a_long_line_is_clipped() -> None:
-    (note,) = notes_for(pb.JobEvent(kind="hang", message="x" * 5000), None)
+    (note,) = notes_for(JobEvent(kind="hang", message="x" * 5000), None)
     assert len(note.message) == 1024 and note.message.endswith("...")
 
 
@@ -102,7 +103,7 @@ def test_the_failure_record_is_the_one_the_line_was_written_from() -> None:
     records = [first, second]
     assert failure_of(failure_event(first), records) is first
     assert failure_of(failure_event(second), records) is second
-    assert failure_of(pb.JobEvent(kind="hang", message="rank 1 pid 4242 "), records) is None
+    assert failure_of(JobEvent(kind="hang", message="rank 1 pid 4242 "), records) is None
 
 
 def test_only_a_hardware_verdict_that_replaces_the_pod_blames_the_node() -> None:

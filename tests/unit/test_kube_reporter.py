@@ -26,7 +26,7 @@ from supervisor.outputs.kube.api import core_v1
 from supervisor.outputs.kube.reporter import CONDITION_TYPE, TAINT_KEY, KubeReporter, reporter_for
 from supervisor.outputs.kube.settings import ApiAccess, KubeConfig, PodIdentity
 from supervisor.rules.classify import GpuHealth
-from supervisor.rules.job import JobState
+from supervisor.rules.job import JobEvent, JobState
 from supervisor.rules.restart_policy import RestartPolicy
 from supervisor.settings.env_values import ConfigError
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -111,8 +111,8 @@ def test_a_killed_rank_is_an_event_on_the_pod_and_a_repeat_patches_its_count(
     assert "rank 1" in failed["message"] and "SIGKILL" in failed["message"]
     assert by_reason["RankRestarted"]["type"] == "Normal"
     # The same event twice (same pod, reason, message): one Event, count 2, as client-go does.
-    sink.job_event(pb.JobEvent(kind="hang", message="rank 1 is hung"), job.job)
-    sink.job_event(pb.JobEvent(kind="hang", message="rank 1 is hung"), job.job)
+    sink.job_event(JobEvent(kind="hang", message="rank 1 is hung"), job.job)
+    sink.job_event(JobEvent(kind="hang", message="rank 1 is hung"), job.job)
     api.wait_for(
         lambda a: any(e["reason"] == "RankHung" and e["count"] == 2 for e in a.events.values()),
         20,
@@ -140,7 +140,7 @@ def test_a_refusing_api_is_counted_and_logged_once(
     job = Job()
     with caplog.at_level(logging.WARNING, logger="train_supervisor"):
         for i in range(5):
-            sink.job_event(pb.JobEvent(kind="hang", message=f"rank {i} is hung"), job.job)
+            sink.job_event(JobEvent(kind="hang", message=f"rank {i} is hung"), job.job)
         api.wait_for(lambda a: sum(r.status != 0 for r in a.requests) == 5, 20, "5 answers")
         sink.close(5)
     assert sink.counts() == ((("create_event", outcome), 5),)
@@ -157,7 +157,7 @@ def test_a_hanging_api_never_holds_the_event_loop(api: FakeKubeApi, tmp_path: Pa
     # The server holds the first request; the queue fills and the rest are dropped,
     # while every call returns at once.
     for i in range(200):
-        sink.job_event(pb.JobEvent(kind="hang", message=f"rank {i} is hung"), job.job)
+        sink.job_event(JobEvent(kind="hang", message=f"rank {i} is hung"), job.job)
         offered += 1
     spent = time.monotonic() - started
     assert offered == 200 and spent < 0.5, f"200 offers took {spent:.3f}s"
@@ -218,7 +218,7 @@ def test_no_api_server_at_all_is_counted_as_unreachable(tmp_path: Path) -> None:
     closed = FakeKubeApi().start()
     closed.close()  # its port now refuses connections
     sink = reporter(closed, tmp_path, timeout_s=2.0)
-    sink.job_event(pb.JobEvent(kind="hang", message="rank 0 is hung"), Job().job)
+    sink.job_event(JobEvent(kind="hang", message="rank 0 is hung"), Job().job)
     sink.close(10)
     assert sink.counts() == ((("create_event", "unreachable"), 1),)
 
@@ -238,7 +238,7 @@ def test_while_the_api_hangs_the_loop_keeps_its_pace_and_the_queue_takes_events(
             before = time.monotonic()
             await asyncio.sleep(0.01)
             worst = max(worst, time.monotonic() - before - 0.01)
-            sink.job_event(pb.JobEvent(kind="hang", message=f"rank {i} is hung"), job.job)
+            sink.job_event(JobEvent(kind="hang", message=f"rank {i} is hung"), job.job)
         return worst
 
     worst = asyncio.run(training_loop())

@@ -21,6 +21,7 @@ from supervisor.detect.pod_health import PodHealth
 from supervisor.detect.pod_metrics import PodSampler
 from supervisor.outputs.metrics import MetricsExporter, snapshot_of
 from supervisor.rules.classify import FailureClass
+from supervisor.rules.failure_evidence import FailureRecord
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -56,7 +57,7 @@ def representative_snapshot() -> pb.JobStatus:
 
 
 def test_the_metrics_table_is_what_the_exporter_serves() -> None:
-    failures = [pb.FailureRecord(rank=0, failure_class="transient")]
+    failures = [FailureRecord(rank=0, failure_class="transient")]
     exporter = MetricsExporter.start("127.0.0.1", 0)
     try:
         snapshot = snapshot_of(representative_snapshot(), failures, {"failure": 1})

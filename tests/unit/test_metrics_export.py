@@ -18,6 +18,7 @@ from supervisor.outputs.metrics import (
     snapshot_of,
     start_metrics,
 )
+from supervisor.rules.failure_evidence import FailureRecord
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -64,9 +65,9 @@ def job_wide_status() -> pb.JobStatus:
 
 
 FAILURES = [
-    pb.FailureRecord(rank=1, failure_class="software"),
-    pb.FailureRecord(rank=1, failure_class="software"),
-    pb.FailureRecord(rank=0, failure_class=""),  # not classified
+    FailureRecord(rank=1, failure_class="software"),
+    FailureRecord(rank=1, failure_class="software"),
+    FailureRecord(rank=0, failure_class=""),  # not classified
 ]
 
 

@@ -20,6 +20,7 @@ import pytest
 from effects import (
     aborts,
     exits,
+    from_leader,
     launcher_commands,
     make_spec,
     play_pod,
@@ -27,10 +28,32 @@ from effects import (
     starts,
 )
 
+from supervisor.rpc.effects_wire import report_to_wire
 from supervisor.rpc.peer_wire import failure_from_wire, message_to_wire
+from supervisor.rpc.state_wire import record_to_wire
 from supervisor.rules.classify import Action
-from supervisor.rules.job import Effect, JobState, Timings, ToLeader
-from supervisor.rules.leader import Broadcast, EndJob, LeaderState, Phase, StartGeneration
+from supervisor.rules.effects import (
+    Abort,
+    Assigned,
+    CollectiveBroke,
+    Effect,
+    Exit,
+    Finished,
+    Kill,
+    Ready,
+    Spawn,
+    ToLeader,
+)
+from supervisor.rules.failure_evidence import FailureDetail
+from supervisor.rules.job import JobState, Timings
+from supervisor.rules.leader import (
+    Broadcast,
+    EndJob,
+    LeaderState,
+    OpenGeneration,
+    Phase,
+    StartGeneration,
+)
 from supervisor.rules.restart_policy import Failure, RestartPolicy
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -45,15 +68,16 @@ SIG = "ValueError: bad batch @ train.py:42"
 
 # ------------------------------------------------------------ effect filters
 def rank_spawns(effects: Sequence[Effect]) -> list[int]:
-    return sorted(c.spawn.rank for c in launcher_commands(effects, "spawn") if not c.spawn.spare)
+    return sorted(c.rank for c in launcher_commands(effects, Spawn) if not c.spare)
 
 
 def assignments(effects: Sequence[Effect]) -> list[tuple[int, int]]:
-    return [(c.assigned.pid, c.assigned.rank) for c in launcher_commands(effects, "assigned")]
+    return [(c.pid, c.rank) for c in launcher_commands(effects, Assigned)]
 
 
 def reports(effects: Sequence[Effect]) -> list[pb.PodReport]:
-    return [e.report for e in effects if isinstance(e, ToLeader)]
+    """As they go on the wire (supervisor/rpc/effects_wire.py)."""
+    return [report_to_wire(e.report) for e in effects if isinstance(e, ToLeader)]
 
 
 def kinds(effects: Sequence[Effect]) -> list[tuple[str, object]]:
@@ -66,28 +90,30 @@ def kinds(effects: Sequence[Effect]) -> list[tuple[str, object]]:
     return found
 
 
-def open_msg(
-    generation: int, restart_count: int, reason: str = "a rank failed"
-) -> pb.OpenGenerationMsg:
-    return pb.OpenGenerationMsg(generation=generation, restart_count=restart_count, reason=reason)
+def open_msg(generation: int, restart_count: int, reason: str = "a rank failed") -> OpenGeneration:
+    return from_leader(
+        pb.OpenGenerationMsg(generation=generation, restart_count=restart_count, reason=reason)
+    )
 
 
 def start_msg(
     generation: int, restart_count: int = 0, port: int = LEADER_PORT, restore_step: int = -1
-) -> pb.StartGenerationMsg:
-    return pb.StartGenerationMsg(
-        generation=generation,
-        restart_count=restart_count,
-        master_addr=LEADER_ADDR,
-        master_port=port,
-        world_size=4,
-        nnodes=2,
-        restore_step=restore_step,
+) -> StartGeneration:
+    return from_leader(
+        pb.StartGenerationMsg(
+            generation=generation,
+            restart_count=restart_count,
+            master_addr=LEADER_ADDR,
+            master_port=port,
+            world_size=4,
+            nnodes=2,
+            restore_step=restore_step,
+        )
     )
 
 
-def boom(message: str = "bad batch") -> pb.FailureDetail:
-    return pb.FailureDetail(
+def boom(message: str = "bad batch") -> FailureDetail:
+    return FailureDetail(
         exception_type="ValueError",
         message=message,
         traceback=f"Traceback (most recent call last):\nValueError: {message}\n",
@@ -178,7 +204,7 @@ def test_node_1_holds_ranks_2_and_3_and_reports_ready_instead_of_starting() -> N
     effects = sim.job.worker_attached(2002, 3, spare=False)
     assert starts(effects) == {}  # the leader says when
     assert not sim.job.started
-    assert effects == [ToLeader(pb.PodReport(ready=0))]
+    assert effects == [ToLeader(Ready(0))]
     assert sim.job.ready_reported == 0
     assert sim.job.state == pb.JobState.JOB_STATE_STARTING
 
@@ -296,7 +322,7 @@ def test_sigkilled_rank_is_reported_and_respawned_without_a_local_restart() -> N
     assert (record.generation, record.rank, record.pid, record.signal) == (0, 3, victim, 9)
     assert record.detail.signature == "SIGKILL"
     assert record.action == "reported to the leader"
-    assert list(sim.job.failures) == [record]
+    assert [record_to_wire(f) for f in sim.job.failures] == [record]  # what it holds, sent
     # The failed rank gets a process at once, and that is all: no abort, no
     # new generation, no restart spent; the leader decides.
     assert rank_spawns(effects) == [3]
@@ -370,7 +396,7 @@ def test_open_of_a_newer_generation_aborts_survivors_then_reports_ready() -> Non
     newcomer = sim.pid(3)
 
     effects = sim.job.open_generation(open_msg(1, 1), sim.now)
-    assert aborts(effects) == {survivor: pb.AbortGeneration(generation=0, reason="a rank failed")}
+    assert aborts(effects) == {survivor: Abort(generation=0, reason="a rank failed")}
     assert reports(effects) == []  # the survivor has not unwound yet
     assert (sim.job.generation, sim.job.restart_count) == (1, 1)
     assert sim.job.state == pb.JobState.JOB_STATE_RESTARTING
@@ -379,7 +405,7 @@ def test_open_of_a_newer_generation_aborts_survivors_then_reports_ready() -> Non
     assert sim.job.ranks[3].state == WS.WORKER_STATE_INIT  # the newcomer is not aborted
 
     _, effects = sim.job.outcome(survivor, 0, pb.OutcomeKind.OUTCOME_UNWOUND, None, sim.now)
-    assert effects == [ToLeader(pb.PodReport(ready=1))]
+    assert effects == [ToLeader(Ready(1))]
     assert starts(effects) == {}
 
     started = starts(sim.job.start_generation(start_msg(1, restart_count=1, port=LEADER_PORT + 1)))
@@ -428,8 +454,8 @@ def test_survivor_that_does_not_unwind_is_killed_as_collateral_and_not_reported(
     stuck = sim.pid(2)
     sim.job.open_generation(open_msg(1, 1), sim.now)  # rank 3 unwinds, rank 2 does not
     sim.job.outcome(sim.pid(3), 0, pb.OutcomeKind.OUTCOME_UNWOUND, None, sim.now)
-    kills = launcher_commands(sim.job.tick(sim.now + 10.0), "kill")
-    assert [(k.kill.pid, k.kill.signal) for k in kills] == [(stuck, signal.SIGKILL)]
+    kills = launcher_commands(sim.job.tick(sim.now + 10.0), Kill)
+    assert [(k.pid, k.signal) for k in kills] == [(stuck, signal.SIGKILL)]
 
     effects = sim.play(sim.job.process_exited(stuck, 0, signal.SIGKILL, "", sim.now + 10.1))
     assert rank_spawns(effects) == [2]
@@ -446,9 +472,9 @@ def test_the_pod_tells_the_leader_what_every_local_rank_holds() -> None:
     assert reports(effects) == [pb.PodReport(snapshots=pb.PodSnapshots(generation=0, held=[5]))]
     assert sim.job.snapshot_saved(3, 5, [5], 4096, 0.01) == []  # nothing new to tell
     assert sim.job.snapshots.committed == -1  # the leader commits, not the pod
-    assert sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=5))
+    assert sim.job.commit_snapshot(from_leader(pb.CommitMsg(generation=0, step=5)))
     assert sim.job.snapshots.committed == 5
-    assert not sim.job.commit_snapshot(pb.CommitMsg(generation=3, step=6))
+    assert not sim.job.commit_snapshot(from_leader(pb.CommitMsg(generation=3, step=6)))
     with pytest.raises(ValueError, match=r"is not in 2\.\.3"):
         sim.job.snapshot_saved(0, 6, [6], 4096, 0.01)
 
@@ -458,7 +484,7 @@ def test_each_generation_starts_from_the_leaders_restore_step() -> None:
     running(sim)
     sim.job.snapshot_saved(2, 5, [5], 1, 0.0)
     sim.job.snapshot_saved(3, 5, [5], 1, 0.0)
-    sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=5))
+    sim.job.commit_snapshot(from_leader(pb.CommitMsg(generation=0, step=5)))
     sim.play(sim.job.open_generation(open_msg(1, 1), sim.now))
     sim.job.start_generation(start_msg(1, restart_count=1, restore_step=5))
     assert sim.job.snapshots.committed == 5
@@ -471,7 +497,7 @@ def test_a_pod_away_in_the_last_generation_holds_no_commit_back_in_the_next() ->
     sim = PodSim()
     running(sim)
     # A pod's stream broke while training: no commit can come, ranks stop waiting.
-    sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=-1, pod_away=True))
+    sim.job.commit_snapshot(from_leader(pb.CommitMsg(generation=0, step=-1, pod_away=True)))
     assert not sim.job.commits_wait()
     # It was lost (a collective broke): the next generation starts with every pod ready.
     sim.play(sim.job.open_generation(open_msg(1, 1), sim.now))
@@ -489,17 +515,17 @@ def test_ranks_waiting_for_a_step_another_pod_overtook_are_woken() -> None:
     running(sim)
     for rank in (2, 3):
         sim.job.snapshot_saved(rank, 5, [5], 1, 0.0)
-    sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=5))
+    sim.job.commit_snapshot(from_leader(pb.CommitMsg(generation=0, step=5)))
     for rank in (2, 3):
         sim.job.snapshot_saved(rank, 8, [5, 8], 1, 0.0)
     assert sim.job.commits_wait() and not sim.job.snapshots.is_settled(8)
-    assert sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=5, newest_saved=9))
+    assert sim.job.commit_snapshot(from_leader(pb.CommitMsg(generation=0, step=5, newest_saved=9)))
     assert sim.job.snapshots.is_settled(8) and not sim.job.snapshots.is_settled(9)
 
 
-def peer_lost() -> pb.FailureDetail:
+def peer_lost() -> FailureDetail:
     message = "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:16550"
-    return pb.FailureDetail(exception_type="RuntimeError", message=message)
+    return FailureDetail(exception_type="RuntimeError", message=message)
 
 
 def test_a_peers_error_waits_in_place_while_the_rank_with_its_own_error_is_the_failure() -> None:
@@ -509,7 +535,7 @@ def test_a_peers_error_waits_in_place_while_the_rank_with_its_own_error_is_the_f
     culprit, echo = sim.pid(3), sim.pid(2)
     raised = pb.OutcomeKind.OUTCOME_RAISED
     # The leader hears of the broken collective at once (LeaderState.collective_broke).
-    told = [ToLeader(pb.PodReport(collective_broke=0))]
+    told = [ToLeader(CollectiveBroke(0))]
     assert sim.job.outcome(echo, 0, raised, peer_lost(), sim.now) == (None, told)
     assert sim.job.settle(echo, final=False) == (None, []), "no cause known yet: one more window"
     assert sim.job.outcome(culprit, 0, raised, boom(), sim.now) == (None, [])
@@ -542,7 +568,7 @@ def test_leader_lost_stops_the_generation_and_ranks_wait_in_place() -> None:
 
     effects = sim.job.leader_lost(sim.now)
     reason = "the leader was lost"
-    assert aborts(effects) == {pid: pb.AbortGeneration(generation=0, reason=reason)
+    assert aborts(effects) == {pid: Abort(generation=0, reason=reason)
                                for pid in before.values()}  # fmt: skip
     assert reports(effects) == [] and not sim.job.started and sim.job.generation == 0
     assert sim.job.settle(raised) == (pb.Verdict.VERDICT_WAIT, [])
@@ -567,14 +593,14 @@ def test_leader_lost_before_the_start_or_after_the_end_changes_nothing() -> None
     sim.launch()
     assert sim.job.leader_lost(sim.now) == []
     sim.job.start_generation(start_msg(0))
-    sim.job.end_job(pb.EndJobMsg(exit_code=0, report="done"))
+    sim.job.end_job(from_leader(pb.EndJobMsg(exit_code=0, report="done")))
     assert sim.job.leader_lost(sim.now) == []
 
 
 def test_open_after_the_job_ended_is_ignored() -> None:
     sim = PodSim()
     running(sim)
-    sim.job.end_job(pb.EndJobMsg(exit_code=exit_codes.GAVE_UP, report="job given up"))
+    sim.job.end_job(from_leader(pb.EndJobMsg(exit_code=exit_codes.GAVE_UP, report="job given up")))
     assert sim.job.open_generation(open_msg(1, 1), sim.now) == []
     assert sim.job.start_generation(start_msg(0)) == []
     assert sim.job.generation == 0
@@ -587,16 +613,16 @@ def test_finished_is_reported_once_and_the_pod_waits_for_end_job() -> None:
     pids = sim.pids()
     assert sim.finish(2) == []
     effects = sim.finish(3)
-    assert effects == [ToLeader(pb.PodReport(finished=0))]
+    assert effects == [ToLeader(Finished(0))]
     assert shutdowns(effects) == []  # the job is over when the leader says so
     assert not sim.job.over
-    assert sim.job.rejoined() == [ToLeader(pb.PodReport(finished=0))]  # a new leader asks again
+    assert sim.job.rejoined() == [ToLeader(Finished(0))]  # a new leader asks again
 
-    effects = sim.job.end_job(pb.EndJobMsg(exit_code=0, report="all 2 pods finished"))
+    effects = sim.job.end_job(from_leader(pb.EndJobMsg(exit_code=0, report="all 2 pods finished")))
     assert set(exits(effects)) == set(pids.values())
     assert [(s.exit_code, s.report) for s in shutdowns(effects)] == [(0, "all 2 pods finished")]
     assert sim.job.state == pb.JobState.JOB_STATE_SUCCEEDED
-    assert sim.job.end_job(pb.EndJobMsg(exit_code=0)) == []  # once
+    assert sim.job.end_job(from_leader(pb.EndJobMsg(exit_code=0))) == []  # once
 
 
 def test_end_job_with_a_failure_code_fails_the_pod() -> None:
@@ -604,7 +630,9 @@ def test_end_job_with_a_failure_code_fails_the_pod() -> None:
     running(sim)
     spare = sim.job.spares.idle[0]
     report = "job given up: crash loop\n  rank: 3"
-    effects = sim.job.end_job(pb.EndJobMsg(exit_code=exit_codes.GAVE_UP, report=report))
+    effects = sim.job.end_job(
+        from_leader(pb.EndJobMsg(exit_code=exit_codes.GAVE_UP, report=report))
+    )
     assert set(exits(effects)) == {*sim.pids().values(), spare}
     assert [(s.exit_code, s.report) for s in shutdowns(effects)] == [(exit_codes.GAVE_UP, report)]
     assert sim.job.state == pb.JobState.JOB_STATE_FAILED
@@ -612,17 +640,15 @@ def test_end_job_with_a_failure_code_fails_the_pod() -> None:
         e.kind == "ended" and "job given up: crash loop" in e.message for e in sim.job.events
     )
     # Workers attaching afterwards are sent away.
-    assert exits(sim.job.worker_attached(9999, -1, spare=True)) == {
-        9999: pb.ExitWorker(exit_code=0)
-    }
+    assert exits(sim.job.worker_attached(9999, -1, spare=True)) == {9999: Exit(exit_code=0)}
 
 
 # ----------------------------------------------------------------- rejoined
 def test_rejoined_reports_ready_again_while_not_started() -> None:
     sim = PodSim()
     sim.launch()
-    assert sim.job.rejoined() == [ToLeader(pb.PodReport(ready=0))]
-    assert sim.job.rejoined() == [ToLeader(pb.PodReport(ready=0))]
+    assert sim.job.rejoined() == [ToLeader(Ready(0))]
+    assert sim.job.rejoined() == [ToLeader(Ready(0))]
 
 
 def test_rejoined_reports_nothing_while_running_or_not_ready() -> None:
@@ -638,18 +664,16 @@ def test_rejoined_reports_nothing_while_running_or_not_ready() -> None:
 def test_no_python_pod_is_ready_at_once_and_spawns_with_the_leaders_env() -> None:
     sim = PodSim(bootstrapped=False)
     effects = sim.job.attach_launcher()
-    assert effects == [ToLeader(pb.PodReport(ready=0))]
+    assert effects == [ToLeader(Ready(0))]
     effects = sim.job.start_generation(start_msg(0, port=LEADER_PORT + 3))
-    spawned = [c.spawn for c in launcher_commands(effects, "spawn")]
+    spawned = launcher_commands(effects, Spawn)
     assert sorted(s.rank for s in spawned) == [2, 3]
     for spawn in spawned:
         assert spawn.env["MASTER_ADDR"] == LEADER_ADDR
         assert spawn.env["MASTER_PORT"] == str(LEADER_PORT + 3)
     sim.play(effects)
     assert sim.job.process_exited(sim.pid(2), 0, 0, "", sim.now) == []
-    assert sim.job.process_exited(sim.pid(3), 0, 0, "", sim.now) == [
-        ToLeader(pb.PodReport(finished=0))
-    ]
+    assert sim.job.process_exited(sim.pid(3), 0, 0, "", sim.now) == [ToLeader(Finished(0))]
 
 
 # ============================================================ with a leader
@@ -714,11 +738,11 @@ class Cluster:
                 job = self.pods[node].job
                 kind = message.WhichOneof("message")
                 if kind == "open":
-                    self.pod(node, job.open_generation(message.open, self.now))
+                    self.pod(node, job.open_generation(from_leader(message.open), self.now))
                 elif kind == "start":
-                    self.pod(node, job.start_generation(message.start))
+                    self.pod(node, job.start_generation(from_leader(message.start)))
                 elif kind == "end":
-                    self.pod(node, job.end_job(message.end))
+                    self.pod(node, job.end_job(from_leader(message.end)))
 
 
 def envs(effects: Sequence[Effect]) -> dict[int, dict[str, str]]:

@@ -13,17 +13,20 @@ import itertools
 import signal
 from collections.abc import Iterator
 
-from effects import aborts, exits, make_spec, play_pod, shutdowns, starts
+from effects import aborts, exits, from_leader, make_spec, play_pod, shutdowns, starts
 
-from supervisor.rules.job import Effect, JobState, Timings, ToLauncher, ToLeader, ToWorker
+from supervisor.rpc.effects_wire import report_to_wire
+from supervisor.rpc.status_view import job_status
+from supervisor.rules.effects import Abort, Effect, Kill, ToLauncher, ToLeader, ToWorker
+from supervisor.rules.failure_evidence import FailureDetail
+from supervisor.rules.job import JobState, Timings
 from supervisor.rules.leader import Broadcast, LeaderState, OpenGeneration, PodView
 from supervisor.rules.restart_policy import Failure, RestartPolicy
-from supervisor.rules.status_view import job_status
 from train_supervisor import exit_codes
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 MODES = pb.ReentryMode
-ALREADY = pb.FailureDetail(
+ALREADY = FailureDetail(
     exception_type="AssertionError",
     message="data parallel group is already initialized",
     traceback="Traceback ...\nAssertionError: data parallel group is already initialized\n",
@@ -175,7 +178,7 @@ def test_a_peers_echo_before_the_first_step_is_no_re_entry_failure() -> None:
     pod = Pod()
     pod.play(pod.job.attach_launcher())
     pod.kill(1)
-    echo = pb.FailureDetail(
+    echo = FailureDetail(
         exception_type="DistBackendError",
         message="Connection closed by peer",
         signature="DistBackendError: Connection closed by peer @ distributed_c10d.py:1",
@@ -214,9 +217,10 @@ def test_an_unwind_timeout_switches_to_fresh_processes() -> None:
     for pid in aborts(effects):  # rank 0 never answers its abort; rank 2 unwinds
         if pid != stuck:
             pod.play(pod.job.outcome(pid, 0, pb.OutcomeKind.OUTCOME_UNWOUND, None, pod.now)[1])
-    pod.play([e for e in effects if not (isinstance(e, ToWorker) and e.command.HasField("abort"))])
+    pod.play([e for e in effects if not (isinstance(e, ToWorker) and isinstance(e.command, Abort))])
     killed = pod.job.tick(pod.now + 5.0)
-    assert [k.command.kill.pid for k in killed if isinstance(k, ToLauncher)] == [stuck]
+    [kill] = [k.command for k in killed if isinstance(k, ToLauncher)]
+    assert isinstance(kill, Kill) and kill.pid == stuck
     [said] = fallen_back(pod)
     assert "rank 0 did not unwind within 5.0s" in said
     assert pod.job.restart_count == 1  # the kill spends nothing
@@ -332,7 +336,8 @@ def test_starts_after_the_fallback_go_to_fresh_processes_only() -> None:
 
 # --------------------------------------------------------------- one pod of many
 def leader_reports(effects: list[Effect]) -> list[pb.PodReport]:
-    return [e.report for e in effects if isinstance(e, ToLeader)]
+    """As they go on the wire (supervisor/rpc/effects_wire.py)."""
+    return [report_to_wire(e.report) for e in effects if isinstance(e, ToLeader)]
 
 
 def coordinated_pod() -> tuple[Pod, JobState]:
@@ -350,10 +355,12 @@ def coordinated_pod() -> tuple[Pod, JobState]:
     for generation in (0, 1):
         if generation:
             pod.kill(3)
-        open_ = pb.OpenGenerationMsg(generation=generation, restart_count=generation)
+        open_ = from_leader(pb.OpenGenerationMsg(generation=generation, restart_count=generation))
         pod.play(job.open_generation(open_, pod.now))
-        start = pb.StartGenerationMsg(
-            generation=generation, restart_count=generation, master_addr="10.0.0.1"
+        start = from_leader(
+            pb.StartGenerationMsg(
+                generation=generation, restart_count=generation, master_addr="10.0.0.1"
+            )
         )
         pod.play(job.start_generation(start))
     return pod, job
@@ -368,7 +375,9 @@ def test_a_pod_reports_a_failed_re_entry_and_follows_the_leaders_open() -> None:
     assert "data parallel group is already initialized" in failure.reason
     assert job.restart_count == 1 and len(job.failures) == 1  # only rank 3's kill
     survivor = pod.pid(3)  # started generation 1 fresh; a survivor of its abort now
-    open_ = pb.OpenGenerationMsg(generation=2, restart_count=1, fresh_processes=failure.reason)
+    open_ = from_leader(
+        pb.OpenGenerationMsg(generation=2, restart_count=1, fresh_processes=failure.reason)
+    )
     pod.play(job.open_generation(open_, pod.now))
     assert failure.reason in job.fresh_processes  # switched when it reported, said once
     assert survivor in pod.exited and pod.pid(3) != survivor
@@ -380,7 +389,9 @@ def test_an_open_with_fresh_processes_retires_a_pods_survivors() -> None:
     pod, job = coordinated_pod()
     first = pod.pids()
     pod.kill(3)
-    open_ = pb.OpenGenerationMsg(generation=2, restart_count=2, fresh_processes="node 0: x")
+    open_ = from_leader(
+        pb.OpenGenerationMsg(generation=2, restart_count=2, fresh_processes="node 0: x")
+    )
     pod.play(job.open_generation(open_, pod.now))
     assert first[2] in pod.exited and pod.pid(2) != first[2]
     assert [r.reentry_failed for r in leader_reports(pod.kill(2)) if r.reentry_failed] == []

@@ -6,10 +6,13 @@ from __future__ import annotations
 import itertools
 import signal
 
-from effects import aborts, exits, launcher_commands, shutdowns, starts
+from effects import aborts, exits, from_leader, launcher_commands, shutdowns, starts
 from test_job import Sim, rank_spawns
 from test_leader import NPROC, formed, make, opened, started
 
+from supervisor.rpc.state_wire import reattached_from_wire
+from supervisor.rules.effects import Spawn
+from supervisor.rules.failure_evidence import FailureDetail
 from supervisor.rules.job import JobState, Timings
 from supervisor.rules.leader import CommitStep, PodView
 from supervisor.rules.restart_policy import Failure, RestartPolicy
@@ -20,10 +23,10 @@ WS = pb.WorkerState
 
 
 def reattach(pid: int, rank: int, state: int, generation: int = 0, step: int = 7):
-    return pb.AttachWorkerRequest(
+    return reattached_from_wire(pb.AttachWorkerRequest(
         pid=pid, rank=rank, reattach=True, generation=generation, state=state, step=step,
         master_addr="10.0.0.1", master_port=29555, restart_count=generation,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def new_supervisor(sim: Sim) -> JobState:
@@ -51,7 +54,9 @@ def test_a_new_supervisor_takes_the_running_generation_as_it_is() -> None:
     assert job.resume_launcher(processes, 200.0) == []  # nothing spawned, nothing started
     assert job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_HEALTHY), 200.0) == []
     assert job.resuming and job.state == pb.JobState.JOB_STATE_STARTING
-    spare_back = pb.AttachWorkerRequest(pid=spare, rank=-1, spare=True, reattach=True)
+    spare_back = reattached_from_wire(
+        pb.AttachWorkerRequest(pid=spare, rank=-1, spare=True, reattach=True)
+    )
     assert job.worker_reattached(spare_back, 200.0) == []
     effects = job.worker_reattached(reattach(pids[1], 1, WS.WORKER_STATE_HEALTHY), 200.0)
     assert effects == [], "no start, no spawn, no abort: the generation runs on"
@@ -84,7 +89,7 @@ def test_a_rank_that_died_while_it_was_away_is_a_failure_once_the_job_is_rebuilt
     effects = job.worker_reattached(reattach(pids[0], 0, WS.WORKER_STATE_HEALTHY), 200.0)
     assert job.generation == 1 and job.failures[-1].rank == 1
     assert job.generation == 1 and job.restart_count == 1, "one failure, one restart"
-    assert pids[0] in aborts(effects) and launcher_commands(effects, "spawn")  # rank 1 anew
+    assert pids[0] in aborts(effects) and launcher_commands(effects, Spawn)  # rank 1 anew
 
 
 def test_ranks_that_disagree_start_the_next_generation() -> None:
@@ -143,11 +148,13 @@ def coordinated(node: int = 1) -> Sim:
 def test_a_follower_trains_on_while_the_leader_is_away_until_a_collective_breaks() -> None:
     sim = coordinated()
     sim.play(sim.job.attach_launcher())
-    start = pb.StartGenerationMsg(generation=0, master_addr="a", master_port=1, restore_step=-1)
+    start = from_leader(
+        pb.StartGenerationMsg(generation=0, master_addr="a", master_port=1, restore_step=-1)
+    )
     sim.play(sim.job.start_generation(start))
     assert sim.job.started
     assert sim.job.leader_lost(200.0) == [] and sim.job.started and not sim.job.commits_wait()
-    broke = pb.FailureDetail(exception_type="RuntimeError", message="Connection reset by peer")
+    broke = FailureDetail(exception_type="RuntimeError", message="Connection reset by peer")
     pid = sim.job.ranks[2].pid
     _, effects = sim.job.outcome(pid, 0, pb.OutcomeKind.OUTCOME_RAISED, broke, 201.0)
     assert not sim.job.started and set(aborts(effects)) == {pid, sim.job.ranks[3].pid}
@@ -160,7 +167,9 @@ def test_a_follower_cut_off_stops_its_generation_once_its_ranks_stop_stepping() 
     sockets still live, so the abort breaks them (tests/e2e/test_partition.py)."""
     sim = coordinated()
     sim.play(sim.job.attach_launcher())
-    start = pb.StartGenerationMsg(generation=0, master_addr="a", master_port=1, restore_step=-1)
+    start = from_leader(
+        pb.StartGenerationMsg(generation=0, master_addr="a", master_port=1, restore_step=-1)
+    )
     sim.play(sim.job.start_generation(start))
     sim.step_all(3)  # at 100 s
     pids = {slot.pid for slot in sim.job.ranks.values()}
@@ -172,7 +181,9 @@ def test_a_follower_cut_off_stops_its_generation_once_its_ranks_stop_stepping() 
 def test_a_follower_whose_ranks_step_rides_through_a_long_leader_absence() -> None:
     sim = coordinated()
     sim.play(sim.job.attach_launcher())
-    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.play(
+        sim.job.start_generation(from_leader(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    )
     sim.step_all(3)
     sim.job.leader_lost(101.0)
     for step in range(4, 40):  # one step a second, 36 s without a leader
@@ -184,7 +195,9 @@ def test_a_follower_whose_ranks_step_rides_through_a_long_leader_absence() -> No
 def test_a_follower_that_finds_its_leader_gone_after_its_ranks_stalled_stops_at_once() -> None:
     sim = coordinated()
     sim.play(sim.job.attach_launcher())
-    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.play(
+        sim.job.start_generation(from_leader(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    )
     sim.step_all(3)
     assert set(aborts(sim.job.leader_lost(111.0))) == {s.pid for s in sim.job.ranks.values()}
 
@@ -192,7 +205,9 @@ def test_a_follower_that_finds_its_leader_gone_after_its_ranks_stalled_stops_at_
 def test_a_rebuilt_pod_says_its_ranks_run() -> None:
     sim = coordinated()
     sim.play(sim.job.attach_launcher())
-    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.play(
+        sim.job.start_generation(from_leader(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    )
     view = sim.job.resumed_view()
     assert (view.generation, view.running, view.finished) == (0, True, False)
 
@@ -300,7 +315,9 @@ def test_a_rebuilt_leader_pod_whose_ranks_finished_meanwhile_says_so() -> None:
     running generation (the leader ends the job once every pod says so), never a new one."""
     sim = coordinated(node=0)
     sim.play(sim.job.attach_launcher())
-    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.play(
+        sim.job.start_generation(from_leader(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    )
     pids = {rank: slot.pid for rank, slot in sim.job.ranks.items()}
     job = JobState(
         leader_remote=True,
@@ -323,7 +340,9 @@ def test_a_follower_whose_ranks_all_finished_is_never_cut_off() -> None:
     pod out of its generation and make the leader's replacement restart the job."""
     sim = coordinated()
     sim.play(sim.job.attach_launcher())
-    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    sim.play(
+        sim.job.start_generation(from_leader(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    )
     sim.step_all(3)  # at 100 s
     assert sim.job.leader_lost(101.0) == []
     for slot in list(sim.job.ranks.values()):
@@ -337,11 +356,17 @@ def test_a_pod_reports_a_committed_step_the_job_could_not_restore() -> None:
     """Never silent: a restore older than the commit this pod heard of loses steps."""
     sim = coordinated()
     sim.play(sim.job.attach_launcher())
-    sim.play(sim.job.start_generation(pb.StartGenerationMsg(generation=0, restore_step=-1)))
-    sim.job.commit_snapshot(pb.CommitMsg(generation=0, step=23))
-    sim.play(sim.job.open_generation(pb.OpenGenerationMsg(generation=1, restart_count=1), 201.0))
+    sim.play(
+        sim.job.start_generation(from_leader(pb.StartGenerationMsg(generation=0, restore_step=-1)))
+    )
+    sim.job.commit_snapshot(from_leader(pb.CommitMsg(generation=0, step=23)))
+    sim.play(
+        sim.job.open_generation(
+            from_leader(pb.OpenGenerationMsg(generation=1, restart_count=1)), 201.0
+        )
+    )
     reason = "step 21 (durable: nodes 0,1)"
-    start = pb.StartGenerationMsg(generation=1, restore_step=21, restore_reason=reason)
+    start = from_leader(pb.StartGenerationMsg(generation=1, restore_step=21, restore_reason=reason))
     sim.play(sim.job.start_generation(start))
     [lost] = [e.message for e in sim.job.events if e.kind == "snapshot_lost"]
     assert lost == (

@@ -1,4 +1,4 @@
-"""supervisor/rules/status_view.py and `train-supervisor status`'s table (supervisor/cli.py)."""
+"""supervisor/rpc/status_view.py and `train-supervisor status`'s table (supervisor/cli.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import itertools
 import signal
 
 from supervisor.cli import render_table
-from supervisor.rules.job import JobState, ToWorker
+from supervisor.rpc.status_view import job_status, job_wide_ranks
+from supervisor.rules.effects import ToWorker
+from supervisor.rules.failure_evidence import FailureDetail
+from supervisor.rules.job import JobState
 from supervisor.rules.restart_policy import RestartPolicy
-from supervisor.rules.status_view import job_status, job_wide_ranks
+from supervisor.rules.spec import WorkerSpec
 from train_supervisor.v1 import supervisor_pb2 as pb
 
 WS = pb.WorkerState
@@ -16,7 +19,7 @@ WS = pb.WorkerState
 
 def running_job(nproc: int = 3) -> JobState:
     """A bootstrapped job in generation 0: ranks on pids 500.., one idle spare on 900."""
-    spec = pb.WorkerSpec(
+    spec = WorkerSpec(
         run_id="status-job",
         role="default",
         nnodes=1,
@@ -111,7 +114,7 @@ def test_table_names_every_rank_pid_step_and_the_last_failure() -> None:
         501,
         0,
         pb.OutcomeKind.OUTCOME_RAISED,
-        pb.FailureDetail(
+        FailureDetail(
             exception_type="ZeroDivisionError",
             message="division by zero",
             signature="ZeroDivisionError: division by zero @ t.py:3",

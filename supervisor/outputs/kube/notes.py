@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from supervisor.rules.classify import FailureClass
-from supervisor.rules.job import signal_name
+from supervisor.rules.failure_evidence import FailureRecord
+from supervisor.rules.job import JobEvent, signal_name
 from supervisor.rules.restart_policy import Action
-from train_supervisor.v1 import supervisor_pb2 as pb
 
 NORMAL, WARNING = "Normal", "Warning"
 # events.k8s.io/v1 refuses a note over 1 KiB; core/v1 takes more, but `kubectl describe`
@@ -56,9 +56,7 @@ def _clip(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
 
-def failure_of(
-    event: pb.JobEvent, failures: Sequence[pb.FailureRecord]
-) -> Optional[pb.FailureRecord]:
+def failure_of(event: JobEvent, failures: Sequence[FailureRecord]) -> Optional[FailureRecord]:
     """The record a "failure" event was written from (supervisor/rules/job.py
     describe_failure starts the line with 'rank R pid P '); the newest that fits."""
     if event.kind != "failure":
@@ -69,13 +67,13 @@ def failure_of(
     return None
 
 
-def _how(record: pb.FailureRecord) -> str:
+def _how(record: FailureRecord) -> str:
     if record.signal:
         return f"killed by {signal_name(record.signal)}"
     return f"exited with code {record.exit_code}"
 
 
-def _failure_notes(record: pb.FailureRecord) -> list[EventNote]:
+def _failure_notes(record: FailureRecord) -> list[EventNote]:
     failure_class = record.failure_class or FailureClass.UNKNOWN.value
     action = record.action or "undecided"
     failed = EventNote(
@@ -102,7 +100,7 @@ def _finding_reason(message: str) -> str:
     return "StragglerFound" if words[2:3] == ["straggler"] else "PodOutlierFound"
 
 
-def notes_for(event: pb.JobEvent, record: Optional[pb.FailureRecord]) -> list[EventNote]:
+def notes_for(event: JobEvent, record: Optional[FailureRecord]) -> list[EventNote]:
     """The Kubernetes Events for one job event (`record`: its failure, if it is one)."""
     if event.kind == "failure":
         if record is None:
@@ -125,7 +123,7 @@ class NodeFault:
     message: str
 
 
-def node_fault_of(record: pb.FailureRecord, node: str, gpu_index: int) -> Optional[NodeFault]:
+def node_fault_of(record: FailureRecord, node: str, gpu_index: int) -> Optional[NodeFault]:
     """A rank's hardware failure that sends the pod away blames the node; nothing else does.
 
     `gpu_index`: the rank's local rank, the device it used (torchrun's LOCAL_RANK convention).

@@ -30,9 +30,8 @@ from supervisor.outputs.kube.correlator import (
 from supervisor.outputs.kube.notes import NodeFault, failure_of, node_fault_of, notes_for
 from supervisor.outputs.kube.outcomes import OK, outcome_of_status
 from supervisor.outputs.kube.settings import KubeConfig
-from supervisor.rules.job import JobState
+from supervisor.rules.job import JobEvent, JobState
 from supervisor.rules.token_bucket import TokenBucket
-from train_supervisor.v1 import supervisor_pb2 as pb
 
 log = logging.getLogger("train_supervisor")
 COMPONENT = "train-supervisor"
@@ -77,7 +76,7 @@ class KubeReporter:
         self._thread.start()
 
     # ------------------------------------------------------ the event loop's side
-    def job_event(self, event: pb.JobEvent, job: JobState) -> None:
+    def job_event(self, event: JobEvent, job: JobState) -> None:
         """Never blocks: at most a few dict operations and a put_nowait; never raises
         (a bug here must not stop the supervisor's loop: it is counted and logged once)."""
         try:
@@ -87,7 +86,7 @@ class KubeReporter:
             if self._first(("job_event", "error")):
                 log.exception("Kubernetes Events: could not map a job event (%s)", event.kind)
 
-    def _job_event(self, event: pb.JobEvent, job: JobState) -> None:
+    def _job_event(self, event: JobEvent, job: JobState) -> None:
         record = failure_of(event, job.failures)
         if self.config.events:
             for note in notes_for(event, record):

@@ -1,10 +1,14 @@
-"""JobState -> the JobStatus message served by the status API (pure)."""
+"""What the rules hold -> the JobStatus message served by the status API (pure): a pod's
+JobState, the job-wide ranks, and the leader's health findings (supervisor/rules/job_health.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from supervisor.rpc.state_wire import event_to_wire, record_to_wire, sample_to_wire
+from supervisor.rules.anomaly import Finding
 from supervisor.rules.job import JobState
+from supervisor.rules.job_health import JobHealth
 from supervisor.snapshots.commit import RankSnapshots
 from train_supervisor.steps import NO_STEP
 from train_supervisor.v1 import supervisor_pb2 as pb
@@ -15,16 +19,16 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
         run_id=job.spec.run_id,
         generation=job.generation,
         world_size=job.world_size,
-        state=job.state,
+        state=pb.JobState.Name(job.state),
         restart_count=job.restart_count,
         max_restarts=job.spec.max_restarts,
         spare_pids=list(job.spares.idle),
         leader=leader,
-        recent_events=list(job.events)[-20:],
+        recent_events=[event_to_wire(e) for e in list(job.events)[-20:]],
         committed_step=job.snapshots.committed,
         replicated_step=NO_STEP,  # filled in by supervisor/snapshots/offload_runner.py
         persisted_step=NO_STEP,
-        reentry=job.spec.reentry,
+        reentry=pb.ReentryMode.Name(job.spec.reentry),
         fresh_processes=job.fresh_processes,
     )
     for slot in sorted(job.ranks.values(), key=lambda s: s.rank):
@@ -36,7 +40,7 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
                 local_rank=slot.local_rank,
                 node_rank=job.spec.node_rank,
                 pid=slot.pid,
-                state=slot.state,
+                state=pb.WorkerState.Name(slot.state),
                 step=slot.step,
                 step_time_s=slot.step_time_s,
                 compute_s=slot.compute_s,
@@ -53,7 +57,7 @@ def job_status(job: JobState, now: float, leader: str) -> pb.JobStatus:
             )
         )
     if job.failures:
-        status.last_failure.CopyFrom(job.failures[-1])
+        status.last_failure.CopyFrom(record_to_wire(job.failures[-1]))
     return status
 
 
@@ -70,3 +74,25 @@ def job_wide_ranks(leader: pb.JobStatus, others: Iterable[pb.RankStatus]) -> lis
         rank.persisted_step = leader.persisted_step
         ranks.append(rank)
     return sorted(ranks, key=lambda r: r.rank)
+
+
+def finding_to_wire(finding: Finding, since_unix: float) -> pb.Finding:
+    return pb.Finding(
+        kind=finding.kind,
+        node_rank=finding.node_rank,
+        since_unix=since_unix,
+        windows=finding.windows,
+        score=finding.score,
+        summary=finding.summary(),
+        values={d.metric: d.value for d in finding.deviations},
+        medians={d.metric: d.median for d in finding.deviations},
+        slowdown=finding.slowdown,
+    )
+
+
+def health_status(health: JobHealth, status: pb.JobStatus) -> None:
+    """The leader's findings and every pod's newest sample, in `status`."""
+    del status.findings[:], status.samples[:]
+    for finding in sorted(health.findings.values(), key=lambda f: f.node_rank):
+        status.findings.append(finding_to_wire(finding, health.since_unix(finding)))
+    status.samples.extend(sample_to_wire(health.samples[n]) for n in sorted(health.samples))
