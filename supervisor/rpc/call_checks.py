@@ -15,7 +15,7 @@ and the check is skipped rather than refuse a legitimate worker.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
@@ -407,6 +407,7 @@ def join(members: Membership, request: pb.JoinRequest) -> Optional[Refusal]:
         in_range("view.generation", view.generation, 0, MAX_STEP),
         in_range("view.restart_count", view.restart_count, 0, 1 << 30),
         _history("view.history", view.history),
+        *_pod_ranks(members, node, request.ranks),
     )
     if bad is not None:
         return bad
@@ -417,16 +418,11 @@ def join(members: Membership, request: pb.JoinRequest) -> Optional[Refusal]:
     return None
 
 
-def pod_report(members: Membership, report: pb.PodReport) -> Optional[Refusal]:
-    node = report.node_rank
-    if (bad := _node(members, node)) is not None:
-        return bad
-    joined = members.incarnations.get(node)
-    if joined is not None and report.incarnation != joined:
-        return _precondition(f"node {node}'s joined incarnation is not {report.incarnation}")
+def _pod_ranks(
+    members: Membership, node: int, ranks: Sequence[pb.RankStatus]
+) -> list[Optional[Refusal]]:
+    """A pod's ranks as it shows them to the leader: at most nproc, each one of its own."""
     first_rank = node * members.nproc
-    ranks = list(report.ranks)
-    kind = report.WhichOneof("report")
     checks: list[Optional[Refusal]] = []
     if len(ranks) > members.nproc:
         checks.append(_invalid(f"{len(ranks)} ranks reported; a pod has {members.nproc}"))
@@ -435,6 +431,18 @@ def pod_report(members: Membership, report: pb.PodReport) -> Optional[Refusal]:
             in_range("ranks entry", rank.rank, first_rank, first_rank + members.nproc - 1)
         )
         checks.append(text("ranks entry restored_from", rank.restored_from))
+    return checks
+
+
+def pod_report(members: Membership, report: pb.PodReport) -> Optional[Refusal]:
+    node = report.node_rank
+    if (bad := _node(members, node)) is not None:
+        return bad
+    joined = members.incarnations.get(node)
+    if joined is not None and report.incarnation != joined:
+        return _precondition(f"node {node}'s joined incarnation is not {report.incarnation}")
+    kind = report.WhichOneof("report")
+    checks = _pod_ranks(members, node, report.ranks)
     if kind in ("ready", "finished"):
         checks.append(generation_of(members, kind, getattr(report, kind)))
     elif kind == "failure":

@@ -138,6 +138,7 @@ class FollowerLink:
                 view=view_to_wire(self.view) if self.view is not None else None,
                 running=self.view is not None
                 and self.local.running_generation() == self.view.generation,
+                ranks=self.local.local_ranks(),
             )
             try:
                 stream = self.stub.Join(request, metadata=self.metadata)

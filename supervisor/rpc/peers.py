@@ -162,6 +162,8 @@ class LeaderHub:
         except JoinRefused as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         log.info("node %d joined (incarnation %d)", node, request.incarnation)
+        if request.ranks and node != 0:  # a job that ends at this join sees no heartbeat
+            self.pod_ranks[node] = list(request.ranks)
         self.health.drop(node)  # a new incarnation starts a new series
         # Answer at once: the follower counts itself joined (and heartbeats)
         # even while the leader waits for the other pods.

@@ -238,14 +238,21 @@ def test_a_killed_sidecar_of_two_pods_is_restarted_and_the_job_never_notices(
         )
         pods.sidecars[node] = pods.start_sidecar(node)
 
+        shown: dict[str, Any] = {}
+
         def rebuilt() -> bool:
-            shown = status(pods.ports[node])
+            shown.update(status(pods.ports[node]))
             ranks = {r.get("rank", 0): r.get("pid") for r in shown.get("ranks", [])}
             running = shown.get("state") in ("JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED")
             return ranks == before and running
 
         # The job may end while the new sidecar starts: it still shows the ranks it rebuilt.
-        wait_until(rebuilt, 60, "the new sidecar to show the job's ranks")
+        try:
+            wait_until(rebuilt, 60, "the new sidecar to show the job's ranks")
+        except AssertionError as failed:
+            raise AssertionError(
+                f"{failed}: {before} expected, shown {shown}\n{pods.logs()}"
+            ) from None
         for launcher in pods.launchers:
             assert launcher.wait(240) == 0, pods.logs()
     finally:
@@ -254,3 +261,35 @@ def test_a_killed_sidecar_of_two_pods_is_restarted_and_the_job_never_notices(
     assert pids_by_rank(records, 0) == before and {e["gen"] for e in records} == {0}, pods.logs()
     assert states(events) == expected, "every step's state as in the uninterrupted run"
     no_raw_grpc_text(pods.logs())
+
+
+def test_a_leader_sidecar_back_after_every_rank_finished_shows_every_pods_ranks(
+    tmp_path: Path, shm_dir: Path
+) -> None:
+    """The leader's sidecar comes back only once every rank of both pods has finished: the
+    follower's join ends the job at once, and no heartbeat follows that would carry its ranks
+    (they come with the join)."""
+    events = tmp_path / "events"
+    pods = Pods(nnodes=2, snapshot_root=shm_dir / "pods")
+    try:
+        pods.start_launchers([*SCRIPT, "--events", str(events)])
+        first = pods.launchers[0]
+        first.wait_for(lambda: max_step(read_events(events), 3) >= 8, 180, "step 8")
+        before = pids_by_rank(read_events(events), 0)
+        sigkill(pods.sidecars[0])
+
+        def all_finished() -> bool:
+            records = read_events(events)
+            return all(max_step(records, rank) >= STEPS for rank in range(4))
+
+        first.wait_for(all_finished, 120, "every rank's last step with the leader away")
+        pods.sidecars[0] = pods.start_sidecar(0)
+        for launcher in pods.launchers:
+            assert launcher.wait(120) == 0, pods.logs()
+        shown = status(pods.ports[0])
+    finally:
+        pods.stop()
+    assert shown.get("state") == "JOB_STATE_SUCCEEDED", shown
+    ranks = {r.get("rank", 0): r.get("pid") for r in shown.get("ranks", [])}
+    assert ranks == before, f"{before} expected, shown {shown}"
+    assert {r["state"] for r in shown["ranks"]} == {"WORKER_STATE_SUCCEEDED"}, shown

@@ -229,6 +229,19 @@ def test_a_join_cannot_replace_a_live_pod_or_name_a_bad_node() -> None:
         assert call_checks.join(MEMBERS, bad) is not None, bad
 
 
+def test_a_join_shows_only_the_joining_pods_own_ranks() -> None:
+    join = pb.JoinRequest(run_id="job1", node_rank=1, nproc=2, incarnation=77)
+    join.ranks.add(rank=2)
+    join.ranks.add(rank=3)
+    assert call_checks.join(MEMBERS, join) is None
+    join.ranks.add(rank=0)  # node 0's rank
+    assert code(call_checks.join(MEMBERS, join)) == INVALID
+    many = pb.JoinRequest(run_id="job1", node_rank=1, nproc=2, incarnation=77)
+    for _ in range(3):
+        many.ranks.add(rank=2)
+    assert code(call_checks.join(MEMBERS, many)) == INVALID
+
+
 def test_pod_reports_must_come_from_the_joined_incarnation_with_its_own_ranks() -> None:
     beat = pb.PodReport(node_rank=1, incarnation=77, heartbeat=True)
     beat.ranks.add(rank=2)

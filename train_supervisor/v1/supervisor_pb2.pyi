@@ -704,7 +704,7 @@ class PodView(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., restart_count: _Optional[int] = ..., history: _Optional[_Iterable[_Union[PolicyFailure, _Mapping]]] = ..., finished: bool = ..., fresh_processes: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("run_id", "node_rank", "nproc", "view", "has_view", "incarnation", "running")
+    __slots__ = ("run_id", "node_rank", "nproc", "view", "has_view", "incarnation", "running", "ranks")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     NPROC_FIELD_NUMBER: _ClassVar[int]
@@ -712,6 +712,7 @@ class JoinRequest(_message.Message):
     HAS_VIEW_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     node_rank: int
     nproc: int
@@ -719,7 +720,8 @@ class JoinRequest(_message.Message):
     has_view: bool
     incarnation: int
     running: bool
-    def __init__(self, run_id: _Optional[str] = ..., node_rank: _Optional[int] = ..., nproc: _Optional[int] = ..., view: _Optional[_Union[PodView, _Mapping]] = ..., has_view: bool = ..., incarnation: _Optional[int] = ..., running: bool = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
+    def __init__(self, run_id: _Optional[str] = ..., node_rank: _Optional[int] = ..., nproc: _Optional[int] = ..., view: _Optional[_Union[PodView, _Mapping]] = ..., has_view: bool = ..., incarnation: _Optional[int] = ..., running: bool = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ...) -> None: ...
 
 class OpenGenerationMsg(_message.Message):
     __slots__ = ("generation", "restart_count", "reason", "history", "fresh_processes")
