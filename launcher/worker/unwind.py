@@ -113,10 +113,26 @@ def destroy_process_groups() -> Optional[str]:
             dist.destroy_process_group()
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
+    if dist is not None and dist.is_available() and not dist.is_initialized():
+        forget_cut_off_init(dist.distributed_c10d)
     # The dead generation's model, DDP reducer and communicator sockets are only
     # freed once unreachable: peers blocked on us see our sockets close.
     gc.collect()
     return error
+
+
+def forget_cut_off_init(c10d: Any) -> None:
+    """Undo what an `init_process_group` cut off by the abort had already counted.
+
+    torch names the default group by a counter that it advances before the rendezvous and
+    that only `destroy_process_group()` resets. A survivor aborted while its init waited for
+    its peers (a generation that failed while forming) keeps the count at 1 with no group to
+    destroy, so its next init names the group "1": its store keys (default_pg/1/...) never
+    meet a fresh peer's (default_pg/0/...), and every rank waits in the backend's
+    construction until the store timeout (30 min)."""
+    world = getattr(c10d, "_world", None)  # private: without it there is nothing to undo
+    if world is not None and not world.pg_map:
+        world.group_count = 0
 
 
 Endpoint = tuple[str, int]

@@ -64,10 +64,7 @@ INEXACT_RESUME = {"deepspeed"}
 
 # Rows that failed on this project's machines and are not fixed yet: still run, reported as
 # xfail; docs/framework-matrix.md says what each did. A row that passes shows as XPASS.
-KNOWN_FAILURES = {
-    ("hf_trainer", "kill"): "flaky on a loaded machine: once a final loss off torchrun's, and a "
-    "gloo deadlock at re-entry in 3 of ~6 runs (cause not found)",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def rows() -> list[object]:

@@ -2,14 +2,18 @@
 
 As transformers' docs teach: TrainingArguments with save_steps, and
 `trainer.train(resume_from_checkpoint=...)` when output_dir holds a checkpoint.
-No hub download: the model comes from a GPT2Config.
+No hub download: the model comes from a GPT2Config. A checkpoint counts once every rank wrote
+its part (a marker after a barrier): a rank killed while saving leaves a partial checkpoint-N
+(its rng_state_<rank>.pth missing or empty), which `get_last_checkpoint` would still pick,
+under torchrun too.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from run_record import open_log, record_at_exit, step_loss
@@ -21,13 +25,13 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)
 parser.add_argument("--steps", type=int, default=200)
 parser.add_argument("--ckpt-every", type=int, default=10)
 args = parser.parse_args()
+COMPLETE = "complete"  # written in a checkpoint-N directory once every rank saved into it
 RANK = int(os.environ.get("RANK", "0"))
 log = open_log(args.out, RANK)
 result: dict[str, Any] = {}
@@ -51,6 +55,18 @@ class LogSteps(TrainerCallback):
         log.info("step %d", state.global_step)
 
 
+class MarkComplete(TrainerCallback):
+    def on_save(self, training_args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        torch.distributed.barrier()  # every rank's part is on disk
+        if state.is_world_process_zero:
+            (Path(training_args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE).touch()
+
+
+def last_complete_checkpoint(output_dir: str) -> Optional[str]:
+    whole = [p for p in Path(output_dir).glob("checkpoint-*") if (p / COMPLETE).exists()]
+    return str(max(whole, key=lambda p: int(p.name.split("-")[1]))) if whole else None
+
+
 def main() -> None:
     set_seed(0)
     config = GPT2Config(vocab_size=128, n_positions=SEQ, n_embd=32, n_layer=2, n_head=2)
@@ -70,8 +86,9 @@ def main() -> None:
         disable_tqdm=True,
     )
     data = TokenData(args.steps * 8 * training_args.world_size)
-    trainer = Trainer(model=model, args=training_args, train_dataset=data, callbacks=[LogSteps()])
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    callbacks = [LogSteps(), MarkComplete()]
+    trainer = Trainer(model=model, args=training_args, train_dataset=data, callbacks=callbacks)
+    last = last_complete_checkpoint(output_dir)
     log.info("start rank %d resume %s", RANK, last)
     trainer.train(resume_from_checkpoint=last)
     # The Trainer logs its loss rounded to 4 places: the final model's loss on a fixed batch
