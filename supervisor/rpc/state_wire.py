@@ -4,6 +4,9 @@ to the leader)."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import Any
+
 from supervisor.rules.failure_evidence import FailureDetail, FailureRecord
 from supervisor.rules.job import JobEvent, Reattached
 from supervisor.rules.job_health import PodSample
@@ -48,76 +51,37 @@ def reattached_from_wire(request: pb.AttachWorkerRequest) -> Reattached:
     )
 
 
+def _same_fields(source: object, plain: type) -> dict[str, Any]:
+    """`source`'s values of the plain dataclass's fields: the proto message and the plain value
+    name them alike (tests/unit/test_state_wire.py round-trips every one)."""
+    return {f.name: getattr(source, f.name) for f in fields(plain)}
+
+
 def detail_from_wire(detail: pb.FailureDetail) -> FailureDetail:
-    return FailureDetail(
-        exception_type=detail.exception_type,
-        message=detail.message,
-        traceback=detail.traceback,
-        signature=detail.signature,
-    )
+    return FailureDetail(**_same_fields(detail, FailureDetail))
 
 
 def detail_to_wire(detail: FailureDetail) -> pb.FailureDetail:
-    return pb.FailureDetail(
-        exception_type=detail.exception_type,
-        message=detail.message,
-        traceback=detail.traceback,
-        signature=detail.signature,
-    )
+    return pb.FailureDetail(**_same_fields(detail, FailureDetail))
 
 
 def record_to_wire(record: FailureRecord) -> pb.FailureRecord:
-    return pb.FailureRecord(
-        generation=record.generation,
-        rank=record.rank,
-        pid=record.pid,
-        exit_code=record.exit_code,
-        signal=record.signal,
-        detail=detail_to_wire(record.detail),
-        step=record.step,
-        action=record.action,
-        time_unix=record.time_unix,
-        failure_class=record.failure_class,
-        reason=record.reason,
-        job_step=record.job_step,
-    )
+    values = _same_fields(record, FailureRecord) | {"detail": detail_to_wire(record.detail)}
+    return pb.FailureRecord(**values)
 
 
 def record_from_wire(record: pb.FailureRecord) -> FailureRecord:
-    return FailureRecord(
-        generation=record.generation,
-        rank=record.rank,
-        pid=record.pid,
-        exit_code=record.exit_code,
-        signal=record.signal,
-        detail=detail_from_wire(record.detail),
-        step=record.step,
-        action=record.action,
-        time_unix=record.time_unix,
-        failure_class=record.failure_class,
-        reason=record.reason,
-        job_step=record.job_step,
-    )
+    values = _same_fields(record, FailureRecord) | {"detail": detail_from_wire(record.detail)}
+    return FailureRecord(**values)
 
 
 def event_to_wire(event: JobEvent) -> pb.JobEvent:
-    return pb.JobEvent(
-        time_unix=event.time_unix,
-        kind=event.kind,
-        message=event.message,
-        seq=event.seq,
-        node_rank=event.node_rank,
-    )
+    return pb.JobEvent(**_same_fields(event, JobEvent))
 
 
 def sample_from_wire(sample: pb.PodSample) -> PodSample:
-    return PodSample(sample.node_rank, sample.time_unix, sample.window_s, dict(sample.metrics))
+    return PodSample(**_same_fields(sample, PodSample) | {"metrics": dict(sample.metrics)})
 
 
 def sample_to_wire(sample: PodSample) -> pb.PodSample:
-    return pb.PodSample(
-        node_rank=sample.node_rank,
-        time_unix=sample.time_unix,
-        window_s=sample.window_s,
-        metrics=sample.metrics,
-    )
+    return pb.PodSample(**_same_fields(sample, PodSample))

@@ -219,6 +219,15 @@ def test_a_killed_launcher_comes_back_and_its_ranks_restore_from_memory(
     no_raw_grpc_text(pod.logs())
 
 
+def kill_a_sidecar_at_step_8(pods: Pods, events: Path, node: int) -> dict[int, int]:
+    """Two pods train; once at step 8, pod `node`'s sidecar is SIGKILLed. The ranks' pids then."""
+    pods.start_launchers([*SCRIPT, "--events", str(events)])
+    pods.launchers[0].wait_for(lambda: max_step(read_events(events), 3) >= 8, 180, "step 8")
+    before = pids_by_rank(read_events(events), 0)
+    sigkill(pods.sidecars[node])
+    return before
+
+
 @pytest.mark.parametrize("node", [pytest.param(1, id="follower"), pytest.param(0, id="leader")])
 def test_a_killed_sidecar_of_two_pods_is_restarted_and_the_job_never_notices(
     node: int, tmp_path: Path, shm_dir: Path
@@ -227,11 +236,8 @@ def test_a_killed_sidecar_of_two_pods_is_restarted_and_the_job_never_notices(
     events = tmp_path / "events"
     pods = Pods(nnodes=2, snapshot_root=shm_dir / "pods")
     try:
-        pods.start_launchers([*SCRIPT, "--events", str(events)])
+        before = kill_a_sidecar_at_step_8(pods, events, node)
         first = pods.launchers[0]
-        first.wait_for(lambda: max_step(read_events(events), 3) >= 8, 180, "step 8")
-        before = pids_by_rank(read_events(events), 0)
-        sigkill(pods.sidecars[node])
         killed_at_step = max_step(read_events(events), 3)
         first.wait_for(
             lambda: max_step(read_events(events), 3) >= killed_at_step + 3, 60, "steps meanwhile"
@@ -272,11 +278,8 @@ def test_a_leader_sidecar_back_after_every_rank_finished_shows_every_pods_ranks(
     events = tmp_path / "events"
     pods = Pods(nnodes=2, snapshot_root=shm_dir / "pods")
     try:
-        pods.start_launchers([*SCRIPT, "--events", str(events)])
+        before = kill_a_sidecar_at_step_8(pods, events, 0)
         first = pods.launchers[0]
-        first.wait_for(lambda: max_step(read_events(events), 3) >= 8, 180, "step 8")
-        before = pids_by_rank(read_events(events), 0)
-        sigkill(pods.sidecars[0])
 
         def all_finished() -> bool:
             records = read_events(events)
