@@ -321,8 +321,9 @@ class LeaderState:
     members: dict[int, _Member] = field(default_factory=dict, init=False)
     snapshots: JobSnapshots = field(init=False)
     end: Optional[EndJob] = field(default=None, init=False)
-    # The policy's newest decision (restart_policy.decide is called here only): what a pod
-    # of a one-pod job writes in its failure record and event (supervisor/rules/job.py).
+    # The policy's newest decision (the job's restarts are decided here only; a pod of many
+    # asks the policy itself just whether its own hardware fault makes it leave, job.py): what
+    # the pod of a one-pod job writes in its failure record and event (supervisor/rules/job.py).
     decision: Optional[restart_policy.Decision] = field(default=None, init=False)
     _open_reason: str = field(default="", init=False)
     _views: dict[int, PodView] = field(default_factory=dict, init=False)  # given while FORMING
