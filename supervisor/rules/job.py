@@ -783,7 +783,7 @@ class JobState:
         if local.action is restart_policy.Action.REPLACE_POD:
             record.action = local.action.value
             self.record("failure", describe_failure(record, f"{record.action}: {local.reason}"))
-            return self._replace_pod(local.reason, record)
+            return self._replace_pod(local.reason, failure, record)
         record.action = "reported to the leader"
         self.record("failure", describe_failure(record, f"{record.action}: {found.action.value}"))
         # The failed rank gets its process now; the leader opens the generation.
@@ -928,17 +928,15 @@ class JobState:
             return self._follow(self.leader.pod_finished(0, self.generation), 0.0)
         return [ToLeader(Finished(self.generation))]
 
-    def _give_up_report(
-        self, reason: str, record: FailureRecord, heading: str = "job given up"
-    ) -> str:
-        """The one report builder (the leader's), with `record` (the newest failure's) evidence."""
+    def _replace_pod(
+        self, reason: str, failure: restart_policy.Failure, record: FailureRecord
+    ) -> list[Effect]:
+        """This pod's hardware is at fault: it ends, with the leader's report of `failure` and
+        `record`'s evidence."""
         used = (self.restart_count, self.policy.max_restarts)
-        failure = self.history[-1]
+        heading = "this pod must be replaced"
         evidence = evidence_of(record)
-        return give_up_report(reason, self.spec.node_rank, failure, *used, evidence, heading)
-
-    def _replace_pod(self, reason: str, record: FailureRecord) -> list[Effect]:
-        report = self._give_up_report(reason, record, heading="this pod must be replaced")
+        report = give_up_report(reason, self.spec.node_rank, failure, *used, evidence, heading)
         return self._fail(exit_codes.REPLACE_POD, "replace_pod", report)
 
     def _fail(self, exit_code: int, kind: str, report: str) -> list[Effect]:
