@@ -116,6 +116,14 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reproduce_flags(args: argparse.Namespace) -> str:
+    """The flags that shaped the figures (not where they were written), for the Reproduce line."""
+    flags = " --late" if args.late else ""
+    if args.frameworks != ",".join(FRAMEWORKS):
+        flags += f" --frameworks {args.frameworks}"
+    return flags + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=1, help="runs of each; the median is reported")
@@ -138,7 +146,7 @@ def main() -> None:
         "config": vars(args),
         "steps": steps,
         "kill_step": kill_step,
-        "argv": "".join(f" {a}" for a in sys.argv[1:] if not a.startswith("--out")),
+        "argv": reproduce_flags(args),
         "rows": [],
     }
     for framework in args.frameworks.split(","):
